@@ -1,0 +1,30 @@
+# `make run` and `make test` are the two commands a fresh machine needs: both build
+# .venv on first use (or when the package metadata changes) and reuse it afterwards.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# The CPU build of torch that the dev and CI machines keep on local disk; the `train`
+# extra itself only asks for a range, so GPU hosts keep their own CUDA build.
+TORCH_PIN ?= torch==2.13.0
+
+.PHONY: run test lint bench bench-api bench-trainer clean
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q $(TORCH_PIN)
+	$(BIN)/python -m pip install -q -e '.[dev,postgres,train]'
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
+
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf $(VENV) build *.egg-info
