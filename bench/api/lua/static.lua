@@ -1,0 +1,17 @@
+-- One fixed request.  args: METHOD PATH [BODY]
+local req
+
+function init(args)
+   local headers = {}
+   local body = args[3]
+   if body ~= nil and body ~= "" then
+      headers["Content-Type"] = "application/json"
+   else
+      body = nil
+   end
+   req = wrk.format(args[1], args[2], headers, body)
+end
+
+function request()
+   return req
+end
