@@ -1,0 +1,24 @@
+"""What every resource blueprint shares: strict JSON parsing and access to the store."""
+
+from __future__ import annotations
+
+from flask import current_app
+from flask_smorest import Blueprint
+from flask_smorest.error_handler import ErrorSchema
+
+from ..http_errors import StrictJSONParser
+from ..store import JobStore
+
+STORE_KEY = "llm_train_api.store"
+
+
+class ApiBlueprint(Blueprint):
+    ARGUMENTS_PARSER = StrictJSONParser()
+
+    def error(self, status: int, description: str):
+        """Document an error response in the OpenAPI spec, in the shape the handlers emit."""
+        return self.alt_response(status, schema=ErrorSchema, description=description)
+
+
+def get_store() -> JobStore:
+    return current_app.extensions[STORE_KEY]

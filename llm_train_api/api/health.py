@@ -1,0 +1,37 @@
+"""Liveness and readiness, for load balancers and orchestrators."""
+
+from __future__ import annotations
+
+from flask.views import MethodView
+from sqlalchemy.exc import SQLAlchemyError
+
+from ..migrations import LATEST_VERSION
+from ..schemas import HealthSchema
+from .base import ApiBlueprint, get_store
+
+blp = ApiBlueprint("health", __name__, description="Liveness and readiness probes.")
+
+
+@blp.route("/healthz")
+class Liveness(MethodView):
+    @blp.response(200, HealthSchema)
+    def get(self):
+        """The process is up (touches nothing else)"""
+        return {"status": "ok"}
+
+
+@blp.route("/readyz")
+class Readiness(MethodView):
+    @blp.response(200, HealthSchema)
+    @blp.error(503, "The database is unreachable or its schema is not current.")
+    def get(self):
+        """The database answers and its schema is current"""
+        store = get_store()
+        try:
+            version = store.ping()
+        except SQLAlchemyError as exc:
+            return {"status": f"database unavailable: {type(exc).__name__}",
+                    "database": store.dialect}, 503
+        status = "ok" if version == LATEST_VERSION else f"schema version {version}"
+        code = 200 if version == LATEST_VERSION else 503
+        return {"status": status, "schema_version": version, "database": store.dialect}, code

@@ -1,0 +1,193 @@
+"""The seed's job resource: create, list, get, change status, delete; plus the timeline."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+from urllib.parse import urlencode
+
+from flask import request, url_for
+from flask.views import MethodView
+from flask_smorest import abort
+
+from ..domain import (
+    ERROR_MESSAGE_TARGETS,
+    Job,
+    JobNotFound,
+    JobStatus,
+    NewJob,
+    PreconditionFailed,
+    Revision,
+    is_valid_job_id,
+)
+from ..pagination import JobQuery, decode_cursor, encode_cursor
+from ..schemas import (
+    JobCreateSchema,
+    JobEventSchema,
+    JobListQuerySchema,
+    JobSchema,
+    StatusUpdateSchema,
+)
+from .base import ApiBlueprint, get_store
+
+blp = ApiBlueprint(
+    "jobs",
+    __name__,
+    url_prefix="/jobs",
+    description="Training jobs: submit them, follow them, change their status, delete them.",
+)
+
+_ETAG_HEADER = {"ETag": {"description": "Changes whenever the job changes.",
+                         "schema": {"type": "string"}}}
+
+
+def new_job_id() -> str:
+    return f"job-{secrets.token_hex(8)}"
+
+
+def _checked_id(job_id: str) -> str:
+    # An id that could never have been created cannot exist; answer before touching the DB.
+    if not is_valid_job_id(job_id):
+        raise JobNotFound(job_id)
+    return job_id
+
+
+def _with_etag(job: Job, status: int = 200, headers: dict[str, str] | None = None):
+    return job, status, {"ETag": f'"{job.etag}"', **(headers or {})}
+
+
+@blp.route("")
+class Jobs(MethodView):
+    @blp.arguments(JobListQuerySchema, location="query")
+    @blp.response(
+        200,
+        JobSchema(many=True),
+        description="Jobs, newest first. When more remain, a `Link: <url>; rel=\"next\"` "
+        "header (RFC 8288) gives the next page.",
+        headers={"Link": {"description": 'The next page, `<url>; rel="next"`.',
+                          "schema": {"type": "string"}}},
+    )
+    @blp.error(400, "Invalid cursor.")
+    def get(self, args: dict[str, Any]):
+        """List jobs"""
+        query = JobQuery(
+            statuses=tuple(dict.fromkeys(args.get("status", ()))),
+            model_name=args.get("model_name"),
+            dataset=args.get("dataset"),
+            created_after=args.get("created_after"),
+            created_before=args.get("created_before"),
+            limit=args["limit"],
+            after=decode_cursor(args["cursor"]) if "cursor" in args else None,
+        )
+        page = get_store().list_jobs(query)
+        headers = {}
+        if page.next_key is not None:
+            params = request.args.to_dict(flat=False)
+            params["cursor"] = [encode_cursor(page.next_key)]
+            headers["Link"] = f'<{request.base_url}?{urlencode(params, doseq=True)}>; rel="next"'
+        return page.jobs, 200, headers
+
+    @blp.arguments(JobCreateSchema)
+    @blp.response(
+        201,
+        JobSchema,
+        description="Created and queued.",
+        headers={"Location": {"description": "URL of the new job.",
+                              "schema": {"type": "string"}}, **_ETAG_HEADER},
+    )
+    @blp.alt_response(200, schema=JobSchema, description="An identical request with this "
+                      "job_id was already accepted; this is that job (safe client retries).")
+    @blp.error(400, "Malformed JSON, or NaN/Infinity in it.")
+    @blp.error(409, "job_id is already taken by a job with a different body.")
+    @blp.error(413, "Body larger than LLM_TRAIN_API_MAX_JSON_BYTES.")
+    @blp.error(415, "Content-Type is not application/json.")
+    def post(self, body: dict[str, Any]):
+        """Create a training job"""
+        new = NewJob(
+            job_id=body.get("job_id") or new_job_id(),
+            model_name=body["model_name"],
+            dataset=body["dataset"],
+            hyperparameters=body["hyperparameters"],
+        )
+        job, created = get_store().create_job(new)
+        if not created:
+            return _with_etag(job, 200)
+        location = url_for("jobs.JobResource", job_id=job.id, _external=True)
+        return _with_etag(job, 201, {"Location": location})
+
+
+@blp.route("/<job_id>")
+class JobResource(MethodView):
+    @blp.response(200, JobSchema, headers=_ETAG_HEADER)
+    @blp.alt_response(304, description="Not modified (If-None-Match matched the ETag).")
+    @blp.error(404, "No such job.")
+    def get(self, job_id: str):
+        """Get one job"""
+        job = get_store().get_job(_checked_id(job_id))
+        if request.if_none_match.contains_weak(job.etag):
+            return "", 304, {"ETag": f'"{job.etag}"'}
+        return _with_etag(job)
+
+    @blp.response(204, description="Deleted. A running job is stopped by its worker.")
+    @blp.error(404, "No such job.")
+    def delete(self, job_id: str):
+        """Delete a job, whatever its status"""
+        get_store().delete_job(_checked_id(job_id))
+        return "", 204
+
+
+@blp.route("/<job_id>/status")
+class JobStatusResource(MethodView):
+    @blp.arguments(StatusUpdateSchema)
+    @blp.response(200, JobSchema, description="The job after the change; an unchanged job "
+                  "when it already had this status.", headers=_ETAG_HEADER)
+    @blp.error(404, "No such job.")
+    @blp.error(409, "Illegal transition; the message names the current status and the "
+               "allowed targets, also given as `current_status` and `allowed_targets`.")
+    @blp.error(412, "If-Match did not match the job's current ETag.")
+    @blp.error(415, "Content-Type is not application/json.")
+    def patch(self, body: dict[str, Any], job_id: str):
+        """Change a job's status
+
+        queued → running | cancelled | failed; running → succeeded | failed | cancelled |
+        queued. succeeded, failed and cancelled are final. Asking for the current status
+        again is a 200 that changes nothing. Send `If-Match` to make the change conditional.
+        """
+        target: JobStatus = body["status"]
+        message = body["error_message"]
+        if message is not None and target not in ERROR_MESSAGE_TARGETS:
+            abort(422, message="error_message is only accepted with status 'failed' or "
+                  "'cancelled'.", errors={"json": {"error_message": [
+                      f"Not allowed with status {target.value!r}."]}})
+        store = get_store()
+        job_id = _checked_id(job_id)
+        expected = _expected_revision(job_id)
+        job, _changed = store.transition(job_id, target, error_message=message,
+                                         expected=expected)
+        return _with_etag(job)
+
+
+def _expected_revision(job_id: str) -> Revision | None:
+    """Turn If-Match into the revision the compare-and-set must still find."""
+    if_match = request.if_match
+    if not if_match or if_match.star_tag:
+        return None
+    tags = if_match.as_set()
+    if len(tags) == 1:
+        revision = Revision.from_etag(next(iter(tags)))
+        if revision is None:
+            raise PreconditionFailed(job_id, get_store().get_job(job_id).etag)
+        return revision
+    current = get_store().get_job(job_id)
+    if current.etag not in tags:
+        raise PreconditionFailed(job_id, current.etag)
+    return current.revision
+
+
+@blp.route("/<job_id>/events")
+class JobEvents(MethodView):
+    @blp.response(200, JobEventSchema(many=True), description="The job's timeline, oldest first.")
+    @blp.error(404, "No such job.")
+    def get(self, job_id: str):
+        """A job's events: creation and every status change"""
+        return get_store().job_events(_checked_id(job_id))

@@ -1,0 +1,84 @@
+"""The application factory: `create_app(test_config=None)`, as in the Flask tutorial."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import swagger_ui_bundle
+from flask import Flask, send_from_directory
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from . import http_errors
+from .api import health, jobs
+from .api.base import STORE_KEY
+from .config import Settings
+from .store import JobStore, sqlite_url_for
+
+API_TITLE = "llm_train_api"
+API_VERSION = "1"
+DATABASE_FILENAME = "llm_train_api.sqlite3"
+_SWAGGER_ASSETS = "docs/static/"
+
+
+def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
+    """Build the app. `test_config` takes the same names as LLM_TRAIN_API_* (without it)."""
+    settings = Settings.load(overrides=test_config)
+    app = Flask(__name__, instance_path=settings.INSTANCE_PATH or None,
+                instance_relative_config=True)
+    app.config.from_mapping(
+        {name: getattr(settings, name) for name in Settings.__dataclass_fields__},
+        MAX_CONTENT_LENGTH=settings.MAX_JSON_BYTES,
+        API_TITLE=API_TITLE,
+        API_VERSION=API_VERSION,
+        OPENAPI_VERSION="3.0.3",
+        OPENAPI_URL_PREFIX="/",
+        OPENAPI_JSON_PATH="openapi.json",
+        OPENAPI_SWAGGER_UI_PATH="docs",
+        # Relative to /docs, so the UI works offline and behind a path prefix.
+        OPENAPI_SWAGGER_UI_URL=_SWAGGER_ASSETS,
+        API_SPEC_OPTIONS={"info": {"description": _API_DESCRIPTION}},
+    )
+    if test_config:
+        app.config.update({k: v for k, v in test_config.items() if k.isupper()})
+    logging.getLogger(__name__).setLevel(settings.LOG_LEVEL.upper())
+    os.makedirs(app.instance_path, exist_ok=True)
+
+    url = settings.DATABASE_URL or sqlite_url_for(str(Path(app.instance_path) / DATABASE_FILENAME))
+    store = JobStore.from_url(url, durability=settings.DURABILITY,
+                              pool_size=settings.DB_POOL_SIZE,
+                              busy_timeout_s=settings.DB_BUSY_TIMEOUT_S)
+    app.extensions[STORE_KEY] = store
+
+    if settings.TRUSTED_PROXIES:
+        n = settings.TRUSTED_PROXIES
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n,
+                                x_prefix=n)
+
+    app.json.sort_keys = False  # keep the schema's field order, as in the seed
+    api = http_errors.JsonErrorsApi(app)
+    http_errors.register(app)
+    for blueprint in (jobs.blp, health.blp):
+        blueprint.before_request(http_errors.require_json_body)
+        api.register_blueprint(blueprint)
+    _serve_swagger_assets(app)
+    return app
+
+
+def _serve_swagger_assets(app: Flask) -> None:
+    assets = swagger_ui_bundle.swagger_ui_path
+
+    @app.get(f"/{_SWAGGER_ASSETS}<path:filename>")
+    def swagger_asset(filename: str):
+        return send_from_directory(assets, filename, max_age=86_400)
+
+
+_API_DESCRIPTION = """\
+Queue, follow and manage LLM training jobs.
+
+Every error is JSON: `{code, status, message, errors?}`. Timestamps are ISO 8601 in UTC
+with an explicit offset. `GET /jobs` pages with an RFC 8288 `Link: rel="next"` header.
+"""

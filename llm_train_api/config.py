@@ -1,0 +1,83 @@
+"""Settings: every knob is an `LLM_TRAIN_API_*` environment variable.
+
+`create_app(test_config)` accepts the same names without the prefix, so tests configure the
+app exactly the way operators do.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+PREFIX = "LLM_TRAIN_API_"
+
+
+class ConfigError(ValueError):
+    """A setting has a value the service cannot start with."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Where the SQLite default and other local state live. Empty = Flask's instance folder.
+    INSTANCE_PATH: str = ""
+    # SQLAlchemy URL. Empty = sqlite file in INSTANCE_PATH.
+    DATABASE_URL: str = ""
+    # "full": a 2xx means the write survives power loss. "relaxed": survives a process
+    # crash but may lose the last moments of writes on power loss, for more write throughput.
+    DURABILITY: str = "full"
+    # Connections per process (PostgreSQL); each gunicorn worker holds its own pool.
+    DB_POOL_SIZE: int = 5
+    # How long a write waits for another process holding the SQLite write lock.
+    DB_BUSY_TIMEOUT_S: float = 10.0
+    # Largest accepted JSON request body.
+    MAX_JSON_BYTES: int = 1024 * 1024
+    # Bounds on the hyperparameters object, serialised size and nesting depth.
+    MAX_HYPERPARAMETERS_BYTES: int = 64 * 1024
+    MAX_HYPERPARAMETERS_DEPTH: int = 8
+    # Number of reverse proxies in front of the service whose X-Forwarded-* to trust.
+    TRUSTED_PROXIES: int = 0
+    LOG_LEVEL: str = "INFO"
+
+    @classmethod
+    def load(
+        cls, environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
+    ) -> Settings:
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw: Any = environ.get(PREFIX + f.name)
+            if overrides and f.name in overrides:
+                raw = overrides[f.name]
+            if raw is None:
+                continue
+            values[f.name] = _coerce(f.name, raw, type(getattr(cls, f.name)))
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+    def validate(self) -> None:
+        if self.DURABILITY not in ("full", "relaxed"):
+            raise ConfigError(
+                f"{PREFIX}DURABILITY must be 'full' or 'relaxed', got {self.DURABILITY!r}"
+            )
+        for name in ("DB_POOL_SIZE", "MAX_JSON_BYTES", "MAX_HYPERPARAMETERS_BYTES",
+                     "MAX_HYPERPARAMETERS_DEPTH"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{PREFIX}{name} must be at least 1")
+        if self.TRUSTED_PROXIES < 0 or self.DB_BUSY_TIMEOUT_S < 0:
+            raise ConfigError("negative values are not allowed")
+
+
+def _coerce(name: str, raw: Any, kind: type) -> Any:
+    if isinstance(raw, kind) and not (kind is int and isinstance(raw, bool)):
+        return raw
+    try:
+        if kind is int:
+            return int(str(raw).strip())
+        if kind is float:
+            return float(str(raw).strip())
+        return str(raw)
+    except ValueError:
+        raise ConfigError(f"{PREFIX}{name} must be a {kind.__name__}, got {raw!r}") from None

@@ -1,0 +1,191 @@
+"""The job model shared by the API, the store and (later) the workers.
+
+Everything here is plain Python so the rules of the job life cycle can be read, tested and
+reused without a database or a web framework in the way.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
+_JOB_ID_RE = re.compile(JOB_ID_PATTERN)
+
+
+class JobStatus(str, enum.Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATUSES
+
+
+FINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
+
+# The life cycle. A target reachable from several sources lets the store express a
+# transition as one conditional UPDATE (`WHERE status IN sources`), so racing requests
+# are decided by the database rather than by a read followed by a write.
+ALLOWED_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
+    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.FAILED}),
+    JobStatus.RUNNING: frozenset(
+        {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.QUEUED}
+    ),
+    JobStatus.SUCCEEDED: frozenset(),
+    JobStatus.FAILED: frozenset(),
+    JobStatus.CANCELLED: frozenset(),
+}
+
+
+def sources_of(target: JobStatus) -> frozenset[JobStatus]:
+    """Statuses from which `target` may be entered."""
+    return frozenset(src for src, dsts in ALLOWED_TRANSITIONS.items() if target in dsts)
+
+
+def allowed_targets(current: JobStatus) -> list[str]:
+    """Targets a client may ask for next, sorted for stable error messages."""
+    return sorted(s.value for s in ALLOWED_TRANSITIONS[current])
+
+
+# error_message explains why a job ended without success. Keeping it only where it means
+# something stops a requeued or succeeded job from showing a stale failure reason.
+ERROR_MESSAGE_TARGETS = frozenset({JobStatus.FAILED, JobStatus.CANCELLED})
+
+
+def is_valid_job_id(value: str) -> bool:
+    return bool(_JOB_ID_RE.match(value))
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def to_epoch_us(value: datetime) -> int:
+    """Exact integer microseconds (float timestamps lose precision); naive means UTC."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=timezone.utc)
+    delta = value - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """What a client asks for; the store turns it into a `Job`."""
+
+    job_id: str
+    model_name: str
+    dataset: str
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    id: str
+    model_name: str
+    dataset: str
+    hyperparameters: dict[str, Any]
+    status: JobStatus
+    created_at: datetime
+    updated_at: datetime
+    error_message: str | None
+    started_at: datetime | None
+    finished_at: datetime | None
+    version: int
+
+    @property
+    def revision(self) -> Revision:
+        return Revision(to_epoch_us(self.created_at), self.version)
+
+    @property
+    def etag(self) -> str:
+        return self.revision.etag
+
+
+@dataclass(frozen=True, slots=True)
+class Revision:
+    """Identifies one state of one job: the ETag, and the If-Match precondition.
+
+    The creation time is part of it so that a job deleted and re-created under the same id
+    never matches an ETag of its namesake.
+    """
+
+    created_us: int
+    version: int
+
+    @property
+    def etag(self) -> str:
+        return f"{self.created_us:x}-{self.version}"
+
+    @classmethod
+    def from_etag(cls, etag: str) -> Revision | None:
+        created, _, version = etag.partition("-")
+        try:
+            rev = cls(int(created, 16), int(version))
+        except ValueError:
+            return None
+        return rev if rev.etag == etag else None
+
+
+@dataclass(frozen=True, slots=True)
+class JobEvent:
+    """One entry of a job's timeline: a status change and who or what caused it."""
+
+    job_id: str
+    at: datetime
+    kind: str
+    from_status: JobStatus | None
+    to_status: JobStatus | None
+    actor: str | None
+    message: str | None
+
+
+class DomainError(Exception):
+    """Base for errors a client caused; the API maps each subclass to one HTTP status."""
+
+
+class JobNotFound(DomainError):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(f"Job {job_id!r} not found.")
+        self.job_id = job_id
+
+
+class JobIdConflict(DomainError):
+    def __init__(self, job_id: str) -> None:
+        super().__init__(
+            f"Job id {job_id!r} is already taken by a job with a different body."
+        )
+        self.job_id = job_id
+
+
+class IllegalTransition(DomainError):
+    def __init__(self, job_id: str, current: JobStatus, target: JobStatus) -> None:
+        allowed = allowed_targets(current)
+        if allowed:
+            tail = f"allowed targets are: {', '.join(allowed)}."
+        else:
+            tail = f"{current.value!r} is final, no further status change is allowed."
+        super().__init__(
+            f"Cannot change job {job_id!r} from {current.value!r} to {target.value!r}: {tail}"
+        )
+        self.current = current
+        self.target = target
+        self.allowed = allowed
+
+
+class PreconditionFailed(DomainError):
+    def __init__(self, job_id: str, current_etag: str) -> None:
+        super().__init__(
+            f"Job {job_id!r} has changed (its ETag is now {current_etag}); "
+            "fetch it again and retry."
+        )
+        self.current_etag = current_etag

@@ -1,0 +1,116 @@
+"""How failures become HTTP: every error a client can cause is a JSON body in
+flask-smorest's shape `{code, status, message, errors?}`, never an HTML page or a 500.
+"""
+
+from __future__ import annotations
+
+import json
+from http import HTTPStatus
+from typing import Any, NoReturn
+
+import flask
+from flask_smorest import Api, abort
+from webargs import core
+from webargs.flaskparser import FlaskParser, is_json_request
+from werkzeug.exceptions import HTTPException
+
+from .domain import (
+    DomainError,
+    IllegalTransition,
+    JobIdConflict,
+    JobNotFound,
+    PreconditionFailed,
+)
+from .pagination import InvalidCursor
+
+_STATUS_BY_ERROR: dict[type[DomainError], int] = {
+    JobNotFound: 404,
+    JobIdConflict: 409,
+    IllegalTransition: 409,
+    PreconditionFailed: 412,
+}
+
+JSON_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
+
+
+class _NonFiniteNumber(ValueError):
+    pass
+
+
+def _reject_constant(name: str) -> NoReturn:
+    raise _NonFiniteNumber(f"{name} is not valid JSON: numbers must be finite.")
+
+
+class StrictJSONParser(FlaskParser):
+    """webargs' Flask parser, minus Python's JSON extensions (NaN, Infinity)."""
+
+    def _raw_load_json(self, req: flask.Request) -> Any:
+        if not is_json_request(req):
+            return core.missing
+        raw = req.get_data(cache=True)
+        try:
+            return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+        except _NonFiniteNumber as exc:
+            abort(400, message=str(exc), errors={"json": [str(exc)]})
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            detail = f"Request body is not valid JSON: {exc}"
+            abort(400, message=detail, errors={"json": ["Invalid JSON body."]})
+
+    def handle_error(self, error, req, schema, *, error_status_code, error_headers):
+        # Same as webargs, but with a message that says which part of the request was wrong.
+        status = error_status_code or self.DEFAULT_VALIDATION_STATUS
+        abort(status, message="Invalid request: see `errors` for each field.",
+              errors=error.messages, headers=error_headers)
+
+
+def require_json_body() -> None:
+    """415 for a write whose body is not declared as JSON, before any parsing happens."""
+    request = flask.request
+    if request.method in JSON_BODY_METHODS and not request.is_json:
+        got = request.mimetype or "none"
+        abort(415, message=f"Content-Type must be application/json (got {got}).")
+
+
+class JsonErrorsApi(Api):
+    """flask-smorest's Api, whose error bodies always carry a `message` and keep the
+    exception's own headers (such as `Allow` on a 405)."""
+
+    def handle_http_exception(self, error: HTTPException):
+        payload, code, headers = super().handle_http_exception(error)
+        payload.setdefault("message", error.description or error.name)
+        merged = {k: v for k, v in error.get_headers() if k.lower() != "content-type"}
+        merged.update(headers or {})
+        return payload, code, merged
+
+
+def register(app: flask.Flask) -> None:
+    @app.errorhandler(DomainError)
+    def _domain_error(error: DomainError):  # noqa: ANN202 - Flask handler
+        status = _STATUS_BY_ERROR.get(type(error), 400)
+        return _json_error(status, str(error), extra=_extra_fields(error))
+
+    @app.errorhandler(InvalidCursor)
+    def _bad_cursor(error: InvalidCursor):  # noqa: ANN202
+        return _json_error(400, str(error), errors={"query": {"cursor": [str(error)]}})
+
+
+
+def _extra_fields(error: DomainError) -> dict[str, Any]:
+    if isinstance(error, IllegalTransition):
+        return {"current_status": error.current.value, "allowed_targets": error.allowed}
+    return {}
+
+
+def _json_error(
+    status: int, message: str, *, errors: Any = None, extra: dict[str, Any] | None = None
+):
+    body: dict[str, Any] = {
+        "code": status,
+        "status": HTTPStatus(status).phrase,
+        "message": message,
+    }
+    if errors:
+        body["errors"] = errors
+    if extra:
+        body.update(extra)
+    return flask.jsonify(body), status

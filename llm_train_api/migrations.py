@@ -1,0 +1,56 @@
+"""Versioned schema migrations, applied at start-up by every process that opens the store.
+
+Several gunicorn workers (and hosts) start at once, so the check-and-apply runs under a
+database-wide lock: an advisory lock on PostgreSQL, the write lock (BEGIN IMMEDIATE) on
+SQLite. DDL is transactional on both, so a crash mid-migration leaves the old version.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy import Connection, Engine, select, text
+
+from . import tables
+
+# Arbitrary constant naming our advisory lock; only has to be unique within the database.
+_PG_MIGRATION_LOCK = 0x6C6C6D5F7472  # "llm_tr"
+
+
+def _v1_initial(conn: Connection) -> None:
+    tables.metadata.create_all(
+        conn, tables=[tables.jobs, tables.job_events], checkfirst=True
+    )
+
+
+MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
+    (1, _v1_initial),
+]
+LATEST_VERSION = MIGRATIONS[-1][0]
+
+
+def current_version(conn: Connection) -> int:
+    row = conn.execute(select(tables.schema_version.c.version)).first()
+    return row[0] if row else 0
+
+
+def migrate(engine: Engine) -> int:
+    """Bring the schema to LATEST_VERSION and return the version found before."""
+    with engine.begin() as conn:  # BEGIN IMMEDIATE on SQLite: serialises concurrent starters
+        if conn.dialect.name == "postgresql":
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_MIGRATION_LOCK})
+        tables.schema_version.create(conn, checkfirst=True)
+        found = current_version(conn)
+        if found > LATEST_VERSION:
+            raise RuntimeError(
+                f"database schema version {found} is newer than this code ({LATEST_VERSION}); "
+                "upgrade llm_train_api"
+            )
+        for version, step in MIGRATIONS:
+            if version > found:
+                step(conn)
+        if found == 0:
+            conn.execute(tables.schema_version.insert().values(id=1, version=LATEST_VERSION))
+        elif found < LATEST_VERSION:
+            conn.execute(tables.schema_version.update().values(version=LATEST_VERSION))
+        return found

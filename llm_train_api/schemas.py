@@ -1,0 +1,182 @@
+"""marshmallow schemas: the one definition of every payload, for validation and for the
+OpenAPI document alike.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from typing import Any
+
+from flask import current_app
+from marshmallow import Schema, ValidationError, fields, validate, validates
+
+from .domain import JOB_ID_PATTERN, JobStatus
+from .pagination import DEFAULT_LIMIT, MAX_LIMIT
+
+NAME_MAX_LENGTH = 256
+ERROR_MESSAGE_MAX_LENGTH = 8192
+
+
+def _reject_unstorable(value: str) -> None:
+    """NUL and lone surrogates cannot be stored in PostgreSQL text or encoded as UTF-8."""
+    if "\x00" in value:
+        raise ValidationError("NUL characters are not allowed.")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationError("Invalid unicode (lone surrogate).") from None
+
+
+class Text(fields.String):
+    """A string that every supported database can store as given."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        result = super()._deserialize(value, attr, data, **kwargs)
+        _reject_unstorable(result)
+        return result
+
+
+class NonBlank(validate.Validator):
+    error = "Must contain a non-whitespace character."
+
+    def __call__(self, value: str) -> str:
+        if not value.strip():
+            raise ValidationError(self.error)
+        return value
+
+
+class UTCDateTime(fields.DateTime):
+    """ISO 8601 with microseconds and an explicit +00:00, always the same width."""
+
+    def _serialize(self, value: datetime | None, attr: str | None, obj: Any, **kwargs: Any):
+        if value is None:
+            return None
+        return value.isoformat(timespec="microseconds")
+
+
+class JobCreateSchema(Schema):
+    job_id = Text(
+        validate=validate.Regexp(
+            JOB_ID_PATTERN,
+            error="Must be 1-128 characters of letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit.",
+        ),
+        metadata={
+            "description": "Unique id. Omit it and the server picks a URL-safe one. Resending "
+            "an identical body with the same id returns the existing job (200).",
+            "example": "job-001",
+        },
+    )
+    model_name = Text(
+        required=True,
+        validate=[validate.Length(min=1, max=NAME_MAX_LENGTH), NonBlank()],
+        metadata={"example": "gpt-mini"},
+    )
+    dataset = Text(
+        required=True,
+        validate=[validate.Length(min=1, max=NAME_MAX_LENGTH), NonBlank()],
+        metadata={"example": "dataset-v1"},
+    )
+    hyperparameters = fields.Dict(
+        keys=fields.String(),
+        load_default=dict,
+        metadata={
+            "description": "Training hyperparameters, a JSON object (bounded size and depth).",
+            "example": {"learning_rate": 0.001, "epochs": 5},
+        },
+    )
+
+    @validates("hyperparameters")
+    def _bounded(self, value: dict[str, Any], **_: Any) -> None:
+        max_depth = current_app.config["MAX_HYPERPARAMETERS_DEPTH"]
+        max_bytes = current_app.config["MAX_HYPERPARAMETERS_BYTES"]
+        _check_json_value(value, depth=1, max_depth=max_depth)
+        size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+        if size > max_bytes:
+            raise ValidationError(f"Too large: {size} bytes serialised, the limit is {max_bytes}.")
+
+
+def _check_json_value(value: Any, *, depth: int, max_depth: int) -> None:
+    if depth > max_depth:
+        raise ValidationError(f"Nested too deeply: the limit is {max_depth} levels.")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _reject_unstorable(key)
+            _check_json_value(item, depth=depth + 1, max_depth=max_depth)
+    elif isinstance(value, list):
+        for item in value:
+            _check_json_value(item, depth=depth + 1, max_depth=max_depth)
+    elif isinstance(value, str):
+        _reject_unstorable(value)
+
+
+class JobSchema(Schema):
+    id = fields.String(metadata={"example": "job-001"})
+    model_name = fields.String(metadata={"example": "gpt-mini"})
+    dataset = fields.String(metadata={"example": "dataset-v1"})
+    hyperparameters = fields.Dict(metadata={"example": {"learning_rate": 0.001, "epochs": 5}})
+    status = fields.Enum(JobStatus, by_value=True)
+    created_at = UTCDateTime(metadata={"description": "ISO 8601, UTC, with offset."})
+    updated_at = UTCDateTime()
+    error_message = fields.String(
+        allow_none=True,
+        metadata={"description": "Why the job failed or was cancelled; null otherwise."},
+    )
+    started_at = UTCDateTime(
+        allow_none=True, metadata={"description": "When the job last entered `running`."}
+    )
+    finished_at = UTCDateTime(
+        allow_none=True, metadata={"description": "When the job reached a final status."}
+    )
+
+
+class StatusUpdateSchema(Schema):
+    status = fields.Enum(JobStatus, by_value=True, required=True)
+    error_message = Text(
+        allow_none=True,
+        load_default=None,
+        validate=validate.Length(max=ERROR_MESSAGE_MAX_LENGTH),
+        metadata={
+            "description": "Kept with `failed` and `cancelled` (the reason). With any other "
+            "target a non-null value is rejected (422), and the transition clears the old one."
+        },
+    )
+
+
+class JobListQuerySchema(Schema):
+    status = fields.List(
+        fields.Enum(JobStatus, by_value=True),
+        metadata={"description": "Repeat to match any of several statuses."},
+    )
+    model_name = Text(validate=validate.Length(min=1, max=NAME_MAX_LENGTH))
+    dataset = Text(validate=validate.Length(min=1, max=NAME_MAX_LENGTH))
+    created_after = fields.AwareDateTime(
+        default_timezone=timezone.utc,
+        metadata={"description": "ISO 8601; without an offset it is taken as UTC."},
+    )
+    created_before = fields.AwareDateTime(default_timezone=timezone.utc)
+    limit = fields.Integer(
+        load_default=DEFAULT_LIMIT,
+        validate=validate.Range(min=1, max=MAX_LIMIT),
+        metadata={"description": f"Page size, default {DEFAULT_LIMIT}, at most {MAX_LIMIT}."},
+    )
+    cursor = fields.String(
+        validate=validate.Length(max=200),
+        metadata={"description": "Opaque; copy it from the `Link: rel=\"next\"` header."},
+    )
+
+
+class JobEventSchema(Schema):
+    at = UTCDateTime()
+    kind = fields.String(metadata={"description": "`created` or `status`."})
+    from_status = fields.Enum(JobStatus, by_value=True, allow_none=True)
+    to_status = fields.Enum(JobStatus, by_value=True, allow_none=True)
+    actor = fields.String(allow_none=True)
+    message = fields.String(allow_none=True)
+
+
+class HealthSchema(Schema):
+    status = fields.String(metadata={"example": "ok"})
+    schema_version = fields.Integer()
+    database = fields.String(metadata={"example": "sqlite"})

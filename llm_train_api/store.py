@@ -1,0 +1,478 @@
+"""The job store: every read and write of jobs goes through here, as SQLAlchemy Core.
+
+Correctness across gunicorn workers and hosts comes from the database, never from Python:
+creates are `INSERT .. ON CONFLICT DO NOTHING`, status changes are one conditional UPDATE
+(compare-and-set on the status, and on the version when the client sent If-Match), and each
+write commits in one transaction together with its event row.
+
+The in-process lock only serialises SQLite writers of this process, which SQLite would
+serialise anyway, so that threads queue on a cheap mutex instead of spinning in SQLite's
+busy handler. It is never taken on PostgreSQL, and never held around anything but a write.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Select,
+    and_,
+    create_engine,
+    delete,
+    event,
+    or_,
+    select,
+    union_all,
+    update,
+)
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import make_url
+
+from . import migrations
+from .domain import (
+    ERROR_MESSAGE_TARGETS,
+    IllegalTransition,
+    Job,
+    JobEvent,
+    JobIdConflict,
+    JobNotFound,
+    JobStatus,
+    NewJob,
+    PreconditionFailed,
+    Revision,
+    sources_of,
+    to_epoch_us,
+)
+from .pagination import JobPage, JobQuery, SortKey
+from .tables import job_events, jobs
+
+_JOB_COLUMNS = (
+    jobs.c.seq,
+    jobs.c.id,
+    jobs.c.model_name,
+    jobs.c.dataset,
+    jobs.c.hyperparameters,
+    jobs.c.status,
+    jobs.c.error_message,
+    jobs.c.created_us,
+    jobs.c.updated_us,
+    jobs.c.started_us,
+    jobs.c.finished_us,
+    jobs.c.version,
+)
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+def _to_dt(us: int | None) -> datetime | None:
+    if us is None:
+        return None
+    return datetime.fromtimestamp(us / 1_000_000, tz=timezone.utc).replace(
+        microsecond=us % 1_000_000
+    )
+
+
+def canonical_json(value: Any) -> str:
+    """One spelling per value: what is stored, hashed and compared for idempotent creates."""
+    return json.dumps(value, separators=(",", ":"), sort_keys=True, allow_nan=False,
+                      ensure_ascii=False)
+
+
+def request_hash(new: NewJob) -> str:
+    body = canonical_json([new.model_name, new.dataset, new.hyperparameters])
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def _row_to_job(row: Any) -> Job:
+    return Job(
+        id=row.id,
+        model_name=row.model_name,
+        dataset=row.dataset,
+        hyperparameters=json.loads(row.hyperparameters),
+        status=JobStatus(row.status),
+        created_at=_to_dt(row.created_us),
+        updated_at=_to_dt(row.updated_us),
+        error_message=row.error_message,
+        started_at=_to_dt(row.started_us),
+        finished_at=_to_dt(row.finished_us),
+        version=row.version,
+    )
+
+
+class JobStore:
+    def __init__(self, engine: Engine) -> None:
+        self._engine = engine
+        self._dialect = engine.dialect.name
+        self._write_lock = threading.Lock()
+        self._insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
+
+    # ------------------------------------------------------------------ set-up
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        durability: str = "full",
+        pool_size: int = 5,
+        busy_timeout_s: float = 10.0,
+        migrate: bool = True,
+    ) -> JobStore:
+        engine = build_engine(url, durability=durability, pool_size=pool_size,
+                              busy_timeout_s=busy_timeout_s)
+        store = cls(engine)
+        if migrate:
+            store.migrate()
+        return store
+
+    def migrate(self) -> int:
+        with self._writing():
+            return migrations.migrate(self._engine)
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+    @property
+    def dialect(self) -> str:
+        return self._dialect
+
+    def ping(self) -> int:
+        """Schema version, read through a real round trip: the readiness probe."""
+        with self._reading() as conn:
+            return migrations.current_version(conn)
+
+    # ------------------------------------------------------------------ transactions
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        if self._dialect == "sqlite":
+            with self._write_lock:
+                yield
+        else:
+            yield
+
+    @contextlib.contextmanager
+    def _write_tx(self) -> Iterator[Connection]:
+        with self._writing(), self._engine.begin() as conn:
+            yield conn
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[Connection]:
+        # A deferred BEGIN on SQLite: readers never take the write lock (see build_engine).
+        with self._engine.connect() as conn:
+            conn = conn.execution_options(llm_read_only=True)
+            try:
+                yield conn
+            finally:
+                conn.rollback()
+
+    # ------------------------------------------------------------------ jobs
+    def create_job(self, new: NewJob, *, actor: str | None = None) -> tuple[Job, bool]:
+        """Insert the job, or return the existing one when this is an identical retry.
+
+        Returns (job, created). Raises JobIdConflict when the id holds a different job.
+        """
+        digest = request_hash(new)
+        hyperparameters = canonical_json(new.hyperparameters)
+        for _ in range(3):
+            ts = now_us()
+            with self._write_tx() as conn:
+                row = conn.execute(
+                    self._insert(jobs)
+                    .values(
+                        id=new.job_id,
+                        model_name=new.model_name,
+                        dataset=new.dataset,
+                        hyperparameters=hyperparameters,
+                        request_hash=digest,
+                        status=JobStatus.QUEUED.value,
+                        created_us=ts,
+                        updated_us=ts,
+                        version=1,
+                    )
+                    .on_conflict_do_nothing(index_elements=[jobs.c.id])
+                    .returning(*_JOB_COLUMNS)
+                ).first()
+                if row is not None:
+                    self._record_event(conn, new.job_id, ts, "created", None, JobStatus.QUEUED,
+                                       actor, None)
+                    return _row_to_job(row), True
+                existing = conn.execute(
+                    select(*_JOB_COLUMNS, jobs.c.request_hash).where(jobs.c.id == new.job_id)
+                ).first()
+            if existing is None:
+                continue  # deleted between our insert and our read: try the insert again
+            if existing.request_hash != digest:
+                raise JobIdConflict(new.job_id)
+            return _row_to_job(existing), False
+        raise JobIdConflict(new.job_id)
+
+    def insert_many(self, new_jobs: Iterable[NewJob]) -> int:
+        """Bulk-load queued jobs in one transaction (seeding, imports, benchmarks)."""
+        base = now_us()
+        rows = [
+            {
+                "id": new.job_id,
+                "model_name": new.model_name,
+                "dataset": new.dataset,
+                "hyperparameters": canonical_json(new.hyperparameters),
+                "request_hash": request_hash(new),
+                "status": JobStatus.QUEUED.value,
+                "created_us": base + i,
+                "updated_us": base + i,
+                "version": 1,
+            }
+            for i, new in enumerate(new_jobs)
+        ]
+        if not rows:
+            return 0
+        with self._write_tx() as conn:
+            conn.execute(jobs.insert(), rows)
+        return len(rows)
+
+    def get_job(self, job_id: str) -> Job:
+        with self._reading() as conn:
+            row = conn.execute(select(*_JOB_COLUMNS).where(jobs.c.id == job_id)).first()
+        if row is None:
+            raise JobNotFound(job_id)
+        return _row_to_job(row)
+
+    def list_jobs(self, query: JobQuery) -> JobPage:
+        """One page, newest first, as index range scans (see pagination.py)."""
+        fetch = query.limit + 1  # one extra row tells whether a next page exists
+        order = (jobs.c.created_us.desc(), jobs.c.seq.desc())
+        if len(query.statuses) > 1:
+            # A merge of per-status index scans: each branch is bounded by the page size, so
+            # the cost stays flat however many jobs are in each status.
+            branches = [
+                select(*_JOB_COLUMNS)
+                .where(*self._filters(query, status=s))
+                .order_by(*order)
+                .limit(fetch)
+                .subquery()
+                for s in query.statuses
+            ]
+            merged = union_all(*(select(b) for b in branches)).subquery()
+            stmt: Select[Any] = (
+                select(merged)
+                .order_by(merged.c.created_us.desc(), merged.c.seq.desc())
+                .limit(fetch)
+            )
+        else:
+            status = query.statuses[0] if query.statuses else None
+            stmt = (
+                select(*_JOB_COLUMNS)
+                .where(*self._filters(query, status=status))
+                .order_by(*order)
+                .limit(fetch)
+            )
+        with self._reading() as conn:
+            rows = conn.execute(stmt).all()
+        next_key = None
+        if len(rows) > query.limit:
+            rows = rows[: query.limit]
+            last = rows[-1]
+            next_key = SortKey(last.created_us, last.seq)
+        return JobPage([_row_to_job(r) for r in rows], next_key)
+
+    @staticmethod
+    def _filters(query: JobQuery, *, status: JobStatus | None) -> list[Any]:
+        clauses: list[Any] = []
+        if status is not None:
+            clauses.append(jobs.c.status == status.value)
+        if query.model_name is not None:
+            clauses.append(jobs.c.model_name == query.model_name)
+        if query.dataset is not None:
+            clauses.append(jobs.c.dataset == query.dataset)
+        if query.created_after is not None:
+            clauses.append(jobs.c.created_us > to_epoch_us(query.created_after))
+        if query.created_before is not None:
+            clauses.append(jobs.c.created_us < to_epoch_us(query.created_before))
+        if query.after is not None:
+            # (created_us, seq) < (c, s), spelt so both SQLite and PostgreSQL use a range scan.
+            c, s = query.after.created_us, query.after.seq
+            clauses.append(jobs.c.created_us <= c)
+            clauses.append(or_(jobs.c.created_us < c, and_(jobs.c.created_us == c, jobs.c.seq < s)))
+        return clauses
+
+    def transition(
+        self,
+        job_id: str,
+        target: JobStatus,
+        *,
+        error_message: str | None = None,
+        expected: Revision | None = None,
+        actor: str | None = None,
+    ) -> tuple[Job, bool]:
+        """Move a job to `target` with one compare-and-set UPDATE.
+
+        Returns (job, changed). Asking for the status the job already has changes nothing.
+        Raises JobNotFound, PreconditionFailed (`expected` is stale) or IllegalTransition.
+        """
+        ts = now_us()
+        values: dict[str, Any] = {
+            "previous_status": jobs.c.status,  # SET reads the old row: the status we replaced
+            "status": target.value,
+            "version": jobs.c.version + 1,
+            "updated_us": ts,
+            "error_message": error_message if target in ERROR_MESSAGE_TARGETS else None,
+        }
+        if target is JobStatus.RUNNING:
+            values["started_us"] = ts
+            values["finished_us"] = None
+        elif target is JobStatus.QUEUED:
+            values["finished_us"] = None
+        else:
+            values["finished_us"] = ts
+        conditions = [
+            jobs.c.id == job_id,
+            jobs.c.status.in_(sorted(s.value for s in sources_of(target))),
+        ]
+        if expected is not None:
+            conditions.append(jobs.c.version == expected.version)
+            conditions.append(jobs.c.created_us == expected.created_us)
+        with self._write_tx() as conn:
+            row = conn.execute(
+                update(jobs)
+                .where(*conditions)
+                .values(**values)
+                .returning(*_JOB_COLUMNS, jobs.c.previous_status)
+            ).first()
+            if row is not None:
+                self._record_event(conn, job_id, ts, "status", JobStatus(row.previous_status),
+                                   target, actor, values["error_message"])
+                return _row_to_job(row), True
+            current = conn.execute(select(*_JOB_COLUMNS).where(jobs.c.id == job_id)).first()
+        if current is None:
+            raise JobNotFound(job_id)
+        job = _row_to_job(current)
+        if expected is not None and job.revision != expected:
+            raise PreconditionFailed(job_id, job.etag)
+        if job.status is target:
+            return job, False
+        raise IllegalTransition(job_id, job.status, target)
+
+    def delete_job(self, job_id: str) -> None:
+        with self._write_tx() as conn:
+            gone = conn.execute(
+                delete(jobs).where(jobs.c.id == job_id).returning(jobs.c.id)
+            ).first()
+            if gone is None:
+                raise JobNotFound(job_id)
+            conn.execute(delete(job_events).where(job_events.c.job_id == job_id))
+
+    def job_events(self, job_id: str) -> list[JobEvent]:
+        with self._reading() as conn:
+            exists = conn.execute(select(jobs.c.seq).where(jobs.c.id == job_id)).first()
+            rows = conn.execute(
+                select(job_events).where(job_events.c.job_id == job_id).order_by(job_events.c.seq)
+            ).all()
+        if exists is None:
+            raise JobNotFound(job_id)
+        return [
+            JobEvent(
+                job_id=r.job_id,
+                at=_to_dt(r.at_us),
+                kind=r.kind,
+                from_status=JobStatus(r.from_status) if r.from_status else None,
+                to_status=JobStatus(r.to_status) if r.to_status else None,
+                actor=r.actor,
+                message=r.message,
+            )
+            for r in rows
+        ]
+
+    @staticmethod
+    def _record_event(
+        conn: Connection,
+        job_id: str,
+        at_us: int,
+        kind: str,
+        from_status: JobStatus | None,
+        to_status: JobStatus | None,
+        actor: str | None,
+        message: str | None,
+    ) -> None:
+        conn.execute(
+            job_events.insert().values(
+                job_id=job_id,
+                at_us=at_us,
+                kind=kind,
+                from_status=from_status.value if from_status else None,
+                to_status=to_status.value if to_status else None,
+                actor=actor,
+                message=message,
+            )
+        )
+
+
+def build_engine(
+    url: str, *, durability: str = "full", pool_size: int = 5, busy_timeout_s: float = 10.0
+) -> Engine:
+    """An engine tuned per backend: WAL + explicit BEGIN on SQLite, pooled psycopg on PG."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return _sqlite_engine(url, durability=durability, busy_timeout_s=busy_timeout_s)
+    if backend == "postgresql":
+        if parsed.get_driver_name() != "psycopg":
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        engine = create_engine(
+            parsed, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
+            pool_recycle=3600,
+        )
+        if durability == "relaxed":
+            @event.listens_for(engine, "connect")
+            def _relax(dbapi_conn: Any, _record: Any) -> None:
+                with dbapi_conn.cursor() as cur:
+                    cur.execute("SET synchronous_commit TO off")
+                dbapi_conn.commit()
+        return engine
+    raise ValueError(
+        f"unsupported database URL {parsed.render_as_string()!r}: use sqlite or postgresql"
+    )
+
+
+def _sqlite_engine(url: str, *, durability: str, busy_timeout_s: float) -> Engine:
+    engine = create_engine(
+        url, connect_args={"timeout": busy_timeout_s, "check_same_thread": False}
+    )
+    synchronous = "FULL" if durability == "full" else "NORMAL"
+
+    @event.listens_for(engine, "connect")
+    def _configure(dbapi_conn: Any, _record: Any) -> None:
+        # Take transaction control away from the sqlite3 module so that BEGIN is ours.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA synchronous={synchronous}")
+        cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        # Writers take the write lock up front: a deferred transaction that later upgrades
+        # can fail with SQLITE_BUSY without waiting, which would surface as a 500.
+        if conn.get_execution_options().get("llm_read_only"):
+            conn.exec_driver_sql("BEGIN")
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def sqlite_url_for(path: str) -> str:
+    return f"sqlite:///{path}"
+
+
+__all__ = ["JobStore", "NewJob", "build_engine", "now_us"]
