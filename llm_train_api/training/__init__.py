@@ -1,0 +1,36 @@
+"""Built-in GPT trainer that the worker runs for each job.
+
+Import rules (the API process must stay small):
+
+* torch-free and numpy-free: :mod:`.catalog`, :mod:`.hyperparams`, :mod:`.datasets`,
+  :mod:`.events`, :mod:`.storage`, :mod:`.tinytext`. The API validates jobs with these.
+* need torch/numpy (the ``train`` extra): :mod:`.model`, :mod:`.data`, :mod:`.checkpoint`,
+  :mod:`.trainer`, :mod:`.sample`, and the CLI in :mod:`.__main__`.
+
+This ``__init__`` therefore imports nothing heavy; it only re-exports the exit codes so a
+worker can interpret the subprocess's return code without importing torch.
+
+Run contract (details in :mod:`llm_train_api.training.__main__`)::
+
+    python -m llm_train_api.training run --job-dir DIR [--spec spec.json]
+    python -m llm_train_api.training sample --checkpoint DIR/ckpt_best.pt --prompt "..."
+    python -m llm_train_api.training models
+"""
+
+from llm_train_api.training.events import (
+    EVENT_PREFIX,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_PREEMPTED,
+    EXIT_USAGE,
+    parse_line,
+)
+
+__all__ = [
+    "EVENT_PREFIX",
+    "EXIT_FAILED",
+    "EXIT_OK",
+    "EXIT_PREEMPTED",
+    "EXIT_USAGE",
+    "parse_line",
+]

@@ -1,0 +1,92 @@
+"""Checkpoint format: what a run needs to continue bit-for-bit, saved atomically.
+
+A checkpoint is one ``torch.save``-d dict (see :func:`build_checkpoint`) holding model and
+optimizer state, the GradScaler, the model arguments, the step, the best validation loss,
+the validated hyperparameters, the dataset hash and every RNG state the run consumes
+(torch CPU, CUDA when present, Python's ``random``). numpy's RNG is never used. The batch
+sampler needs no saved state: batches are a function of ``(seed, step)``.
+
+Only plain containers and tensors go in, so checkpoints load with
+``torch.load(weights_only=True)``: opening an untrusted checkpoint cannot run code.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from llm_train_api.training.model import GPT, GPTConfig
+from llm_train_api.training.storage import JobStorage
+
+CHECKPOINT_FORMAT = "llm_train_api.checkpoint/1"
+LATEST = "ckpt_latest.pt"
+BEST = "ckpt_best.pt"
+
+
+def capture_rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {
+        "torch_cpu": torch.get_rng_state(),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["torch_cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch_cpu"])
+    if "python" in state:
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+    cuda_states = state.get("torch_cuda")
+    if cuda_states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda_states[: torch.cuda.device_count()])
+
+
+def build_checkpoint(**fields: Any) -> dict[str, Any]:
+    """The dict that gets saved; fields are documented in the trainer where it is called."""
+    required = {"model", "optimizer", "model_args", "step", "best_val_loss", "config"}
+    missing = required - fields.keys()
+    if missing:
+        raise ValueError(f"checkpoint misses {sorted(missing)}")
+    return {"format": CHECKPOINT_FORMAT, "torch_version": torch.__version__, **fields}
+
+
+def save_checkpoint(storage: JobStorage, name: str, checkpoint: dict[str, Any]) -> str:
+    """Write atomically (temp file + rename); return the checkpoint's URI."""
+    with storage.open_atomic(name) as f:
+        torch.save(checkpoint, f)
+    return storage.uri(name)
+
+
+def load_checkpoint(
+    source: str | os.PathLike[str] | bytes | JobStorage,
+    name: str | None = None,
+    map_location: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """Load from a path, raw bytes, or ``(storage, name)``; refuses foreign files."""
+    if isinstance(source, JobStorage):
+        assert name is not None
+        local = source.local_path(name)
+        source = local if local is not None else source.read_bytes(name)
+    handle: Any = io.BytesIO(source) if isinstance(source, bytes) else Path(source)
+    checkpoint = torch.load(handle, map_location=map_location, weights_only=True)
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError("Not an llm_train_api checkpoint.")
+    return checkpoint
+
+
+def model_from_checkpoint(
+    checkpoint: dict[str, Any], device: str | torch.device = "cpu"
+) -> GPT:
+    """Rebuild the model in eval mode (dropout off) with the saved weights."""
+    args = dict(checkpoint["model_args"])
+    args["dropout"] = 0.0
+    model = GPT(GPTConfig(**args))
+    model.load_state_dict(checkpoint["model"])
+    return model.to(device).eval()

@@ -1,0 +1,460 @@
+"""The training run: spec in, checkpoints + metrics + stdout events out.
+
+:func:`run_training` does one job end to end and raises on failure; :func:`execute` wraps
+it with the run contract (error/done events, exit codes) and is what the CLI calls.
+
+Resume: when the job folder holds ``ckpt_latest.pt`` the run restores model, optimizer,
+scaler and RNG states and continues at the saved step. Batches depend only on
+``(seed, step)`` and the schedule only on ``step``, so with the same spec and thread
+count on CPU, N steps + resume + N steps reproduces a 2N-step run. ``metrics.jsonl`` is
+cut back to the checkpoint's step first, so it never holds steps twice.
+
+Stopping: setting ``stop`` (the CLI does it on SIGTERM/SIGINT) ends the run after the
+current optimizer step with a checkpoint saved, outcome ``preempted``, exit code 75.
+
+Only this module and :mod:`.storage` touch the job folder; with DDP only rank 0 would
+get a real :class:`~.storage.JobStorage` and an enabled :class:`~.events.EventWriter`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import math
+import os
+import threading
+import time
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from llm_train_api.training import checkpoint as ckpt
+from llm_train_api.training.catalog import UnknownModel, estimate_memory, get_model_spec
+from llm_train_api.training.data import (
+    DEFAULT_CHUNK_SIZE,
+    BatchSampler,
+    load_tokens,
+    prepare_tokens,
+    token_cache_root,
+)
+from llm_train_api.training.datasets import DatasetError, default_data_dir, resolve_dataset
+from llm_train_api.training.events import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_PREEMPTED,
+    EXIT_USAGE,
+    OUTCOME_FAILED,
+    OUTCOME_PREEMPTED,
+    OUTCOME_SUCCEEDED,
+    EventWriter,
+)
+from llm_train_api.training.hyperparams import HyperparameterError, validate_hyperparameters
+from llm_train_api.training.model import GPT, GPTConfig
+from llm_train_api.training.storage import JobStorage, open_job_storage
+
+SPEC_FILE = "spec.json"
+METRICS_FILE = "metrics.jsonl"
+ADAM_BETAS = (0.9, 0.95)
+MIN_LR_RATIO = 0.1
+
+
+class SpecError(ValueError):
+    """The job cannot run as specified (exit code 2): fix the spec, don't retry."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class RunSpec:
+    """What the worker asks for; stored verbatim as ``spec.json`` in the job folder."""
+
+    model_name: str
+    dataset: str
+    hyperparameters: dict[str, Any] = field(default_factory=dict)
+    data_dir: str | None = None
+    job_id: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: Any) -> RunSpec:
+        if not isinstance(data, Mapping):
+            raise SpecError("The spec must be a JSON object.")
+        unknown = set(data) - {"model_name", "dataset", "hyperparameters", "data_dir", "job_id"}
+        if unknown:
+            raise SpecError(f"Unknown spec field(s): {', '.join(sorted(map(str, unknown)))}.")
+        for key in ("model_name", "dataset"):
+            if not isinstance(data.get(key), str):
+                raise SpecError(f"The spec needs a string {key!r}.")
+        hp = data.get("hyperparameters") or {}
+        if not isinstance(hp, Mapping):
+            raise SpecError("'hyperparameters' must be an object.")
+        data_dir, job_id = data.get("data_dir"), data.get("job_id")
+        if data_dir is not None and not isinstance(data_dir, str):
+            raise SpecError("'data_dir' must be a string.")
+        return cls(data["model_name"], data["dataset"], dict(hp), data_dir,
+                   None if job_id is None else str(job_id))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"job_id": self.job_id, "model_name": self.model_name, "dataset": self.dataset,
+                "hyperparameters": self.hyperparameters, "data_dir": self.data_dir}
+
+
+@dataclass
+class RunResult:
+    outcome: str
+    exit_code: int
+    step: int
+    best_val_loss: float | None
+
+
+def steps_per_epoch(train_tokens: int, hp: Mapping[str, Any]) -> int:
+    per_step = hp["batch_size"] * hp["block_size"] * hp["gradient_accumulation_steps"]
+    return max(1, math.ceil(train_tokens / per_step))
+
+
+def total_steps_for(train_tokens: int, hp: Mapping[str, Any]) -> int:
+    total = hp["epochs"] * steps_per_epoch(train_tokens, hp)
+    return min(total, hp["max_steps"]) if hp["max_steps"] else total
+
+
+def learning_rate_at(step: int, hp: Mapping[str, Any], total_steps: int) -> float:
+    """LR for the update made at ``step`` (0-based): linear warmup, then cosine or flat."""
+    peak, warmup = hp["learning_rate"], hp["warmup_steps"]
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    if hp["lr_schedule"] == "constant":
+        return peak
+    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+    floor = MIN_LR_RATIO * peak
+    return floor + 0.5 * (1.0 + math.cos(math.pi * progress)) * (peak - floor)
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise SpecError("device 'cuda' was requested but CUDA is not available here.")
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(requested)
+
+
+def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
+    if requested == "auto":
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if requested == "float16" and device.type != "cuda":
+        raise SpecError("dtype 'float16' needs CUDA; use float32 or bfloat16 on CPU.")
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16,
+            "float16": torch.float16}[requested]
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Free bytes on ``device`` (``None`` if unknown)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def make_optimizer(model: GPT, hp: Mapping[str, Any], device: torch.device) -> torch.optim.AdamW:
+    kwargs: dict[str, Any] = {"lr": hp["learning_rate"], "betas": ADAM_BETAS, "eps": 1e-8}
+    # Fused AdamW: one kernel for all parameters instead of per-tensor loops (CUDA since
+    # torch 2.0, CPU since 2.4); fall back quietly where the build lacks it.
+    if "fused" in inspect.signature(torch.optim.AdamW).parameters:
+        try:
+            return torch.optim.AdamW(model.optimizer_groups(hp["weight_decay"]), fused=True,
+                                     **kwargs)
+        except (RuntimeError, ValueError):
+            pass
+    return torch.optim.AdamW(model.optimizer_groups(hp["weight_decay"]), **kwargs)
+
+
+class _MetricsLog:
+    """``metrics.jsonl`` writer; buffered so object stores aren't rewritten every line."""
+
+    def __init__(self, storage: JobStorage, resume_step: int) -> None:
+        self.storage = storage
+        kept: list[str] = []
+        if storage.exists(METRICS_FILE):
+            for line in storage.read_text(METRICS_FILE).splitlines():
+                try:
+                    record = json.loads(line)
+                except ValueError:
+                    continue  # a torn last line from a killed run
+                if isinstance(record, dict) and record.get("step", 0) <= resume_step:
+                    kept.append(line)
+        storage.write_text_atomic(METRICS_FILE, "".join(line + "\n" for line in kept))
+        self.pending: list[str] = []
+
+    def add(self, record: Mapping[str, Any]) -> None:
+        self.pending.append(json.dumps(record, allow_nan=False))
+
+    def flush(self) -> None:
+        self.storage.append_lines(METRICS_FILE, self.pending)
+        self.pending = []
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def run_training(
+    spec: RunSpec,
+    job_dir: str | os.PathLike[str],
+    events: EventWriter | None = None,
+    stop: threading.Event | None = None,
+    stop_at_step: int | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> RunResult:
+    """Train (or resume) the job in ``job_dir``; raise on errors (see :func:`execute`).
+
+    ``stop_at_step`` behaves like a SIGTERM arriving before that step: checkpoint, return
+    outcome ``preempted``. Tests and time-sliced schedulers use it.
+    """
+    events = events or EventWriter()
+    stop = stop or threading.Event()
+    model_spec = get_model_spec(spec.model_name)
+    hp = validate_hyperparameters(spec.hyperparameters, spec.model_name)
+    storage = open_job_storage(job_dir)
+    storage.write_text_atomic(SPEC_FILE, json.dumps(spec.to_dict(), indent=2) + "\n")
+
+    data_dir = default_data_dir(spec.data_dir)
+    dataset_path = resolve_dataset(spec.dataset, data_dir)
+    events.log(f"preparing dataset {spec.dataset} ({dataset_path})")
+    prepared = prepare_tokens(dataset_path, token_cache_root(data_dir), chunk_size)
+    events.emit("prepare", dataset=spec.dataset, sha256=prepared.sha256,
+                n_tokens=prepared.n_tokens, cached=prepared.cached)
+
+    device = resolve_device(hp["device"])
+    dtype = resolve_dtype(hp["dtype"], device)
+    dtype_name = str(dtype).removeprefix("torch.")
+    if hp["num_threads"]:
+        torch.set_num_threads(hp["num_threads"])
+    sampler = BatchSampler(load_tokens(prepared), hp["block_size"], hp["batch_size"],
+                           hp["seed"], hp["val_fraction"], device,
+                           hp["gradient_accumulation_steps"])
+    spe = steps_per_epoch(sampler.n_train, hp)
+    total_steps = total_steps_for(sampler.n_train, hp)
+    tokens_per_step = hp["batch_size"] * hp["block_size"] * hp["gradient_accumulation_steps"]
+
+    need = estimate_memory(model_spec, hp["batch_size"], hp["block_size"], dtype_name)
+    free = available_memory(device)
+    if free is not None and need > free:
+        raise SpecError(
+            f"Model {model_spec.name} with batch_size {hp['batch_size']} and block_size "
+            f"{hp['block_size']} needs about {need / 2**30:.1f} GiB but only "
+            f"{free / 2**30:.1f} GiB is free on {device.type}."
+        )
+
+    torch.manual_seed(hp["seed"])
+    config = GPTConfig.from_spec(model_spec, dropout=hp["dropout"])
+    model = GPT(config).to(device)
+    optimizer = make_optimizer(model, hp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+
+    step, best_val_loss, elapsed_before = 0, math.inf, 0.0
+    if storage.exists(ckpt.LATEST):
+        state = ckpt.load_checkpoint(storage, ckpt.LATEST, map_location=device)
+        if state["model_args"] != config.to_dict():
+            raise SpecError("ckpt_latest.pt in the job folder was made for a different "
+                            "model configuration; use an empty job folder.")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        step, best_val_loss = int(state["step"]), float(state["best_val_loss"])
+        elapsed_before = float(state.get("elapsed_s", 0.0))
+        if state.get("dataset", {}).get("sha256") != prepared.sha256:
+            events.log("warning: the dataset changed since the checkpoint was written")
+        ckpt.restore_rng_state(state["rng"])
+        del state
+        events.log(f"resumed from step {step}")
+    metrics_log = _MetricsLog(storage, step)
+    resumed_from = step if step else None
+
+    train_model: Any = torch.compile(model) if hp["compile"] else model
+    autocast = (torch.autocast(device.type, dtype=dtype) if dtype != torch.float32
+                else contextlib.nullcontext())
+    events.emit("start", job_id=spec.job_id, model_name=model_spec.name,
+                n_params=model.num_parameters(), dataset=spec.dataset,
+                train_tokens=sampler.n_train, val_tokens=sampler.n_val,
+                steps_per_epoch=spe, total_steps=total_steps, tokens_per_step=tokens_per_step,
+                device=str(device), dtype=dtype_name, resumed_from_step=resumed_from,
+                estimated_memory_bytes=need, num_threads=torch.get_num_threads())
+    events.log(f"training {model_spec.name} ({model.num_parameters():,} params) on {device} "
+               f"{dtype_name}: {total_steps} steps x {tokens_per_step} tokens")
+
+    def checkpoint_payload(at_step: int, elapsed: float) -> dict[str, Any]:
+        return ckpt.build_checkpoint(
+            model=model.state_dict(), optimizer=optimizer.state_dict(),
+            scaler=scaler.state_dict(), model_name=model_spec.name,
+            model_args=config.to_dict(), step=at_step, epoch=at_step / spe,
+            total_steps=total_steps, best_val_loss=best_val_loss, config=hp,
+            dataset={"name": spec.dataset, "sha256": prepared.sha256,
+                     "n_tokens": prepared.n_tokens},
+            rng=ckpt.capture_rng_state(),
+            sampler={"kind": "seeded-per-step", "seed": hp["seed"], "next_step": at_step},
+            elapsed_s=elapsed, job_id=spec.job_id,
+        )
+
+    def save(name: str, at_step: int, elapsed: float, val_loss: float | None) -> None:
+        path = ckpt.save_checkpoint(storage, name, checkpoint_payload(at_step, elapsed))
+        events.emit("checkpoint", step=at_step, path=path, is_best=name == ckpt.BEST,
+                    val_loss=val_loss)
+
+    @torch.no_grad()
+    def evaluate() -> float:
+        model.eval()
+        total = torch.zeros((), device=device)
+        for k in range(hp["eval_steps"]):
+            x, y = sampler.val_batch(k)
+            with autocast:
+                _, loss = train_model(x, y)
+            total += loss.float()
+        model.train()
+        return float(total.item()) / hp["eval_steps"]
+
+    accum, grad_clip = hp["gradient_accumulation_steps"], hp["grad_clip"]
+    eval_interval, ckpt_interval = hp["eval_interval"], hp["checkpoint_interval"]
+    log_interval = hp["log_interval"]
+    params = [p for p in model.parameters() if p.requires_grad]
+    model.train()
+    loss_sum = torch.zeros((), device=device)
+    window_steps, window_start = 0, time.perf_counter()
+    run_start = time.perf_counter()
+    last_saved = step if resumed_from is not None else -1
+    preempted = False
+
+    while step < total_steps:
+        if stop.is_set() or step == stop_at_step:
+            preempted = True
+            break
+        lr = learning_rate_at(step, hp, total_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        xs, ys = sampler.train_batch(step)
+        for micro in range(accum):
+            with autocast:
+                _, loss = train_model(xs[micro], ys[micro])
+            loss_sum += loss.detach()
+            scaler.scale(loss / accum if accum > 1 else loss).backward()
+        if grad_clip > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(params, grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        window_steps += 1
+
+        last = step == total_steps
+        do_eval = last or (eval_interval > 0 and step % eval_interval == 0)
+        do_ckpt = last or (ckpt_interval > 0 and step % ckpt_interval == 0)
+        if not (do_eval or do_ckpt or step % log_interval == 0):
+            continue
+        # The only host sync of the step: everything above stays queued on the device.
+        train_loss = float(loss_sum.item()) / (window_steps * accum)
+        now = time.perf_counter()
+        tokens_per_s = window_steps * tokens_per_step / max(now - window_start, 1e-9)
+        if not math.isfinite(train_loss):
+            raise TrainingDiverged(f"Training diverged: loss is {train_loss} at step {step}; "
+                                   "try a lower learning_rate.")
+        val_loss = evaluate() if do_eval else None
+        elapsed = elapsed_before + time.perf_counter() - run_start
+        record = {"step": step, "epoch": round(step / spe, 4), "train_loss": train_loss,
+                  "lr": lr, "tokens_per_s": round(tokens_per_s, 1),
+                  "elapsed_s": round(elapsed, 3)}
+        if val_loss is not None:
+            record["val_loss"] = _finite(val_loss)
+        metrics_log.add(record)
+        metrics_log.flush()
+        events.emit("metrics", total_steps=total_steps, **record)
+        events.log(f"step {step}/{total_steps} loss {train_loss:.4f}"
+                   + (f" val {val_loss:.4f}" if val_loss is not None else "")
+                   + f" lr {lr:.2e} {tokens_per_s:,.0f} tok/s")
+        improved = val_loss is not None and val_loss < best_val_loss
+        if improved:
+            best_val_loss = val_loss  # type: ignore[assignment]
+        if do_ckpt:
+            save(ckpt.LATEST, step, elapsed, val_loss)
+            last_saved = step
+        if improved:
+            if last_saved == step:
+                storage.copy(ckpt.LATEST, ckpt.BEST)
+                events.emit("checkpoint", step=step, path=storage.uri(ckpt.BEST),
+                            is_best=True, val_loss=val_loss)
+            else:
+                save(ckpt.BEST, step, elapsed, val_loss)
+        loss_sum.zero_()
+        window_steps, window_start = 0, time.perf_counter()
+
+    best = _finite(best_val_loss)
+    if preempted:
+        if last_saved != step:
+            save(ckpt.LATEST, step, elapsed_before + time.perf_counter() - run_start, None)
+        events.log(f"preempted at step {step}; rerun the same command to resume")
+        return RunResult(OUTCOME_PREEMPTED, EXIT_PREEMPTED, step, best)
+    if last_saved != step:  # resumed an already finished run
+        save(ckpt.LATEST, step, elapsed_before + time.perf_counter() - run_start, None)
+    return RunResult(OUTCOME_SUCCEEDED, EXIT_OK, step, best)
+
+
+def _usage_message(exc: BaseException) -> str:
+    if isinstance(exc, HyperparameterError):
+        return str(exc)
+    if isinstance(exc, UnknownModel):
+        return str(exc)
+    return str(exc) or type(exc).__name__
+
+
+def execute(
+    spec: RunSpec | Mapping[str, Any],
+    job_dir: str | os.PathLike[str],
+    events: EventWriter | None = None,
+    stop: threading.Event | None = None,
+    stop_at_step: int | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> int:
+    """Run the contract: never raises for training problems, returns the exit code.
+
+    On failure the last protocol lines are ``error`` (``message`` suitable for a job's
+    ``error_message``) and ``done`` with outcome ``failed``.
+    """
+    events = events or EventWriter()
+    step = 0
+    try:
+        run_spec = spec if isinstance(spec, RunSpec) else RunSpec.from_dict(spec)
+        result = run_training(run_spec, job_dir, events, stop, stop_at_step, chunk_size)
+    except (SpecError, HyperparameterError, UnknownModel, DatasetError) as exc:
+        return _fail(events, exc, EXIT_USAGE, step, _usage_message(exc))
+    except torch.cuda.OutOfMemoryError as exc:
+        message = (f"CUDA out of memory: {str(exc).splitlines()[0]} Reduce batch_size or "
+                   "block_size, or use gradient_accumulation_steps.")
+        return _fail(events, exc, EXIT_FAILED, step, message)
+    except MemoryError as exc:
+        return _fail(events, exc, EXIT_FAILED, step,
+                     "Out of host memory; reduce batch_size or block_size.")
+    except Exception as exc:  # noqa: BLE001 - the contract is to report, not to crash
+        traceback.print_exc()
+        return _fail(events, exc, EXIT_FAILED, step, f"{type(exc).__name__}: {exc}")
+    events.emit("done", outcome=result.outcome, exit_code=result.exit_code, step=result.step,
+                best_val_loss=result.best_val_loss)
+    return result.exit_code
+
+
+def _fail(events: EventWriter, exc: BaseException, code: int, step: int, message: str) -> int:
+    events.log(f"error: {message}")
+    events.emit("error", message=message, error_type=type(exc).__name__, exit_code=code)
+    events.emit("done", outcome=OUTCOME_FAILED, exit_code=code, step=None, best_val_loss=None)
+    return code
