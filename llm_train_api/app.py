@@ -61,8 +61,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app.json.sort_keys = False  # keep the schema's field order, as in the seed
     api = http_errors.JsonErrorsApi(app)
     http_errors.register(app)
+    app.before_request(http_errors.require_json_body)
     for blueprint in (jobs.blp, health.blp):
-        blueprint.before_request(http_errors.require_json_body)
         api.register_blueprint(blueprint)
     _serve_swagger_assets(app)
     return app

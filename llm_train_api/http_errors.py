@@ -66,6 +66,8 @@ class StrictJSONParser(FlaskParser):
 def require_json_body() -> None:
     """415 for a write whose body is not declared as JSON, before any parsing happens."""
     request = flask.request
+    if request.routing_exception is not None:
+        return  # 404/405 win: there is no resource to send a body to
     if request.method in JSON_BODY_METHODS and not request.is_json:
         got = request.mimetype or "none"
         abort(415, message=f"Content-Type must be application/json (got {got}).")

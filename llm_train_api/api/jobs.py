@@ -9,6 +9,7 @@ from urllib.parse import urlencode
 from flask import request, url_for
 from flask.views import MethodView
 from flask_smorest import abort
+from marshmallow import RAISE
 
 from ..domain import (
     ERROR_MESSAGE_TARGETS,
@@ -58,7 +59,8 @@ def _with_etag(job: Job, status: int = 200, headers: dict[str, str] | None = Non
 
 @blp.route("")
 class Jobs(MethodView):
-    @blp.arguments(JobListQuerySchema, location="query")
+    # Unknown query parameters are errors too: a typo like `?stauts=` must not list everything.
+    @blp.arguments(JobListQuerySchema, location="query", unknown=RAISE)
     @blp.response(
         200,
         JobSchema(many=True),

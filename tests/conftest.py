@@ -1,0 +1,100 @@
+"""Shared fixtures: the app on a temporary database, real PostgreSQL schemas, and real
+gunicorn processes. Tests that need PostgreSQL fail loudly when it is unreachable.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from urllib.parse import quote
+
+import pytest
+from sqlalchemy import create_engine, text
+from sqlalchemy.exc import OperationalError
+
+from llm_train_api import create_app
+from llm_train_api.store import JobStore
+
+from .servers import GunicornServer
+
+PG_SERVER_URL = os.environ.get(
+    "LLM_TRAIN_API_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> str:
+    engine = create_engine(PG_SERVER_URL)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+    except OperationalError as exc:
+        pytest.fail(
+            f"PostgreSQL is required and unreachable at {PG_SERVER_URL} "
+            f"(set LLM_TRAIN_API_TEST_PG_URL): {exc}",
+            pytrace=False,
+        )
+    finally:
+        engine.dispose()
+    return PG_SERVER_URL
+
+
+@pytest.fixture
+def pg_url(pg_server: str) -> Iterator[str]:
+    """A fresh, empty schema for one test, dropped afterwards."""
+    schema = f"t_{uuid.uuid4().hex[:16]}"
+    admin = create_engine(pg_server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    sep = "&" if "?" in pg_server else "?"
+    yield f"{pg_server}{sep}options={quote(f'-csearch_path={schema}')}"
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
+    return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture
+def store(db_url: str) -> Iterator[JobStore]:
+    s = JobStore.from_url(db_url)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def app(tmp_path):
+    app = create_app({"INSTANCE_PATH": str(tmp_path / "instance")})
+    yield app
+    app.extensions["llm_train_api.store"].close()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def gunicorn_factory(tmp_path) -> Iterator:
+    """Start real `gunicorn wsgi:app` processes; all are stopped at teardown."""
+    started: list[GunicornServer] = []
+
+    def start(workers: int = 3, env: dict[str, str] | None = None) -> GunicornServer:
+        server = GunicornServer(
+            workers=workers,
+            env={"LLM_TRAIN_API_INSTANCE_PATH": str(tmp_path / "instance"), **(env or {})},
+            log_path=tmp_path / f"gunicorn-{len(started)}.log",
+        )
+        started.append(server)
+        server.start()
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

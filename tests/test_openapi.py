@@ -1,0 +1,68 @@
+"""The OpenAPI document covers every endpoint and error, and Swagger UI works offline."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+ROUTES = {
+    ("/jobs", "get"): {"200", "400", "422"},
+    ("/jobs", "post"): {"200", "201", "400", "409", "413", "415", "422"},
+    ("/jobs/{job_id}", "get"): {"200", "304", "404"},
+    ("/jobs/{job_id}", "delete"): {"204", "404"},
+    ("/jobs/{job_id}/status", "patch"): {"200", "404", "409", "412", "415", "422"},
+    ("/jobs/{job_id}/events", "get"): {"200", "404"},
+    ("/healthz", "get"): {"200"},
+    ("/readyz", "get"): {"200", "503"},
+}
+
+
+@pytest.fixture
+def spec(client):
+    resp = client.get("/openapi.json")
+    assert resp.status_code == 200
+    return resp.get_json()
+
+
+def test_every_route_and_status_code_is_documented(app, spec):
+    documented = {(path, method) for path, ops in spec["paths"].items() for method in ops
+                  if method != "parameters"}
+    assert documented == set(ROUTES)
+    for (path, method), codes in ROUTES.items():
+        op = spec["paths"][path][method]
+        assert codes <= set(op["responses"]), (path, method, set(op["responses"]))
+        assert op.get("summary"), (path, method)
+    # And every route the app serves is in the document (besides the docs themselves).
+    served = {re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", r.rule) for r in app.url_map.iter_rules()}
+    served -= {"/openapi.json", "/docs", "/docs/static/{filename}", "/static/{filename}"}
+    assert served == {path for path, _ in ROUTES}
+
+
+def test_schemas_describe_the_seed_payloads(spec):
+    schemas = spec["components"]["schemas"]
+    job = schemas["Job"]["properties"]
+    for field in ["id", "model_name", "dataset", "hyperparameters", "status", "created_at",
+                  "updated_at", "error_message"]:
+        assert field in job
+    assert set(job["status"]["enum"]) == {"queued", "running", "succeeded", "failed", "cancelled"}
+    create = schemas["JobCreate"]
+    assert set(create["required"]) == {"model_name", "dataset"}
+    assert create["properties"]["job_id"]["pattern"].startswith("^[A-Za-z0-9]")
+    params = {p["name"] for p in spec["paths"]["/jobs"]["get"]["parameters"]}
+    assert {"status", "model_name", "dataset", "created_after", "created_before", "limit",
+            "cursor"} <= params
+
+
+def test_swagger_ui_is_served_without_internet(client):
+    page = client.get("/docs")
+    assert page.status_code == 200
+    html = page.get_data(as_text=True)
+    assets = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert assets, html
+    for asset in assets:
+        assert not asset.startswith(("http:", "https:", "//")), f"external asset {asset}"
+        resp = client.get("/" + asset if not asset.startswith("/") else asset)
+        assert resp.status_code == 200, asset
+        assert len(resp.data) > 1000
+    assert '"/openapi.json"' in html
