@@ -44,7 +44,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     )
     if test_config:
         app.config.update({k: v for k, v in test_config.items() if k.isupper()})
-    logging.getLogger(__name__).setLevel(settings.LOG_LEVEL.upper())
+    logging.getLogger("llm_train_api").setLevel(settings.LOG_LEVEL.upper())
     os.makedirs(app.instance_path, exist_ok=True)
 
     url = settings.DATABASE_URL or sqlite_url_for(str(Path(app.instance_path) / DATABASE_FILENAME))

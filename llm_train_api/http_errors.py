@@ -71,6 +71,18 @@ def require_json_body() -> None:
     if request.method in JSON_BODY_METHODS and not request.is_json:
         got = request.mimetype or "none"
         abort(415, message=f"Content-Type must be application/json (got {got}).")
+    if request.content_length is None and request.environ.get("wsgi.input_terminated"):
+        _read_chunked_body(request)
+
+
+def _read_chunked_body(request: flask.Request) -> None:
+    """A chunked body has no Content-Length for Werkzeug to check, and Werkzeug would cut it
+    at the limit and hand on a truncated document. Read one byte past the limit instead."""
+    limit = flask.current_app.config["MAX_CONTENT_LENGTH"]
+    raw = request.environ["wsgi.input"].read(limit + 1)
+    if len(raw) > limit:
+        abort(413, message=f"Request body is larger than {limit} bytes.")
+    request._cached_data = raw  # what Request.get_data() returns from now on
 
 
 class JsonErrorsApi(Api):

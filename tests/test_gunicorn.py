@@ -113,3 +113,38 @@ def test_nothing_acknowledged_is_lost_on_kill_9(gunicorn_factory, server_env):
         resp = fresh_get(f"{restarted.url}/jobs/{job_id}")
         assert resp.status_code == 200, f"acknowledged job {job_id} lost"
         assert resp.json()["status"] == status, f"acknowledged change on {job_id} lost"
+
+
+def test_oversized_chunked_body_is_413_not_truncated(gunicorn_factory):
+    server = gunicorn_factory(workers=1)
+
+    def chunks(size):
+        head = b'{"model_name": "m", "dataset": "d", "hyperparameters": {"x": "'
+        yield head
+        for _ in range(size // 8192):
+            yield b"y" * 8192
+        yield b'"}}'
+
+    big = requests.post(server.url + "/jobs", data=chunks(2 * 1024 * 1024), timeout=30,
+                        headers={"Content-Type": "application/json"})
+    assert big.status_code == 413 and big.json()["code"] == 413
+    small = requests.post(server.url + "/jobs", data=chunks(32768), timeout=30,
+                          headers={"Content-Type": "application/json"})
+    assert small.status_code == 201, small.text
+    assert len(requests.get(server.url + "/jobs", timeout=10).json()) == 1
+
+
+@pytest.mark.postgres
+def test_two_hosts_on_one_postgres_share_one_set_of_jobs(gunicorn_factory, pg_url):
+    env = {"LLM_TRAIN_API_DATABASE_URL": pg_url}
+    host_a = gunicorn_factory(workers=2, env=env)
+    host_b = gunicorn_factory(workers=2, env=env)
+    assert requests.post(host_a.url + "/jobs", json=body("shared"), timeout=10).status_code == 201
+    assert requests.post(host_b.url + "/jobs", json=body("shared"), timeout=10).status_code == 200
+    moved = requests.patch(host_b.url + "/jobs/shared/status", json={"status": "running"},
+                           timeout=10)
+    assert moved.status_code == 200
+    assert fresh_get(host_a.url + "/jobs/shared").json()["status"] == "running"
+    late = requests.patch(host_a.url + "/jobs/shared/status", json={"status": "queued"},
+                          headers={"If-Match": '"0-1"'}, timeout=10)
+    assert late.status_code == 412
