@@ -31,7 +31,7 @@ import sys
 import threading
 from typing import Any
 
-from llm_train_api.training.events import EXIT_OK, EXIT_USAGE, EventWriter
+from llm_train_api.training.events import EXIT_OK, EXIT_USAGE, OUTCOME_FAILED, EventWriter
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -71,8 +71,8 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _load_spec(args: argparse.Namespace) -> dict[str, Any]:
+    from llm_train_api.training.spec import SpecError
     from llm_train_api.training.storage import open_job_storage
-    from llm_train_api.training.trainer import SPEC_FILE, SpecError
 
     if args.model or args.dataset:
         if not (args.model and args.dataset) or args.spec:
@@ -89,7 +89,7 @@ def _load_spec(args: argparse.Namespace) -> dict[str, Any]:
                 with open(args.spec, encoding="utf-8") as f:
                     text = f.read()
             else:
-                text = open_job_storage(args.job_dir).read_text(SPEC_FILE)
+                text = open_job_storage(args.job_dir).read_text("spec.json")
         except OSError as exc:
             raise SpecError(f"Cannot read the spec: {exc}") from None
         try:
@@ -104,7 +104,10 @@ def _load_spec(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from llm_train_api.training.trainer import SpecError, _fail, execute
+    from llm_train_api.training.catalog import UnknownModel
+    from llm_train_api.training.datasets import DatasetError
+    from llm_train_api.training.hyperparams import HyperparameterError
+    from llm_train_api.training.spec import SpecError, validate_spec
 
     events = EventWriter()
     stop = threading.Event()
@@ -116,9 +119,18 @@ def _run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        spec = _load_spec(args)
-    except SpecError as exc:
-        return _fail(events, exc, EXIT_USAGE, 0, str(exc))
+        # Refuse bad jobs before paying for the torch import.
+        spec, _, _ = validate_spec(_load_spec(args))
+    except (SpecError, UnknownModel, HyperparameterError, DatasetError) as exc:
+        events.log(f"error: {exc}")
+        events.emit("error", message=str(exc), error_type=type(exc).__name__,
+                    exit_code=EXIT_USAGE)
+        events.emit("done", outcome=OUTCOME_FAILED, exit_code=EXIT_USAGE, step=None,
+                    best_val_loss=None)
+        return EXIT_USAGE
+
+    from llm_train_api.training.trainer import execute
+
     return execute(spec, args.job_dir, events, stop, args.stop_at_step)
 
 

@@ -54,7 +54,7 @@ def build_checkpoint(**fields: Any) -> dict[str, Any]:
     missing = required - fields.keys()
     if missing:
         raise ValueError(f"checkpoint misses {sorted(missing)}")
-    return {"format": CHECKPOINT_FORMAT, "torch_version": torch.__version__, **fields}
+    return {"format": CHECKPOINT_FORMAT, "torch_version": str(torch.__version__), **fields}
 
 
 def save_checkpoint(storage: JobStorage, name: str, checkpoint: dict[str, Any]) -> str:

@@ -27,7 +27,7 @@ import threading
 import time
 import traceback
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -41,7 +41,7 @@ from llm_train_api.training.data import (
     prepare_tokens,
     token_cache_root,
 )
-from llm_train_api.training.datasets import DatasetError, default_data_dir, resolve_dataset
+from llm_train_api.training.datasets import DatasetError, default_data_dir
 from llm_train_api.training.events import (
     EXIT_FAILED,
     EXIT_OK,
@@ -52,8 +52,9 @@ from llm_train_api.training.events import (
     OUTCOME_SUCCEEDED,
     EventWriter,
 )
-from llm_train_api.training.hyperparams import HyperparameterError, validate_hyperparameters
+from llm_train_api.training.hyperparams import HyperparameterError
 from llm_train_api.training.model import GPT, GPTConfig
+from llm_train_api.training.spec import RunSpec, SpecError, validate_spec
 from llm_train_api.training.storage import JobStorage, open_job_storage
 
 SPEC_FILE = "spec.json"
@@ -62,46 +63,8 @@ ADAM_BETAS = (0.9, 0.95)
 MIN_LR_RATIO = 0.1
 
 
-class SpecError(ValueError):
-    """The job cannot run as specified (exit code 2): fix the spec, don't retry."""
-
-
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
-
-
-@dataclass
-class RunSpec:
-    """What the worker asks for; stored verbatim as ``spec.json`` in the job folder."""
-
-    model_name: str
-    dataset: str
-    hyperparameters: dict[str, Any] = field(default_factory=dict)
-    data_dir: str | None = None
-    job_id: str | None = None
-
-    @classmethod
-    def from_dict(cls, data: Any) -> RunSpec:
-        if not isinstance(data, Mapping):
-            raise SpecError("The spec must be a JSON object.")
-        unknown = set(data) - {"model_name", "dataset", "hyperparameters", "data_dir", "job_id"}
-        if unknown:
-            raise SpecError(f"Unknown spec field(s): {', '.join(sorted(map(str, unknown)))}.")
-        for key in ("model_name", "dataset"):
-            if not isinstance(data.get(key), str):
-                raise SpecError(f"The spec needs a string {key!r}.")
-        hp = data.get("hyperparameters") or {}
-        if not isinstance(hp, Mapping):
-            raise SpecError("'hyperparameters' must be an object.")
-        data_dir, job_id = data.get("data_dir"), data.get("job_id")
-        if data_dir is not None and not isinstance(data_dir, str):
-            raise SpecError("'data_dir' must be a string.")
-        return cls(data["model_name"], data["dataset"], dict(hp), data_dir,
-                   None if job_id is None else str(job_id))
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"job_id": self.job_id, "model_name": self.model_name, "dataset": self.dataset,
-                "hyperparameters": self.hyperparameters, "data_dir": self.data_dir}
 
 
 @dataclass
@@ -224,30 +187,16 @@ def run_training(
     """
     events = events or EventWriter()
     stop = stop or threading.Event()
+    spec, hp, dataset_path = validate_spec(spec)
     model_spec = get_model_spec(spec.model_name)
-    hp = validate_hyperparameters(spec.hyperparameters, spec.model_name)
     storage = open_job_storage(job_dir)
     storage.write_text_atomic(SPEC_FILE, json.dumps(spec.to_dict(), indent=2) + "\n")
-
-    data_dir = default_data_dir(spec.data_dir)
-    dataset_path = resolve_dataset(spec.dataset, data_dir)
-    events.log(f"preparing dataset {spec.dataset} ({dataset_path})")
-    prepared = prepare_tokens(dataset_path, token_cache_root(data_dir), chunk_size)
-    events.emit("prepare", dataset=spec.dataset, sha256=prepared.sha256,
-                n_tokens=prepared.n_tokens, cached=prepared.cached)
 
     device = resolve_device(hp["device"])
     dtype = resolve_dtype(hp["dtype"], device)
     dtype_name = str(dtype).removeprefix("torch.")
     if hp["num_threads"]:
         torch.set_num_threads(hp["num_threads"])
-    sampler = BatchSampler(load_tokens(prepared), hp["block_size"], hp["batch_size"],
-                           hp["seed"], hp["val_fraction"], device,
-                           hp["gradient_accumulation_steps"])
-    spe = steps_per_epoch(sampler.n_train, hp)
-    total_steps = total_steps_for(sampler.n_train, hp)
-    tokens_per_step = hp["batch_size"] * hp["block_size"] * hp["gradient_accumulation_steps"]
-
     need = estimate_memory(model_spec, hp["batch_size"], hp["block_size"], dtype_name)
     free = available_memory(device)
     if free is not None and need > free:
@@ -256,6 +205,19 @@ def run_training(
             f"{hp['block_size']} needs about {need / 2**30:.1f} GiB but only "
             f"{free / 2**30:.1f} GiB is free on {device.type}."
         )
+
+    data_dir = default_data_dir(spec.data_dir)
+    events.log(f"preparing dataset {spec.dataset} ({dataset_path})")
+    prepared = prepare_tokens(dataset_path, token_cache_root(data_dir), chunk_size)
+    events.emit("prepare", dataset=spec.dataset, sha256=prepared.sha256,
+                n_tokens=prepared.n_tokens, cached=prepared.cached)
+
+    sampler = BatchSampler(load_tokens(prepared), hp["block_size"], hp["batch_size"],
+                           hp["seed"], hp["val_fraction"], device,
+                           hp["gradient_accumulation_steps"])
+    spe = steps_per_epoch(sampler.n_train, hp)
+    total_steps = total_steps_for(sampler.n_train, hp)
+    tokens_per_step = hp["batch_size"] * hp["block_size"] * hp["gradient_accumulation_steps"]
 
     torch.manual_seed(hp["seed"])
     config = GPTConfig.from_spec(model_spec, dropout=hp["dropout"])
