@@ -198,6 +198,55 @@ def _children_map() -> dict[int, list[int]]:
     return tree
 
 
+def _proc_times(pid: int | str) -> tuple[str, int, int, int]:
+    """(comm, ppid, utime+stime, cutime+cstime) in clock ticks."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+    f = stat.rsplit(")", 1)[1].split()
+    return comm, int(f[1]), int(f[11]) + int(f[12]), int(f[13]) + int(f[14])
+
+
+def cpu_snapshot() -> tuple[float, int, int]:
+    """(monotonic time, busy ticks of the whole machine, ticks spent by this benchmark).
+
+    "This benchmark" is this process with everything it started (including children it
+    already reaped: wrk runs) plus the PostgreSQL server processes (the postmaster's
+    cutime holds its exited backends).  The rest is other people's load on the machine.
+    """
+    with open("/proc/stat") as f:
+        cpu = f.readline().split()[1:]
+    busy = sum(int(x) for i, x in enumerate(cpu[:8]) if i not in (3, 4))  # minus idle, iowait
+    me = os.getpid()
+    table = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                table[int(d)] = _proc_times(d)
+            except (OSError, ValueError, IndexError):
+                pass
+    kids: dict[int, list[int]] = {}
+    for pid, (_, ppid, _, _) in table.items():
+        kids.setdefault(ppid, []).append(pid)
+    ours = 0
+    stack = [me]
+    while stack:
+        pid = stack.pop()
+        if pid in table:
+            _, _, own, reaped = table[pid]
+            ours += own + reaped
+        stack.extend(kids.get(pid, []))
+    for comm, _, own, reaped in table.values():
+        if comm == "postgres":
+            ours += own + reaped
+    return time.monotonic(), busy, ours
+
+
+def foreign_cores(a: tuple[float, int, int], b: tuple[float, int, int]) -> float:
+    """Average CPU cores used by processes outside the benchmark between two snapshots."""
+    hz = os.sysconf("SC_CLK_TCK")
+    return max(0.0, ((b[1] - a[1]) - (b[2] - a[2])) / hz / (b[0] - a[0]))
+
+
 def _group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -492,9 +541,28 @@ class Invocations:
         return k
 
 
+def wait_for_quiet(args) -> None:
+    """Wait (up to --quiet-wait s) until other processes use < --quiet-cores for 2 s."""
+    if args.quiet_wait <= 0:
+        return
+    deadline = time.monotonic() + args.quiet_wait
+    while True:
+        a = cpu_snapshot()
+        time.sleep(2)
+        load = foreign_cores(a, cpu_snapshot())
+        if load < args.quiet_cores:
+            return
+        if time.monotonic() > deadline:
+            log(f"machine still busy ({load:.2f} cores used by other processes); going on")
+            return
+        log(f"waiting for the machine to calm down ({load:.2f} cores used by other processes)")
+
+
 def measure_case(args, scratch: Path, case: str, loads: dict[str, Load], inv: Invocations) -> dict:
     """Warm every side up, then alternate them for args.rounds rounds."""
     keys = list(loads)
+    wait_for_quiet(args)
+    snap = cpu_snapshot()
     for k in keys:
         run_wrk(args, scratch, loads[k], args.warmup, inv.next(loads[k]))
     per_round = args.duration / args.rounds
@@ -504,13 +572,14 @@ def measure_case(args, scratch: Path, case: str, loads: dict[str, Load], inv: In
         for k in order:
             results[k].append(run_wrk(args, scratch, loads[k], per_round, inv.next(loads[k])))
     agg = {k: aggregate(v) for k, v in results.items()}
+    foreign = foreign_cores(snap, cpu_snapshot())
     line = "  ".join(
         f"{k}={a['rps']:.0f}/s p50={a['p50_ms']:.2f}ms p99={a['p99_ms']:.2f}ms"
         + (f" non2xx={a['non2xx']}" if a["non2xx"] else "")
         for k, a in agg.items()
     )
-    log(f"{case}: {line}")
-    return agg
+    log(f"{case}: {line}  [other load: {foreign:.2f} cores]")
+    return agg, foreign
 
 
 # --------------------------------------------------------------------------- one database
@@ -523,7 +592,7 @@ def bench_db(args, kind: str, scratch_root: Path) -> dict:
     want = set(args.servers)
     servers: list[Server] = []
     pg_dbs: list[str] = []
-    out: dict = {"db": kind, "cases": {}, "rss_kib": {}, "notes": []}
+    out: dict = {"db": kind, "cases": {}, "foreign_cores": {}, "rss_kib": {}, "notes": []}
     inv = Invocations()
     tag = uuid.uuid4().hex[:6]
     try:
@@ -705,7 +774,9 @@ def bench_db(args, kind: str, scratch_root: Path) -> dict:
             )
 
         for case, loads in cases:
-            out["cases"][case] = measure_case(args, scratch, case, loads, inv)
+            out["cases"][case], out["foreign_cores"][case] = measure_case(
+                args, scratch, case, loads, inv
+            )
 
         for s in servers:
             out["rss_kib"][s.label] = s.worker_rss_kib()
@@ -936,6 +1007,19 @@ def render(all_res: list[dict], args, info: dict) -> str:
             for k, vals in res["rss_kib"].items()
         )
         L.append(f"RSS per gunicorn worker after the load: {rss}.")
+        fc = res.get("foreign_cores", {})
+        if fc:
+            L.append(
+                f"<br>CPU used by other processes on the machine during each case (cores, "
+                f"of {info['nproc']}): "
+                + ", ".join(f"{CASE_TITLES.get(c, c)} {v:.2f}" for c, v in fc.items())
+                + (
+                    " -- **the machine was shared: ratios are within-run but noisier**"
+                    if max(fc.values()) > 0.2
+                    else ""
+                )
+                + "."
+            )
         for note in res["notes"]:
             L.append(f"<br>{note}.")
     return "\n".join(L) + "\n"
@@ -1013,7 +1097,7 @@ def parse_args(argv=None):
         "--duration", type=float, default=10.0, help="seconds per case and side (default 10)"
     )
     p.add_argument(
-        "--rounds", type=int, default=2, help="alternating rounds the duration is split into"
+        "--rounds", type=int, default=5, help="alternating rounds the duration is split into"
     )
     p.add_argument("--warmup", type=float, default=2.0, help="warm-up seconds per case and side")
     p.add_argument("--connections", type=int, default=16)
@@ -1026,6 +1110,13 @@ def parse_args(argv=None):
     )
     p.add_argument("--mlflow-seed", type=int, default=2000, help="runs to create in MLflow first")
     p.add_argument("--patch-pool-per-thread", type=int, default=500)
+    p.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=90,
+        help="max seconds to wait before each case for other load to drop (0: never wait)",
+    )
+    p.add_argument("--quiet-cores", type=float, default=0.25, help="what counts as quiet")
     p.add_argument("--servers", default="app,bare,mlflow", help="comma list of app,bare,mlflow")
     p.add_argument(
         "--no-relaxed",
@@ -1042,6 +1133,7 @@ def parse_args(argv=None):
         args.duration, args.warmup, args.rounds = 2.0, 1.0, 1
         args.seed_jobs, args.deep, args.mlflow_seed = 5000, 2500, 100
         args.no_doc = True
+        args.quiet_wait = 0
     if args.duration / args.rounds < 1 or args.duration % args.rounds:
         p.error("--duration must be a multiple of --rounds (wrk takes whole seconds)")
     args.servers = [s.strip() for s in args.servers.split(",") if s.strip()]
