@@ -1030,15 +1030,9 @@ DOC_HEADER = """# API benchmark
 How fast the `llm_train_api` HTTP service is, measured against a bare-Flask ceiling and
 against the MLflow tracking server.  Run it with:
 
-    bench/run api            # full run, ~15 min on 2 cores; rewrites the results below
+    bench/run api            # full run, ~10-15 min on 2 cores; rewrites the results below
     bench/run api --quick    # smoke run, prints only
-
-Method: `bench/api/run.py` starts every server under gunicorn with identical settings on a
-free 127.0.0.1 port, seeds data, drives it with `wrk` (Lua scripts in `bench/api/lua/`) and
-stops the process groups afterwards.  Create uses a unique `job_id` per request; PATCH flips
-jobs `queued`<->`running` over a fresh pool of pre-created jobs per wrk invocation, so every
-request is a real write.  Client and servers share the machine, so every case alternates
-the contenders round by round and only ratios within one run are compared.
+    bench/run api --help     # --db sqlite|postgres|both, --duration, --connections, --workers ...
 
 """
 
@@ -1113,7 +1107,7 @@ def parse_args(argv=None):
     p.add_argument(
         "--quiet-wait",
         type=float,
-        default=90,
+        default=20,
         help="max seconds to wait before each case for other load to drop (0: never wait)",
     )
     p.add_argument("--quiet-cores", type=float, default=0.25, help="what counts as quiet")
