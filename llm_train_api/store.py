@@ -18,7 +18,7 @@ import json
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from sqlalchemy import (
@@ -26,6 +26,7 @@ from sqlalchemy import (
     Engine,
     Select,
     and_,
+    bindparam,
     create_engine,
     delete,
     event,
@@ -71,6 +72,13 @@ _JOB_COLUMNS = (
 )
 
 
+# Built once: the hottest statement skips construction and cache-key work on every call.
+_SELECT_BY_ID = select(*_JOB_COLUMNS).where(jobs.c.id == bindparam("job_id"))
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
 def now_us() -> int:
     return time.time_ns() // 1000
 
@@ -78,9 +86,7 @@ def now_us() -> int:
 def _to_dt(us: int | None) -> datetime | None:
     if us is None:
         return None
-    return datetime.fromtimestamp(us / 1_000_000, tz=timezone.utc).replace(
-        microsecond=us % 1_000_000
-    )
+    return _EPOCH + timedelta(microseconds=us)
 
 
 def canonical_json(value: Any) -> str:
@@ -114,6 +120,13 @@ class JobStore:
     def __init__(self, engine: Engine) -> None:
         self._engine = engine
         self._dialect = engine.dialect.name
+        # Reads are single statements or tolerate a change between two statements, so they
+        # skip BEGIN/ROLLBACK round trips: autocommit on PostgreSQL, no BEGIN on SQLite.
+        self._read_engine = (
+            engine.execution_options(isolation_level="AUTOCOMMIT")
+            if self._dialect == "postgresql"
+            else engine
+        )
         self._write_lock = threading.Lock()
         self._insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
 
@@ -167,13 +180,8 @@ class JobStore:
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[Connection]:
-        # A deferred BEGIN on SQLite: readers never take the write lock (see build_engine).
-        with self._engine.connect() as conn:
-            conn = conn.execution_options(llm_read_only=True)
-            try:
-                yield conn
-            finally:
-                conn.rollback()
+        with self._read_engine.connect() as conn:
+            yield conn.execution_options(llm_read_only=True)
 
     # ------------------------------------------------------------------ jobs
     def create_job(self, new: NewJob, *, actor: str | None = None) -> tuple[Job, bool]:
@@ -241,7 +249,7 @@ class JobStore:
 
     def get_job(self, job_id: str) -> Job:
         with self._reading() as conn:
-            row = conn.execute(select(*_JOB_COLUMNS).where(jobs.c.id == job_id)).first()
+            row = conn.execute(_SELECT_BY_ID, {"job_id": job_id}).first()
         if row is None:
             raise JobNotFound(job_id)
         return _row_to_job(row)
@@ -462,10 +470,9 @@ def _sqlite_engine(url: str, *, durability: str, busy_timeout_s: float) -> Engin
     @event.listens_for(engine, "begin")
     def _begin(conn: Connection) -> None:
         # Writers take the write lock up front: a deferred transaction that later upgrades
-        # can fail with SQLITE_BUSY without waiting, which would surface as a 500.
-        if conn.get_execution_options().get("llm_read_only"):
-            conn.exec_driver_sql("BEGIN")
-        else:
+        # can fail with SQLITE_BUSY without waiting, which would surface as a 500. Readers
+        # open no transaction at all: each SELECT reads one consistent WAL snapshot.
+        if not conn.get_execution_options().get("llm_read_only"):
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine

@@ -78,7 +78,7 @@ def test_racing_status_changes_over_http_have_one_winner(gunicorn_factory, serve
 
 def test_nothing_acknowledged_is_lost_on_kill_9(gunicorn_factory, server_env):
     server = gunicorn_factory(workers=2, env=server_env)
-    acked: dict[str, str] = {}
+    acked: dict[str, set[str]] = {}
     stop = threading.Event()
 
     def writer(n):
@@ -89,11 +89,11 @@ def test_nothing_acknowledged_is_lost_on_kill_9(gunicorn_factory, server_env):
                 try:
                     r = s.post(server.url + "/jobs", json=body(job_id), timeout=5)
                     if r.status_code == 201:
-                        acked[job_id] = "queued"
+                        # While the PATCH is in flight either status is legitimate.
+                        acked[job_id] = {"queued", "running"}
                         r = s.patch(f"{server.url}/jobs/{job_id}/status",
                                     json={"status": "running"}, timeout=5)
-                        if r.status_code == 200:
-                            acked[job_id] = "running"
+                        acked[job_id] = {"running"} if r.status_code == 200 else {"queued"}
                 except requests.RequestException:
                     return
                 i += 1
@@ -109,10 +109,11 @@ def test_nothing_acknowledged_is_lost_on_kill_9(gunicorn_factory, server_env):
     assert len(acked) > 20, "too few writes before the kill to prove anything"
 
     restarted = gunicorn_factory(workers=2, env=server_env)
-    for job_id, status in acked.items():
+    for job_id, statuses in acked.items():
         resp = fresh_get(f"{restarted.url}/jobs/{job_id}")
         assert resp.status_code == 200, f"acknowledged job {job_id} lost"
-        assert resp.json()["status"] == status, f"acknowledged change on {job_id} lost"
+        assert resp.json()["status"] in statuses, f"acknowledged change on {job_id} lost"
+    assert sum(statuses == {"running"} for statuses in acked.values()) > 10
 
 
 def test_oversized_chunked_body_is_413_not_truncated(gunicorn_factory):

@@ -6,7 +6,7 @@ import secrets
 from typing import Any
 from urllib.parse import urlencode
 
-from flask import request, url_for
+from flask import Response, request, url_for
 from flask.views import MethodView
 from flask_smorest import abort
 from marshmallow import RAISE
@@ -127,7 +127,7 @@ class JobResource(MethodView):
         """Get one job"""
         job = get_store().get_job(_checked_id(job_id))
         if request.if_none_match.contains_weak(job.etag):
-            return "", 304, {"ETag": f'"{job.etag}"'}
+            return Response(status=304, headers={"ETag": f'"{job.etag}"'})
         return _with_etag(job)
 
     @blp.response(204, description="Deleted. A running job is stopped by its worker.")
@@ -135,7 +135,7 @@ class JobResource(MethodView):
     def delete(self, job_id: str):
         """Delete a job, whatever its status"""
         get_store().delete_job(_checked_id(job_id))
-        return "", 204
+        return Response(status=204)
 
 
 @blp.route("/<job_id>/status")
