@@ -47,6 +47,13 @@ DEFAULT_ITERS = {"gpt-nano": 60, "gpt-micro": 40, "gpt-mini": 30}
 NANO_ITER_RE = re.compile(r"^iter (\d+): loss [-\d.naif]+, time ([\d.]+)ms")
 
 
+def throughput(args: argparse.Namespace, iteration_seconds: list[float]) -> tuple[float, float]:
+    """(tokens/s at the median iteration time, tokens/s at the 10th-percentile time)."""
+    tokens = args.batch_size * args.block_size
+    ordered = sorted(iteration_seconds)
+    return tokens / statistics.median(ordered), tokens / ordered[len(ordered) // 10]
+
+
 def prepare_nanogpt_data(nanogpt: Path) -> None:
     import numpy as np
 
@@ -68,7 +75,9 @@ def env_for(threads: int) -> dict[str, str]:
     return env
 
 
-def run_ours(model: str, args: argparse.Namespace, iters: int, workdir: Path) -> float:
+def run_ours(
+    model: str, args: argparse.Namespace, iters: int, workdir: Path
+) -> tuple[float, float]:
     job = Path(tempfile.mkdtemp(dir=workdir))
     hp = {"batch_size": args.batch_size, "block_size": args.block_size, "max_steps": iters,
           "epochs": 10000, "log_interval": 1, "eval_interval": 0, "eval_steps": 1,
@@ -86,10 +95,12 @@ def run_ours(model: str, args: argparse.Namespace, iters: int, workdir: Path) ->
                if e and e["event"] == "metrics"}
     # Step s's wall time = elapsed at its log line minus elapsed at step s-1's log line.
     steady = [elapsed[s] - elapsed[s - 1] for s in range(args.warmup + 1, iters)]
-    return args.batch_size * args.block_size / statistics.median(steady)
+    return throughput(args, steady)
 
 
-def run_nanogpt(model: str, args: argparse.Namespace, iters: int, workdir: Path) -> float:
+def run_nanogpt(
+    model: str, args: argparse.Namespace, iters: int, workdir: Path
+) -> tuple[float, float]:
     spec = get_model_spec(model)
     cmd = [sys.executable, "train.py", "--dataset=bench_bytes", "--device=cpu",
            "--compile=False", "--dtype=float32", f"--n_layer={spec.n_layer}",
@@ -111,7 +122,7 @@ def run_nanogpt(model: str, args: argparse.Namespace, iters: int, workdir: Path)
             dts[int(match.group(1))] = float(match.group(2)) / 1000
     # nanoGPT's iteration i (0-based) corresponds to our step i+1.
     steady = [dts[i] for i in range(args.warmup, iters - 1)]
-    return args.batch_size * args.block_size / statistics.median(steady)
+    return throughput(args, steady)
 
 
 def machine_info() -> dict[str, str]:
@@ -146,7 +157,8 @@ def main() -> int:
         parser.error(f"no nanoGPT checkout at {args.nanogpt} (see --help)")
     prepare_nanogpt_data(args.nanogpt)
     models = args.models.split(",")
-    results: dict[str, dict[str, list[float]]] = {m: {"ours": [], "nanogpt": []} for m in models}
+    results: dict[str, dict[str, list[float]]] = {
+        m: {"ours": [], "nanogpt": [], "ours_p10": [], "nanogpt_p10": []} for m in models}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         for pair in range(args.pairs):
@@ -155,18 +167,23 @@ def main() -> int:
                 order = ["ours", "nanogpt"] if pair % 2 == 0 else ["nanogpt", "ours"]
                 for who in order:
                     runner = run_ours if who == "ours" else run_nanogpt
-                    tps = runner(model, args, iters, workdir)
+                    tps, best = runner(model, args, iters, workdir)
                     results[model][who].append(tps)
-                    print(f"pair {pair + 1}/{args.pairs} {model:10s} {who:8s} {tps:10,.0f} tok/s",
-                          flush=True)
+                    results[model][who + "_p10"].append(best)
+                    print(f"pair {pair + 1}/{args.pairs} {model:10s} {who:8s} {tps:10,.0f} tok/s"
+                          f" (p10 iteration: {best:,.0f} tok/s)", flush=True)
     rows = []
     for model in models:
         ours, nano = results[model]["ours"], results[model]["nanogpt"]
         ratios = [a / b for a, b in zip(ours, nano, strict=True)]
+        ours_p10, nano_p10 = results[model]["ours_p10"], results[model]["nanogpt_p10"]
+        ratios_p10 = [a / b for a, b in zip(ours_p10, nano_p10, strict=True)]
         rows.append({"model": model, "ours_tok_s": statistics.median(ours),
                      "nanogpt_tok_s": statistics.median(nano),
                      "ratio_median": statistics.median(ratios), "ratios": ratios,
-                     "ours": ours, "nanogpt": nano})
+                     "ratio_p10_median": statistics.median(ratios_p10),
+                     "ratios_p10": ratios_p10, "ours": ours, "nanogpt": nano,
+                     "ours_p10": ours_p10, "nanogpt_p10": nano_p10})
     info = machine_info()
     report = {"machine": info, "config": {"batch_size": args.batch_size,
                                           "block_size": args.block_size,
@@ -178,12 +195,14 @@ def main() -> int:
     print(f"\n{info['cpu']}, {info['logical_cpus']} CPUs, torch {info['torch']}, {info['date']}")
     print(f"batch {args.batch_size} x block {args.block_size}, float32, {args.threads} threads, "
           f"median of {args.pairs} interleaved pairs\n")
-    print("| model | params | ours tok/s | nanoGPT tok/s | ratio (median of pairs) |")
-    print("|---|---:|---:|---:|---:|")
+    print("| model | params | ours tok/s | nanoGPT tok/s | ratio (median of pairs) "
+          "| per-pair ratios | ratio, p10 iterations |")
+    print("|---|---:|---:|---:|---:|---|---:|")
     for row in rows:
+        spread = ", ".join(f"{r:.2f}" for r in row["ratios"])
         print(f"| {row['model']} | {get_model_spec(row['model']).param_count:,} | "
               f"{row['ours_tok_s']:,.0f} | {row['nanogpt_tok_s']:,.0f} | "
-              f"{row['ratio_median']:.2f}x |")
+              f"{row['ratio_median']:.2f}x | {spread} | {row['ratio_p10_median']:.2f}x |")
     print(f"\nraw results: {args.out}")
     return 0
 

@@ -31,7 +31,7 @@ import sys
 import threading
 from typing import Any
 
-from llm_train_api.training.events import EXIT_OK, EXIT_USAGE, OUTCOME_FAILED, EventWriter
+from llm_train_api.training.events import EXIT_OK, EXIT_USAGE, EventWriter, report_failure
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -113,7 +113,7 @@ def _run(args: argparse.Namespace) -> int:
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:
-        events.log(f"received signal {signum}; stopping after this step")
+        # Only set a flag: writing to stdout here could re-enter a write in progress.
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -122,12 +122,7 @@ def _run(args: argparse.Namespace) -> int:
         # Refuse bad jobs before paying for the torch import.
         spec, _, _ = validate_spec(_load_spec(args))
     except (SpecError, UnknownModel, HyperparameterError, DatasetError) as exc:
-        events.log(f"error: {exc}")
-        events.emit("error", message=str(exc), error_type=type(exc).__name__,
-                    exit_code=EXIT_USAGE)
-        events.emit("done", outcome=OUTCOME_FAILED, exit_code=EXIT_USAGE, step=None,
-                    best_val_loss=None)
-        return EXIT_USAGE
+        return report_failure(events, exc, EXIT_USAGE, str(exc))
 
     from llm_train_api.training.trainer import execute
 

@@ -128,3 +128,12 @@ class EventWriter:
         if self.enabled:
             self.stream.write(message + "\n")
             self.stream.flush()
+
+
+def report_failure(writer: EventWriter, exc: BaseException, exit_code: int, message: str) -> int:
+    """Emit the failure epilogue (log line, ``error``, ``done``) and return ``exit_code``."""
+    writer.log(f"error: {message}")
+    writer.emit("error", message=message, error_type=type(exc).__name__, exit_code=exit_code)
+    writer.emit("done", outcome=OUTCOME_FAILED, exit_code=exit_code, step=None,
+                best_val_loss=None)
+    return exit_code

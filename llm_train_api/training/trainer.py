@@ -47,10 +47,10 @@ from llm_train_api.training.events import (
     EXIT_OK,
     EXIT_PREEMPTED,
     EXIT_USAGE,
-    OUTCOME_FAILED,
     OUTCOME_PREEMPTED,
     OUTCOME_SUCCEEDED,
     EventWriter,
+    report_failure,
 )
 from llm_train_api.training.hyperparams import HyperparameterError
 from llm_train_api.training.model import GPT, GPTConfig
@@ -400,14 +400,6 @@ def run_training(
     return RunResult(OUTCOME_SUCCEEDED, EXIT_OK, step, best)
 
 
-def _usage_message(exc: BaseException) -> str:
-    if isinstance(exc, HyperparameterError):
-        return str(exc)
-    if isinstance(exc, UnknownModel):
-        return str(exc)
-    return str(exc) or type(exc).__name__
-
-
 def execute(
     spec: RunSpec | Mapping[str, Any],
     job_dir: str | os.PathLike[str],
@@ -422,29 +414,25 @@ def execute(
     ``error_message``) and ``done`` with outcome ``failed``.
     """
     events = events or EventWriter()
-    step = 0
     try:
         run_spec = spec if isinstance(spec, RunSpec) else RunSpec.from_dict(spec)
         result = run_training(run_spec, job_dir, events, stop, stop_at_step, chunk_size)
     except (SpecError, HyperparameterError, UnknownModel, DatasetError) as exc:
-        return _fail(events, exc, EXIT_USAGE, step, _usage_message(exc))
+        return _fail(events, exc, EXIT_USAGE, str(exc))
     except torch.cuda.OutOfMemoryError as exc:
         message = (f"CUDA out of memory: {str(exc).splitlines()[0]} Reduce batch_size or "
                    "block_size, or use gradient_accumulation_steps.")
-        return _fail(events, exc, EXIT_FAILED, step, message)
+        return _fail(events, exc, EXIT_FAILED, message)
     except MemoryError as exc:
-        return _fail(events, exc, EXIT_FAILED, step,
+        return _fail(events, exc, EXIT_FAILED,
                      "Out of host memory; reduce batch_size or block_size.")
     except Exception as exc:  # noqa: BLE001 - the contract is to report, not to crash
         traceback.print_exc()
-        return _fail(events, exc, EXIT_FAILED, step, f"{type(exc).__name__}: {exc}")
+        return _fail(events, exc, EXIT_FAILED, f"{type(exc).__name__}: {exc}")
     events.emit("done", outcome=result.outcome, exit_code=result.exit_code, step=result.step,
                 best_val_loss=result.best_val_loss)
     return result.exit_code
 
 
-def _fail(events: EventWriter, exc: BaseException, code: int, step: int, message: str) -> int:
-    events.log(f"error: {message}")
-    events.emit("error", message=message, error_type=type(exc).__name__, exit_code=code)
-    events.emit("done", outcome=OUTCOME_FAILED, exit_code=code, step=None, best_val_loss=None)
-    return code
+def _fail(events: EventWriter, exc: BaseException, code: int, message: str) -> int:
+    return report_failure(events, exc, code, message)

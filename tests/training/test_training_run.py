@@ -260,3 +260,25 @@ def test_runspec_validation():
         RunSpec.from_dict({"model_name": "gpt-nano"})
     spec = RunSpec.from_dict({"model_name": "gpt-nano", "dataset": "x", "job_id": 7})
     assert spec.job_id == "7" and spec.hyperparameters == {}
+
+
+def test_training_error_is_reported_with_exit_1(data_dir, tmp_path):
+    job = tmp_path / "job"
+    job.mkdir()
+    (job / LATEST).write_bytes(b"not a checkpoint")
+    code, events = run_inprocess(make_spec(data_dir), job)
+    assert code == 1
+    error = next(e for e in events if e["event"] == "error")
+    assert error["exit_code"] == 1 and error["message"]
+    assert events[-1]["event"] == "done" and events[-1]["outcome"] == "failed"
+
+
+def test_cli_help_and_models_need_no_training():
+    help_proc = run_cli("--help")
+    assert help_proc.returncode == 0 and "run" in help_proc.stdout
+    assert "75" in run_cli("run", "--help").stdout + help_proc.stdout
+    models = run_cli("models")
+    assert models.returncode == 0
+    catalog = json.loads(models.stdout)
+    assert [m["name"] for m in catalog][:3] == ["gpt-nano", "gpt-micro", "gpt-mini"]
+    assert all(m["hyperparameters"] for m in catalog)
