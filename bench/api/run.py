@@ -1147,6 +1147,7 @@ def main(argv=None) -> int:
     dbs = ["sqlite", "postgres"] if args.db == "both" else [args.db]
     scratch_root = Path(f"/tmp/bench_api_{os.getpid()}")
     scratch_root.mkdir(parents=True, exist_ok=True)
+    info = machine_info()  # before the run: the git state the servers start from
     t0 = time.monotonic()
     all_res = []
     try:
@@ -1155,7 +1156,6 @@ def main(argv=None) -> int:
             all_res.append(bench_db(args, kind, scratch_root))
     finally:
         shutil.rmtree(scratch_root, ignore_errors=True)
-    info = machine_info()
     text = render(all_res, args, info)
     print(text)
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
