@@ -16,6 +16,7 @@ from . import http_errors
 from .api import health, jobs
 from .api.base import STORE_KEY
 from .config import Settings
+from .json_provider import OrjsonProvider
 from .store import JobStore, sqlite_url_for
 
 API_TITLE = "llm_train_api"
@@ -29,6 +30,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     settings = Settings.load(overrides=test_config)
     app = Flask(__name__, instance_path=settings.INSTANCE_PATH or None,
                 instance_relative_config=True)
+    app.json = OrjsonProvider(app)
     app.config.from_mapping(
         {name: getattr(settings, name) for name in Settings.__dataclass_fields__},
         MAX_CONTENT_LENGTH=settings.MAX_JSON_BYTES,
@@ -58,7 +60,6 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n,
                                 x_prefix=n)
 
-    app.json.sort_keys = False  # keep the schema's field order, as in the seed
     api = http_errors.JsonErrorsApi(app)
     http_errors.register(app)
     app.before_request(http_errors.require_json_body)

@@ -10,6 +10,7 @@ from typing import Any, NoReturn
 
 import flask
 from flask_smorest import Api, abort
+from sqlalchemy.exc import OperationalError
 from webargs import core
 from webargs.flaskparser import FlaskParser, is_json_request
 from werkzeug.exceptions import HTTPException
@@ -102,6 +103,15 @@ def register(app: flask.Flask) -> None:
     def _domain_error(error: DomainError):  # noqa: ANN202 - Flask handler
         status = _STATUS_BY_ERROR.get(type(error), 400)
         return _json_error(status, str(error), extra=_extra_fields(error))
+
+    @app.errorhandler(OperationalError)
+    def _database_unavailable(error: OperationalError):  # noqa: ANN202
+        # A dead pooled connection, a failover, or SQLite's busy timeout: not the client's
+        # fault and not a bug; the request changed nothing and can be retried.
+        app.logger.warning("database unavailable: %s", error.orig or error)
+        response, status = _json_error(503, "The database is unavailable; retry shortly.")
+        response.headers["Retry-After"] = "1"
+        return response, status
 
     @app.errorhandler(InvalidCursor)
     def _bad_cursor(error: InvalidCursor):  # noqa: ANN202

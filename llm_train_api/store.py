@@ -21,17 +21,17 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import orjson
 from sqlalchemy import (
     Connection,
     Engine,
     Select,
-    and_,
     bindparam,
     create_engine,
     delete,
     event,
-    or_,
     select,
+    tuple_,
     union_all,
     update,
 )
@@ -72,11 +72,24 @@ _JOB_COLUMNS = (
 )
 
 
-# Built once: the hottest statement skips construction and cache-key work on every call.
+# Statements built once, with bind parameters: the hot paths skip statement construction
+# and cache-key generation on every call.
 _SELECT_BY_ID = select(*_JOB_COLUMNS).where(jobs.c.id == bindparam("job_id"))
+_SELECT_FOR_RETRY = select(*_JOB_COLUMNS, jobs.c.request_hash).where(
+    jobs.c.id == bindparam("job_id")
+)
+_INSERT_EVENT = job_events.insert()
+_DELETE_JOB = delete(jobs).where(jobs.c.id == bindparam("job_id")).returning(jobs.c.id)
+_DELETE_EVENTS = delete(job_events).where(job_events.c.job_id == bindparam("job_id"))
+_INSERT_COLUMNS = ("id", "model_name", "dataset", "hyperparameters", "request_hash", "status",
+                   "created_us", "updated_us", "version")
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+# orjson parses the stored hyperparameters several times faster than the json module.
+_loads = orjson.loads
 
 
 def now_us() -> int:
@@ -100,19 +113,25 @@ def request_hash(new: NewJob) -> str:
     return hashlib.sha256(body.encode()).hexdigest()
 
 
+_STATUS_BY_VALUE = {s.value: s for s in JobStatus}
+
+
 def _row_to_job(row: Any) -> Job:
+    # Positional unpacking in _JOB_COLUMNS order: this runs for every row of every page.
+    (_seq, job_id, model_name, dataset, hyperparameters, status, error_message, created_us,
+     updated_us, started_us, finished_us, version) = row[:12]
     return Job(
-        id=row.id,
-        model_name=row.model_name,
-        dataset=row.dataset,
-        hyperparameters=json.loads(row.hyperparameters),
-        status=JobStatus(row.status),
-        created_at=_to_dt(row.created_us),
-        updated_at=_to_dt(row.updated_us),
-        error_message=row.error_message,
-        started_at=_to_dt(row.started_us),
-        finished_at=_to_dt(row.finished_us),
-        version=row.version,
+        job_id,
+        model_name,
+        dataset,
+        _loads(hyperparameters),
+        _STATUS_BY_VALUE[status],
+        _EPOCH + timedelta(microseconds=created_us),
+        _EPOCH + timedelta(microseconds=updated_us),
+        error_message,
+        None if started_us is None else _EPOCH + timedelta(microseconds=started_us),
+        None if finished_us is None else _EPOCH + timedelta(microseconds=finished_us),
+        version,
     )
 
 
@@ -128,7 +147,14 @@ class JobStore:
             else engine
         )
         self._write_lock = threading.Lock()
-        self._insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
+        insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
+        self._create_stmt = (
+            insert(jobs)
+            .values({name: bindparam(name) for name in _INSERT_COLUMNS})
+            .on_conflict_do_nothing(index_elements=[jobs.c.id])
+            .returning(*_JOB_COLUMNS)
+        )
+        self._transition_stmts: dict[tuple[JobStatus, bool], Any] = {}
 
     # ------------------------------------------------------------------ set-up
     @classmethod
@@ -193,30 +219,24 @@ class JobStore:
         hyperparameters = canonical_json(new.hyperparameters)
         for _ in range(3):
             ts = now_us()
+            params = {
+                "id": new.job_id,
+                "model_name": new.model_name,
+                "dataset": new.dataset,
+                "hyperparameters": hyperparameters,
+                "request_hash": digest,
+                "status": JobStatus.QUEUED.value,
+                "created_us": ts,
+                "updated_us": ts,
+                "version": 1,
+            }
             with self._write_tx() as conn:
-                row = conn.execute(
-                    self._insert(jobs)
-                    .values(
-                        id=new.job_id,
-                        model_name=new.model_name,
-                        dataset=new.dataset,
-                        hyperparameters=hyperparameters,
-                        request_hash=digest,
-                        status=JobStatus.QUEUED.value,
-                        created_us=ts,
-                        updated_us=ts,
-                        version=1,
-                    )
-                    .on_conflict_do_nothing(index_elements=[jobs.c.id])
-                    .returning(*_JOB_COLUMNS)
-                ).first()
+                row = conn.execute(self._create_stmt, params).first()
                 if row is not None:
                     self._record_event(conn, new.job_id, ts, "created", None, JobStatus.QUEUED,
                                        actor, None)
                     return _row_to_job(row), True
-                existing = conn.execute(
-                    select(*_JOB_COLUMNS, jobs.c.request_hash).where(jobs.c.id == new.job_id)
-                ).first()
+                existing = conn.execute(_SELECT_FOR_RETRY, {"job_id": new.job_id}).first()
             if existing is None:
                 continue  # deleted between our insert and our read: try the insert again
             if existing.request_hash != digest:
@@ -306,10 +326,11 @@ class JobStore:
         if query.created_before is not None:
             clauses.append(jobs.c.created_us < to_epoch_us(query.created_before))
         if query.after is not None:
-            # (created_us, seq) < (c, s), spelt so both SQLite and PostgreSQL use a range scan.
-            c, s = query.after.created_us, query.after.seq
-            clauses.append(jobs.c.created_us <= c)
-            clauses.append(or_(jobs.c.created_us < c, and_(jobs.c.created_us == c, jobs.c.seq < s)))
+            # A row-value comparison: one index range scan on both SQLite and PostgreSQL.
+            clauses.append(
+                tuple_(jobs.c.created_us, jobs.c.seq)
+                < tuple_(query.after.created_us, query.after.seq)
+            )
         return clauses
 
     def transition(
@@ -327,39 +348,19 @@ class JobStore:
         Raises JobNotFound, PreconditionFailed (`expected` is stale) or IllegalTransition.
         """
         ts = now_us()
-        values: dict[str, Any] = {
-            "previous_status": jobs.c.status,  # SET reads the old row: the status we replaced
-            "status": target.value,
-            "version": jobs.c.version + 1,
-            "updated_us": ts,
-            "error_message": error_message if target in ERROR_MESSAGE_TARGETS else None,
-        }
-        if target is JobStatus.RUNNING:
-            values["started_us"] = ts
-            values["finished_us"] = None
-        elif target is JobStatus.QUEUED:
-            values["finished_us"] = None
-        else:
-            values["finished_us"] = ts
-        conditions = [
-            jobs.c.id == job_id,
-            jobs.c.status.in_(sorted(s.value for s in sources_of(target))),
-        ]
+        message = error_message if target in ERROR_MESSAGE_TARGETS else None
+        params: dict[str, Any] = {"job_id": job_id, "now": ts, "error_message": message}
         if expected is not None:
-            conditions.append(jobs.c.version == expected.version)
-            conditions.append(jobs.c.created_us == expected.created_us)
+            params["expected_version"] = expected.version
+            params["expected_created_us"] = expected.created_us
+        stmt = self._transition_statement(target, expected is not None)
         with self._write_tx() as conn:
-            row = conn.execute(
-                update(jobs)
-                .where(*conditions)
-                .values(**values)
-                .returning(*_JOB_COLUMNS, jobs.c.previous_status)
-            ).first()
+            row = conn.execute(stmt, params).first()
             if row is not None:
-                self._record_event(conn, job_id, ts, "status", JobStatus(row.previous_status),
-                                   target, actor, values["error_message"])
+                self._record_event(conn, job_id, ts, "status", _STATUS_BY_VALUE[row[-1]],
+                                   target, actor, message)
                 return _row_to_job(row), True
-            current = conn.execute(select(*_JOB_COLUMNS).where(jobs.c.id == job_id)).first()
+            current = conn.execute(_SELECT_BY_ID, {"job_id": job_id}).first()
         if current is None:
             raise JobNotFound(job_id)
         job = _row_to_job(current)
@@ -369,14 +370,49 @@ class JobStore:
             return job, False
         raise IllegalTransition(job_id, job.status, target)
 
+    def _transition_statement(self, target: JobStatus, conditional: bool) -> Any:
+        """The compare-and-set UPDATE for `target`, built once per (target, If-Match?)."""
+        key = (target, conditional)
+        stmt = self._transition_stmts.get(key)
+        if stmt is not None:
+            return stmt
+        now = bindparam("now")
+        values: dict[str, Any] = {
+            "previous_status": jobs.c.status,  # SET reads the old row: the status we replaced
+            "status": target.value,
+            "version": jobs.c.version + 1,
+            "updated_us": now,
+            "error_message": bindparam("error_message"),
+        }
+        if target is JobStatus.RUNNING:
+            values["started_us"] = now
+            values["finished_us"] = None
+        elif target is JobStatus.QUEUED:
+            values["finished_us"] = None
+        else:
+            values["finished_us"] = now
+        conditions = [
+            jobs.c.id == bindparam("job_id"),
+            jobs.c.status.in_(sorted(s.value for s in sources_of(target))),
+        ]
+        if conditional:
+            conditions.append(jobs.c.version == bindparam("expected_version"))
+            conditions.append(jobs.c.created_us == bindparam("expected_created_us"))
+        stmt = (
+            update(jobs)
+            .where(*conditions)
+            .values(**values)
+            .returning(*_JOB_COLUMNS, jobs.c.previous_status)
+        )
+        self._transition_stmts[key] = stmt
+        return stmt
+
     def delete_job(self, job_id: str) -> None:
         with self._write_tx() as conn:
-            gone = conn.execute(
-                delete(jobs).where(jobs.c.id == job_id).returning(jobs.c.id)
-            ).first()
+            gone = conn.execute(_DELETE_JOB, {"job_id": job_id}).first()
             if gone is None:
                 raise JobNotFound(job_id)
-            conn.execute(delete(job_events).where(job_events.c.job_id == job_id))
+            conn.execute(_DELETE_EVENTS, {"job_id": job_id})
 
     def job_events(self, job_id: str) -> list[JobEvent]:
         with self._reading() as conn:
@@ -411,15 +447,16 @@ class JobStore:
         message: str | None,
     ) -> None:
         conn.execute(
-            job_events.insert().values(
-                job_id=job_id,
-                at_us=at_us,
-                kind=kind,
-                from_status=from_status.value if from_status else None,
-                to_status=to_status.value if to_status else None,
-                actor=actor,
-                message=message,
-            )
+            _INSERT_EVENT,
+            {
+                "job_id": job_id,
+                "at_us": at_us,
+                "kind": kind,
+                "from_status": from_status.value if from_status else None,
+                "to_status": to_status.value if to_status else None,
+                "actor": actor,
+                "message": message,
+            },
         )
 
 
@@ -434,9 +471,11 @@ def build_engine(
     if backend == "postgresql":
         if parsed.get_driver_name() != "psycopg":
             parsed = parsed.set(drivername="postgresql+psycopg")
+        # No pool_pre_ping: it costs a round trip per request. A connection found dead is
+        # invalidated by SQLAlchemy (and its whole pool with it), so only the request that
+        # met it fails, with a 503 (see http_errors), and the client may retry.
         engine = create_engine(
-            parsed, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True,
-            pool_recycle=3600,
+            parsed, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800,
         )
         if durability == "relaxed":
             @event.listens_for(engine, "connect")

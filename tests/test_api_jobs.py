@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import re
+import uuid
 from datetime import datetime, timedelta, timezone
 from urllib.parse import quote
 
@@ -19,7 +21,9 @@ ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00$")
 
 def create(client, **overrides):
     body = {**SEED_JOB, **overrides}
-    return client.post("/jobs", json=body)
+    # Encoded by the standard library, which (unlike the server's encoder) can also write
+    # the lone surrogates that hostile clients send.
+    return client.post("/jobs", data=json.dumps(body), content_type="application/json")
 
 
 def assert_error(resp, code: int) -> dict:
@@ -459,3 +463,31 @@ def test_start_up_fails_loudly_on_an_unreachable_database(tmp_path):
     with pytest.raises(OperationalError):
         create_app({"INSTANCE_PATH": str(tmp_path),
                     "DATABASE_URL": "postgresql+psycopg://nobody@127.0.0.1:1/none"})
+
+
+def test_lost_database_connection_is_503_and_the_next_request_recovers(tmp_path, pg_url,
+                                                                        pg_server):
+    from sqlalchemy import create_engine
+
+    from llm_train_api import create_app
+
+    tag = f"llm_train_api_test_{uuid.uuid4().hex[:8]}"
+    app = create_app({"INSTANCE_PATH": str(tmp_path),
+                      "DATABASE_URL": f"{pg_url}&application_name={tag}", "DB_POOL_SIZE": 1})
+    client = app.test_client()
+    assert create(client).status_code == 201
+    store = app.extensions["llm_train_api.store"]
+    admin = create_engine(pg_server)
+    with admin.connect() as conn:  # kill the app's pooled sessions, as a failover would
+        killed = conn.exec_driver_sql(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE application_name = %(tag)s AND pid <> pg_backend_pid()", {"tag": tag}
+        ).scalar()
+    admin.dispose()
+    assert killed >= 1
+    first = client.get("/jobs/job-001")  # meets the dead connection: no pre-ping
+    assert first.status_code == 503
+    assert first.headers["Retry-After"] == "1"
+    assert first.get_json()["code"] == 503
+    assert client.get("/jobs/job-001").status_code == 200
+    store.close()
