@@ -23,13 +23,19 @@ from typing import Any
 
 import orjson
 from sqlalchemy import (
+    BigInteger,
     Connection,
     Engine,
     Select,
+    String,
+    Text,
     bindparam,
     create_engine,
     delete,
     event,
+    insert,
+    literal,
+    null,
     select,
     tuple_,
     union_all,
@@ -147,14 +153,15 @@ class JobStore:
             else engine
         )
         self._write_lock = threading.Lock()
-        insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
+        dialect_insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
         self._create_stmt = (
-            insert(jobs)
+            dialect_insert(jobs)
             .values({name: bindparam(name) for name in _INSERT_COLUMNS})
             .on_conflict_do_nothing(index_elements=[jobs.c.id])
             .returning(*_JOB_COLUMNS)
         )
         self._transition_stmts: dict[tuple[JobStatus, bool], Any] = {}
+        self._event_stmts: dict[tuple[int, str], Any] = {}
 
     # ------------------------------------------------------------------ set-up
     @classmethod
@@ -230,12 +237,10 @@ class JobStore:
                 "updated_us": ts,
                 "version": 1,
             }
-            with self._write_tx() as conn:
-                row = conn.execute(self._create_stmt, params).first()
-                if row is not None:
-                    self._record_event(conn, new.job_id, ts, "created", None, JobStatus.QUEUED,
-                                       actor, None)
-                    return _row_to_job(row), True
+            row = self._write_with_event(self._create_stmt, params, "created", ts, actor, None)
+            if row is not None:
+                return _row_to_job(row), True
+            with self._reading() as conn:
                 existing = conn.execute(_SELECT_FOR_RETRY, {"job_id": new.job_id}).first()
             if existing is None:
                 continue  # deleted between our insert and our read: try the insert again
@@ -354,12 +359,10 @@ class JobStore:
             params["expected_version"] = expected.version
             params["expected_created_us"] = expected.created_us
         stmt = self._transition_statement(target, expected is not None)
-        with self._write_tx() as conn:
-            row = conn.execute(stmt, params).first()
-            if row is not None:
-                self._record_event(conn, job_id, ts, "status", _STATUS_BY_VALUE[row[-1]],
-                                   target, actor, message)
-                return _row_to_job(row), True
+        row = self._write_with_event(stmt, params, "status", ts, actor, message)
+        if row is not None:
+            return _row_to_job(row), True
+        with self._reading() as conn:
             current = conn.execute(_SELECT_BY_ID, {"job_id": job_id}).first()
         if current is None:
             raise JobNotFound(job_id)
@@ -435,29 +438,53 @@ class JobStore:
             for r in rows
         ]
 
-    @staticmethod
-    def _record_event(
-        conn: Connection,
-        job_id: str,
-        at_us: int,
+    def _write_with_event(
+        self,
+        stmt: Any,
+        params: dict[str, Any],
         kind: str,
-        from_status: JobStatus | None,
-        to_status: JobStatus | None,
+        at_us: int,
         actor: str | None,
         message: str | None,
-    ) -> None:
-        conn.execute(
-            _INSERT_EVENT,
-            {
-                "job_id": job_id,
-                "at_us": at_us,
-                "kind": kind,
-                "from_status": from_status.value if from_status else None,
-                "to_status": to_status.value if to_status else None,
-                "actor": actor,
-                "message": message,
-            },
-        )
+    ) -> Any:
+        """Run a write whose RETURNING row, if any, gets its event row atomically with it.
+
+        On PostgreSQL both go into one statement (a data-modifying CTE) run in autocommit:
+        one round trip and one implicit transaction instead of BEGIN, two statements and
+        COMMIT. SQLite has no data-modifying CTEs and no network, so there it is two
+        statements in one BEGIN IMMEDIATE transaction.
+        """
+        event = {"ev_at": at_us, "ev_actor": actor, "ev_message": message}
+        if self._dialect == "postgresql":
+            with self._read_engine.connect() as conn:
+                return conn.execute(self._with_event(stmt, kind), {**params, **event}).first()
+        with self._write_tx() as conn:
+            row = conn.execute(stmt, params).first()
+            if row is not None:
+                previous = row._mapping.get("previous_status")
+                conn.execute(_INSERT_EVENT, {
+                    "job_id": row.id, "at_us": at_us, "kind": kind, "from_status": previous,
+                    "to_status": row.status, "actor": actor, "message": message,
+                })
+            return row
+
+    def _with_event(self, stmt: Any, kind: str) -> Any:
+        """`stmt` wrapped so that each row it returns also inserts a job_events row."""
+        # Keyed by identity: the wrapped statements are built once and live as long as the store.
+        key = (id(stmt), kind)
+        wrapped = self._event_stmts.get(key)
+        if wrapped is None:
+            changed = stmt.cte("changed")
+            previous = changed.c.previous_status if "previous_status" in changed.c else null()
+            event = insert(job_events).from_select(
+                ["job_id", "at_us", "kind", "from_status", "to_status", "actor", "message"],
+                select(changed.c.id, bindparam("ev_at", type_=BigInteger),
+                       literal(kind, String), previous, changed.c.status,
+                       bindparam("ev_actor", type_=String), bindparam("ev_message", type_=Text)),
+            ).cte("event")
+            wrapped = select(*changed.c).add_cte(event)
+            self._event_stmts[key] = wrapped
+        return wrapped
 
 
 def build_engine(
