@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +50,17 @@ def decode(tokens: list[int] | bytes) -> str:
     return bytes(tokens).decode("utf-8", errors="replace")
 
 
+class PreparationInterrupted(Exception):
+    """``should_stop`` returned True while a dataset was being prepared."""
+
+
+StopCheck = Callable[[], bool]
+
+
+def _never() -> bool:
+    return False
+
+
 @dataclass(frozen=True)
 class PreparedTokens:
     sha256: str
@@ -57,11 +69,16 @@ class PreparedTokens:
     cached: bool  # True when an earlier run had already prepared it
 
 
-def _iter_documents(file: Path, chunk_size: int, hasher: hashlib._Hash | None = None):
+def _iter_documents(
+    file: Path, chunk_size: int, hasher: hashlib._Hash | None = None,
+    should_stop: StopCheck = _never,
+):
     """Yield each document as a sequence of byte chunks (a generator of generators)."""
     if file.suffix == ".jsonl":
         with open(file, "rb") as f:
             for lineno, line in enumerate(f, 1):
+                if lineno % 1024 == 0 and should_stop():
+                    raise PreparationInterrupted()
                 if hasher is not None:
                     hasher.update(line)
                 if not line.strip():
@@ -80,6 +97,8 @@ def _iter_documents(file: Path, chunk_size: int, hasher: hashlib._Hash | None = 
             offset = 0
             with open(file, "rb") as f:
                 while chunk := f.read(chunk_size):
+                    if should_stop():
+                        raise PreparationInterrupted()
                     if hasher is not None:
                         hasher.update(chunk)
                     try:
@@ -102,7 +121,9 @@ def _hash_header(hasher: hashlib._Hash, file: Path, base: Path) -> None:
     hasher.update(f"\0{rel}\0".encode())
 
 
-def dataset_sha256(path: Path, chunk_size: int = DEFAULT_CHUNK_SIZE) -> str:
+def dataset_sha256(
+    path: Path, chunk_size: int = DEFAULT_CHUNK_SIZE, should_stop: StopCheck = _never
+) -> str:
     """Content hash of a dataset (file names inside a folder included), streamed."""
     hasher = hashlib.sha256(TOKEN_FORMAT.encode())
     base = path if path.is_dir() else path.parent
@@ -110,6 +131,8 @@ def dataset_sha256(path: Path, chunk_size: int = DEFAULT_CHUNK_SIZE) -> str:
         _hash_header(hasher, file, base if path.is_dir() else file)
         with open(file, "rb") as f:
             while chunk := f.read(chunk_size):
+                if should_stop():
+                    raise PreparationInterrupted()
                 hasher.update(chunk)
     return hasher.hexdigest()
 
@@ -119,10 +142,17 @@ def token_cache_root(data_dir: str | os.PathLike[str]) -> Path:
 
 
 def prepare_tokens(
-    path: Path, cache_root: Path, chunk_size: int = DEFAULT_CHUNK_SIZE
+    path: Path,
+    cache_root: Path,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    should_stop: StopCheck = _never,
 ) -> PreparedTokens:
-    """Tokenise ``path`` (file or folder) into the cache unless already there."""
-    sha = dataset_sha256(path, chunk_size)
+    """Tokenise ``path`` (file or folder) into the cache unless already there.
+
+    ``should_stop`` is polled between chunks so a SIGTERM does not wait for a multi-GB
+    file; it raises :class:`PreparationInterrupted` and leaves no partial cache entry.
+    """
+    sha = dataset_sha256(path, chunk_size, should_stop)
     final = cache_root / sha
     meta_file = final / "meta.json"
     if meta_file.is_file():
@@ -141,7 +171,7 @@ def prepare_tokens(
             first = True
             for file in files:
                 _hash_header(hasher, file, base if path.is_dir() else file)
-                for document in _iter_documents(file, chunk_size, hasher):
+                for document in _iter_documents(file, chunk_size, hasher, should_stop):
                     if not first:
                         out.write(DOC_SEPARATOR)
                         n_tokens += len(DOC_SEPARATOR)

@@ -8,6 +8,9 @@ of a second, before importing torch, and the API can run the very same checks.
 
 from __future__ import annotations
 
+import json
+import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,3 +72,29 @@ def validate_spec(data: RunSpec | Mapping[str, Any]) -> tuple[RunSpec, dict[str,
     hp = validate_hyperparameters(spec.hyperparameters, spec.model_name)
     path = resolve_dataset(spec.dataset, default_data_dir(spec.data_dir))
     return spec, hp, path
+
+
+def run_command(
+    job_dir: str | os.PathLike[str],
+    spec_file: str | os.PathLike[str] | None = None,
+    python: str | None = None,
+) -> list[str]:
+    """argv the worker should execute for a job (``spec_file`` defaults to
+    ``JOB_DIR/spec.json``, which the worker may write with :func:`write_spec`)."""
+    argv = [python or sys.executable, "-m", "llm_train_api.training", "run",
+            "--job-dir", os.fspath(job_dir)]
+    if spec_file is not None:
+        argv += ["--spec", os.fspath(spec_file)]
+    return argv
+
+
+def write_spec(job_dir: str | os.PathLike[str], spec: RunSpec | Mapping[str, Any]) -> Path:
+    """Write ``JOB_DIR/spec.json`` (local job folders) and return its path."""
+    run_spec = spec if isinstance(spec, RunSpec) else RunSpec.from_dict(spec)
+    folder = Path(job_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "spec.json"
+    tmp = folder / ".spec.json.tmp"
+    tmp.write_text(json.dumps(run_spec.to_dict(), indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path

@@ -37,6 +37,7 @@ from llm_train_api.training.catalog import UnknownModel, estimate_memory, get_mo
 from llm_train_api.training.data import (
     DEFAULT_CHUNK_SIZE,
     BatchSampler,
+    PreparationInterrupted,
     load_tokens,
     prepare_tokens,
     token_cache_root,
@@ -236,7 +237,13 @@ def run_training(
 
     data_dir = default_data_dir(spec.data_dir)
     events.log(f"preparing dataset {spec.dataset} ({dataset_path})")
-    prepared = prepare_tokens(dataset_path, token_cache_root(data_dir), chunk_size)
+    try:
+        prepared = prepare_tokens(dataset_path, token_cache_root(data_dir), chunk_size,
+                                  stop.is_set)
+    except PreparationInterrupted:
+        # Nothing trained yet, so nothing to checkpoint: the rerun starts over.
+        events.log("stopped while preparing the dataset; rerun to continue")
+        return RunResult(OUTCOME_PREEMPTED, EXIT_PREEMPTED, 0, None)
     events.emit("prepare", dataset=spec.dataset, sha256=prepared.sha256,
                 n_tokens=prepared.n_tokens, cached=prepared.cached)
 

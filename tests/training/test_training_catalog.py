@@ -8,6 +8,7 @@ from llm_train_api.training.catalog import (
     UnknownModel,
     catalog_as_json,
     estimate_memory,
+    estimate_memory_for,
     flops_per_token,
     get_model_spec,
     memory_breakdown,
@@ -82,3 +83,12 @@ def test_flops_per_token_formula():
     spec = MODELS["gpt2"]
     n = spec.param_count - spec.block_size * spec.n_embd
     assert flops_per_token("gpt2", 1024) == 6 * n + 12 * 12 * 768 * 1024
+
+
+def test_estimate_memory_for_validated_hyperparameters():
+    from llm_train_api.training.hyperparams import validate_hyperparameters
+
+    hp = validate_hyperparameters({"batch_size": 4, "block_size": 512}, "gpt2")
+    assert estimate_memory_for("gpt2", hp) == estimate_memory("gpt2", 4, 512, "float32")
+    hp16 = validate_hyperparameters({"batch_size": 4, "block_size": 512, "dtype": "bfloat16"})
+    assert estimate_memory_for("gpt2", hp16) < estimate_memory_for("gpt2", hp)

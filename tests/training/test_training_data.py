@@ -9,6 +9,7 @@ import torch
 from llm_train_api.training import data as data_mod
 from llm_train_api.training.data import (
     BatchSampler,
+    PreparationInterrupted,
     dataset_sha256,
     load_tokens,
     prepare_tokens,
@@ -153,3 +154,19 @@ def test_too_small_dataset_is_a_dataset_error():
     tokens = np.zeros(50, dtype=np.uint8)
     with pytest.raises(DatasetError, match="too small"):
         BatchSampler(tokens, block_size=32, batch_size=2, seed=0, val_fraction=0.1)
+
+
+def test_preparation_can_be_interrupted_between_chunks(tmp_path):
+    src = tmp_path / "t.txt"
+    src.write_text(TEXT * 10, encoding="utf-8")
+    calls = []
+
+    def should_stop():
+        calls.append(1)
+        return len(calls) > 100  # in the write pass: the hash pass reads 67 chunks
+
+    with pytest.raises(PreparationInterrupted):
+        prepare_tokens(src, tmp_path / "cache", chunk_size=256, should_stop=should_stop)
+    assert len(calls) == 101
+    assert (tmp_path / "cache").is_dir()  # the write pass had started ...
+    assert not list((tmp_path / "cache").iterdir())  # ... and left nothing behind

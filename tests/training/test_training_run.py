@@ -15,7 +15,7 @@ import torch
 from llm_train_api.training.checkpoint import BEST, LATEST, load_checkpoint
 from llm_train_api.training.events import EventWriter, parse_line
 from llm_train_api.training.sample import sample
-from llm_train_api.training.spec import RunSpec
+from llm_train_api.training.spec import RunSpec, run_command, write_spec
 from llm_train_api.training.trainer import execute, learning_rate_at, total_steps_for
 from tests.training.conftest import (
     REPO_ROOT,
@@ -144,12 +144,10 @@ def test_resume_equivalence_through_the_cli(data_dir, tmp_path):
 def test_sigterm_checkpoints_and_exits_75(data_dir, tmp_path):
     spec = make_spec(data_dir, max_steps=1_000_000, checkpoint_interval=0, eval_interval=0,
                      log_interval=5)
-    spec_file = tmp_path / "spec.json"
-    spec_file.write_text(json.dumps(spec))
     job = tmp_path / "job"
+    write_spec(job, spec)  # what the worker does, then runs run_command(job)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "llm_train_api.training", "run", "--job-dir", str(job),
-         "--spec", str(spec_file)],
+        run_command(job, python=sys.executable),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(),
         cwd=REPO_ROOT)
     lines: list[str] = []
@@ -218,10 +216,8 @@ def test_bad_specs_in_process(data_dir, tmp_path, spec_update, needle):
     assert needle in next(e for e in events if e["event"] == "error")["message"]
 
 
-def test_sigterm_flag_before_the_loop_still_checkpoints(data_dir, tmp_path):
-    stop = threading.Event()
-    stop.set()
-    code, events = run_inprocess(make_spec(data_dir), tmp_path / "job", stop=stop)
+def test_stop_before_the_first_step_still_checkpoints(data_dir, tmp_path):
+    code, events = run_inprocess(make_spec(data_dir), tmp_path / "job", stop_at_step=0)
     assert code == 75 and events[-1]["step"] == 0
     assert load_checkpoint(tmp_path / "job" / LATEST)["step"] == 0
 
@@ -282,3 +278,14 @@ def test_cli_help_and_models_need_no_training():
     catalog = json.loads(models.stdout)
     assert [m["name"] for m in catalog][:3] == ["gpt-nano", "gpt-micro", "gpt-mini"]
     assert all(m["hyperparameters"] for m in catalog)
+
+
+def test_sigterm_during_dataset_preparation_exits_75_without_cache(data_dir, tmp_path):
+    stop = threading.Event()
+    stop.set()
+    code, events = run_inprocess(make_spec(data_dir), tmp_path / "job", stop=stop,
+                                 chunk_size=64)
+    assert code == 75 and events[-1]["outcome"] == "preempted"
+    assert not (tmp_path / "job" / LATEST).exists()
+    cache = data_dir / "cache" / "tokens"
+    assert not cache.exists() or not any(cache.iterdir())
