@@ -29,20 +29,38 @@ import json
 import signal
 import sys
 import threading
-from typing import Any
+from typing import Any, NoReturn
 
 from llm_train_api.training.events import EXIT_OK, EXIT_USAGE, EventWriter, report_failure
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse that also reports usage errors as protocol events on stdout."""
+
+    def error(self, message: str) -> NoReturn:
+        report_failure(EventWriter(), SystemExit(message), EXIT_USAGE, f"usage: {message}")
+        super().error(message)  # prints usage to stderr and exits with 2 (= EXIT_USAGE)
+
+
+_RUN_DESCRIPTION = """\
+Train a job, or resume it when JOB_DIR holds ckpt_latest.pt. stdout carries one event per
+line as '@@llm_train_api {json}' (events: prepare, start, metrics, checkpoint, error, done)
+mixed with human log lines; JOB_DIR receives spec.json, metrics.jsonl, ckpt_latest.pt and
+ckpt_best.pt. SIGTERM/SIGINT: checkpoint after the current step and exit 75.
+"""
+
+
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m llm_train_api.training",
         description="Train, resume and sample byte-level GPT models.",
         epilog="Exit codes: 0 ok, 1 training error, 2 bad spec/usage, 75 preempted.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="train or resume a job")
+    run = sub.add_parser("run", help="train or resume a job", description=_RUN_DESCRIPTION,
+                         epilog="Exit codes: 0 ok, 1 training error, 2 bad spec/usage, "
+                         "75 preempted (rerun to resume).")
     run.add_argument("--job-dir", required=True, help="job folder (path or fsspec URL)")
     run.add_argument("--spec", help="spec JSON file (default: JOB_DIR/spec.json)")
     run.add_argument("--model", help="model_name (instead of --spec)")

@@ -200,7 +200,7 @@ def _finite(value: float) -> float | None:
 
 
 def run_training(
-    spec: RunSpec,
+    spec: RunSpec | Mapping[str, Any],
     job_dir: str | os.PathLike[str],
     events: EventWriter | None = None,
     stop: threading.Event | None = None,
@@ -261,6 +261,7 @@ def run_training(
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
     step, best_val_loss, elapsed_before = 0, math.inf, 0.0
+    resumed_from: int | None = None
     if storage.exists(ckpt.LATEST):
         state = ckpt.load_checkpoint(storage, ckpt.LATEST, map_location=device)
         if state["model_args"] != config.to_dict():
@@ -276,9 +277,9 @@ def run_training(
             events.log("warning: the dataset changed since the checkpoint was written")
         ckpt.restore_rng_state(state["rng"])
         del state
+        resumed_from = step
         events.log(f"resumed from step {step}")
     metrics_log = _MetricsLog(storage, step)
-    resumed_from = step if step else None
 
     train_model: Any = torch.compile(model) if hp["compile"] else model
     autocast = (torch.autocast(device.type, dtype=dtype) if dtype != torch.float32

@@ -273,6 +273,10 @@ def test_cli_help_and_models_need_no_training():
     help_proc = run_cli("--help")
     assert help_proc.returncode == 0 and "run" in help_proc.stdout
     assert "75" in run_cli("run", "--help").stdout + help_proc.stdout
+    usage = run_cli("run", "--model", "gpt-nano")  # no --job-dir
+    assert usage.returncode == 2
+    assert "--job-dir" in next(e for e in events_of(usage.stdout) if e["event"] == "error")[
+        "message"]
     models = run_cli("models")
     assert models.returncode == 0
     catalog = json.loads(models.stdout)
