@@ -3,7 +3,8 @@
 Import rules (the API process must stay small):
 
 * torch-free and numpy-free: :mod:`.catalog`, :mod:`.hyperparams`, :mod:`.datasets`,
-  :mod:`.events`, :mod:`.storage`, :mod:`.tinytext`. The API validates jobs with these.
+  :mod:`.spec`, :mod:`.events`, :mod:`.storage`, :mod:`.tinytext`. The API and the worker
+  validate and launch jobs with these.
 * need torch/numpy (the ``train`` extra): :mod:`.model`, :mod:`.data`, :mod:`.checkpoint`,
   :mod:`.trainer`, :mod:`.sample`, and the CLI in :mod:`.__main__`.
 

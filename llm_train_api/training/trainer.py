@@ -226,6 +226,11 @@ def run_training(
         torch.set_num_threads(hp["num_threads"])
     if device.type == "cpu":
         tune_host_allocator()
+    else:
+        # float32 matmuls on tensor cores (TF32): ~10-bit mantissa products with fp32
+        # accumulation, the usual trade for training; bf16/fp16 runs are unaffected.
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
     need = estimate_memory(model_spec, hp["batch_size"], hp["block_size"], dtype_name)
     free = available_memory(device)
     if free is not None and need > free:

@@ -16,6 +16,7 @@ from llm_train_api.training.hyperparams import hyperparameter_schema
 from llm_train_api.training.datasets import resolve_dataset, DatasetError, list_datasets
 from llm_train_api.training.events import parse_line, EXIT_PREEMPTED
 from llm_train_api.training.storage import open_job_storage
+from llm_train_api.training.spec import run_command, write_spec
 from llm_train_api.training.catalog import catalog_as_json
 from llm_train_api.training.spec import validate_spec, RunSpec, SpecError
 spec, hp, path = validate_spec({"model_name": "gpt-nano", "dataset": "builtin:tinytext",
