@@ -6,10 +6,13 @@ import multiprocessing
 import os
 
 bind = os.environ.get("LLM_TRAIN_API_BIND", "127.0.0.1:8000")
-# Requests are short and mostly wait on the database: two per core plus one, capped so a
-# big host does not open hundreds of database connections.
-workers = int(os.environ.get("LLM_TRAIN_API_WORKERS", min(2 * multiprocessing.cpu_count() + 1, 17)))
-worker_class = "sync"
+# Requests are short and mostly wait on the database (a commit's fsync, a round trip), so
+# each worker process serves a few requests at once on threads: the CPU does other requests'
+# work during those waits. Processes: two per core plus one, capped so a big host does not
+# open hundreds of database connections (each process has its own pool).
+workers = int(os.environ.get("LLM_TRAIN_API_WORKERS", min(2 * multiprocessing.cpu_count() + 1, 9)))
+worker_class = "gthread"
+threads = int(os.environ.get("LLM_TRAIN_API_THREADS", 4))
 timeout = 60
 graceful_timeout = 30
 keepalive = 5
