@@ -9,3 +9,4 @@ errorlog = "-"
 loglevel = "warning"
 timeout = 120
 graceful_timeout = 5
+keepalive = 5  # as the repo's gunicorn.conf.py; only gthread keeps connections open

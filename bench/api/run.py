@@ -257,14 +257,21 @@ def _group_alive(pgid: int) -> bool:
         return True
 
 
+def worker_flags(args) -> list[str]:
+    """Worker class (and threads) given identically to every server."""
+    flags = ["-k", args.worker_class]
+    if args.worker_class == "gthread":
+        flags += ["--threads", str(args.gunicorn_threads)]
+    return flags
+
+
 def gunicorn_flags(args, port: int) -> list[str]:
     return [
         "-c",
         str(GUNICORN_CONF),
         "-w",
         str(args.workers),
-        "-k",
-        args.worker_class,
+        *worker_flags(args),
         "-b",
         f"127.0.0.1:{port}",
     ]
@@ -312,7 +319,7 @@ def make_mlflow_server(args, scratch: Path, store_uri: str) -> Server:
     port = free_port()
     env = base_env()
     env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
-    opts = " ".join(["-c", str(GUNICORN_CONF), "-k", args.worker_class])
+    opts = " ".join(["-c", str(GUNICORN_CONF), *worker_flags(args)])
     argv = [
         str(MLFLOW_VENV / "bin" / "mlflow"),
         "server",
@@ -917,7 +924,7 @@ def targets(res: dict, deep: int) -> list[tuple[str, str, str, bool | None]]:
             rows.append(
                 (
                     f"{CASE_TITLES[case]} vs MLflow {MLFLOW_ENDPOINT[case]} (req/s)",
-                    f"{r:.1f}x",
+                    f"{r:.2f}x",
                     ">= 10x",
                     r >= 10,
                 )
@@ -961,7 +968,7 @@ def render(all_res: list[dict], args, info: dict) -> str:
         f"PostgreSQL {info['postgres']}; {info['wrk']}; MLflow {info['mlflow']} (own venv)"
     )
     L.append(
-        f"- gunicorn for every server: `-w {args.workers} -k {args.worker_class} "
+        f"- gunicorn for every server: `-w {args.workers} {' '.join(worker_flags(args))} "
         f"-b 127.0.0.1:<free port> -c bench/api/gunicorn_bench.conf.py` (access log off, "
         f"log level warning); MLflow via `mlflow server --workers {args.workers} "
         f"--gunicorn-opts ...` (same flags; its Flask app under gunicorn instead of MLflow's "
@@ -1097,7 +1104,14 @@ def parse_args(argv=None):
     p.add_argument("--connections", type=int, default=16)
     p.add_argument("--threads", type=int, default=2, help="wrk threads")
     p.add_argument("--workers", type=int, default=2, help="gunicorn workers for every server")
-    p.add_argument("--worker-class", default="sync", help="gunicorn worker class for every server")
+    p.add_argument(
+        "--worker-class",
+        default="gthread",
+        help="gunicorn worker class for every server (default gthread, as gunicorn.conf.py)",
+    )
+    p.add_argument(
+        "--gunicorn-threads", type=int, default=4, help="threads per gthread worker (default 4)"
+    )
     p.add_argument("--seed-jobs", type=int, default=100_000)
     p.add_argument(
         "--deep", type=int, default=50_000, help="jobs to walk before the deep-page cursor"
