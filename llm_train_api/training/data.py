@@ -6,6 +6,8 @@ files. A dataset is tokenised once per content hash into
 when training) plus ``meta.json``. Preparation streams fixed-size chunks, so memory use
 does not grow with the dataset; it makes two passes (hash, then write) so that a cache
 hit costs only a read, and the write pass re-hashes to catch files edited meanwhile.
+An index keyed by the dataset's path and stat signature skips even that read when the
+files have not changed (a resumed job does not re-hash its corpus).
 Concurrent preparers each write a private temporary folder and ``rename`` it into
 place; the loser discards its copy.
 
@@ -141,6 +143,20 @@ def token_cache_root(data_dir: str | os.PathLike[str]) -> Path:
     return Path(data_dir) / "cache" / "tokens"
 
 
+def _stat_signature(path: Path) -> str:
+    """Names, sizes, inodes and nanosecond mtimes of the dataset's files, hashed."""
+    entries = []
+    for file in source_files(path):
+        st = file.stat()
+        entries.append([str(file.resolve()), st.st_size, st.st_mtime_ns, st.st_ino])
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()
+
+
+def _index_file(cache_root: Path, path: Path) -> Path:
+    key = hashlib.sha256(str(path.resolve()).encode()).hexdigest()
+    return cache_root.parent / "token-index" / f"{key}.json"
+
+
 def prepare_tokens(
     path: Path,
     cache_root: Path,
@@ -149,9 +165,35 @@ def prepare_tokens(
 ) -> PreparedTokens:
     """Tokenise ``path`` (file or folder) into the cache unless already there.
 
+    Resuming a job must not re-read a multi-GB corpus just to find its hash, so the
+    content hash is remembered per dataset path together with a stat signature (sizes,
+    inodes, nanosecond mtimes); any change to the files means a full re-hash.
+
     ``should_stop`` is polled between chunks so a SIGTERM does not wait for a multi-GB
     file; it raises :class:`PreparationInterrupted` and leaves no partial cache entry.
     """
+    signature = _stat_signature(path)
+    index = _index_file(cache_root, path)
+    try:
+        known = json.loads(index.read_text())
+        meta = json.loads((cache_root / known["sha256"] / "meta.json").read_text())
+        if known["signature"] == signature:
+            return PreparedTokens(known["sha256"], cache_root / known["sha256"] / "tokens.bin",
+                                  int(meta["n_tokens"]), cached=True)
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    prepared = _prepare_by_hash(path, cache_root, chunk_size, should_stop)
+    if _stat_signature(path) == signature:  # unchanged while we read it
+        index.parent.mkdir(parents=True, exist_ok=True)
+        tmp = index.with_name(f".{index.name}.{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        tmp.write_text(json.dumps({"signature": signature, "sha256": prepared.sha256}))
+        os.replace(tmp, index)
+    return prepared
+
+
+def _prepare_by_hash(
+    path: Path, cache_root: Path, chunk_size: int, should_stop: StopCheck
+) -> PreparedTokens:
     sha = dataset_sha256(path, chunk_size, should_stop)
     final = cache_root / sha
     meta_file = final / "meta.json"

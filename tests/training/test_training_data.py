@@ -170,3 +170,21 @@ def test_preparation_can_be_interrupted_between_chunks(tmp_path):
     assert len(calls) == 101
     assert (tmp_path / "cache").is_dir()  # the write pass had started ...
     assert not list((tmp_path / "cache").iterdir())  # ... and left nothing behind
+
+
+def test_unchanged_dataset_is_not_rehashed_but_a_changed_one_is(tmp_path, monkeypatch):
+    src = tmp_path / "t.txt"
+    src.write_text("first version " * 100)
+    first = prepare_tokens(src, tmp_path / "cache", chunk_size=64)
+
+    def no_hashing(*args, **kwargs):
+        raise AssertionError("re-hashed an unchanged dataset")
+
+    monkeypatch.setattr(data_mod, "dataset_sha256", no_hashing)
+    again = prepare_tokens(src, tmp_path / "cache", chunk_size=64)
+    assert again.cached and again.sha256 == first.sha256
+    monkeypatch.undo()
+    src.write_text("second version " * 100)
+    changed = prepare_tokens(src, tmp_path / "cache", chunk_size=64)
+    assert changed.sha256 != first.sha256 and not changed.cached
+    assert bytes(load_tokens(changed)) == ("second version " * 100).encode()
