@@ -5,9 +5,10 @@ creates are `INSERT .. ON CONFLICT DO NOTHING`, status changes are one condition
 (compare-and-set on the status, and on the version when the client sent If-Match), and each
 write commits in one transaction together with its event row.
 
-The in-process lock only serialises SQLite writers of this process, which SQLite would
-serialise anyway, so that threads queue on a cheap mutex instead of spinning in SQLite's
-busy handler. It is never taken on PostgreSQL, and never held around anything but a write.
+The in-process lock guards the SQLite group commit's queue: writers of one process, which
+SQLite would serialise anyway, share one transaction and one fsync instead of queueing in
+SQLite's busy handler (see group_commit.py). It is never used on PostgreSQL, and never held
+while the database works.
 """
 
 from __future__ import annotations
@@ -15,11 +16,10 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from sqlalchemy import (
@@ -59,8 +59,11 @@ from .domain import (
     sources_of,
     to_epoch_us,
 )
+from .group_commit import GroupCommitter
 from .pagination import JobPage, JobQuery, SortKey
 from .tables import job_events, jobs
+
+T = TypeVar("T")
 
 _JOB_COLUMNS = (
     jobs.c.seq,
@@ -152,7 +155,8 @@ class JobStore:
             if self._dialect == "postgresql"
             else engine
         )
-        self._write_lock = threading.Lock()
+        # The store's lock: on SQLite, the group committer's queue mutex (see group_commit).
+        self._group = GroupCommitter(engine) if self._dialect == "sqlite" else None
         dialect_insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
         self._create_stmt = (
             dialect_insert(jobs)
@@ -182,8 +186,7 @@ class JobStore:
         return store
 
     def migrate(self) -> int:
-        with self._writing():
-            return migrations.migrate(self._engine)
+        return migrations.migrate(self._engine)
 
     def close(self) -> None:
         self._engine.dispose()
@@ -198,18 +201,12 @@ class JobStore:
             return migrations.current_version(conn)
 
     # ------------------------------------------------------------------ transactions
-    @contextlib.contextmanager
-    def _writing(self) -> Iterator[None]:
-        if self._dialect == "sqlite":
-            with self._write_lock:
-                yield
-        else:
-            yield
-
-    @contextlib.contextmanager
-    def _write_tx(self) -> Iterator[Connection]:
-        with self._writing(), self._engine.begin() as conn:
-            yield conn
+    def _write(self, work: Callable[[Connection], T]) -> T:
+        """Run `work` in a committed write transaction (grouped with others' on SQLite)."""
+        if self._group is not None:
+            return self._group.run(work)
+        with self._engine.begin() as conn:
+            return work(conn)
 
     @contextlib.contextmanager
     def _reading(self) -> Iterator[Connection]:
@@ -268,8 +265,7 @@ class JobStore:
         ]
         if not rows:
             return 0
-        with self._write_tx() as conn:
-            conn.execute(jobs.insert(), rows)
+        self._write(lambda conn: conn.execute(jobs.insert(), rows))
         return len(rows)
 
     def get_job(self, job_id: str) -> Job:
@@ -411,11 +407,13 @@ class JobStore:
         return stmt
 
     def delete_job(self, job_id: str) -> None:
-        with self._write_tx() as conn:
+        def work(conn: Connection) -> None:
             gone = conn.execute(_DELETE_JOB, {"job_id": job_id}).first()
             if gone is None:
                 raise JobNotFound(job_id)
             conn.execute(_DELETE_EVENTS, {"job_id": job_id})
+
+        self._write(work)
 
     def job_events(self, job_id: str) -> list[JobEvent]:
         with self._reading() as conn:
@@ -458,7 +456,8 @@ class JobStore:
         if self._dialect == "postgresql":
             with self._read_engine.connect() as conn:
                 return conn.execute(self._with_event(stmt, kind), {**params, **event}).first()
-        with self._write_tx() as conn:
+
+        def work(conn: Connection) -> Any:
             row = conn.execute(stmt, params).first()
             if row is not None:
                 previous = row._mapping.get("previous_status")
@@ -467,6 +466,8 @@ class JobStore:
                     "to_status": row.status, "actor": actor, "message": message,
                 })
             return row
+
+        return self._write(work)
 
     def _with_event(self, stmt: Any, kind: str) -> Any:
         """`stmt` wrapped so that each row it returns also inserts a job_events row."""
