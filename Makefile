@@ -23,6 +23,18 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# Benchmarks (not part of `make test`): results go to docs/benchmarks.md.
+bench: $(STAMP)
+	bench/run all
+
+bench-api: $(STAMP)
+	bench/run api
+
+# nanoGPT's train.py is run from a copy outside the repository (NANOGPT_DIR).
+NANOGPT_DIR ?= /tmp/nanogpt
+bench-trainer: $(STAMP)
+	bench/run trainer --nanogpt $(NANOGPT_DIR)
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 
