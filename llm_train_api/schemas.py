@@ -9,6 +9,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from flask import current_app
+from flask_smorest.error_handler import ErrorSchema
 from marshmallow import Schema, ValidationError, fields, validate, validates
 
 from .domain import JOB_ID_PATTERN, JobStatus
@@ -29,7 +30,9 @@ def _reject_unstorable(value: str) -> None:
 
 
 class Text(fields.String):
-    """A string that every supported database can store as given."""
+    """A string that every supported database can store as given: NUL characters and lone
+    surrogates are refused with a 422 (PostgreSQL text cannot hold the first, UTF-8 cannot
+    encode the second)."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
         result = super()._deserialize(value, attr, data, **kwargs)
@@ -186,7 +189,8 @@ class StatusUpdateSchema(Schema):
         validate=validate.Length(max=ERROR_MESSAGE_MAX_LENGTH),
         metadata={
             "description": "Kept with `failed` and `cancelled` (the reason). With any other "
-            "target a non-null value is rejected (422), and the transition clears the old one."
+            "target a non-empty value is rejected (422), and the transition clears the old "
+            "one. An empty string counts as null."
         },
     )
 
@@ -221,6 +225,13 @@ class JobEventSchema(LeanDumpSchema):
     to_status = fields.Enum(JobStatus, by_value=True, allow_none=True)
     actor = fields.String(allow_none=True)
     message = fields.String(allow_none=True)
+
+
+class TransitionErrorSchema(ErrorSchema):
+    """The 409 of an illegal status change, which tells the client where it can go next."""
+
+    current_status = fields.Enum(JobStatus, by_value=True)
+    allowed_targets = fields.List(fields.Enum(JobStatus, by_value=True))
 
 
 class HealthSchema(Schema):

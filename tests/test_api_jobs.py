@@ -257,6 +257,12 @@ def test_error_message_with_non_failure_target_is_422(client, target):
     assert client.get("/jobs/job-001").get_json()["status"] == "queued"
 
 
+def test_empty_error_message_counts_as_none(client):
+    create(client)
+    job = client.patch("/jobs/job-001/status", json={"status": "running", "error_message": ""})
+    assert job.status_code == 200 and job.get_json()["error_message"] is None
+
+
 def test_requeue_clears_error_message_and_finished_at(client):
     create(client)
     client.patch("/jobs/job-001/status", json={"status": "running"})

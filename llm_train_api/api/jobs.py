@@ -28,6 +28,7 @@ from ..schemas import (
     JobListQuerySchema,
     JobSchema,
     StatusUpdateSchema,
+    TransitionErrorSchema,
 )
 from .base import ApiBlueprint, get_store
 
@@ -144,8 +145,9 @@ class JobStatusResource(MethodView):
     @blp.response(200, JobSchema, description="The job after the change; an unchanged job "
                   "when it already had this status.", headers=_ETAG_HEADER)
     @blp.error(404, "No such job.")
-    @blp.error(409, "Illegal transition; the message names the current status and the "
-               "allowed targets, also given as `current_status` and `allowed_targets`.")
+    @blp.alt_response(409, schema=TransitionErrorSchema, description="Illegal transition; "
+                      "the message names the current status and the allowed targets, also "
+                      "given as `current_status` and `allowed_targets`.")
     @blp.error(412, "If-Match did not match the job's current ETag.")
     @blp.error(415, "Content-Type is not application/json.")
     def patch(self, body: dict[str, Any], job_id: str):
@@ -157,6 +159,8 @@ class JobStatusResource(MethodView):
         """
         target: JobStatus = body["status"]
         message = body["error_message"]
+        if message is not None and not message.strip():
+            message = None  # an empty reason is no reason; seed clients may send ""
         if message is not None and target not in ERROR_MESSAGE_TARGETS:
             abort(422, message="error_message is only accepted with status 'failed' or "
                   "'cancelled'.", errors={"json": {"error_message": [
