@@ -497,3 +497,14 @@ def test_lost_database_connection_is_503_and_the_next_request_recovers(tmp_path,
     assert first.get_json()["code"] == 503
     assert client.get("/jobs/job-001").status_code == 200
     store.close()
+
+
+def test_an_unexpected_server_error_is_still_json(app, client, monkeypatch):
+    store = app.extensions["llm_train_api.store"]
+
+    def broken(job_id):
+        raise RuntimeError("bug")
+
+    monkeypatch.setattr(store, "get_job", broken)
+    body = assert_error(client.get("/jobs/job-001"), 500)
+    assert "bug" not in body["message"]  # no internals leak to clients
