@@ -49,6 +49,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     logging.getLogger("llm_train_api").setLevel(settings.LOG_LEVEL.upper())
     os.makedirs(app.instance_path, exist_ok=True)
 
+    app.config["DATA_DIR"] = settings.DATA_DIR or str(Path(app.instance_path) / "data")
     url = settings.DATABASE_URL or sqlite_url_for(str(Path(app.instance_path) / DATABASE_FILENAME))
     store = JobStore.from_url(url, durability=settings.DURABILITY,
                               pool_size=settings.DB_POOL_SIZE,

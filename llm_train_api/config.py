@@ -36,6 +36,26 @@ class Settings:
     # Bounds on the hyperparameters object, serialised size and nesting depth.
     MAX_HYPERPARAMETERS_BYTES: int = 64 * 1024
     MAX_HYPERPARAMETERS_DEPTH: int = 8
+    # Artifacts: datasets, job folders (logs, metrics, checkpoints). Empty = INSTANCE_PATH/data.
+    DATA_DIR: str = ""
+    # "local": built-in workers run jobs, and jobs are validated against the trainer at
+    # creation. "none": the seed's pure registry, external systems drive statuses.
+    EXECUTOR: str = "local"
+    # Largest dataset upload (streamed to disk, separate from MAX_JSON_BYTES).
+    MAX_DATASET_BYTES: int = 1024 * 1024 * 1024
+    # How long one `logs?follow=true` stream may stay open before the client reconnects.
+    LOG_FOLLOW_MAX_S: float = 60.0
+    # Worker: lease length, how often it is renewed, how often queues/cancels are polled.
+    LEASE_S: float = 30.0
+    HEARTBEAT_S: float = 5.0
+    POLL_S: float = 0.5
+    # Worker: SIGTERM-to-SIGKILL grace for a cancelled job's process group.
+    CANCEL_GRACE_S: float = 1.0
+    # Worker: torch CPU threads per trainer (0 = torch's default).
+    TRAINER_THREADS: int = 0
+    # Memory a job may use on any worker, in GiB; jobs whose estimate exceeds it are
+    # refused at creation. 0 = this machine's RAM.
+    WORKER_MEMORY_GB: float = 0.0
     # Number of reverse proxies in front of the service whose X-Forwarded-* to trust.
     TRUSTED_PROXIES: int = 0
     LOG_LEVEL: str = "INFO"
@@ -58,6 +78,8 @@ class Settings:
         return settings
 
     def validate(self) -> None:
+        if self.EXECUTOR not in ("local", "none"):
+            raise ConfigError(f"{PREFIX}EXECUTOR must be 'local' or 'none', got {self.EXECUTOR!r}")
         if self.DURABILITY not in ("full", "relaxed"):
             raise ConfigError(
                 f"{PREFIX}DURABILITY must be 'full' or 'relaxed', got {self.DURABILITY!r}"
@@ -66,6 +88,10 @@ class Settings:
                      "MAX_HYPERPARAMETERS_DEPTH"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{PREFIX}{name} must be at least 1")
+        if min(self.LEASE_S, self.HEARTBEAT_S, self.POLL_S, self.LOG_FOLLOW_MAX_S) <= 0:
+            raise ConfigError("LEASE_S, HEARTBEAT_S, POLL_S and LOG_FOLLOW_MAX_S must be > 0")
+        if self.HEARTBEAT_S * 2 > self.LEASE_S:
+            raise ConfigError(f"{PREFIX}HEARTBEAT_S must be at most half of {PREFIX}LEASE_S")
         if self.TRUSTED_PROXIES < 0 or self.DB_BUSY_TIMEOUT_S < 0:
             raise ConfigError("negative values are not allowed")
 

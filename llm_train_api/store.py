@@ -415,6 +415,18 @@ class JobStore:
 
         self._write(work)
 
+    def dataset_in_use(self, dataset: str) -> list[str]:
+        """Ids of queued or running jobs that train on `dataset` (at most 10, newest first)."""
+        stmt = (
+            select(jobs.c.id)
+            .where(jobs.c.dataset == dataset,
+                   jobs.c.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]))
+            .order_by(jobs.c.created_us.desc(), jobs.c.seq.desc())
+            .limit(10)
+        )
+        with self._reading() as conn:
+            return [row.id for row in conn.execute(stmt)]
+
     def job_events(self, job_id: str) -> list[JobEvent]:
         with self._reading() as conn:
             exists = conn.execute(select(jobs.c.seq).where(jobs.c.id == job_id)).first()
