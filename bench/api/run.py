@@ -913,7 +913,7 @@ def targets(res: dict, deep: int) -> list[tuple[str, str, str, bool | None]]:
             rows.append(
                 (
                     f"{CASE_TITLES[case]} vs bare Flask (req/s)",
-                    f"{r:.2f}x",
+                    f"{r:.3f}x",
                     f">= {need}x",
                     r >= need,
                 )
@@ -1136,6 +1136,7 @@ def parse_args(argv=None):
         "--quick", action="store_true", help="smoke run: short cases, small data, no doc update"
     )
     p.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks-api.md")
+    # (also: run.py --render bench/results/api-*.json re-renders the doc from a saved run)
     args = p.parse_args(argv)
     if args.quick:
         args.duration, args.warmup, args.rounds = 2.0, 1.0, 1
@@ -1152,7 +1153,22 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def render_saved(path: str) -> int:
+    """Re-render docs/benchmarks-api.md from a saved bench/results/api-*.json."""
+    saved = json.loads(Path(path).read_text())
+    args = argparse.Namespace(**saved["args"])
+    text = render(saved["results"], args, saved["machine"])
+    print(text)
+    if not args.no_doc:
+        write_doc(text)
+        log(f"wrote {DOC.relative_to(REPO)}")
+    return 0
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 2 and argv[0] == "--render":
+        return render_saved(argv[1])
     args = parse_args(argv)
     ensure_tools(args)
     # SIGTERM/SIGHUP -> exception, so the finally blocks stop every server.
