@@ -86,6 +86,21 @@ class NewJob:
     model_name: str
     dataset: str
     hyperparameters: dict[str, Any] = field(default_factory=dict)
+    priority: int = 0
+    max_attempts: int = 3
+    max_runtime_seconds: int | None = None
+    resources: dict[str, Any] | None = None
+    # Recorded at creation so that a worker can refuse data that changed under the job.
+    dataset_sha256: str | None = None
+
+    def request_fields(self) -> list[Any]:
+        """What makes two creates 'the same request' for idempotent retries. Options left
+        at their defaults are omitted, so hashes of jobs created before they existed hold."""
+        fields = [self.model_name, self.dataset, self.hyperparameters]
+        options = [self.priority, self.max_attempts, self.max_runtime_seconds, self.resources]
+        if options != [0, 3, None, None]:
+            fields.append(options)
+        return fields
 
 
 # Not frozen: a frozen dataclass pays an object.__setattr__ per field on construction, which
@@ -103,6 +118,15 @@ class Job:
     started_at: datetime | None
     finished_at: datetime | None
     version: int
+    priority: int = 0
+    max_attempts: int = 3
+    attempts: int = 0
+    max_runtime_seconds: int | None = None
+    resources: dict[str, Any] | None = None
+    dataset_sha256: str | None = None
+    # Where a running job is: phase, step, total_steps, fraction, eta_s, latest losses.
+    progress: dict[str, Any] | None = None
+    worker: str | None = None  # the worker holding the lease while it runs
 
     @property
     def revision(self) -> Revision:
@@ -149,6 +173,8 @@ class JobEvent:
     to_status: JobStatus | None
     actor: str | None
     message: str | None
+    attempt: int | None = None
+    seq: int = 0
 
 
 class DomainError(Exception):

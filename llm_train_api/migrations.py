@@ -18,13 +18,28 @@ _PG_MIGRATION_LOCK = 0x6C6C6D5F7472  # "llm_tr"
 
 
 def _v1_initial(conn: Connection) -> None:
-    tables.metadata.create_all(
-        conn, tables=[tables.jobs, tables.job_events], checkfirst=True
-    )
+    # Only ever applied to an empty database, where it is the whole current schema.
+    tables.metadata.create_all(conn, checkfirst=True)
+
+
+def _v2_workers(conn: Connection) -> None:
+    """Columns and tables for workers: priority, attempts, leases, progress, metrics."""
+    for column in ("priority INTEGER NOT NULL DEFAULT 0",
+                   "max_attempts INTEGER NOT NULL DEFAULT 3",
+                   "attempts INTEGER NOT NULL DEFAULT 0",
+                   "max_runtime_s INTEGER", "resources TEXT", "dataset_sha256 VARCHAR(64)",
+                   "lease_owner VARCHAR(128)", "lease_expires_us BIGINT", "progress TEXT"):
+        conn.execute(text(f"ALTER TABLE jobs ADD COLUMN {column}"))
+    conn.execute(text("ALTER TABLE job_events ADD COLUMN attempt INTEGER"))
+    for index in tables.jobs.indexes:
+        if index.name in ("ix_jobs_claim", "ix_jobs_lease"):
+            index.create(conn)
+    tables.metadata.create_all(conn, tables=[tables.job_metrics], checkfirst=True)
 
 
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1_initial),
+    (2, _v2_workers),
 ]
 LATEST_VERSION = MIGRATIONS[-1][0]
 
@@ -46,9 +61,12 @@ def migrate(engine: Engine) -> int:
                 f"database schema version {found} is newer than this code ({LATEST_VERSION}); "
                 "upgrade llm_train_api"
             )
-        for version, step in MIGRATIONS:
-            if version > found:
-                step(conn)
+        if found == 0:
+            _v1_initial(conn)  # a new database gets the current schema in one step
+        else:
+            for version, step in MIGRATIONS:
+                if version > found:
+                    step(conn)
         if found == 0:
             conn.execute(tables.schema_version.insert().values(id=1, version=LATEST_VERSION))
         elif found < LATEST_VERSION:

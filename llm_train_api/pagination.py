@@ -64,3 +64,12 @@ def decode_cursor(cursor: str) -> SortKey:
     ):
         raise InvalidCursor(_BAD_CURSOR)
     return SortKey(created_us, seq)
+
+
+def encode_seq_cursor(seq: int) -> str:
+    """Cursor for lists ordered by an increasing sequence number (a job's events)."""
+    return encode_cursor(SortKey(0, seq))
+
+
+def decode_seq_cursor(cursor: str) -> int:
+    return decode_cursor(cursor).seq

@@ -58,6 +58,16 @@ class UTCDateTime(fields.DateTime):
         return value.isoformat(timespec="microseconds")
 
 
+class ResourcesSchema(Schema):
+    cpus = fields.Integer(load_default=1, validate=validate.Range(min=1, max=1024),
+                          metadata={"description": "CPU cores for the trainer."})
+    gpus = fields.Integer(load_default=0, validate=validate.Range(min=0, max=64),
+                          metadata={"description": "GPUs for the trainer."})
+    memory_gb = fields.Float(allow_none=True, load_default=None,
+                             validate=validate.Range(min=0, min_inclusive=False, max=65536),
+                             metadata={"description": "Memory the job may use, GiB."})
+
+
 class JobCreateSchema(Schema):
     job_id = Text(
         validate=validate.Regexp(
@@ -89,6 +99,20 @@ class JobCreateSchema(Schema):
             "example": {"learning_rate": 0.001, "epochs": 5},
         },
     )
+
+    priority = fields.Integer(
+        load_default=0, validate=validate.Range(min=-1000, max=1000),
+        metadata={"description": "Workers claim higher priorities first, then older jobs."},
+    )
+    max_attempts = fields.Integer(
+        load_default=3, validate=validate.Range(min=1, max=100),
+        metadata={"description": "Runs allowed before a job whose worker keeps dying fails."},
+    )
+    max_runtime_seconds = fields.Integer(
+        allow_none=True, load_default=None, validate=validate.Range(min=1, max=31_536_000),
+        metadata={"description": "A run longer than this ends `failed`, 'deadline exceeded'."},
+    )
+    resources = fields.Nested(ResourcesSchema, allow_none=True, load_default=None)
 
     @validates("hyperparameters")
     def _bounded(self, value: dict[str, Any], **_: Any) -> None:
@@ -179,6 +203,20 @@ class JobSchema(LeanDumpSchema):
     finished_at = UTCDateTime(
         allow_none=True, metadata={"description": "When the job reached a final status."}
     )
+    priority = fields.Integer()
+    attempts = fields.Integer(metadata={"description": "Runs started so far."})
+    max_attempts = fields.Integer()
+    max_runtime_seconds = fields.Integer(allow_none=True)
+    resources = fields.Dict(allow_none=True)
+    dataset_sha256 = fields.String(
+        allow_none=True, metadata={"description": "The dataset's content hash at creation."})
+    progress = fields.Dict(
+        allow_none=True,
+        metadata={"description": "While running: phase, step, total_steps, fraction, eta_s, "
+                  "train_loss, val_loss, tokens_per_s."},
+    )
+    worker = fields.String(allow_none=True,
+                           metadata={"description": "The worker running the job."})
 
 
 class StatusUpdateSchema(Schema):
@@ -220,11 +258,41 @@ class JobListQuerySchema(Schema):
 
 class JobEventSchema(LeanDumpSchema):
     at = UTCDateTime()
-    kind = fields.String(metadata={"description": "`created` or `status`."})
+    kind = fields.String(metadata={
+        "description": "`created`, `status`, `claimed`, `requeued` or `lease_expired`."})
     from_status = fields.Enum(JobStatus, by_value=True, allow_none=True)
     to_status = fields.Enum(JobStatus, by_value=True, allow_none=True)
-    actor = fields.String(allow_none=True)
+    actor = fields.String(allow_none=True,
+                          metadata={"description": "The worker or client that caused it."})
     message = fields.String(allow_none=True)
+    attempt = fields.Integer(allow_none=True)
+
+
+class PageQuerySchema(Schema):
+    limit = fields.Integer(load_default=DEFAULT_LIMIT, validate=validate.Range(min=1,
+                                                                              max=MAX_LIMIT))
+    cursor = fields.String(validate=validate.Length(max=200),
+                           metadata={"description": "Opaque; from the `Link` header."})
+
+
+class MetricsQuerySchema(Schema):
+    after_step = fields.Integer(load_default=-1, validate=validate.Range(min=-1),
+                                metadata={"description": "Only steps after this one."})
+
+
+class MetricPointSchema(Schema):
+    step = fields.Integer()
+    epoch = fields.Float(allow_none=True)
+    train_loss = fields.Float(allow_none=True)
+    val_loss = fields.Float(allow_none=True)
+    lr = fields.Float(allow_none=True)
+    tokens_per_s = fields.Float(allow_none=True)
+    elapsed_s = fields.Float(allow_none=True)
+
+
+class CreateQuerySchema(Schema):
+    dry_run = fields.Boolean(load_default=False, metadata={
+        "description": "Validate only: nothing is created (200 with the would-be job)."})
 
 
 class TransitionErrorSchema(ErrorSchema):

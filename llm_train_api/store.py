@@ -30,6 +30,7 @@ from sqlalchemy import (
     String,
     Text,
     bindparam,
+    case,
     create_engine,
     delete,
     event,
@@ -61,7 +62,7 @@ from .domain import (
 )
 from .group_commit import GroupCommitter
 from .pagination import JobPage, JobQuery, SortKey
-from .tables import job_events, jobs
+from .tables import job_events, job_metrics, jobs
 
 T = TypeVar("T")
 
@@ -78,7 +79,16 @@ _JOB_COLUMNS = (
     jobs.c.started_us,
     jobs.c.finished_us,
     jobs.c.version,
+    jobs.c.priority,
+    jobs.c.max_attempts,
+    jobs.c.attempts,
+    jobs.c.max_runtime_s,
+    jobs.c.resources,
+    jobs.c.dataset_sha256,
+    jobs.c.progress,
+    jobs.c.lease_owner,
 )
+_N_JOB_COLUMNS = len(_JOB_COLUMNS)
 
 
 # Statements built once, with bind parameters: the hot paths skip statement construction
@@ -90,8 +100,79 @@ _SELECT_FOR_RETRY = select(*_JOB_COLUMNS, jobs.c.request_hash).where(
 _INSERT_EVENT = job_events.insert()
 _DELETE_JOB = delete(jobs).where(jobs.c.id == bindparam("job_id")).returning(jobs.c.id)
 _DELETE_EVENTS = delete(job_events).where(job_events.c.job_id == bindparam("job_id"))
+_RUNNING = JobStatus.RUNNING.value
+_STARTING = '{"phase":"starting"}'
+_SELECT_LEASED = select(jobs.c.id).where(
+    jobs.c.lease_owner == bindparam("worker"), jobs.c.status == _RUNNING
+)
+_RENEW = (
+    update(jobs)
+    .where(jobs.c.lease_owner == bindparam("worker"), jobs.c.status == _RUNNING)
+    .values(lease_expires_us=bindparam("expires"))
+    .returning(jobs.c.id)
+)
+_SET_PROGRESS = (
+    update(jobs)
+    .where(jobs.c.id == bindparam("job_id"), jobs.c.lease_owner == bindparam("worker"),
+           jobs.c.status == _RUNNING)
+    .values(progress=bindparam("new_progress"))
+    .returning(jobs.c.id)
+)
+_FORGET_METRICS = delete(job_metrics).where(
+    job_metrics.c.job_id == bindparam("job_id"), job_metrics.c.step > bindparam("step")
+)
+LEASE_LOST_MESSAGE = "worker lost (its lease expired) and the job has used all its attempts"
+
+
+def _claim_statement(*, skip_locked: bool) -> Any:
+    """UPDATE the next queued job to running, as one statement.
+
+    On PostgreSQL the subquery locks its row with FOR UPDATE SKIP LOCKED, so concurrent
+    claimers take different jobs instead of queueing on one row. On SQLite the statement
+    runs under the database's single write lock, and the repeated `status = 'queued'`
+    guard makes it a compare-and-set either way.
+    """
+    queued = JobStatus.QUEUED.value
+    next_job = (
+        select(jobs.c.seq)
+        .where(jobs.c.status == queued)
+        .order_by(jobs.c.priority.desc(), jobs.c.created_us, jobs.c.seq)
+        .limit(1)
+    )
+    if skip_locked:
+        next_job = next_job.with_for_update(skip_locked=True)
+    now = bindparam("now")
+    return (
+        update(jobs)
+        .where(jobs.c.seq == next_job.scalar_subquery(), jobs.c.status == queued)
+        .values(previous_status=jobs.c.status, status=_RUNNING,
+                lease_owner=bindparam("worker"), lease_expires_us=bindparam("expires"),
+                attempts=jobs.c.attempts + 1, started_us=now, finished_us=None,
+                updated_us=now, version=jobs.c.version + 1,
+                progress=bindparam("new_progress"), error_message=None)
+        .returning(*_JOB_COLUMNS, jobs.c.previous_status)
+    )
+
+
+def _reap_statement() -> Any:
+    now = bindparam("now")
+    exhausted = jobs.c.attempts >= jobs.c.max_attempts
+    return (
+        update(jobs)
+        .where(jobs.c.status == _RUNNING, jobs.c.lease_expires_us < now)
+        .values(previous_status=jobs.c.status,
+                status=case((exhausted, JobStatus.FAILED.value), else_=JobStatus.QUEUED.value),
+                error_message=case((exhausted, LEASE_LOST_MESSAGE), else_=None),
+                finished_us=case((exhausted, now), else_=None),
+                lease_owner=None, lease_expires_us=None, progress=None,
+                version=jobs.c.version + 1, updated_us=now)
+        .returning(*_JOB_COLUMNS)
+    )
+
+
 _INSERT_COLUMNS = ("id", "model_name", "dataset", "hyperparameters", "request_hash", "status",
-                   "created_us", "updated_us", "version")
+                   "created_us", "updated_us", "version", "priority", "max_attempts",
+                   "max_runtime_s", "resources", "dataset_sha256")
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -118,17 +199,37 @@ def canonical_json(value: Any) -> str:
 
 
 def request_hash(new: NewJob) -> str:
-    body = canonical_json([new.model_name, new.dataset, new.hyperparameters])
+    body = canonical_json(new.request_fields())
     return hashlib.sha256(body.encode()).hexdigest()
 
 
 _STATUS_BY_VALUE = {s.value: s for s in JobStatus}
 
 
+def _insert_params(new: NewJob, ts: int, hyperparameters: str, digest: str) -> dict[str, Any]:
+    return {
+        "id": new.job_id,
+        "model_name": new.model_name,
+        "dataset": new.dataset,
+        "hyperparameters": hyperparameters,
+        "request_hash": digest,
+        "status": JobStatus.QUEUED.value,
+        "created_us": ts,
+        "updated_us": ts,
+        "version": 1,
+        "priority": new.priority,
+        "max_attempts": new.max_attempts,
+        "max_runtime_s": new.max_runtime_seconds,
+        "resources": None if new.resources is None else canonical_json(new.resources),
+        "dataset_sha256": new.dataset_sha256,
+    }
+
+
 def _row_to_job(row: Any) -> Job:
     # Positional unpacking in _JOB_COLUMNS order: this runs for every row of every page.
     (_seq, job_id, model_name, dataset, hyperparameters, status, error_message, created_us,
-     updated_us, started_us, finished_us, version) = row[:12]
+     updated_us, started_us, finished_us, version, priority, max_attempts, attempts,
+     max_runtime_s, resources, dataset_sha256, progress, lease_owner) = row[:_N_JOB_COLUMNS]
     return Job(
         job_id,
         model_name,
@@ -141,6 +242,14 @@ def _row_to_job(row: Any) -> Job:
         None if started_us is None else _EPOCH + timedelta(microseconds=started_us),
         None if finished_us is None else _EPOCH + timedelta(microseconds=finished_us),
         version,
+        priority,
+        max_attempts,
+        attempts,
+        max_runtime_s,
+        None if resources is None else _loads(resources),
+        dataset_sha256,
+        None if progress is None else _loads(progress),
+        lease_owner,
     )
 
 
@@ -165,6 +274,9 @@ class JobStore:
             .returning(*_JOB_COLUMNS)
         )
         self._transition_stmts: dict[tuple[JobStatus, bool], Any] = {}
+        self._finish_stmts: dict[tuple[JobStatus, bool], Any] = {}
+        self._claim_stmt = _claim_statement(skip_locked=self._dialect == "postgresql")
+        self._reap_stmt = _reap_statement()
         self._event_stmts: dict[tuple[int, str], Any] = {}
 
     # ------------------------------------------------------------------ set-up
@@ -223,17 +335,7 @@ class JobStore:
         hyperparameters = canonical_json(new.hyperparameters)
         for _ in range(3):
             ts = now_us()
-            params = {
-                "id": new.job_id,
-                "model_name": new.model_name,
-                "dataset": new.dataset,
-                "hyperparameters": hyperparameters,
-                "request_hash": digest,
-                "status": JobStatus.QUEUED.value,
-                "created_us": ts,
-                "updated_us": ts,
-                "version": 1,
-            }
+            params = _insert_params(new, ts, hyperparameters, digest)
             row = self._write_with_event(self._create_stmt, params, "created", ts, actor, None)
             if row is not None:
                 return _row_to_job(row), True
@@ -250,17 +352,7 @@ class JobStore:
         """Bulk-load queued jobs in one transaction (seeding, imports, benchmarks)."""
         base = now_us()
         rows = [
-            {
-                "id": new.job_id,
-                "model_name": new.model_name,
-                "dataset": new.dataset,
-                "hyperparameters": canonical_json(new.hyperparameters),
-                "request_hash": request_hash(new),
-                "status": JobStatus.QUEUED.value,
-                "created_us": base + i,
-                "updated_us": base + i,
-                "version": 1,
-            }
+            _insert_params(new, base + i, canonical_json(new.hyperparameters), request_hash(new))
             for i, new in enumerate(new_jobs)
         ]
         if not rows:
@@ -406,6 +498,32 @@ class JobStore:
         self._transition_stmts[key] = stmt
         return stmt
 
+    def _finish_statement(self, target: JobStatus, refund: bool) -> Any:
+        key = (target, refund)
+        stmt = self._finish_stmts.get(key)
+        if stmt is None:
+            now = bindparam("now")
+            values: dict[str, Any] = {
+                "previous_status": jobs.c.status, "status": target.value,
+                "version": jobs.c.version + 1, "updated_us": now,
+                "lease_owner": None, "lease_expires_us": None,
+                "error_message": bindparam("failure"),
+                "finished_us": None if target is JobStatus.QUEUED else now,
+            }
+            if target is JobStatus.QUEUED:
+                values["progress"] = None
+            if refund:
+                values["attempts"] = jobs.c.attempts - 1
+            stmt = (
+                update(jobs)
+                .where(jobs.c.id == bindparam("job_id"), jobs.c.status == _RUNNING,
+                       jobs.c.lease_owner == bindparam("worker"))
+                .values(**values)
+                .returning(*_JOB_COLUMNS, jobs.c.previous_status)
+            )
+            self._finish_stmts[key] = stmt
+        return stmt
+
     def delete_job(self, job_id: str) -> None:
         def work(conn: Connection) -> None:
             gone = conn.execute(_DELETE_JOB, {"job_id": job_id}).first()
@@ -427,15 +545,22 @@ class JobStore:
         with self._reading() as conn:
             return [row.id for row in conn.execute(stmt)]
 
-    def job_events(self, job_id: str) -> list[JobEvent]:
+    def job_events(
+        self, job_id: str, *, after_seq: int = 0, limit: int = 1000
+    ) -> tuple[list[JobEvent], bool]:
+        """The timeline, oldest first, from after `after_seq`; and whether more remain."""
+        stmt = (
+            select(job_events)
+            .where(job_events.c.job_id == job_id, job_events.c.seq > after_seq)
+            .order_by(job_events.c.seq)
+            .limit(limit + 1)
+        )
         with self._reading() as conn:
-            exists = conn.execute(select(jobs.c.seq).where(jobs.c.id == job_id)).first()
-            rows = conn.execute(
-                select(job_events).where(job_events.c.job_id == job_id).order_by(job_events.c.seq)
-            ).all()
+            exists = conn.execute(_SELECT_BY_ID, {"job_id": job_id}).first()
+            rows = conn.execute(stmt).all()
         if exists is None:
             raise JobNotFound(job_id)
-        return [
+        events = [
             JobEvent(
                 job_id=r.job_id,
                 at=_to_dt(r.at_us),
@@ -444,9 +569,124 @@ class JobStore:
                 to_status=JobStatus(r.to_status) if r.to_status else None,
                 actor=r.actor,
                 message=r.message,
+                attempt=r.attempt,
+                seq=r.seq,
             )
-            for r in rows
+            for r in rows[:limit]
         ]
+        return events, len(rows) > limit
+
+    # ------------------------------------------------------------------ metrics
+    def job_metrics(self, job_id: str, *, after_step: int = -1, limit: int = 10_000
+                    ) -> list[dict[str, Any]]:
+        """The loss curve: one dict per logged step, ascending, after `after_step`."""
+        stmt = (
+            select(job_metrics.c.step, job_metrics.c.data)
+            .where(job_metrics.c.job_id == job_id, job_metrics.c.step > after_step)
+            .order_by(job_metrics.c.step, job_metrics.c.seq)
+            .limit(limit)
+        )
+        with self._reading() as conn:
+            exists = conn.execute(_SELECT_BY_ID, {"job_id": job_id}).first()
+            rows = conn.execute(stmt).all()
+        if exists is None:
+            raise JobNotFound(job_id)
+        return [{"step": r.step, **_loads(r.data)} for r in rows]
+
+    # ------------------------------------------------------------------ workers
+    # Every verb below is guarded by the lease: it only acts while the caller's worker still
+    # holds the job in `running`. A cancel, a delete or a reaper's requeue ends the lease,
+    # and the worker learns it from the next guarded write (or poll) and kills the trainer.
+
+    def claim(self, worker_id: str, lease_s: float) -> Job | None:
+        """Atomically take the next queued job (priority, then age) and lease it."""
+        ts = now_us()
+        params = {"worker": worker_id, "now": ts, "expires": ts + int(lease_s * 1e6),
+                  "new_progress": _STARTING}
+        row = self._write_with_event(self._claim_stmt, params, "claimed", ts, worker_id, None)
+        return None if row is None else _row_to_job(row)
+
+    def running_jobs_of(self, worker_id: str) -> set[str]:
+        """Ids this worker still holds (a job missing from it was cancelled or deleted)."""
+        with self._reading() as conn:
+            return {r.id for r in conn.execute(_SELECT_LEASED, {"worker": worker_id})}
+
+    def renew_leases(self, worker_id: str, lease_s: float) -> set[str]:
+        """Extend every lease this worker holds; return the ids it still holds."""
+        params = {"worker": worker_id, "expires": now_us() + int(lease_s * 1e6)}
+        return set(self._write(lambda conn: [r.id for r in conn.execute(_RENEW, params)]))
+
+    def record_progress(
+        self,
+        job_id: str,
+        worker_id: str,
+        progress: dict[str, Any],
+        metrics: list[dict[str, Any]] = (),  # type: ignore[assignment]
+        *,
+        forget_metrics_after: int | None = None,
+    ) -> bool:
+        """Store the job's progress and new metric rows; False if the lease is gone."""
+        ts = now_us()
+
+        def work(conn: Connection) -> bool:
+            owned = conn.execute(_SET_PROGRESS, {
+                "job_id": job_id, "worker": worker_id, "new_progress": canonical_json(progress),
+            }).first()
+            if owned is None:
+                return False
+            if forget_metrics_after is not None:  # a resumed run rewrites what follows
+                conn.execute(_FORGET_METRICS, {"job_id": job_id, "step": forget_metrics_after})
+            if metrics:
+                conn.execute(job_metrics.insert(), [
+                    {"job_id": job_id, "step": int(m["step"]), "at_us": ts,
+                     "data": canonical_json({k: v for k, v in m.items() if k != "step"})}
+                    for m in metrics
+                ])
+            return True
+
+        return self._write(work)
+
+    def finish(
+        self,
+        job_id: str,
+        worker_id: str,
+        target: JobStatus,
+        *,
+        error_message: str | None = None,
+        refund_attempt: bool = False,
+    ) -> Job | None:
+        """End this worker's run of the job: succeeded, failed, or back to queued.
+
+        `refund_attempt` hands the job back without counting the run (a graceful shutdown).
+        Returns None when the lease was already gone (cancelled, deleted, reaped)."""
+        if target not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.QUEUED):
+            raise ValueError(f"a worker cannot finish a job as {target.value}")
+        ts = now_us()
+        stmt = self._finish_statement(target, refund_attempt)
+        params = {"job_id": job_id, "worker": worker_id, "now": ts,
+                  "failure": error_message if target is JobStatus.FAILED else None}
+        kind = "requeued" if target is JobStatus.QUEUED else "status"
+        row = self._write_with_event(stmt, params, kind, ts, worker_id, error_message)
+        return None if row is None else _row_to_job(row)
+
+    def requeue_expired(self, actor: str = "reaper") -> list[Job]:
+        """Hand back every job whose lease expired: its worker is gone. Each goes back to
+        the queue (attempts already counted), or fails when it has used all its attempts."""
+        ts = now_us()
+
+        def work(conn: Connection) -> list[Any]:
+            rows = conn.execute(self._reap_stmt, {"now": ts}).all()
+            if rows:
+                conn.execute(_INSERT_EVENT, [
+                    {"job_id": r.id, "at_us": ts, "kind": "lease_expired",
+                     "from_status": JobStatus.RUNNING.value, "to_status": r.status,
+                     "actor": actor, "message": r.error_message or "worker lost; requeued",
+                     "attempt": r.attempts}
+                    for r in rows
+                ])
+            return rows
+
+        return [_row_to_job(r) for r in self._write(work)]
 
     def _write_with_event(
         self,
@@ -476,6 +716,7 @@ class JobStore:
                 conn.execute(_INSERT_EVENT, {
                     "job_id": row.id, "at_us": at_us, "kind": kind, "from_status": previous,
                     "to_status": row.status, "actor": actor, "message": message,
+                    "attempt": row.attempts,
                 })
             return row
 
@@ -490,10 +731,12 @@ class JobStore:
             changed = stmt.cte("changed")
             previous = changed.c.previous_status if "previous_status" in changed.c else null()
             event = insert(job_events).from_select(
-                ["job_id", "at_us", "kind", "from_status", "to_status", "actor", "message"],
+                ["job_id", "at_us", "kind", "from_status", "to_status", "actor", "message",
+                 "attempt"],
                 select(changed.c.id, bindparam("ev_at", type_=BigInteger),
                        literal(kind, String), previous, changed.c.status,
-                       bindparam("ev_actor", type_=String), bindparam("ev_message", type_=Text)),
+                       bindparam("ev_actor", type_=String), bindparam("ev_message", type_=Text),
+                       changed.c.attempts),
             ).cte("event")
             wrapped = select(*changed.c).add_cte(event)
             self._event_stmts[key] = wrapped

@@ -15,6 +15,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 
 metadata = MetaData()
@@ -44,6 +45,19 @@ jobs = Table(
     Column("started_us", BigInteger),
     Column("finished_us", BigInteger),
     Column("version", Integer, nullable=False),
+    # --- v2: execution by workers
+    Column("priority", Integer, nullable=False, server_default=text("0")),
+    Column("max_attempts", Integer, nullable=False, server_default=text("3")),
+    # Runs started so far: a claim adds one, a graceful hand-back takes it back.
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("max_runtime_s", Integer),
+    Column("resources", Text),
+    Column("dataset_sha256", String(64)),
+    # The claim is a lease: the worker that holds it must renew it before it expires, or
+    # any worker's reaper hands the job back to the queue.
+    Column("lease_owner", String(128)),
+    Column("lease_expires_us", BigInteger),
+    Column("progress", Text),
 )
 
 # One index per supported single filter, each ending in the sort key, so that every page is
@@ -52,6 +66,9 @@ Index("ix_jobs_created", jobs.c.created_us, jobs.c.seq)
 Index("ix_jobs_status_created", jobs.c.status, jobs.c.created_us, jobs.c.seq)
 Index("ix_jobs_model_created", jobs.c.model_name, jobs.c.created_us, jobs.c.seq)
 Index("ix_jobs_dataset_created", jobs.c.dataset, jobs.c.created_us, jobs.c.seq)
+# The claim order (priority, then age) and the reaper's scan of expired leases.
+Index("ix_jobs_claim", jobs.c.status, jobs.c.priority.desc(), jobs.c.created_us, jobs.c.seq)
+Index("ix_jobs_lease", jobs.c.status, jobs.c.lease_expires_us)
 
 job_events = Table(
     "job_events",
@@ -64,12 +81,38 @@ job_events = Table(
     Column("to_status", String(16)),
     Column("actor", String(128)),
     Column("message", Text),
+    Column("attempt", Integer),  # v2
 )
 Index("ix_job_events_job", job_events.c.job_id, job_events.c.seq)
+
+# v2: the loss curve, one row per logged step (a resumed run rewrites its overlap).
+job_metrics = Table(
+    "job_metrics",
+    metadata,
+    Column("seq", _Seq, primary_key=True, autoincrement=True),
+    Column("job_id", String(128), nullable=False),
+    Column("step", Integer, nullable=False),
+    Column("at_us", BigInteger, nullable=False),
+    Column("data", Text, nullable=False),
+)
+Index("ix_job_metrics_job_step", job_metrics.c.job_id, job_metrics.c.step)
 
 schema_version = Table(
     "schema_version",
     metadata,
     Column("id", Integer, primary_key=True),
     Column("version", Integer, nullable=False),
+    # --- v2: execution by workers
+    Column("priority", Integer, nullable=False, server_default=text("0")),
+    Column("max_attempts", Integer, nullable=False, server_default=text("3")),
+    # Runs started so far: a claim adds one, a graceful hand-back takes it back.
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("max_runtime_s", Integer),
+    Column("resources", Text),
+    Column("dataset_sha256", String(64)),
+    # The claim is a lease: the worker that holds it must renew it before it expires, or
+    # any worker's reaper hands the job back to the queue.
+    Column("lease_owner", String(128)),
+    Column("lease_expires_us", BigInteger),
+    Column("progress", Text),
 )

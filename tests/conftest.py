@@ -70,7 +70,8 @@ def store(db_url: str) -> Iterator[JobStore]:
 
 @pytest.fixture
 def app(tmp_path):
-    app = create_app({"INSTANCE_PATH": str(tmp_path / "instance")})
+    """The seed's pure registry (EXECUTOR=none): any model and dataset name is accepted."""
+    app = create_app({"INSTANCE_PATH": str(tmp_path / "instance"), "EXECUTOR": "none"})
     yield app
     app.extensions["llm_train_api.store"].close()
 
@@ -88,7 +89,8 @@ def gunicorn_factory(tmp_path) -> Iterator:
     def start(workers: int = 3, env: dict[str, str] | None = None) -> GunicornServer:
         server = GunicornServer(
             workers=workers,
-            env={"LLM_TRAIN_API_INSTANCE_PATH": str(tmp_path / "instance"), **(env or {})},
+            env={"LLM_TRAIN_API_INSTANCE_PATH": str(tmp_path / "instance"),
+                 "LLM_TRAIN_API_EXECUTOR": "none", **(env or {})},
             log_path=tmp_path / f"gunicorn-{len(started)}.log",
         )
         started.append(server)

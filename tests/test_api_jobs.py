@@ -479,7 +479,8 @@ def test_lost_database_connection_is_503_and_the_next_request_recovers(tmp_path,
 
     tag = f"llm_train_api_test_{uuid.uuid4().hex[:8]}"
     app = create_app({"INSTANCE_PATH": str(tmp_path),
-                      "DATABASE_URL": f"{pg_url}&application_name={tag}", "DB_POOL_SIZE": 1})
+                      "DATABASE_URL": f"{pg_url}&application_name={tag}", "DB_POOL_SIZE": 1,
+                      "EXECUTOR": "none"})
     client = app.test_client()
     assert create(client).status_code == 201
     store = app.extensions["llm_train_api.store"]

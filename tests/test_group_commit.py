@@ -45,7 +45,7 @@ def test_concurrent_writers_share_commits_and_all_land(sqlite_store):
     assert sorted(ids) == sorted(f"g{i}" for i in range(n))
     for i in range(n):
         assert sqlite_store.get_job(f"g{i}").status is JobStatus.RUNNING
-        assert [e.to_status for e in sqlite_store.job_events(f"g{i}")] == [
+        assert [e.to_status for e in sqlite_store.job_events(f"g{i}")[0]] == [
             JobStatus.QUEUED, JobStatus.RUNNING]
     assert len(commits) < 2 * n, "no two writes ever shared a commit"
 

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import secrets
+from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlencode
 
-from flask import Response, request, url_for
+from flask import Response, current_app, request, url_for
 from flask.views import MethodView
 from flask_smorest import abort
 from marshmallow import RAISE
 
+from ..admission import GIB, AdmissionError, admit, machine_memory_bytes
 from ..domain import (
     ERROR_MESSAGE_TARGETS,
+    IllegalTransition,
     Job,
     JobNotFound,
     JobStatus,
@@ -21,12 +24,22 @@ from ..domain import (
     Revision,
     is_valid_job_id,
 )
-from ..pagination import JobQuery, decode_cursor, encode_cursor
+from ..pagination import (
+    JobQuery,
+    decode_cursor,
+    decode_seq_cursor,
+    encode_cursor,
+    encode_seq_cursor,
+)
 from ..schemas import (
+    CreateQuerySchema,
     JobCreateSchema,
     JobEventSchema,
     JobListQuerySchema,
     JobSchema,
+    MetricPointSchema,
+    MetricsQuerySchema,
+    PageQuerySchema,
     StatusUpdateSchema,
     TransitionErrorSchema,
 )
@@ -85,11 +98,10 @@ class Jobs(MethodView):
         page = get_store().list_jobs(query)
         headers = {}
         if page.next_key is not None:
-            params = request.args.to_dict(flat=False)
-            params["cursor"] = [encode_cursor(page.next_key)]
-            headers["Link"] = f'<{request.base_url}?{urlencode(params, doseq=True)}>; rel="next"'
+            headers["Link"] = _next_link(encode_cursor(page.next_key))
         return page.jobs, 200, headers
 
+    @blp.arguments(CreateQuerySchema, location="query", unknown=RAISE)
     @blp.arguments(JobCreateSchema)
     @blp.response(
         201,
@@ -104,14 +116,37 @@ class Jobs(MethodView):
     @blp.error(409, "job_id is already taken by a job with a different body.")
     @blp.error(413, "Body larger than LLM_TRAIN_API_MAX_JSON_BYTES.")
     @blp.error(415, "Content-Type is not application/json.")
-    def post(self, body: dict[str, Any]):
-        """Create a training job"""
+    def post(self, query: dict[str, Any], body: dict[str, Any]):
+        """Create a training job
+
+        With the built-in executor (the default) the model must be in the catalog, the
+        dataset must exist and the hyperparameters must pass the trainer's schema, else 422
+        with field-level errors. `?dry_run=true` checks without creating anything.
+        """
+        dataset_sha256 = None
+        if current_app.config["EXECUTOR"] != "none":
+            try:
+                dataset_sha256 = admit(
+                    body["model_name"], body["dataset"], body["hyperparameters"],
+                    data_dir=current_app.config["DATA_DIR"],
+                    memory_limit_bytes=_memory_limit_bytes(),
+                )
+            except AdmissionError as exc:
+                abort(422, message="The job cannot run as specified: see `errors`.",
+                      errors={"json": exc.errors})
         new = NewJob(
             job_id=body.get("job_id") or new_job_id(),
             model_name=body["model_name"],
             dataset=body["dataset"],
             hyperparameters=body["hyperparameters"],
+            priority=body["priority"],
+            max_attempts=body["max_attempts"],
+            max_runtime_seconds=body["max_runtime_seconds"],
+            resources=body["resources"],
+            dataset_sha256=dataset_sha256,
         )
+        if query["dry_run"]:
+            return _preview(new), 200
         job, created = get_store().create_job(new)
         if not created:
             return _with_etag(job, 200)
@@ -158,6 +193,13 @@ class JobStatusResource(MethodView):
         again is a 200 that changes nothing. Send `If-Match` to make the change conditional.
         """
         target: JobStatus = body["status"]
+        if current_app.config["EXECUTOR"] != "none" and target is not JobStatus.CANCELLED:
+            current = get_store().get_job(_checked_id(job_id))
+            if current.status is not target:
+                abort(409, message=f"Status {target.value!r} is managed by the workers of the "
+                      "built-in executor; clients may only cancel (status 'cancelled' or POST "
+                      f"/jobs/{job_id}/cancel). Run with LLM_TRAIN_API_EXECUTOR=none to drive "
+                      "statuses from an external system.")
         message = body["error_message"]
         if message is not None and not message.strip():
             message = None  # an empty reason is no reason; seed clients may send ""
@@ -190,10 +232,71 @@ def _expected_revision(job_id: str) -> Revision | None:
     return current.revision
 
 
+@blp.route("/<job_id>/cancel")
+class JobCancel(MethodView):
+    @blp.response(200, JobSchema, headers=_ETAG_HEADER,
+                  description="The job, now `cancelled` (or already final: unchanged).")
+    @blp.error(404, "No such job.")
+    def post(self, job_id: str):
+        """Cancel a job
+
+        A queued job never runs; a running job's worker kills its process group within
+        about two seconds. Cancelling a finished job changes nothing.
+        """
+        store = get_store()
+        try:
+            job, _ = store.transition(_checked_id(job_id), JobStatus.CANCELLED,
+                                      error_message="cancelled by request")
+        except IllegalTransition as exc:
+            job = store.get_job(job_id)
+            if not exc.current.is_final:
+                raise
+        return _with_etag(job)
+
+
 @blp.route("/<job_id>/events")
 class JobEvents(MethodView):
-    @blp.response(200, JobEventSchema(many=True), description="The job's timeline, oldest first.")
+    @blp.arguments(PageQuerySchema, location="query", unknown=RAISE)
+    @blp.response(200, JobEventSchema(many=True), description="The job's timeline, oldest "
+                  "first; more pages through the `Link: rel=\"next\"` header.")
+    @blp.error(400, "Invalid cursor.")
     @blp.error(404, "No such job.")
-    def get(self, job_id: str):
-        """A job's events: creation and every status change"""
-        return get_store().job_events(_checked_id(job_id))
+    def get(self, args: dict[str, Any], job_id: str):
+        """A job's events: creation, claims, status changes, requeues, with attempt and actor"""
+        after = decode_seq_cursor(args["cursor"]) if "cursor" in args else 0
+        events, more = get_store().job_events(_checked_id(job_id), after_seq=after,
+                                              limit=args["limit"])
+        headers = {}
+        if more:
+            headers["Link"] = _next_link(encode_seq_cursor(events[-1].seq))
+        return events, 200, headers
+
+
+@blp.route("/<job_id>/metrics")
+class JobMetrics(MethodView):
+    @blp.arguments(MetricsQuerySchema, location="query", unknown=RAISE)
+    @blp.response(200, MetricPointSchema(many=True),
+                  description="The loss curve, one point per logged step, ascending.")
+    @blp.error(404, "No such job.")
+    def get(self, args: dict[str, Any], job_id: str):
+        """A job's metrics; poll with `?after_step=` for what is new"""
+        return get_store().job_metrics(_checked_id(job_id), after_step=args["after_step"])
+
+
+def _next_link(cursor: str) -> str:
+    params = request.args.to_dict(flat=False)
+    params["cursor"] = [cursor]
+    return f'<{request.base_url}?{urlencode(params, doseq=True)}>; rel="next"'
+
+
+def _memory_limit_bytes() -> int:
+    configured = current_app.config["WORKER_MEMORY_GB"]
+    return int(configured * GIB) if configured else machine_memory_bytes()
+
+
+def _preview(new: NewJob) -> Job:
+    """What the job would look like if created now."""
+    now = datetime.now(timezone.utc)
+    return Job(new.job_id, new.model_name, new.dataset, new.hyperparameters, JobStatus.QUEUED,
+               now, now, None, None, None, 0, new.priority, new.max_attempts, 0,
+               new.max_runtime_seconds, new.resources, new.dataset_sha256, None, None)

@@ -1,0 +1,158 @@
+"""Store verbs for workers (claims, leases, progress, finishing, reaping), on SQLite and
+PostgreSQL."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from llm_train_api.domain import JobStatus, NewJob
+from llm_train_api.store import LEASE_LOST_MESSAGE, JobStore
+
+S = JobStatus
+
+
+def new(job_id, **kw) -> NewJob:
+    return NewJob(job_id, "gpt-nano", "builtin:tinytext", {}, **kw)
+
+
+def test_claim_order_is_priority_then_age(store):
+    store.create_job(new("old"))
+    store.create_job(new("urgent", priority=5))
+    store.create_job(new("young"))
+    order = [store.claim("w1", 30).id for _ in range(3)]
+    assert order == ["urgent", "old", "young"]
+    assert store.claim("w1", 30) is None
+
+
+def test_claim_leases_and_counts_the_attempt(store):
+    store.create_job(new("a"))
+    job = store.claim("w1", 30)
+    assert job.status is S.RUNNING and job.attempts == 1 and job.worker == "w1"
+    assert job.progress == {"phase": "starting"} and job.started_at is not None
+    events, _ = store.job_events("a")
+    assert (events[-1].kind, events[-1].actor, events[-1].attempt) == ("claimed", "w1", 1)
+
+
+def test_concurrent_claimers_never_take_the_same_job(store):
+    store.insert_many(new(f"j{i}") for i in range(40))
+    claimed: list[str] = []
+    lock = threading.Lock()
+
+    def worker(n):
+        while (job := store.claim(f"w{n}", 30)) is not None:
+            with lock:
+                claimed.append(job.id)
+
+    with ThreadPoolExecutor(6) as pool:
+        list(pool.map(worker, range(6)))
+    assert sorted(claimed) == sorted(f"j{i}" for i in range(40))
+
+
+def _claim_all(url, name, out):
+    store = JobStore.from_url(url, migrate=False)
+    mine = []
+    while (job := store.claim(name, 30)) is not None:
+        mine.append(job.id)
+    out.put(mine)
+    store.close()
+
+
+def test_claimers_in_separate_processes_partition_the_queue(store, db_url):
+    store.insert_many(new(f"p{i}") for i in range(60))
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    procs = [ctx.Process(target=_claim_all, args=(db_url, f"w{n}", out)) for n in range(3)]
+    for p in procs:
+        p.start()
+    results = [out.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join(timeout=30)
+    flat = [j for r in results for j in r]
+    assert sorted(flat) == sorted(f"p{i}" for i in range(60))
+
+
+def test_lease_guards_every_worker_write(store):
+    store.create_job(new("a"))
+    store.claim("w1", 30)
+    assert store.renew_leases("w1", 30) == {"a"}
+    assert store.renew_leases("w2", 30) == set()
+    assert store.record_progress("a", "w1", {"step": 3}, [{"step": 3, "train_loss": 2.0}])
+    assert not store.record_progress("a", "w2", {"step": 4})
+    assert store.finish("a", "w2", S.SUCCEEDED) is None
+    store.transition("a", S.CANCELLED)  # a client cancels: the lease is over
+    assert store.running_jobs_of("w1") == set()
+    assert store.renew_leases("w1", 30) == set()
+    assert not store.record_progress("a", "w1", {"step": 5})
+    assert store.finish("a", "w1", S.SUCCEEDED) is None
+    assert store.get_job("a").status is S.CANCELLED
+
+
+def test_progress_and_metrics(store):
+    store.create_job(new("a"))
+    store.claim("w1", 30)
+    store.record_progress("a", "w1", {"step": 2, "total_steps": 10},
+                          [{"step": 1, "train_loss": 3.0}, {"step": 2, "train_loss": 2.5}])
+    store.record_progress("a", "w1", {"step": 3}, [{"step": 3, "train_loss": 2.0}])
+    assert store.get_job("a").progress == {"step": 3}
+    assert [m["step"] for m in store.job_metrics("a")] == [1, 2, 3]
+    assert store.job_metrics("a", after_step=2) == [{"step": 3, "train_loss": 2.0}]
+    # A resumed run from step 1 rewrites the curve after it.
+    store.record_progress("a", "w1", {"step": 2}, [{"step": 2, "train_loss": 2.4}],
+                          forget_metrics_after=1)
+    assert store.job_metrics("a") == [{"step": 1, "train_loss": 3.0},
+                                      {"step": 2, "train_loss": 2.4}]
+
+
+def test_finish_outcomes(store):
+    for name in ("ok", "bad", "back", "graceful"):
+        store.create_job(new(name))
+    claimed = {store.claim("w1", 30).id for _ in range(4)}
+    assert claimed == {"ok", "bad", "back", "graceful"}
+    done = store.finish("ok", "w1", S.SUCCEEDED)
+    assert done.status is S.SUCCEEDED and done.worker is None and done.finished_at
+    failed = store.finish("bad", "w1", S.FAILED, error_message="ValueError: boom")
+    assert failed.status is S.FAILED and failed.error_message == "ValueError: boom"
+    back = store.finish("back", "w1", S.QUEUED)
+    assert back.status is S.QUEUED and back.attempts == 1
+    graceful = store.finish("graceful", "w1", S.QUEUED, refund_attempt=True)
+    assert graceful.attempts == 0
+    assert store.claim("w2", 30).attempts == 2  # "back" is older than "graceful"
+
+
+def test_expired_leases_are_requeued_then_failed_after_max_attempts(store):
+    store.create_job(new("a", max_attempts=2))
+    store.claim("w1", 0.05)
+    time.sleep(0.1)
+    [reaped] = store.requeue_expired()
+    assert reaped.status is S.QUEUED and reaped.attempts == 1 and reaped.worker is None
+    assert store.requeue_expired() == []
+    job = store.claim("w2", 0.05)
+    assert job.attempts == 2
+    time.sleep(0.1)
+    [reaped] = store.requeue_expired()
+    assert reaped.status is S.FAILED and reaped.error_message == LEASE_LOST_MESSAGE
+    kinds = [e.kind for e in store.job_events("a")[0]]
+    assert kinds == ["created", "claimed", "lease_expired", "claimed", "lease_expired"]
+
+
+def test_live_leases_are_not_reaped(store):
+    store.create_job(new("a"))
+    store.claim("w1", 30)
+    assert store.requeue_expired() == []
+    assert store.get_job("a").status is S.RUNNING
+
+
+def test_events_are_paginated(store):
+    store.create_job(new("a"))
+    for _ in range(3):
+        store.claim("w", 30)
+        store.finish("a", "w", S.QUEUED)
+    first, more = store.job_events("a", limit=4)
+    assert more and len(first) == 4
+    rest, more = store.job_events("a", after_seq=first[-1].seq, limit=4)
+    assert not more and len(rest) == 3
