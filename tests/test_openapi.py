@@ -17,6 +17,10 @@ ROUTES = {
     ("/jobs/{job_id}/cancel", "post"): {"200", "404"},
     ("/models", "get"): {"200"},
     ("/models/{name}", "get"): {"200", "404"},
+    ("/datasets", "get"): {"200"},
+    ("/datasets/{name}", "get"): {"200", "404"},
+    ("/datasets/{name}", "put"): {"200", "201", "403", "404", "409", "413", "415", "422"},
+    ("/datasets/{name}", "delete"): {"204", "403", "404", "409"},
     ("/healthz", "get"): {"200"},
     ("/readyz", "get"): {"200", "503"},
 }

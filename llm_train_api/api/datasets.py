@@ -1,0 +1,170 @@
+"""Datasets: upload (raw, streamed), list, inspect and delete the files jobs train on.
+
+Files live under `DATA_DIR/datasets/`, where the trainer's `resolve_dataset` finds them;
+metadata in `DATA_DIR/datasets/.meta/` (see `llm_train_api.dataset_files`).
+"""
+
+from __future__ import annotations
+
+from flask import Response, current_app, request, url_for
+from flask.views import MethodView
+from flask_smorest import abort
+from marshmallow import Schema, fields
+
+from .. import dataset_files
+from ..dataset_files import DatasetFileError
+from ..schemas import UTCDateTime
+from .base import ApiBlueprint, get_store
+
+blp = ApiBlueprint(
+    "datasets",
+    __name__,
+    url_prefix="/datasets",
+    description="Datasets jobs train on: upload, list, inspect, delete.",
+)
+
+UPLOAD_ENDPOINT = "datasets.DatasetResource"
+TEXT_TYPES = frozenset({"text/plain"})
+JSONL_TYPES = frozenset({"application/jsonl", "application/x-ndjson", "application/json-lines"})
+# Types that say nothing about the format: the name's suffix must then decide.
+NEUTRAL_TYPES = frozenset({"", "application/octet-stream"})
+
+
+class DatasetSchema(Schema):
+    name = fields.String(required=True, metadata={"description": "The name jobs use."})
+    format = fields.String(required=True, metadata={"enum": ["txt", "jsonl", "folder"]})
+    sha256 = fields.String(allow_none=True,
+                           metadata={"description": "Of the file's bytes; null for folders."})
+    size_bytes = fields.Integer(required=True)
+    lines = fields.Integer(allow_none=True,
+                           metadata={"description": "Newline-separated lines; null for folders."})
+    created_at = UTCDateTime(required=True,
+                             metadata={"description": "When this version was stored."})
+    builtin = fields.Boolean(required=True,
+                             metadata={"description": "Shipped with the service; read-only."})
+
+
+def _fail(error: DatasetFileError):
+    abort(error.status, message=error.message)
+
+
+def _in_use(stem: str) -> list[str]:
+    """Queued or running jobs naming this dataset in any of its spellings."""
+    store = get_store()
+    ids: list[str] = []
+    for alias in dataset_files.aliases(stem):
+        ids.extend(i for i in store.dataset_in_use(alias) if i not in ids)
+    return ids
+
+
+@blp.before_request
+def _dataset_upload_limit() -> None:
+    # The upload has its own limit instead of the JSON one (MAX_CONTENT_LENGTH); Werkzeug
+    # then 413s a Content-Length above it before anything is read.
+    if request.endpoint == UPLOAD_ENDPOINT and request.method == "PUT":
+        request.max_content_length = current_app.config["MAX_DATASET_BYTES"]
+
+
+@blp.route("")
+class Datasets(MethodView):
+    @blp.response(200, DatasetSchema(many=True),
+                  description="Built-in datasets first, then the stored ones by name.")
+    def get(self):
+        """List datasets"""
+        return dataset_files.list_infos(_data_dir())
+
+
+@blp.route("/<name>")
+class DatasetResource(MethodView):
+    @blp.response(200, DatasetSchema)
+    @blp.error(404, "No such dataset (also for names that could never exist, such as "
+               "'..' or names with path separators).")
+    def get(self, name: str):
+        """Get a dataset's metadata"""
+        try:
+            return dataset_files.get_info(_data_dir(), name)
+        except DatasetFileError as exc:
+            _fail(exc)
+
+    @blp.response(201, DatasetSchema, description="Created.", headers={
+        "Location": {"description": "URL of the dataset.", "schema": {"type": "string"}}})
+    @blp.alt_response(200, schema=DatasetSchema, description="Replaced an existing dataset.")
+    @blp.error(403, "Built-in datasets (the 'builtin:' prefix) are read-only.")
+    @blp.error(404, "Not a dataset URL (a path separator in the name, such as '%2F').")
+    @blp.error(409, "The dataset is used by queued or running jobs (named in the message), "
+               "or it is a folder managed on disk.")
+    @blp.error(413, "Body larger than LLM_TRAIN_API_MAX_DATASET_BYTES.")
+    @blp.error(415, "Content-Type is not text/plain or JSON Lines, and the name has no "
+               ".txt/.jsonl suffix; or the two disagree.")
+    @blp.error(422, "Invalid name (letters, digits, '.', '_', '-', no '..', no leading dot), "
+               "text that is not UTF-8, or a JSON Lines line that is not an object with a "
+               "string 'text' field (the message names the line); an empty dataset.")
+    @blp.doc(requestBody={
+        "required": True,
+        "description": "The raw dataset, streamed to disk (chunked transfer encoding is "
+        "fine). UTF-8 text, or JSON Lines whose objects have a string `text` field.",
+        "content": {t: {"schema": {"type": "string", "format": "binary"}}
+                    for t in ("text/plain", *sorted(JSONL_TYPES))},
+    })
+    def put(self, name: str):
+        """Upload or replace a dataset
+
+        The format comes from Content-Type (`text/plain` → `.txt`; `application/jsonl`,
+        `application/x-ndjson`, `application/json-lines` → `.jsonl`), or from a `.txt` /
+        `.jsonl` suffix of the name (which is then not part of the dataset's name). The
+        body is validated and hashed while it streams to a temporary file, which replaces
+        the old version atomically only once complete and valid.
+        """
+        try:
+            stem, fmt = _upload_format(name)
+            result = dataset_files.store_upload(
+                _data_dir(), stem, fmt, dataset_files.read_chunks(request.stream),
+                max_bytes=current_app.config["MAX_DATASET_BYTES"], in_use=_in_use)
+        except DatasetFileError as exc:
+            _fail(exc)
+        if result.created:
+            location = url_for("datasets.DatasetResource", name=stem, _external=True)
+            return result.info, 201, {"Location": location}
+        return result.info, 200
+
+    @blp.response(204, description="Deleted.")
+    @blp.error(403, "Built-in datasets are read-only.")
+    @blp.error(404, "No such dataset.")
+    @blp.error(409, "The dataset is used by queued or running jobs (named in the message), "
+               "or it is a folder managed on disk.")
+    def delete(self, name: str):
+        """Delete a dataset"""
+        try:
+            dataset_files.delete_dataset(_data_dir(), name, in_use=_in_use)
+        except DatasetFileError as exc:
+            _fail(exc)
+        return Response(status=204)
+
+
+def _data_dir() -> str:
+    return current_app.config["DATA_DIR"]
+
+
+def _upload_format(name: str) -> tuple[str, str]:
+    stem, suffix_fmt = dataset_files.split_name(name)
+    mimetype = request.mimetype or ""
+    if mimetype in TEXT_TYPES:
+        charset = request.mimetype_params.get("charset", "utf-8").lower()
+        if charset not in ("utf-8", "utf8"):
+            abort(415, message=f"Text datasets must be UTF-8 (got charset={charset}).")
+        type_fmt: str | None = "txt"
+    elif mimetype in JSONL_TYPES:
+        type_fmt = "jsonl"
+    elif mimetype in NEUTRAL_TYPES:
+        type_fmt = None
+    else:
+        abort(415, message=f"Content-Type {mimetype!r} is not a dataset format: use "
+              "text/plain or application/jsonl (or a .txt/.jsonl suffix in the name).")
+    if type_fmt and suffix_fmt and type_fmt != suffix_fmt:
+        abort(415, message=f"Content-Type {mimetype!r} says {type_fmt!r} but the name "
+              f"{name!r} says {suffix_fmt!r}.")
+    fmt = type_fmt or suffix_fmt
+    if fmt is None:
+        abort(415, message="Cannot tell the dataset format: send Content-Type text/plain or "
+              "application/jsonl, or end the name with .txt or .jsonl.")
+    return stem, fmt

@@ -1,0 +1,472 @@
+"""Dataset files on disk: upload (streamed, validated, atomic), metadata, listing, delete.
+
+Torch-free; used by the `/datasets` API. Layout, where `training.datasets.resolve_dataset`
+looks for a dataset called `name`::
+
+    DATA_DIR/datasets/<name>.txt | <name>.jsonl     the dataset itself
+    DATA_DIR/datasets/.meta/<name>.json            its metadata (sha256, size, lines, ...)
+    DATA_DIR/datasets/.upload-*.tmp                an upload in progress
+    DATA_DIR/datasets/.meta/.lock                  serialises the commit step across processes
+
+Entries starting with "." are invisible to `resolve_dataset`/`list_datasets`, so neither
+the metadata nor an unfinished upload can ever be mistaken for a dataset. The metadata
+records the file's (inode, size, mtime) signature: when the file was replaced behind the
+API's back, or a crash fell between moving the file and its metadata into place, the
+metadata is recomputed from the file on the next read.
+
+An upload is written to a temporary file in the same folder while its sha256, size and
+line count are computed and its content validated, then fsynced and moved into place with
+`os.replace` (and the folder fsynced): readers see the old dataset or the new one, never a
+part of either.
+"""
+
+from __future__ import annotations
+
+import codecs
+import contextlib
+import fcntl
+import hashlib
+import os
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from functools import cache
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import orjson
+
+from .training.datasets import (
+    BUILTIN_DATASETS,
+    BUILTIN_PREFIX,
+    DATASET_SUFFIXES,
+    DatasetError,
+    builtin_dir,
+    check_dataset_name,
+    datasets_root,
+    resolve_dataset,
+)
+
+META_FOLDER = ".meta"
+LOCK_NAME = ".lock"
+TMP_PREFIX = ".upload-"
+CHUNK_BYTES = 1024 * 1024
+MAX_JSONL_LINE_BYTES = 16 * 1024 * 1024
+FORMATS = {"txt": ".txt", "jsonl": ".jsonl"}
+
+
+class DatasetFileError(Exception):
+    """A refused dataset operation; `status` is the HTTP status the API answers with."""
+
+    status = 400
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidName(DatasetFileError):
+    status = 422
+
+
+class ReadOnly(DatasetFileError):
+    status = 403
+
+
+class NotFound(DatasetFileError):
+    status = 404
+
+
+class Conflict(DatasetFileError):
+    status = 409
+
+
+class TooLarge(DatasetFileError):
+    status = 413
+
+
+class InvalidContent(DatasetFileError):
+    status = 422
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    format: str  # txt | jsonl | folder
+    sha256: str | None
+    size_bytes: int
+    lines: int | None
+    created_at: datetime
+    builtin: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["created_at"] = self.created_at.isoformat(timespec="microseconds")
+        return data
+
+
+def split_name(name: str) -> tuple[str, str | None]:
+    """`foo.txt` -> ("foo", "txt"); `foo` -> ("foo", None). Validates the name (InvalidName,
+    or ReadOnly for the reserved `builtin:` prefix)."""
+    if name.startswith(BUILTIN_PREFIX):
+        raise ReadOnly(f"Dataset {name!r} is built in and read-only; the 'builtin:' prefix "
+                       "is reserved.")
+    try:
+        check_dataset_name(name)
+    except DatasetError as exc:
+        raise InvalidName(str(exc)) from None
+    for fmt, suffix in FORMATS.items():
+        if name.endswith(suffix) and len(name) > len(suffix):
+            stem = name[: -len(suffix)]
+            try:
+                check_dataset_name(stem)
+            except DatasetError as exc:
+                raise InvalidName(str(exc)) from None
+            return stem, fmt
+    return name, None
+
+
+def is_valid_name(name: str) -> bool:
+    try:
+        split_name(name)
+    except DatasetFileError:
+        return False
+    return True
+
+
+def aliases(stem: str) -> list[str]:
+    """Every name a job may use to refer to the dataset stored as `stem`."""
+    return [stem] + [stem + suffix for suffix in DATASET_SUFFIXES]
+
+
+# ----------------------------------------------------------------------------- metadata
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _signature(st: os.stat_result) -> list[int]:
+    return [st.st_ino, st.st_size, st.st_mtime_ns]
+
+
+def _meta_dir(root: Path) -> Path:
+    return root / META_FOLDER
+
+
+def _meta_path(root: Path, stem: str) -> Path:
+    return _meta_dir(root) / f"{stem}.json"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(orjson.dumps(data))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def _scan(file: Path) -> tuple[str, int, int]:
+    """sha256, size and line count of a file, streaming."""
+    digest, size, newlines, last = hashlib.sha256(), 0, 0, b""
+    with open(file, "rb") as f:
+        while chunk := f.read(CHUNK_BYTES):
+            digest.update(chunk)
+            size += len(chunk)
+            newlines += chunk.count(b"\n")
+            last = chunk[-1:]
+    return digest.hexdigest(), size, newlines + (1 if size and last != b"\n" else 0)
+
+
+def _file_info(root: Path, stem: str, file: Path, fmt: str) -> DatasetInfo:
+    """Metadata of a stored file, from its sidecar when that still describes the file."""
+    st = file.stat()
+    meta_file = _meta_path(root, stem)
+    try:
+        meta = orjson.loads(meta_file.read_bytes())
+        if meta.get("signature") == _signature(st) and meta.get("format") == fmt:
+            return DatasetInfo(name=stem, format=fmt, sha256=meta["sha256"],
+                               size_bytes=meta["size_bytes"], lines=meta["lines"],
+                               created_at=datetime.fromisoformat(meta["created_at"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    sha, size, lines = _scan(file)
+    info = DatasetInfo(name=stem, format=fmt, sha256=sha, size_bytes=size, lines=lines,
+                       created_at=datetime.fromtimestamp(st.st_mtime, timezone.utc))
+    with contextlib.suppress(OSError):  # a cache: failing to write it changes nothing
+        _meta_dir(root).mkdir(parents=True, exist_ok=True)
+        _write_json_atomic(meta_file, {**info.to_json(), "signature": _signature(st)})
+    return info
+
+
+@cache
+def _builtin_info(key: str) -> DatasetInfo:
+    file = builtin_dir() / BUILTIN_DATASETS[key]
+    sha, size, lines = _scan(file)
+    return DatasetInfo(name=BUILTIN_PREFIX + key, format=file.suffix[1:], sha256=sha,
+                       size_bytes=size, lines=lines,
+                       created_at=datetime.fromtimestamp(file.stat().st_mtime, timezone.utc),
+                       builtin=True)
+
+
+def _folder_info(name: str, folder: Path, root: Path) -> DatasetInfo:
+    from .training.datasets import source_files
+
+    files = source_files(folder, root)
+    stats = [f.stat() for f in files]
+    return DatasetInfo(name=name, format="folder", sha256=None,
+                       size_bytes=sum(s.st_size for s in stats), lines=None,
+                       created_at=datetime.fromtimestamp(
+                           max((s.st_mtime for s in stats), default=0), timezone.utc))
+
+
+def _stored(root: Path, stem: str) -> tuple[Path, str] | None:
+    """The file or folder `resolve_dataset(stem)` would pick, with its format."""
+    try:
+        real = resolve_dataset(stem, root.parent)
+    except DatasetError:
+        return None
+    if real.is_dir():
+        return real, "folder"
+    return real, real.suffix[1:]
+
+
+def get_info(data_dir: str | os.PathLike[str], name: str) -> DatasetInfo:
+    if name.startswith(BUILTIN_PREFIX):
+        key = name[len(BUILTIN_PREFIX):]
+        if key not in BUILTIN_DATASETS:
+            raise NotFound(f"Dataset {name!r} not found.")
+        return _builtin_info(key)
+    if not is_valid_name(name):
+        raise NotFound(f"Dataset {name!r} not found.")
+    stem, _fmt = split_name(name)
+    root = datasets_root(data_dir)
+    found = _stored(root, stem) if root.is_dir() else None
+    if found is None:
+        raise NotFound(f"Dataset {name!r} not found.")
+    path, fmt = found
+    if fmt == "folder":
+        return _folder_info(stem, path, root.resolve())
+    return _file_info(root, stem, path, fmt)
+
+
+def list_infos(data_dir: str | os.PathLike[str]) -> list[DatasetInfo]:
+    """Built-ins first, then the stored datasets by name."""
+    infos = [_builtin_info(key) for key in BUILTIN_DATASETS]
+    root = datasets_root(data_dir)
+    if not root.is_dir():
+        return infos
+    stems: set[str] = set()
+    for entry in os.scandir(root):
+        if entry.name.startswith("."):
+            continue
+        stem = entry.name
+        for suffix in DATASET_SUFFIXES:
+            if stem.endswith(suffix):
+                stem = stem[: -len(suffix)]
+                break
+        if is_valid_name(stem) and split_name(stem)[1] is None:
+            stems.add(stem)
+    for stem in sorted(stems):
+        with contextlib.suppress(NotFound, DatasetError, OSError):
+            infos.append(get_info(data_dir, stem))
+    return infos
+
+
+# ----------------------------------------------------------------------------- upload
+
+
+@contextlib.contextmanager
+def _commit_lock(root: Path) -> Iterator[None]:
+    """Serialise the short commit step (checks, renames) across threads and processes."""
+    meta = _meta_dir(root)
+    meta.mkdir(parents=True, exist_ok=True)
+    fd = os.open(meta / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+class _TextValidator:
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")("strict")
+        self._line = 1
+
+    def feed(self, chunk: bytes, final: bool = False) -> None:
+        try:
+            self._decoder.decode(chunk, final)
+        except UnicodeDecodeError as exc:
+            pending = exc.object[: max(exc.start, 0)]
+            line = self._line + pending.count(b"\n")
+            raise InvalidContent(f"Line {line} is not valid UTF-8 ({exc.reason}).") from None
+        self._line += chunk.count(b"\n")
+
+
+class _JsonlValidator:
+    def __init__(self) -> None:
+        self._partial = b""
+        self._line = 0
+        self.records = 0
+
+    def _check(self, line: bytes) -> None:
+        self._line += 1
+        if not line.strip():
+            return
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError as exc:
+            raise InvalidContent(f"Line {self._line} is not valid JSON: {exc}") from None
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise InvalidContent(
+                f"Line {self._line} must be a JSON object with a string 'text' field.")
+        self.records += 1
+
+    def feed(self, chunk: bytes, final: bool = False) -> None:
+        data = self._partial + chunk
+        lines = data.split(b"\n")
+        self._partial = lines.pop()
+        for line in lines:
+            self._check(line)
+        if len(self._partial) > MAX_JSONL_LINE_BYTES:
+            raise InvalidContent(f"Line {self._line + 1} is longer than "
+                                 f"{MAX_JSONL_LINE_BYTES} bytes.")
+        if final:
+            if self._partial:
+                self._check(self._partial)
+            if not self.records:
+                raise InvalidContent("A .jsonl dataset needs at least one record.")
+
+
+@dataclass(frozen=True)
+class UploadResult:
+    info: DatasetInfo
+    created: bool
+
+
+def store_upload(
+    data_dir: str | os.PathLike[str],
+    stem: str,
+    fmt: str,
+    chunks: Iterable[bytes],
+    *,
+    max_bytes: int,
+    in_use: Callable[[str], list[str]],
+) -> UploadResult:
+    """Stream `chunks` into the dataset `stem` (format `fmt`), replacing any older version.
+
+    `in_use(stem)` lists the jobs that still need the current version (Conflict if any).
+    Nothing is left behind on failure: the temporary file is removed.
+    """
+    root = datasets_root(data_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    _refuse_if_unreplaceable(root, stem, in_use)
+
+    validator = _JsonlValidator() if fmt == "jsonl" else _TextValidator()
+    tmp = root / f"{TMP_PREFIX}{uuid.uuid4().hex}.tmp"
+    digest, size, newlines, last = hashlib.sha256(), 0, 0, b""
+    try:
+        with open(tmp, "xb") as f:
+            for chunk in chunks:
+                if not chunk:
+                    continue
+                size += len(chunk)
+                if size > max_bytes:
+                    raise TooLarge(f"Dataset is larger than {max_bytes} bytes "
+                                   "(LLM_TRAIN_API_MAX_DATASET_BYTES).")
+                validator.feed(chunk)
+                digest.update(chunk)
+                newlines += chunk.count(b"\n")
+                last = chunk[-1:]
+                f.write(chunk)
+            validator.feed(b"", final=True)
+            if size == 0:
+                raise InvalidContent("The dataset is empty.")
+            f.flush()
+            os.fsync(f.fileno())
+        lines = newlines + (1 if last != b"\n" else 0)
+        final = root / f"{stem}{FORMATS[fmt]}"
+        with _commit_lock(root):
+            _refuse_if_unreplaceable(root, stem, in_use)
+            created = _stored(root, stem) is None
+            os.replace(tmp, final)
+            # Another format of the same name would shadow or duplicate this one.
+            for other in FORMATS.values():
+                if other != FORMATS[fmt]:
+                    with contextlib.suppress(FileNotFoundError):
+                        (root / f"{stem}{other}").unlink()
+            info = DatasetInfo(name=stem, format=fmt, sha256=digest.hexdigest(),
+                               size_bytes=size, lines=lines, created_at=_now())
+            _write_json_atomic(_meta_path(root, stem),
+                               {**info.to_json(), "signature": _signature(final.stat())})
+            _fsync_dir(root)
+            _fsync_dir(_meta_dir(root))
+        return UploadResult(info=info, created=created)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+
+
+def _refuse_if_unreplaceable(root: Path, stem: str, in_use: Callable[[str], list[str]]):
+    found = _stored(root, stem)
+    if found is None:
+        return
+    if found[1] == "folder":
+        raise Conflict(f"Dataset {stem!r} is a folder managed on disk; it cannot be replaced "
+                       "through the API.")
+    jobs = in_use(stem)
+    if jobs:
+        raise Conflict(f"Dataset {stem!r} is used by queued or running jobs: "
+                       f"{', '.join(jobs)}. Wait for them to finish or cancel them.")
+
+
+def delete_dataset(
+    data_dir: str | os.PathLike[str], name: str, *, in_use: Callable[[str], list[str]]
+) -> None:
+    if name.startswith(BUILTIN_PREFIX):
+        if name[len(BUILTIN_PREFIX):] in BUILTIN_DATASETS:
+            raise ReadOnly(f"Dataset {name!r} is built in and read-only.")
+        raise NotFound(f"Dataset {name!r} not found.")
+    if not is_valid_name(name):
+        raise NotFound(f"Dataset {name!r} not found.")
+    stem, _fmt = split_name(name)
+    root = datasets_root(data_dir)
+    if not root.is_dir() or _stored(root, stem) is None:
+        raise NotFound(f"Dataset {name!r} not found.")
+    with _commit_lock(root):
+        found = _stored(root, stem)
+        if found is None:
+            raise NotFound(f"Dataset {name!r} not found.")
+        if found[1] == "folder":
+            raise Conflict(f"Dataset {stem!r} is a folder managed on disk; it cannot be "
+                           "deleted through the API.")
+        jobs = in_use(stem)
+        if jobs:
+            raise Conflict(f"Dataset {stem!r} is used by queued or running jobs: "
+                           f"{', '.join(jobs)}. Wait for them to finish or cancel them.")
+        for suffix in FORMATS.values():
+            with contextlib.suppress(FileNotFoundError):
+                (root / f"{stem}{suffix}").unlink()
+        with contextlib.suppress(FileNotFoundError):
+            _meta_path(root, stem).unlink()
+        _fsync_dir(root)
+
+
+def read_chunks(stream: BinaryIO, size: int = CHUNK_BYTES) -> Iterator[bytes]:
+    while chunk := stream.read(size):
+        yield chunk
