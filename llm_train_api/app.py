@@ -13,7 +13,7 @@ from flask import Flask, send_from_directory
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from . import http_errors
-from .api import datasets, health, jobs, models
+from .api import artifacts, datasets, health, jobs, models
 from .api.base import STORE_KEY
 from .config import Settings
 from .json_provider import OrjsonProvider
@@ -64,7 +64,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     api = http_errors.JsonErrorsApi(app)
     http_errors.register(app)
     app.before_request(http_errors.require_json_body)
-    for blueprint in (jobs.blp, models.blp, datasets.blp, health.blp):
+    for blueprint in (jobs.blp, artifacts.blp, models.blp, datasets.blp, health.blp):
         api.register_blueprint(blueprint)
     _serve_swagger_assets(app)
     return app
