@@ -16,8 +16,9 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev,postgres,train]'
 	touch $(STAMP)
 
+# The API (gunicorn) and one worker, on the SQLite default; Ctrl-C stops both.
 run: $(STAMP)
-	$(BIN)/gunicorn -c gunicorn.conf.py wsgi:app
+	$(BIN)/llm-train-api up
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -34,6 +34,7 @@ from sqlalchemy import (
     create_engine,
     delete,
     event,
+    func,
     insert,
     literal,
     null,
@@ -100,6 +101,8 @@ _SELECT_FOR_RETRY = select(*_JOB_COLUMNS, jobs.c.request_hash).where(
 _INSERT_EVENT = job_events.insert()
 _DELETE_JOB = delete(jobs).where(jobs.c.id == bindparam("job_id")).returning(jobs.c.id)
 _DELETE_EVENTS = delete(job_events).where(job_events.c.job_id == bindparam("job_id"))
+NOTIFY_CHANNEL = "llm_train_api_jobs"
+_NOTIFY = select(func.pg_notify(bindparam("channel"), bindparam("job_id")))
 _RUNNING = JobStatus.RUNNING.value
 _STARTING = '{"phase":"starting"}'
 _SELECT_LEASED = select(jobs.c.id).where(
@@ -118,6 +121,7 @@ _SET_PROGRESS = (
     .values(progress=bindparam("new_progress"))
     .returning(jobs.c.id)
 )
+_DELETE_METRICS = delete(job_metrics).where(job_metrics.c.job_id == bindparam("job_id"))
 _FORGET_METRICS = delete(job_metrics).where(
     job_metrics.c.job_id == bindparam("job_id"), job_metrics.c.step > bindparam("step")
 )
@@ -449,6 +453,8 @@ class JobStore:
         stmt = self._transition_statement(target, expected is not None)
         row = self._write_with_event(stmt, params, "status", ts, actor, message)
         if row is not None:
+            if target is JobStatus.CANCELLED:
+                self._notify(job_id)
             return _row_to_job(row), True
         with self._reading() as conn:
             current = conn.execute(_SELECT_BY_ID, {"job_id": job_id}).first()
@@ -525,13 +531,46 @@ class JobStore:
         return stmt
 
     def delete_job(self, job_id: str) -> None:
+        """Delete the job with its events and metrics; its worker, if any, stops it."""
+
         def work(conn: Connection) -> None:
             gone = conn.execute(_DELETE_JOB, {"job_id": job_id}).first()
             if gone is None:
                 raise JobNotFound(job_id)
             conn.execute(_DELETE_EVENTS, {"job_id": job_id})
+            conn.execute(_DELETE_METRICS, {"job_id": job_id})
+            if self._dialect == "postgresql":
+                conn.execute(_NOTIFY, {"channel": NOTIFY_CHANNEL, "job_id": job_id})
 
         self._write(work)
+
+    # ------------------------------------------------------------------ notifications
+    def _notify(self, job_id: str) -> None:
+        """Wake the workers now (PostgreSQL); on SQLite they poll."""
+        if self._dialect == "postgresql":
+            with self._read_engine.connect() as conn:
+                conn.execute(_NOTIFY, {"channel": NOTIFY_CHANNEL, "job_id": job_id})
+
+    @contextlib.contextmanager
+    def listen(self) -> Iterator[Iterator[Any]]:
+        """PostgreSQL: iterate over notifications about cancelled and deleted jobs."""
+        if self._dialect != "postgresql":
+            raise RuntimeError("LISTEN needs PostgreSQL")
+        with self._engine.connect() as conn:
+            raw = conn.connection.driver_connection
+            raw.rollback()
+            raw.autocommit = True
+            raw.execute(f"LISTEN {NOTIFY_CHANNEL}")
+
+            def notifications() -> Iterator[Any]:
+                while True:
+                    yield from raw.notifies(timeout=1.0)
+
+            try:
+                yield notifications()
+            finally:
+                raw.execute(f"UNLISTEN {NOTIFY_CHANNEL}")
+                raw.autocommit = False
 
     def dataset_in_use(self, dataset: str) -> list[str]:
         """Ids of queued or running jobs that train on `dataset` (at most 10, newest first)."""

@@ -1,0 +1,129 @@
+"""`llm-train-api`: run the service (serve), a worker (worker), or both (up).
+
+Every setting comes from the same LLM_TRAIN_API_* environment variables as the service.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from .worker.service import Worker, WorkerConfig, gpus_from_env
+from .worker.trainer_process import die_with_parent
+
+# A factory call: gunicorn builds the app in each worker process, from any directory.
+APP_SPEC = "llm_train_api:create_app()"
+_REPO_CONF = Path(__file__).resolve().parent.parent / "gunicorn.conf.py"
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """Self-hosted LLM training jobs: the API server and the workers that run jobs."""
+
+
+def _gunicorn_argv(bind: str | None, workers: int | None) -> list[str]:
+    argv = [sys.executable, "-m", "gunicorn"]
+    if _REPO_CONF.is_file():
+        argv += ["-c", str(_REPO_CONF)]
+    if bind:
+        argv += ["--bind", bind]
+    if workers:
+        argv += ["--workers", str(workers)]
+    return argv + [APP_SPEC]
+
+
+@main.command()
+@click.option("--bind", help="host:port (default: LLM_TRAIN_API_BIND or 127.0.0.1:8000)")
+@click.option("--workers", type=int, help="gunicorn worker processes")
+def serve(bind: str | None, workers: int | None) -> None:
+    """Serve the API with gunicorn (gunicorn.conf.py defaults)."""
+    os.execv(sys.executable, _gunicorn_argv(bind, workers))
+
+
+@main.command()
+@click.option("--concurrency", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="jobs this worker runs at once")
+def worker(concurrency: int) -> None:
+    """Claim queued jobs and run the trainer for each, until SIGTERM or Ctrl-C.
+
+    The first signal checkpoints the running jobs and hands them back to the queue without
+    spending an attempt; a second one kills them at once.
+    """
+    from . import create_app
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    app = create_app()
+    cfg = app.config
+    if cfg["EXECUTOR"] == "none":
+        raise click.UsageError("LLM_TRAIN_API_EXECUTOR=none: jobs are driven externally, "
+                               "there is nothing for a worker to run.")
+    service = Worker(
+        app.extensions["llm_train_api.store"],
+        WorkerConfig(
+            data_dir=cfg["DATA_DIR"], concurrency=concurrency, lease_s=cfg["LEASE_S"],
+            heartbeat_s=cfg["HEARTBEAT_S"], poll_s=cfg["POLL_S"],
+            cancel_grace_s=cfg["CANCEL_GRACE_S"], trainer_threads=cfg["TRAINER_THREADS"],
+            gpus=gpus_from_env(os.environ.get("LLM_TRAIN_API_WORKER_GPUS")),
+        ),
+    )
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if service.stopping.is_set():
+            service.hard_stop.set()
+        service.stopping.set()
+        service.wake.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    service.run()
+
+
+@main.command()
+@click.option("--bind", help="host:port (default: LLM_TRAIN_API_BIND or 127.0.0.1:8000)")
+@click.option("--concurrency", type=click.IntRange(1, 256), default=1, show_default=True)
+def up(bind: str | None, concurrency: int) -> None:
+    """The API and one worker together (the `make run` of a single machine). Ctrl-C stops
+    both and leaves no process behind."""
+    bind = bind or os.environ.get("LLM_TRAIN_API_BIND", "127.0.0.1:8000")
+    # Own sessions, so a terminal's Ctrl-C reaches only us and each child gets exactly one
+    # signal from us; and a kernel-delivered SIGKILL if we die without forwarding it.
+    spawn = {"start_new_session": True, "preexec_fn": die_with_parent}
+    children = [
+        subprocess.Popen(_gunicorn_argv(bind, None), **spawn),
+        subprocess.Popen([sys.executable, "-m", "llm_train_api.cli", "worker",
+                          "--concurrency", str(concurrency)], **spawn),
+    ]
+    click.echo(f"llm_train_api listening on http://{bind}  (API docs: http://{bind}/docs)")
+    stopping = False
+
+    def stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signal.SIGKILL if stopping else signal.SIGTERM)
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    while all(child.poll() is None for child in children):
+        time.sleep(0.2)
+    if not stopping:  # one died on its own: take the other down too
+        stop(signal.SIGTERM, None)
+    for child in children:
+        try:
+            child.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+    sys.exit(max(abs(child.returncode or 0) for child in children) if not stopping else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The local executor: a worker process claims queued jobs and runs the trainer for each."""

@@ -1,0 +1,268 @@
+"""The worker loop: claim, launch, watch, report, finish; and hand everything back on
+shutdown.
+
+One thread (the main one) does all of it, ticking every `poll_s`: the database decides who
+runs what (claims and leases are conditional UPDATEs, see store.py), so a worker holds no
+state that another process needs. The loop wakes early on a PostgreSQL NOTIFY for cancels
+and deletes, and polls on SQLite; either way a cancelled trainer is gone within about
+`poll_s + cancel_grace_s`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from ..admission import dataset_sha256
+from ..domain import Job, JobStatus
+from ..jobfiles import job_dir, log_path
+from ..store import JobStore
+from ..training.datasets import DatasetError, resolve_dataset
+from ..training.events import EXIT_OK, EXIT_PREEMPTED
+from ..training.spec import RunSpec
+from .progress import ProgressTracker
+from .trainer_process import TrainerProcess
+
+log = logging.getLogger("llm_train_api.worker")
+_FLUSH_S = 1.0  # progress is written at most this often per job
+
+
+@dataclass
+class WorkerConfig:
+    data_dir: str
+    concurrency: int = 1
+    lease_s: float = 30.0
+    heartbeat_s: float = 5.0
+    poll_s: float = 0.5
+    cancel_grace_s: float = 1.0
+    shutdown_grace_s: float = 20.0
+    trainer_threads: int = 0
+    gpus: list[int] = field(default_factory=list)
+
+
+@dataclass
+class _Run:
+    job: Job
+    proc: TrainerProcess
+    tracker: ProgressTracker
+    gpus: list[int]
+    deadline: float | None
+    stop_reason: str | None = None  # cancelled | lease_lost | deadline | shutdown
+    last_flush: float = 0.0
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+
+
+class Worker:
+    def __init__(self, store: JobStore, config: WorkerConfig, worker_id: str | None = None):
+        self.store = store
+        self.config = config
+        self.id = worker_id or new_worker_id()
+        self.runs: dict[str, _Run] = {}
+        self.wake = threading.Event()
+        self.stopping = threading.Event()  # set once: finish gracefully
+        self.hard_stop = threading.Event()  # set on a second signal: kill and leave
+        self._next_heartbeat = 0.0
+        self._next_reap = 0.0
+
+    # ------------------------------------------------------------------ main loop
+    def run(self) -> None:
+        log.info("worker %s: %d slot(s), data in %s", self.id, self.config.concurrency,
+                 self.config.data_dir)
+        self._start_listener()
+        while not self.stopping.is_set():
+            self.tick()
+            self.wake.wait(self.config.poll_s)
+            self.wake.clear()
+        self._shutdown()
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_reap:
+            for job in self.store.requeue_expired(actor=f"reaper@{self.id}"):
+                log.warning("job %s: its worker's lease expired; now %s", job.id,
+                            job.status.value)
+            self._next_reap = now + max(self.config.lease_s / 4, self.config.poll_s)
+        if now >= self._next_heartbeat:
+            owned = self.store.renew_leases(self.id, self.config.lease_s)
+            self._next_heartbeat = now + self.config.heartbeat_s
+        else:
+            owned = self.store.running_jobs_of(self.id) if self.runs else set()
+        for job_id, run in list(self.runs.items()):
+            if job_id not in owned and run.stop_reason is None:
+                # Cancelled, deleted or reaped: the job is not ours to run any more.
+                run.stop_reason = "cancelled"
+                log.info("job %s: no longer leased to us (cancelled or deleted); killing "
+                         "pid %d", job_id, run.proc.pid)
+                run.proc.kill(self.config.cancel_grace_s)
+        for run in list(self.runs.values()):
+            self._watch(run)
+        while len(self.runs) < self.config.concurrency and not self.stopping.is_set():
+            job = self.store.claim(self.id, self.config.lease_s)
+            if job is None:
+                break
+            self._launch(job)
+
+    # ------------------------------------------------------------------ one job
+    def _launch(self, job: Job) -> None:
+        problem = self._check_inputs(job)
+        if problem:
+            self.store.finish(job.id, self.id, JobStatus.FAILED, error_message=problem)
+            return
+        wanted = int((job.resources or {}).get("gpus", 0))
+        busy = {g for r in self.runs.values() for g in r.gpus}
+        free = [g for g in self.config.gpus if g not in busy]
+        if wanted > len(self.config.gpus):
+            self.store.finish(job.id, self.id, JobStatus.FAILED, error_message=(
+                f"the job asks for {wanted} GPU(s); this worker has {len(self.config.gpus)}"))
+            return
+        if wanted > len(free):  # another job holds them: let someone else (or us) retry
+            self.store.finish(job.id, self.id, JobStatus.QUEUED, refund_attempt=True)
+            return
+        hyperparameters = dict(job.hyperparameters)
+        if self.config.trainer_threads and "num_threads" not in hyperparameters:
+            hyperparameters["num_threads"] = self.config.trainer_threads
+        spec = RunSpec(job.model_name, job.dataset, hyperparameters, self.config.data_dir,
+                       job.id)
+        folder = job_dir(self.config.data_dir, job)
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            proc = TrainerProcess(folder, spec, log_path(self.config.data_dir, job),
+                                  threads=self.config.trainer_threads, gpus=free[:wanted])
+        except OSError as exc:  # a full disk, a missing interpreter: this job fails, we go on
+            self.store.finish(job.id, self.id, JobStatus.FAILED,
+                              error_message=f"could not start the trainer: {exc}")
+            return
+        deadline = (time.monotonic() + job.max_runtime_seconds
+                    if job.max_runtime_seconds else None)
+        run = _Run(job, proc, ProgressTracker(proc.pid), free[:wanted], deadline)
+        self.runs[job.id] = run
+        log.info("job %s: attempt %d, trainer pid %d", job.id, job.attempts, proc.pid)
+        self._flush(run, force=True)
+
+    def _check_inputs(self, job: Job) -> str | None:
+        try:
+            path = resolve_dataset(job.dataset, self.config.data_dir)
+        except DatasetError as exc:
+            return f"dataset unavailable: {exc}"
+        if job.dataset_sha256 and dataset_sha256(path) != job.dataset_sha256:
+            return (f"dataset {job.dataset!r} changed since the job was created "
+                    "(its sha256 differs); resubmit the job to train on the new data")
+        return None
+
+    def _watch(self, run: _Run) -> None:
+        while not run.proc.events.empty():
+            run.tracker.apply(run.proc.events.get())
+        if run.deadline is not None and run.stop_reason is None \
+                and time.monotonic() > run.deadline:
+            run.stop_reason = "deadline"
+            run.proc.kill(self.config.cancel_grace_s)
+        rc = run.proc.poll()
+        if rc is None:
+            self._flush(run)
+            return
+        run.proc.wait_output()
+        while not run.proc.events.empty():
+            run.tracker.apply(run.proc.events.get())
+        self._flush(run, force=True)
+        del self.runs[run.job.id]
+        self._finish(run, rc)
+
+    def _flush(self, run: _Run, force: bool = False) -> None:
+        now = time.monotonic()
+        if run.stop_reason in ("cancelled", "lease_lost"):
+            return
+        if not run.tracker.dirty or (not force and now - run.last_flush < _FLUSH_S):
+            return
+        progress, metrics, forget = run.tracker.take()
+        run.last_flush = now
+        if not self.store.record_progress(run.job.id, self.id, progress, metrics,
+                                          forget_metrics_after=forget):
+            if run.stop_reason is None and run.proc.poll() is None:
+                run.stop_reason = "lease_lost"
+                log.info("job %s: lease lost; killing pid %d", run.job.id, run.proc.pid)
+                run.proc.kill(self.config.cancel_grace_s)
+
+    def _finish(self, run: _Run, rc: int) -> None:
+        job, reason = run.job, run.stop_reason
+        if reason in ("cancelled", "lease_lost"):
+            log.info("job %s: trainer stopped (%s)", job.id, reason)
+            return
+        if reason == "deadline":
+            self.store.finish(job.id, self.id, JobStatus.FAILED, error_message=(
+                f"deadline exceeded: ran longer than max_runtime_seconds="
+                f"{job.max_runtime_seconds}"))
+        elif reason == "shutdown":
+            self.store.finish(job.id, self.id, JobStatus.QUEUED, refund_attempt=True)
+        elif rc == EXIT_OK:
+            self.store.finish(job.id, self.id, JobStatus.SUCCEEDED)
+        elif rc > 0 and rc != EXIT_PREEMPTED:
+            # The trainer said why it failed; running it again would fail again.
+            self.store.finish(job.id, self.id, JobStatus.FAILED,
+                              error_message=run.proc.failure_reason())
+        else:
+            # Killed by a signal we did not send (the OOM killer, an operator) or preempted
+            # by someone else: worth another attempt, if any are left.
+            cause = (f"killed by {signal.Signals(-rc).name}" if rc < 0
+                     else "preempted (SIGTERM from outside the worker)")
+            if job.attempts < job.max_attempts:
+                self.store.finish(job.id, self.id, JobStatus.QUEUED,
+                                  error_message=f"trainer {cause}; requeued")
+            else:
+                self.store.finish(job.id, self.id, JobStatus.FAILED, error_message=(
+                    f"trainer {cause}; gave up after {job.attempts} attempt(s)"))
+        log.info("job %s: trainer exited with %d", job.id, rc)
+
+    # ------------------------------------------------------------------ shutdown
+    def _shutdown(self) -> None:
+        """Checkpoint and hand back every running job without spending an attempt."""
+        if not self.runs:
+            return
+        log.info("worker %s: stopping; checkpointing %d job(s)", self.id, len(self.runs))
+        for run in self.runs.values():
+            if run.stop_reason is None:
+                run.stop_reason = "shutdown"
+                run.proc.signal(signal.SIGTERM)  # the trainer saves a checkpoint, exits 75
+        deadline = time.monotonic() + self.config.shutdown_grace_s
+        while self.runs and time.monotonic() < deadline and not self.hard_stop.is_set():
+            for run in list(self.runs.values()):
+                self._watch(run)
+            time.sleep(0.1)
+        for run in list(self.runs.values()):
+            run.proc.kill(0)
+            self._watch(run)
+
+    def _start_listener(self) -> None:
+        if self.store.dialect != "postgresql":
+            return  # SQLite: the loop polls every poll_s
+        thread = threading.Thread(target=self._listen, daemon=True, name="pg-listen")
+        thread.start()
+
+    def _listen(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                with self.store.listen() as notifications:
+                    for _ in notifications:
+                        self.wake.set()
+                        if self.stopping.is_set():
+                            return
+            except Exception:  # noqa: BLE001 - a dropped connection: poll, then listen again
+                log.warning("LISTEN connection lost; retrying", exc_info=True)
+                time.sleep(self.config.poll_s)
+
+
+def gpus_from_env(value: str | None) -> list[int]:
+    if not value:
+        return []
+    return [int(part) for part in value.split(",") if part.strip()]
+
+
+__all__ = ["Worker", "WorkerConfig", "gpus_from_env"]
