@@ -34,6 +34,7 @@ _STATUS_BY_ERROR: dict[type[DomainError], int] = {
 JSON_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 # Endpoints whose body is not JSON: they read and limit it themselves (dataset uploads).
 RAW_BODY_ENDPOINTS = frozenset({"datasets.DatasetResource"})
+NO_BODY_ENDPOINTS = frozenset({"jobs.JobCancel"})
 
 
 class _NonFiniteNumber(ValueError):
@@ -73,6 +74,8 @@ def require_json_body() -> None:
         return  # 404/405 win: there is no resource to send a body to
     if request.endpoint in RAW_BODY_ENDPOINTS:
         return  # streamed by the view under its own size limit
+    if request.endpoint in NO_BODY_ENDPOINTS:
+        return  # an action without a payload (POST /jobs/{id}/cancel): nothing to parse
     if request.method in JSON_BODY_METHODS and not request.is_json:
         got = request.mimetype or "none"
         abort(415, message=f"Content-Type must be application/json (got {got}).")

@@ -269,7 +269,13 @@ class JobStore:
             else engine
         )
         # The store's lock: on SQLite, the group committer's queue mutex (see group_commit).
-        self._group = GroupCommitter(engine) if self._dialect == "sqlite" else None
+        self._group = None
+        if self._dialect == "sqlite":
+            database = engine.url.database
+            on_disk = database and database != ":memory:" and not database.startswith("file:")
+            self._group = GroupCommitter(
+                engine, lock_path=f"{database}-writelock" if on_disk else None
+            )
         dialect_insert = postgresql.insert if self._dialect == "postgresql" else sqlite.insert
         self._create_stmt = (
             dialect_insert(jobs)

@@ -8,8 +8,6 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import pytest
-
 from llm_train_api.domain import JobStatus, NewJob
 from llm_train_api.store import LEASE_LOST_MESSAGE, JobStore
 

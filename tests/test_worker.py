@@ -1,0 +1,226 @@
+"""Jobs really run: a real gunicorn, real worker processes, real training of tiny models,
+real processes killed for real. On SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from .servers import REPO_ROOT
+
+FAST = {"LLM_TRAIN_API_LEASE_S": "4", "LLM_TRAIN_API_HEARTBEAT_S": "1",
+        "LLM_TRAIN_API_POLL_S": "0.2", "LLM_TRAIN_API_TRAINER_THREADS": "1",
+        "LLM_TRAIN_API_CANCEL_GRACE_S": "0.5"}
+TINY = {"batch_size": 4, "block_size": 32, "epochs": 1000, "log_interval": 1,
+        "eval_interval": 0, "eval_steps": 2, "learning_rate": 0.003}
+
+
+class WorkerProcess:
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self._out = open(log, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "llm_train_api.cli", "worker"], cwd=REPO_ROOT,
+            env={**os.environ, **env}, stdout=self._out, stderr=subprocess.STDOUT)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._out.close()
+        return self.proc.returncode
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def service(request, tmp_path, gunicorn_factory):
+    """A gunicorn API with the built-in executor, and a factory of worker processes."""
+    if request.param == "sqlite":
+        db = f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
+    else:
+        db = request.getfixturevalue("pg_url")
+    env = {"LLM_TRAIN_API_DATABASE_URL": db, "LLM_TRAIN_API_EXECUTOR": "local",
+           "LLM_TRAIN_API_INSTANCE_PATH": str(tmp_path / "instance"), **FAST}
+    server = gunicorn_factory(workers=2, env=env)
+    workers: list[WorkerProcess] = []
+
+    def start_worker(**extra: str) -> WorkerProcess:
+        w = WorkerProcess({**env, **extra}, tmp_path / f"worker-{len(workers)}.log")
+        workers.append(w)
+        return w
+
+    server.start_worker = start_worker
+    server.data_dir = tmp_path / "instance" / "data"
+    yield server
+    for w in workers:
+        w.stop(signal.SIGKILL)
+
+
+def submit(server, job_id: str, **hp) -> dict:
+    body = {"job_id": job_id, "model_name": "gpt-nano", "dataset": "builtin:tinytext",
+            "hyperparameters": {**TINY, **hp}}
+    resp = requests.post(server.url + "/jobs", json=body, timeout=10)
+    assert resp.status_code == 201, resp.text
+    return resp.json()
+
+
+def get(server, job_id: str) -> dict:
+    return requests.get(f"{server.url}/jobs/{job_id}", timeout=10).json()
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def wait_status(server, job_id, statuses, timeout=120.0) -> dict:
+    return wait_for(lambda: (j := get(server, job_id))["status"] in statuses and j,
+                    timeout, f"{job_id} to reach {statuses}")
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purposes.
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split(")")[-1].split()[0] != "Z"
+
+
+def events(server, job_id):
+    return requests.get(f"{server.url}/jobs/{job_id}/events", timeout=10).json()
+
+
+def test_a_job_trains_to_success(service):
+    service.start_worker()
+    submit(service, "ok", max_steps=30, checkpoint_interval=10)
+    job = wait_status(service, "ok", {"succeeded", "failed"})
+    assert job["status"] == "succeeded", job["error_message"]
+    assert job["attempts"] == 1 and job["started_at"] and job["finished_at"]
+    assert job["progress"]["step"] == 30 and job["progress"]["fraction"] == 1.0
+    curve = requests.get(f"{service.url}/jobs/ok/metrics", timeout=10).json()
+    assert [p["step"] for p in curve] == list(range(1, 31))
+    assert curve[-1]["train_loss"] < curve[0]["train_loss"]
+    newer = requests.get(f"{service.url}/jobs/ok/metrics?after_step=28", timeout=10).json()
+    assert [p["step"] for p in newer] == [29, 30]
+    kinds = [(e["kind"], e["to_status"]) for e in events(service, "ok")]
+    assert kinds == [("created", "queued"), ("claimed", "running"), ("status", "succeeded")]
+    folders = list((service.data_dir / "jobs").glob("ok-*"))
+    assert len(folders) == 1
+    assert {"ckpt_latest.pt", "ckpt_best.pt", "metrics.jsonl", "train.log"} <= {
+        p.name for p in folders[0].iterdir()}
+
+
+def test_cancel_kills_the_trainer_process(service):
+    service.start_worker()
+    submit(service, "long", max_steps=100_000)
+    job = wait_for(lambda: (j := get(service, "long"))["progress"]
+                   and j["progress"].get("step", 0) > 2 and j, 120, "training to start")
+    pid = job["progress"]["pid"]
+    assert alive(pid)
+    t0 = time.monotonic()
+    resp = requests.post(f"{service.url}/jobs/long/cancel", timeout=10)
+    assert resp.status_code == 200 and resp.json()["status"] == "cancelled"
+    wait_for(lambda: not alive(pid), 5, "the trainer to die")
+    assert time.monotonic() - t0 < 3.0
+    time.sleep(1.0)
+    assert get(service, "long")["status"] == "cancelled"
+
+
+def test_deleting_a_running_job_kills_its_trainer(service):
+    service.start_worker()
+    submit(service, "doomed", max_steps=100_000)
+    job = wait_for(lambda: (j := get(service, "doomed"))["progress"]
+                   and j["progress"].get("step", 0) > 2 and j, 120, "training to start")
+    pid = job["progress"]["pid"]
+    assert requests.delete(f"{service.url}/jobs/doomed", timeout=10).status_code == 204
+    wait_for(lambda: not alive(pid), 5, "the trainer to die")
+
+
+def test_kill_9_of_a_worker_requeues_and_resumes_from_the_checkpoint(service):
+    first = service.start_worker()
+    submit(service, "phoenix", max_steps=400, checkpoint_interval=5)
+    job = wait_for(lambda: (j := get(service, "phoenix"))["progress"]
+                   and (j["progress"].get("last_checkpoint_step") or 0) >= 5 and j,
+                   120, "a checkpoint")
+    trainer = job["progress"]["pid"]
+    first.stop(signal.SIGKILL)
+    wait_for(lambda: not alive(trainer), 5, "the orphaned trainer to die with its worker")
+    service.start_worker()
+    done = wait_status(service, "phoenix", {"succeeded", "failed"}, timeout=180)
+    assert done["status"] == "succeeded", done["error_message"]
+    assert done["attempts"] == 2
+    kinds = [e["kind"] for e in events(service, "phoenix")]
+    assert kinds == ["created", "claimed", "lease_expired", "claimed", "status"]
+    log = next((service.data_dir / "jobs").glob("phoenix-*")).joinpath("train.log").read_text()
+    starts = [json.loads(line.split(" ", 1)[1]) for line in log.splitlines()
+              if line.startswith('@@llm_train_api {"event":"start"')]
+    assert not starts[0]["resumed_from_step"] and starts[-1]["resumed_from_step"] >= 5
+
+
+def test_three_workers_run_each_of_twenty_jobs_exactly_once(service):
+    for n in range(20):
+        submit(service, f"many{n:02d}", max_steps=2)
+    for _ in range(3):
+        service.start_worker()
+    for n in range(20):
+        job = wait_status(service, f"many{n:02d}", {"succeeded", "failed"}, timeout=240)
+        assert job["status"] == "succeeded", job["error_message"]
+        assert job["attempts"] == 1
+        assert [e["kind"] for e in events(service, f"many{n:02d}")].count("claimed") == 1
+    actors = {e["actor"] for n in range(20) for e in events(service, f"many{n:02d}")
+              if e["kind"] == "claimed"}
+    assert len(actors) >= 2, "the jobs were not spread over the workers"
+
+
+def test_a_failing_trainer_ends_failed_with_its_error(service):
+    datasets = service.data_dir / "datasets"
+    datasets.mkdir(parents=True)
+    (datasets / "small.txt").write_text("tiny corpus. " * 50)
+    body = {"job_id": "bad", "model_name": "gpt-nano", "dataset": "small",
+            "hyperparameters": {**TINY, "max_steps": 5}}
+    assert requests.post(service.url + "/jobs", json=body, timeout=10).status_code == 201
+    (datasets / "small.txt").write_text("the data changed after the job was accepted")
+    service.start_worker()
+    job = wait_status(service, "bad", {"succeeded", "failed"})
+    assert job["status"] == "failed" and "changed since the job was created" in job[
+        "error_message"]
+
+
+def test_deadline_exceeded_fails_the_job(service):
+    service.start_worker()
+    body = {"job_id": "slow", "model_name": "gpt-nano", "dataset": "builtin:tinytext",
+            "hyperparameters": {**TINY, "max_steps": 100_000}, "max_runtime_seconds": 3}
+    assert requests.post(service.url + "/jobs", json=body, timeout=10).status_code == 201
+    job = wait_status(service, "slow", {"succeeded", "failed"}, timeout=60)
+    assert job["status"] == "failed" and "deadline exceeded" in job["error_message"]
+
+
+def test_graceful_worker_shutdown_hands_the_job_back_without_spending_an_attempt(service):
+    worker = service.start_worker()
+    submit(service, "handback", max_steps=300, checkpoint_interval=5)
+    wait_for(lambda: (j := get(service, "handback"))["progress"]
+             and (j["progress"].get("step") or 0) > 5 and j, 120, "training")
+    assert worker.stop(signal.SIGTERM) == 0
+    job = get(service, "handback")
+    assert job["status"] == "queued" and job["attempts"] == 0
+    service.start_worker()
+    done = wait_status(service, "handback", {"succeeded", "failed"}, timeout=180)
+    assert done["status"] == "succeeded" and done["attempts"] == 1
