@@ -1,0 +1,131 @@
+"""With the built-in executor (the default), POST /jobs admits only jobs that can run, and
+statuses other than `cancelled` belong to the workers."""
+
+from __future__ import annotations
+
+import pytest
+
+from llm_train_api import create_app
+
+
+@pytest.fixture
+def local_app(tmp_path):
+    app = create_app({"INSTANCE_PATH": str(tmp_path / "instance"), "WORKER_MEMORY_GB": 24})
+    yield app
+    app.extensions["llm_train_api.store"].close()
+
+
+@pytest.fixture
+def local(local_app):
+    return local_app.test_client()
+
+
+GOOD = {"model_name": "gpt-nano", "dataset": "builtin:tinytext",
+        "hyperparameters": {"learning_rate": 0.001, "epochs": 5}}
+
+
+def count(client) -> int:
+    return len(client.get("/jobs").get_json())
+
+
+def test_a_valid_job_is_admitted_with_its_dataset_hash(local):
+    resp = local.post("/jobs", json={**GOOD, "job_id": "ok", "priority": 3,
+                                     "resources": {"cpus": 2}})
+    assert resp.status_code == 201, resp.get_json()
+    job = resp.get_json()
+    assert len(job["dataset_sha256"]) == 64
+    assert job["priority"] == 3 and job["max_attempts"] == 3 and job["attempts"] == 0
+    assert job["resources"] == {"cpus": 2, "gpus": 0, "memory_gb": None}
+    assert job["progress"] is None and job["worker"] is None
+
+
+@pytest.mark.parametrize("field,value,where", [
+    ("model_name", "gpt-9000", "model_name"),
+    ("dataset", "missing", "dataset"),
+    ("dataset", "../etc/passwd", "dataset"),
+    ("hyperparameters", {"lerning_rate": 0.1}, "hyperparameters"),
+    ("hyperparameters", {"learning_rate": 5}, "hyperparameters"),
+    ("hyperparameters", {"batch_size": True}, "hyperparameters"),
+])
+def test_jobs_that_cannot_run_are_422_naming_the_field(local_app, local, field, value,
+                                                        where):
+    resp = local.post("/jobs", json={**GOOD, field: value})
+    assert resp.status_code == 422
+    errors = resp.get_json()["errors"]["json"]
+    assert where in errors, errors
+    assert local_app.config["DATA_DIR"] not in str(errors), "server paths leak to clients"
+    assert count(local) == 0
+
+
+def test_the_unknown_hyperparameter_is_named(local):
+    resp = local.post("/jobs", json={**GOOD, "hyperparameters": {"lerning_rate": 0.1}})
+    assert resp.get_json()["errors"]["json"]["hyperparameters"] == {
+        "lerning_rate": ["Unknown hyperparameter."]}
+
+
+def test_a_job_too_big_for_the_workers_is_refused_with_the_estimate(local):
+    resp = local.post("/jobs", json={**GOOD, "model_name": "gpt2-xl",
+                                     "hyperparameters": {"batch_size": 8, "block_size": 1024}})
+    assert resp.status_code == 422
+    message = resp.get_json()["errors"]["json"]["hyperparameters"]["_memory"][0]
+    assert "gpt2-xl" in message and "GiB" in message and "24.0 GiB" in message
+
+
+def test_dry_run_validates_without_creating(local):
+    ok = local.post("/jobs?dry_run=true", json={**GOOD, "job_id": "preview"})
+    assert ok.status_code == 200 and ok.get_json()["id"] == "preview"
+    bad = local.post("/jobs?dry_run=true", json={**GOOD, "model_name": "nope"})
+    assert bad.status_code == 422
+    assert local.get("/jobs/preview").status_code == 404 and count(local) == 0
+
+
+@pytest.mark.parametrize("body,field", [
+    ({"priority": 10_000}, "priority"), ({"max_attempts": 0}, "max_attempts"),
+    ({"max_runtime_seconds": 0}, "max_runtime_seconds"), ({"resources": {"gpus": -1}},
+                                                          "resources"),
+    ({"resources": {"tpus": 1}}, "resources"), ({"priority": "high"}, "priority"),
+])
+def test_bad_execution_options_are_422(local, body, field):
+    resp = local.post("/jobs", json={**GOOD, **body})
+    assert resp.status_code == 422 and field in resp.get_json()["errors"]["json"]
+
+
+def test_clients_may_only_cancel_when_workers_own_the_statuses(local):
+    local.post("/jobs", json={**GOOD, "job_id": "mine"})
+    for target in ("running", "succeeded", "failed"):
+        resp = local.patch("/jobs/mine/status", json={"status": target})
+        assert resp.status_code == 409
+        assert "managed by the workers" in resp.get_json()["message"]
+    assert local.patch("/jobs/mine/status", json={"status": "queued"}).status_code == 200
+    cancelled = local.patch("/jobs/mine/status", json={"status": "cancelled"})
+    assert cancelled.status_code == 200 and cancelled.get_json()["status"] == "cancelled"
+
+
+def test_cancel_endpoint(local):
+    local.post("/jobs", json={**GOOD, "job_id": "c"})
+    first = local.post("/jobs/c/cancel")
+    assert first.status_code == 200 and first.get_json()["status"] == "cancelled"
+    again = local.post("/jobs/c/cancel")
+    assert again.status_code == 200 and again.get_json() == first.get_json()
+    assert local.post("/jobs/nope/cancel").status_code == 404
+
+
+def test_events_are_paginated_over_http(local):
+    local.post("/jobs", json={**GOOD, "job_id": "e"})
+    local.post("/jobs/e/cancel")
+    page = local.get("/jobs/e/events?limit=1")
+    assert [e["kind"] for e in page.get_json()] == ["created"]
+    link = page.headers["Link"]
+    nxt = link[link.index("<") + 1: link.index(">")]
+    rest = local.get(nxt)
+    assert [e["to_status"] for e in rest.get_json()] == ["cancelled"]
+    assert "Link" not in rest.headers
+    assert local.get("/jobs/e/events?cursor=garbage").status_code == 400
+    assert local.get("/jobs/e/events?limit=0").status_code == 422
+
+
+def test_metrics_of_a_job_without_any(local):
+    local.post("/jobs", json={**GOOD, "job_id": "m"})
+    assert local.get("/jobs/m/metrics").get_json() == []
+    assert local.get("/jobs/m/metrics?after_step=-5").status_code == 422
+    assert local.get("/jobs/nope/metrics").status_code == 404

@@ -1,0 +1,58 @@
+"""A database created by the first release is upgraded in place, keeping its jobs."""
+
+from __future__ import annotations
+
+from sqlalchemy import create_engine, text
+
+from llm_train_api.domain import JobStatus
+from llm_train_api.migrations import LATEST_VERSION
+from llm_train_api.store import JobStore
+
+# The schema exactly as version 1 created it (frozen here on purpose).
+V1_DDL = [
+    """CREATE TABLE jobs (seq INTEGER PRIMARY KEY, id VARCHAR(128) NOT NULL UNIQUE,
+       model_name VARCHAR(256) NOT NULL, dataset VARCHAR(256) NOT NULL,
+       hyperparameters TEXT NOT NULL, request_hash VARCHAR(64) NOT NULL,
+       status VARCHAR(16) NOT NULL, previous_status VARCHAR(16), error_message TEXT,
+       created_us BIGINT NOT NULL, updated_us BIGINT NOT NULL, started_us BIGINT,
+       finished_us BIGINT, version INTEGER NOT NULL)""",
+    "CREATE INDEX ix_jobs_created ON jobs (created_us, seq)",
+    "CREATE INDEX ix_jobs_status_created ON jobs (status, created_us, seq)",
+    "CREATE INDEX ix_jobs_model_created ON jobs (model_name, created_us, seq)",
+    "CREATE INDEX ix_jobs_dataset_created ON jobs (dataset, created_us, seq)",
+    """CREATE TABLE job_events (seq INTEGER PRIMARY KEY, job_id VARCHAR(128) NOT NULL,
+       at_us BIGINT NOT NULL, kind VARCHAR(32) NOT NULL, from_status VARCHAR(16),
+       to_status VARCHAR(16), actor VARCHAR(128), message TEXT)""",
+    "CREATE INDEX ix_job_events_job ON job_events (job_id, seq)",
+    "CREATE TABLE schema_version (id INTEGER PRIMARY KEY, version INTEGER NOT NULL)",
+    "INSERT INTO schema_version VALUES (1, 1)",
+    """INSERT INTO jobs (id, model_name, dataset, hyperparameters, request_hash, status,
+       created_us, updated_us, version) VALUES ('old', 'gpt-mini', 'd', '{"lr": 0.1}',
+       'x', 'queued', 1700000000000000, 1700000000000000, 1)""",
+    """INSERT INTO job_events (job_id, at_us, kind, to_status)
+       VALUES ('old', 1700000000000000, 'created', 'queued')""",
+]
+
+
+def test_a_version_1_database_is_upgraded_and_keeps_its_jobs(tmp_path):
+    url = f"sqlite:///{tmp_path / 'v1.sqlite3'}"
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        for statement in V1_DDL:
+            conn.execute(text(statement))
+    engine.dispose()
+
+    store = JobStore.from_url(url)
+    assert store.ping() == LATEST_VERSION == 2
+    job = store.get_job("old")
+    assert job.hyperparameters == {"lr": 0.1} and job.status is JobStatus.QUEUED
+    assert (job.priority, job.attempts, job.max_attempts) == (0, 0, 3)
+    claimed = store.claim("w", 30)
+    assert claimed.id == "old" and claimed.attempts == 1
+    events, _ = store.job_events("old")
+    assert [(e.kind, e.attempt) for e in events] == [("created", None), ("claimed", 1)]
+    store.close()
+    # Opening it again is a no-op.
+    again = JobStore.from_url(url)
+    assert again.ping() == 2
+    again.close()
