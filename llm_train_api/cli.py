@@ -70,7 +70,7 @@ def worker(concurrency: int) -> None:
             data_dir=cfg["DATA_DIR"], concurrency=concurrency, lease_s=cfg["LEASE_S"],
             heartbeat_s=cfg["HEARTBEAT_S"], poll_s=cfg["POLL_S"],
             cancel_grace_s=cfg["CANCEL_GRACE_S"], trainer_threads=cfg["TRAINER_THREADS"],
-            gpus=gpus_from_env(os.environ.get("LLM_TRAIN_API_WORKER_GPUS")),
+            gpus=_worker_gpus(),
         ),
     )
 
@@ -83,6 +83,18 @@ def worker(concurrency: int) -> None:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     service.run()
+
+
+def _worker_gpus() -> list[int]:
+    """LLM_TRAIN_API_WORKER_GPUS ("0,1"; empty for none), else every GPU torch can see."""
+    configured = os.environ.get("LLM_TRAIN_API_WORKER_GPUS")
+    if configured is not None:
+        return gpus_from_env(configured)
+    try:
+        import torch
+    except ImportError:
+        return []
+    return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
 
 
 @main.command()
