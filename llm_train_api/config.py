@@ -50,7 +50,7 @@ class Settings:
     HEARTBEAT_S: float = 5.0
     POLL_S: float = 0.5
     # Worker: SIGTERM-to-SIGKILL grace for a cancelled job's process group.
-    CANCEL_GRACE_S: float = 1.0
+    CANCEL_GRACE_S: float = 0.5
     # Worker: torch CPU threads per trainer (0 = torch's default).
     TRAINER_THREADS: int = 0
     # Memory a job may use on any worker, in GiB; jobs whose estimate exceeds it are

@@ -783,7 +783,10 @@ class JobStore:
                        bindparam("ev_actor", type_=String), bindparam("ev_message", type_=Text),
                        changed.c.attempts),
             ).cte("event")
-            wrapped = select(*changed.c).add_cte(event)
+            columns = list(changed.c)
+            if kind == "created":  # wake idle workers now rather than at their next poll
+                columns.append(func.pg_notify(NOTIFY_CHANNEL, changed.c.id))
+            wrapped = select(*columns).add_cte(event)
             self._event_stmts[key] = wrapped
         return wrapped
 

@@ -3,8 +3,8 @@ shutdown.
 
 One thread (the main one) does all of it, ticking every `poll_s`: the database decides who
 runs what (claims and leases are conditional UPDATEs, see store.py), so a worker holds no
-state that another process needs. The loop wakes early on a PostgreSQL NOTIFY for cancels
-and deletes, and polls on SQLite; either way a cancelled trainer is gone within about
+state that another process needs. The loop wakes early on a PostgreSQL NOTIFY for new jobs,
+cancels and deletes, and polls on SQLite; either way a cancelled trainer is gone within about
 `poll_s + cancel_grace_s`.
 """
 
@@ -40,7 +40,7 @@ class WorkerConfig:
     lease_s: float = 30.0
     heartbeat_s: float = 5.0
     poll_s: float = 0.5
-    cancel_grace_s: float = 1.0
+    cancel_grace_s: float = 0.5
     shutdown_grace_s: float = 20.0
     trainer_threads: int = 0
     gpus: list[int] = field(default_factory=list)
