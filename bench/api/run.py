@@ -10,7 +10,7 @@ this shared machine hits both sides alike; ratios are always taken within one ru
     .venv/bin/python bench/api/run.py --quick         # smoke run (a few seconds per case)
     .venv/bin/python bench/api/run.py --db sqlite --servers bare   # harness self-test
 
-See docs/benchmarks-api.md for the results and the method.
+See docs/benchmarks.md for the results and the method.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 LUA = HERE / "lua"
 GUNICORN_CONF = HERE / "gunicorn_bench.conf.py"
-DOC = REPO / "docs" / "benchmarks-api.md"
+DOC = REPO / "docs" / "benchmarks.md"
 RESULTS_DIR = REPO / "bench" / "results"
 MLFLOW_VENV = REPO / "bench" / ".venv-mlflow"
 MLFLOW_VERSION = "3.17.2"  # newest 3.x whose mlflow-skinny is on the package index here
@@ -1135,7 +1135,7 @@ def parse_args(argv=None):
     p.add_argument(
         "--quick", action="store_true", help="smoke run: short cases, small data, no doc update"
     )
-    p.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks-api.md")
+    p.add_argument("--no-doc", action="store_true", help="do not rewrite docs/benchmarks.md")
     # (also: run.py --render bench/results/api-*.json re-renders the doc from a saved run)
     args = p.parse_args(argv)
     if args.quick:
@@ -1154,7 +1154,7 @@ def _interrupt(signum, frame):
 
 
 def render_saved(path: str) -> int:
-    """Re-render docs/benchmarks-api.md from a saved bench/results/api-*.json."""
+    """Re-render docs/benchmarks.md from a saved bench/results/api-*.json."""
     saved = json.loads(Path(path).read_text())
     args = argparse.Namespace(**saved["args"])
     text = render(saved["results"], args, saved["machine"])
