@@ -170,7 +170,7 @@ class LeanDumpSchema(Schema):
             if kind is fields.String:
                 expr = f"(None if {value} is None else str({value}))"
             elif kind is fields.Dict and field.key_field is None and field.value_field is None:
-                expr = f"(None if {value} is None else dict({value}))"
+                expr = value  # marshmallow copies the mapping; the encoder only reads it
             elif kind is fields.Enum and field.by_value and type(field.field) is fields.Raw:
                 expr = f"(None if {value} is None else {value}.value)"
             elif kind is UTCDateTime:

@@ -102,17 +102,4 @@ schema_version = Table(
     metadata,
     Column("id", Integer, primary_key=True),
     Column("version", Integer, nullable=False),
-    # --- v2: execution by workers
-    Column("priority", Integer, nullable=False, server_default=text("0")),
-    Column("max_attempts", Integer, nullable=False, server_default=text("3")),
-    # Runs started so far: a claim adds one, a graceful hand-back takes it back.
-    Column("attempts", Integer, nullable=False, server_default=text("0")),
-    Column("max_runtime_s", Integer),
-    Column("resources", Text),
-    Column("dataset_sha256", String(64)),
-    # The claim is a lease: the worker that holds it must renew it before it expires, or
-    # any worker's reaper hands the job back to the queue.
-    Column("lease_owner", String(128)),
-    Column("lease_expires_us", BigInteger),
-    Column("progress", Text),
 )

@@ -25,6 +25,15 @@ def _job(i: int) -> dict:
         "started_at": None,
         "finished_at": None,
         "error_message": None,
+        # The rest of the service's job representation, so both sides send the same bytes.
+        "priority": 0,
+        "attempts": 0,
+        "max_attempts": 3,
+        "max_runtime_seconds": None,
+        "resources": None,
+        "dataset_sha256": "4a74adf2bacd02693e8b3c8e820c13ebf3130e31c7e422f4dd4d805861b5fb87",
+        "progress": None,
+        "worker": None,
     }
 
 

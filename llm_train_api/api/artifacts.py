@@ -24,6 +24,7 @@ from .. import jobfiles
 from ..domain import Job, JobNotFound, is_valid_job_id
 from ..schemas import UTCDateTime
 from ..store import JobStore
+from ..training.datasets import is_inside
 from .base import ApiBlueprint, get_store
 
 blp = ApiBlueprint(
@@ -272,12 +273,6 @@ def _kind(name: str) -> str:
     return "other"
 
 
-def _inside(path: Path, root: Path) -> bool:
-    try:
-        path.relative_to(root)
-    except ValueError:
-        return False
-    return True
 
 
 def _artifact_path(folder: Path, name: str) -> Path | None:
@@ -289,7 +284,7 @@ def _artifact_path(folder: Path, name: str) -> Path | None:
         real = (folder / name).resolve(strict=True)
     except (OSError, RuntimeError):  # missing, or a symlink loop
         return None
-    if real == root or not _inside(real, root) or not real.is_file():
+    if real == root or not is_inside(real, root) or not real.is_file():
         return None
     return real
 

@@ -74,7 +74,7 @@ def _with_etag(job: Job, status: int = 200, headers: dict[str, str] | None = Non
 @blp.route("")
 class Jobs(MethodView):
     # Unknown query parameters are errors too: a typo like `?stauts=` must not list everything.
-    @blp.arguments(JobListQuerySchema, location="query", unknown=RAISE)
+    @blp.arguments(JobListQuerySchema(), location="query", unknown=RAISE)
     @blp.response(
         200,
         JobSchema(many=True),
@@ -101,8 +101,8 @@ class Jobs(MethodView):
             headers["Link"] = _next_link(encode_cursor(page.next_key))
         return page.jobs, 200, headers
 
-    @blp.arguments(CreateQuerySchema, location="query", unknown=RAISE)
-    @blp.arguments(JobCreateSchema)
+    @blp.arguments(CreateQuerySchema(), location="query", unknown=RAISE)
+    @blp.arguments(JobCreateSchema())
     @blp.response(
         201,
         JobSchema,
@@ -176,7 +176,7 @@ class JobResource(MethodView):
 
 @blp.route("/<job_id>/status")
 class JobStatusResource(MethodView):
-    @blp.arguments(StatusUpdateSchema)
+    @blp.arguments(StatusUpdateSchema())
     @blp.response(200, JobSchema, description="The job after the change; an unchanged job "
                   "when it already had this status.", headers=_ETAG_HEADER)
     @blp.error(404, "No such job.")
@@ -256,7 +256,7 @@ class JobCancel(MethodView):
 
 @blp.route("/<job_id>/events")
 class JobEvents(MethodView):
-    @blp.arguments(PageQuerySchema, location="query", unknown=RAISE)
+    @blp.arguments(PageQuerySchema(), location="query", unknown=RAISE)
     @blp.response(200, JobEventSchema(many=True), description="The job's timeline, oldest "
                   "first; more pages through the `Link: rel=\"next\"` header.")
     @blp.error(400, "Invalid cursor.")
@@ -274,7 +274,7 @@ class JobEvents(MethodView):
 
 @blp.route("/<job_id>/metrics")
 class JobMetrics(MethodView):
-    @blp.arguments(MetricsQuerySchema, location="query", unknown=RAISE)
+    @blp.arguments(MetricsQuerySchema(), location="query", unknown=RAISE)
     @blp.response(200, MetricPointSchema(many=True),
                   description="The loss curve, one point per logged step, ascending.")
     @blp.error(404, "No such job.")

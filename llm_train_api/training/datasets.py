@@ -65,7 +65,8 @@ def check_dataset_name(name: object) -> str:
     return name
 
 
-def _inside(path: Path, root: Path) -> bool:
+def is_inside(path: Path, root: Path) -> bool:
+    """Whether `path` (resolved by the caller) lies within `root`."""
     try:
         path.relative_to(root)
     except ValueError:
@@ -89,7 +90,7 @@ def resolve_dataset(name: object, data_dir: str | os.PathLike[str] | None = None
         if not (path.is_file() or path.is_dir()):
             continue
         real = path.resolve()
-        if not _inside(real, root):
+        if not is_inside(real, root):
             raise DatasetError(f"Dataset {name!r} points outside the datasets folder.")
         if real.is_dir() or real.suffix in DATASET_SUFFIXES:
             source_files(real, root)  # validates the folder's entries as well
@@ -116,7 +117,7 @@ def source_files(path: Path, root: Path | None = None) -> list[Path]:
             raise DatasetError(f"Dataset folder {path.name!r} holds no .txt or .jsonl files.")
     if root is not None:
         for file in files:
-            if not _inside(file.resolve(), root):
+            if not is_inside(file.resolve(), root):
                 raise DatasetError(
                     f"Dataset file {file.name!r} points outside the datasets folder."
                 )
