@@ -16,7 +16,9 @@ import requests
 
 from .servers import REPO_ROOT
 
-FAST = {"LLM_TRAIN_API_LEASE_S": "4", "LLM_TRAIN_API_HEARTBEAT_S": "1",
+# Short enough for the kill -9 test to wait out, long enough that a busy 2-core CI machine
+# never lets a live worker's lease lapse.
+FAST = {"LLM_TRAIN_API_LEASE_S": "8", "LLM_TRAIN_API_HEARTBEAT_S": "1",
         "LLM_TRAIN_API_POLL_S": "0.2", "LLM_TRAIN_API_TRAINER_THREADS": "1",
         "LLM_TRAIN_API_CANCEL_GRACE_S": "0.5"}
 TINY = {"batch_size": 4, "block_size": 32, "epochs": 1000, "log_interval": 1,
@@ -173,6 +175,20 @@ def test_kill_9_of_a_worker_requeues_and_resumes_from_the_checkpoint(service):
     starts = [json.loads(line.split(" ", 1)[1]) for line in log.splitlines()
               if line.startswith('@@llm_train_api {"event":"start"')]
     assert not starts[0]["resumed_from_step"] and starts[-1]["resumed_from_step"] >= 5
+
+
+def test_a_trainer_killed_from_outside_is_retried(service):
+    service.start_worker()
+    submit(service, "oom", max_steps=150, checkpoint_interval=5)
+    job = wait_for(lambda: (j := get(service, "oom"))["progress"]
+                   and (j["progress"].get("last_checkpoint_step") or 0) >= 5 and j,
+                   120, "a checkpoint")
+    os.kill(job["progress"]["pid"], signal.SIGKILL)  # as the OOM killer would
+    done = wait_status(service, "oom", {"succeeded", "failed"}, timeout=180)
+    assert done["status"] == "succeeded", done["error_message"]
+    assert done["attempts"] == 2
+    requeue = [e for e in events(service, "oom") if e["kind"] == "requeued"]
+    assert len(requeue) == 1 and "killed by SIGKILL" in requeue[0]["message"]
 
 
 def test_three_workers_run_each_of_twenty_jobs_exactly_once(service):
