@@ -66,12 +66,7 @@ def worker(concurrency: int) -> None:
                                "there is nothing for a worker to run.")
     service = Worker(
         app.extensions["llm_train_api.store"],
-        WorkerConfig(
-            data_dir=cfg["DATA_DIR"], concurrency=concurrency, lease_s=cfg["LEASE_S"],
-            heartbeat_s=cfg["HEARTBEAT_S"], poll_s=cfg["POLL_S"],
-            cancel_grace_s=cfg["CANCEL_GRACE_S"], trainer_threads=cfg["TRAINER_THREADS"],
-            gpus=_worker_gpus(),
-        ),
+        WorkerConfig.from_app_config(cfg, concurrency=concurrency, gpus=_worker_gpus()),
     )
 
     def on_signal(signum: int, _frame: object) -> None:

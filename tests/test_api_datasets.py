@@ -9,16 +9,7 @@ import os
 import pytest
 import requests
 
-from llm_train_api import create_app
 from llm_train_api.training.datasets import resolve_dataset
-
-
-@pytest.fixture
-def app(tmp_path):
-    # EXECUTOR=none: jobs on made-up datasets stay creatable whatever POST /jobs validates.
-    app = create_app({"INSTANCE_PATH": str(tmp_path / "instance"), "EXECUTOR": "none"})
-    yield app
-    app.extensions["llm_train_api.store"].close()
 
 
 @pytest.fixture

@@ -96,6 +96,13 @@ def wait_status(server, job_id, statuses, timeout=120.0) -> dict:
                     timeout, f"{job_id} to reach {statuses}")
 
 
+def wait_progress(server, job_id: str, key: str, minimum: int) -> dict:
+    """Wait until the running job's progress[key] reaches `minimum`; return the job."""
+    return wait_for(lambda: (j := get(server, job_id))["progress"]
+                    and (j["progress"].get(key) or 0) >= minimum and j,
+                    120, f"{job_id}: progress {key} >= {minimum}")
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -133,8 +140,7 @@ def test_a_job_trains_to_success(service):
 def test_cancel_kills_the_trainer_process(service):
     service.start_worker()
     submit(service, "long", max_steps=100_000)
-    job = wait_for(lambda: (j := get(service, "long"))["progress"]
-                   and j["progress"].get("step", 0) > 2 and j, 120, "training to start")
+    job = wait_progress(service, "long", "step", 3)
     pid = job["progress"]["pid"]
     assert alive(pid)
     t0 = time.monotonic()
@@ -149,8 +155,7 @@ def test_cancel_kills_the_trainer_process(service):
 def test_deleting_a_running_job_kills_its_trainer(service):
     service.start_worker()
     submit(service, "doomed", max_steps=100_000)
-    job = wait_for(lambda: (j := get(service, "doomed"))["progress"]
-                   and j["progress"].get("step", 0) > 2 and j, 120, "training to start")
+    job = wait_progress(service, "doomed", "step", 3)
     pid = job["progress"]["pid"]
     assert requests.delete(f"{service.url}/jobs/doomed", timeout=10).status_code == 204
     wait_for(lambda: not alive(pid), 5, "the trainer to die")
@@ -159,9 +164,7 @@ def test_deleting_a_running_job_kills_its_trainer(service):
 def test_kill_9_of_a_worker_requeues_and_resumes_from_the_checkpoint(service):
     first = service.start_worker()
     submit(service, "phoenix", max_steps=400, checkpoint_interval=5)
-    job = wait_for(lambda: (j := get(service, "phoenix"))["progress"]
-                   and (j["progress"].get("last_checkpoint_step") or 0) >= 5 and j,
-                   120, "a checkpoint")
+    job = wait_progress(service, "phoenix", "last_checkpoint_step", 5)
     trainer = job["progress"]["pid"]
     first.stop(signal.SIGKILL)
     wait_for(lambda: not alive(trainer), 5, "the orphaned trainer to die with its worker")
@@ -180,9 +183,7 @@ def test_kill_9_of_a_worker_requeues_and_resumes_from_the_checkpoint(service):
 def test_a_trainer_killed_from_outside_is_retried(service):
     service.start_worker()
     submit(service, "oom", max_steps=150, checkpoint_interval=5)
-    job = wait_for(lambda: (j := get(service, "oom"))["progress"]
-                   and (j["progress"].get("last_checkpoint_step") or 0) >= 5 and j,
-                   120, "a checkpoint")
+    job = wait_progress(service, "oom", "last_checkpoint_step", 5)
     os.kill(job["progress"]["pid"], signal.SIGKILL)  # as the OOM killer would
     done = wait_status(service, "oom", {"succeeded", "failed"}, timeout=180)
     assert done["status"] == "succeeded", done["error_message"]
@@ -232,8 +233,7 @@ def test_deadline_exceeded_fails_the_job(service):
 def test_graceful_worker_shutdown_hands_the_job_back_without_spending_an_attempt(service):
     worker = service.start_worker()
     submit(service, "handback", max_steps=300, checkpoint_interval=5)
-    wait_for(lambda: (j := get(service, "handback"))["progress"]
-             and (j["progress"].get("step") or 0) > 5 and j, 120, "training")
+    wait_progress(service, "handback", "step", 6)
     assert worker.stop(signal.SIGTERM) == 0
     job = get(service, "handback")
     assert job["status"] == "queued" and job["attempts"] == 0

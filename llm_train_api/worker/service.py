@@ -17,7 +17,9 @@ import socket
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..admission import dataset_sha256
 from ..domain import Job, JobStatus
@@ -44,6 +46,15 @@ class WorkerConfig:
     shutdown_grace_s: float = 20.0
     trainer_threads: int = 0
     gpus: list[int] = field(default_factory=list)
+
+    @classmethod
+    def from_app_config(cls, config: Mapping[str, Any], *, concurrency: int,
+                        gpus: list[int]) -> WorkerConfig:
+        """The worker's settings from the same LLM_TRAIN_API_* values the service reads."""
+        return cls(data_dir=config["DATA_DIR"], concurrency=concurrency,
+                   lease_s=config["LEASE_S"], heartbeat_s=config["HEARTBEAT_S"],
+                   poll_s=config["POLL_S"], cancel_grace_s=config["CANCEL_GRACE_S"],
+                   trainer_threads=config["TRAINER_THREADS"], gpus=gpus)
 
 
 @dataclass
