@@ -8,19 +8,26 @@ STAMP := $(VENV)/.installed
 # extra itself only asks for a range, so GPU hosts keep their own CUDA build.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: run test lint bench bench-api bench-trainer clean
+.PHONY: run test browser lint bench bench-api bench-trainer clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q $(TORCH_PIN)
-	$(BIN)/python -m pip install -q -e '.[dev,postgres,train]'
+	$(BIN)/python -m pip install -q -e '.[dev,postgres,train,ray,metrics]'
 	touch $(STAMP)
 
 # The API (gunicorn) and one worker, on the SQLite default; Ctrl-C stops both.
 run: $(STAMP)
 	$(BIN)/llm-train-api up
 
-test: $(STAMP)
+# The dashboard's browser tests drive Debian's chromium through chromedriver; CI runs as
+# root on Debian, so a missing browser is installed here rather than skipped.
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  apt-get install -y -q chromium chromium-driver >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null; }; }
+
+test: $(STAMP) browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
