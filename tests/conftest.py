@@ -5,6 +5,7 @@ gunicorn processes. Tests that need PostgreSQL fail loudly when it is unreachabl
 from __future__ import annotations
 
 import os
+import signal
 import uuid
 from collections.abc import Iterator
 from urllib.parse import quote
@@ -16,7 +17,7 @@ from sqlalchemy.exc import OperationalError
 from llm_train_api import create_app
 from llm_train_api.store import JobStore
 
-from .servers import GunicornServer
+from .servers import FAST, GunicornServer, WorkerProcess
 
 PG_SERVER_URL = os.environ.get(
     "LLM_TRAIN_API_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -100,3 +101,27 @@ def gunicorn_factory(tmp_path) -> Iterator:
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def service(request, tmp_path, gunicorn_factory):
+    """A gunicorn API with the built-in executor, and a factory of worker processes."""
+    if request.param == "sqlite":
+        db = f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
+    else:
+        db = request.getfixturevalue("pg_url")
+    env = {"LLM_TRAIN_API_DATABASE_URL": db, "LLM_TRAIN_API_EXECUTOR": "local",
+           "LLM_TRAIN_API_INSTANCE_PATH": str(tmp_path / "instance"), **FAST}
+    server = gunicorn_factory(workers=2, env=env)
+    workers: list[WorkerProcess] = []
+
+    def start_worker(**extra: str) -> WorkerProcess:
+        w = WorkerProcess({**env, **extra}, tmp_path / f"worker-{len(workers)}.log")
+        workers.append(w)
+        return w
+
+    server.start_worker = start_worker
+    server.data_dir = tmp_path / "instance" / "data"
+    yield server
+    for w in workers:
+        w.stop(signal.SIGKILL)

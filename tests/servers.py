@@ -29,6 +29,10 @@ class GunicornServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen[bytes] | None = None
+        # The API token tests use for this server (None while auth is off), and a session
+        # that sends it: live tests make their requests through `http`.
+        self.token: str | None = None
+        self.http = requests.Session()
 
     def start(self, timeout: float = 30.0) -> None:
         gunicorn = Path(sys.executable).with_name("gunicorn")
@@ -70,3 +74,32 @@ class GunicornServer:
                 self.proc.wait(timeout=10)
         if getattr(self, "_log", None):
             self._log.close()
+
+
+# Short enough for the kill -9 test to wait out, long enough that a busy 2-core CI machine
+# never lets a live worker's lease lapse.
+FAST = {"LLM_TRAIN_API_LEASE_S": "8", "LLM_TRAIN_API_HEARTBEAT_S": "1",
+        "LLM_TRAIN_API_POLL_S": "0.2", "LLM_TRAIN_API_TRAINER_THREADS": "1",
+        "LLM_TRAIN_API_CANCEL_GRACE_S": "0.5"}
+TINY = {"batch_size": 4, "block_size": 32, "epochs": 1000, "log_interval": 1,
+        "eval_interval": 0, "eval_steps": 2, "learning_rate": 0.003}
+
+
+class WorkerProcess:
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self._out = open(log, "ab")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "llm_train_api.cli", "worker"], cwd=REPO_ROOT,
+            env={**os.environ, **env}, stdout=self._out, stderr=subprocess.STDOUT)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._out.close()
+        return self.proc.returncode

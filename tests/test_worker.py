@@ -6,67 +6,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
-import pytest
 import requests
 
-from .servers import REPO_ROOT
-
-# Short enough for the kill -9 test to wait out, long enough that a busy 2-core CI machine
-# never lets a live worker's lease lapse.
-FAST = {"LLM_TRAIN_API_LEASE_S": "8", "LLM_TRAIN_API_HEARTBEAT_S": "1",
-        "LLM_TRAIN_API_POLL_S": "0.2", "LLM_TRAIN_API_TRAINER_THREADS": "1",
-        "LLM_TRAIN_API_CANCEL_GRACE_S": "0.5"}
-TINY = {"batch_size": 4, "block_size": 32, "epochs": 1000, "log_interval": 1,
-        "eval_interval": 0, "eval_steps": 2, "learning_rate": 0.003}
-
-
-class WorkerProcess:
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.log = log
-        self._out = open(log, "ab")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "llm_train_api.cli", "worker"], cwd=REPO_ROOT,
-            env={**os.environ, **env}, stdout=self._out, stderr=subprocess.STDOUT)
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._out.close()
-        return self.proc.returncode
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def service(request, tmp_path, gunicorn_factory):
-    """A gunicorn API with the built-in executor, and a factory of worker processes."""
-    if request.param == "sqlite":
-        db = f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
-    else:
-        db = request.getfixturevalue("pg_url")
-    env = {"LLM_TRAIN_API_DATABASE_URL": db, "LLM_TRAIN_API_EXECUTOR": "local",
-           "LLM_TRAIN_API_INSTANCE_PATH": str(tmp_path / "instance"), **FAST}
-    server = gunicorn_factory(workers=2, env=env)
-    workers: list[WorkerProcess] = []
-
-    def start_worker(**extra: str) -> WorkerProcess:
-        w = WorkerProcess({**env, **extra}, tmp_path / f"worker-{len(workers)}.log")
-        workers.append(w)
-        return w
-
-    server.start_worker = start_worker
-    server.data_dir = tmp_path / "instance" / "data"
-    yield server
-    for w in workers:
-        w.stop(signal.SIGKILL)
+from .servers import TINY
 
 
 def submit(server, job_id: str, **hp) -> dict:
