@@ -60,6 +60,24 @@ class Settings:
     TRUSTED_PROXIES: int = 0
     LOG_LEVEL: str = "INFO"
 
+    # --- security (issue 5) ---
+    # "required": every API call needs `Authorization: Bearer <token>`. "disabled": anyone
+    # who reaches the port is an admin; for experiments on loopback only.
+    AUTH: str = "required"
+    # A token that may read /metrics (Prometheus scrapes) and nothing else. Empty = admins only.
+    METRICS_TOKEN: str = ""
+    # Comma-separated origins allowed to call the API from a browser. Empty = CORS off.
+    CORS_ORIGINS: str = ""
+    # Per-user caps: queued jobs (429 at creation), running jobs (enforced by the claim),
+    # datasets (429 at upload). 0 = no cap.
+    MAX_QUEUED_PER_USER: int = 100
+    MAX_RUNNING_PER_USER: int = 0
+    MAX_DATASETS_PER_USER: int = 100
+
+    # --- executors (issue 6): new settings go in this block ---
+
+    # --- people-facing tools (issue 7): new settings go in this block ---
+
     @classmethod
     def load(
         cls, environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
@@ -80,6 +98,8 @@ class Settings:
     def validate(self) -> None:
         if self.EXECUTOR not in ("local", "none"):
             raise ConfigError(f"{PREFIX}EXECUTOR must be 'local' or 'none', got {self.EXECUTOR!r}")
+        if self.AUTH not in ("required", "disabled"):
+            raise ConfigError(f"{PREFIX}AUTH must be 'required' or 'disabled', got {self.AUTH!r}")
         if self.DURABILITY not in ("full", "relaxed"):
             raise ConfigError(
                 f"{PREFIX}DURABILITY must be 'full' or 'relaxed', got {self.DURABILITY!r}"
@@ -92,6 +112,9 @@ class Settings:
             raise ConfigError("LEASE_S, HEARTBEAT_S, POLL_S and LOG_FOLLOW_MAX_S must be > 0")
         if self.HEARTBEAT_S * 2 > self.LEASE_S:
             raise ConfigError(f"{PREFIX}HEARTBEAT_S must be at most half of {PREFIX}LEASE_S")
+        if min(self.MAX_QUEUED_PER_USER, self.MAX_RUNNING_PER_USER,
+               self.MAX_DATASETS_PER_USER) < 0:
+            raise ConfigError("the per-user caps must be 0 (no cap) or positive")
         if self.TRUSTED_PROXIES < 0 or self.DB_BUSY_TIMEOUT_S < 0:
             raise ConfigError("negative values are not allowed")
 
