@@ -3,10 +3,10 @@
 Import rules (the API process must stay small):
 
 * torch-free and numpy-free: :mod:`.catalog`, :mod:`.hyperparams`, :mod:`.datasets`,
-  :mod:`.spec`, :mod:`.events`, :mod:`.storage`, :mod:`.tinytext`. The API and the worker
-  validate and launch jobs with these.
+  :mod:`.spec`, :mod:`.events`, :mod:`.storage`, :mod:`.tinytext`, :mod:`.launch` (the
+  DDP launcher's supervisor). The API and the worker validate and launch jobs with these.
 * need torch/numpy (the ``train`` extra): :mod:`.model`, :mod:`.data`, :mod:`.checkpoint`,
-  :mod:`.trainer`, :mod:`.sample`, and the CLI in :mod:`.__main__`.
+  :mod:`.distributed`, :mod:`.trainer`, :mod:`.sample`, and the CLI in :mod:`.__main__`.
 
 This ``__init__`` therefore imports nothing heavy; it only re-exports the exit codes so a
 worker can interpret the subprocess's return code without importing torch.
@@ -16,6 +16,9 @@ Run contract (details in :mod:`llm_train_api.training.__main__`)::
     python -m llm_train_api.training run --job-dir DIR [--spec spec.json]
     python -m llm_train_api.training sample --checkpoint DIR/ckpt_best.pt --prompt "..."
     python -m llm_train_api.training models
+
+With ``processes > 1`` the worker runs ``run_command(job_dir, processes=N)`` instead: the
+same ``run`` under torchrun, under :mod:`.launch`, with the same contract.
 """
 
 from llm_train_api.training.events import (

@@ -17,7 +17,8 @@ used, so rerunning the bare command resumes a preempted job. ``data_dir`` falls 
 fsspec URL.
 
 stdout carries the protocol of :mod:`llm_train_api.training.events` (lines starting with
-``@@llm_train_api ``) interleaved with human log lines. Exit codes: 0 succeeded,
+``@@llm_train_api ``) interleaved with human log lines. Under torchrun (``RANK`` set) only
+rank 0 prints; other ranks print only their errors, prefixed ``[rank N] ``. Exit codes: 0 succeeded,
 1 training error, 2 bad spec/usage, 75 preempted by SIGTERM/SIGINT (checkpoint saved;
 run again to resume).
 """
@@ -26,12 +27,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import threading
 from typing import Any, NoReturn
 
-from llm_train_api.training.events import EXIT_OK, EXIT_USAGE, EventWriter, report_failure
+from llm_train_api.training.events import (
+    EXIT_OK,
+    EXIT_USAGE,
+    EventWriter,
+    rank_prefix,
+    report_failure,
+)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -127,7 +135,12 @@ def _run(args: argparse.Namespace) -> int:
     from llm_train_api.training.hyperparams import HyperparameterError
     from llm_train_api.training.spec import SpecError, validate_spec
 
-    events = EventWriter()
+    rank = int(os.environ.get("RANK", "0") or 0)
+    if "TORCHELASTIC_RUN_ID" in os.environ:  # a torchrun rank
+        from llm_train_api.training.launch import die_with_parent
+
+        die_with_parent()
+    events = EventWriter(prefix=rank_prefix(rank) if rank else None)
     stop = threading.Event()
 
     def on_signal(signum: int, frame: object) -> None:

@@ -259,6 +259,13 @@ class BatchSampler:
     Sampling is with replacement, as in nanoGPT; an "epoch" is a token budget, not a
     permutation. Gathering is one vectorised index into the memory-mapped array, so no
     Python loop runs per sequence.
+
+    DDP: ``batch_size`` is the global batch. Every rank draws the same window starts from
+    ``(seed, step)`` and gathers only its own contiguous slice of each micro-batch (rank
+    ``r`` of ``world_size`` takes rows ``r*b .. (r+1)*b`` with ``b = batch_size /
+    world_size``), so the ranks' shards are disjoint, need no communication, and together
+    are exactly the single-process batch: the averaged gradient, and so the loss curve,
+    match a one-process run up to float reduction order.
     """
 
     def __init__(
@@ -270,7 +277,12 @@ class BatchSampler:
         val_fraction: float,
         device: torch.device | str = "cpu",
         accumulation_steps: int = 1,
+        rank: int = 0,
+        world_size: int = 1,
     ) -> None:
+        if batch_size % world_size or not 0 <= rank < world_size:
+            raise ValueError(f"cannot split batch_size {batch_size} over {world_size} ranks "
+                             f"as rank {rank}")
         data = torch.from_numpy(tokens)
         n_val = int(len(data) * val_fraction)
         n_train = len(data) - n_val
@@ -283,6 +295,8 @@ class BatchSampler:
         self.train, self.val = data[:n_train], data[n_train:]
         self.block_size, self.batch_size = block_size, batch_size
         self.accumulation_steps = accumulation_steps
+        self.rank, self.world_size = rank, world_size
+        self.local_batch_size = batch_size // world_size
         self.seed = seed
         self.device = torch.device(device)
         self._offsets = torch.arange(block_size + 1)
@@ -295,9 +309,15 @@ class BatchSampler:
     def n_val(self) -> int:
         return len(self.val)
 
-    def _gather(self, data: torch.Tensor, rows: int, generator_seed: int):
+    def _gather(self, data: torch.Tensor, groups: int, generator_seed: int):
+        """``groups`` micro-batches of this rank's rows: (groups * local_batch, block)."""
         g = torch.Generator().manual_seed(generator_seed)
-        starts = torch.randint(0, len(data) - self.block_size, (rows,), generator=g)
+        starts = torch.randint(0, len(data) - self.block_size, (groups * self.batch_size,),
+                               generator=g)
+        if self.world_size > 1:
+            lo = self.rank * self.local_batch_size
+            starts = starts.view(groups, self.batch_size)[:, lo:lo + self.local_batch_size]
+            starts = starts.reshape(-1)
         window = data[starts[:, None] + self._offsets].long()
         x, y = window[:, :-1].contiguous(), window[:, 1:].contiguous()
         if self.device.type == "cuda":
@@ -306,13 +326,13 @@ class BatchSampler:
         return x, y
 
     def train_batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Inputs/targets for optimizer step ``step``: shape (accum, batch, block)."""
-        x, y = self._gather(self.train, self.accumulation_steps * self.batch_size,
-                            self.seed * 1_000_003 + step)
-        shape = (self.accumulation_steps, self.batch_size, self.block_size)
+        """Inputs/targets for optimizer step ``step``: shape (accum, local batch, block)."""
+        x, y = self._gather(self.train, self.accumulation_steps, self.seed * 1_000_003 + step)
+        shape = (self.accumulation_steps, self.local_batch_size, self.block_size)
         return x.view(shape), y.view(shape)
 
     def val_batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The ``index``-th validation batch; identical at every evaluation."""
-        return self._gather(self.val, self.batch_size, _VAL_STREAM + self.seed * 1_000_003 + index)
+        """This rank's rows of the ``index``-th validation batch; identical at every
+        evaluation."""
+        return self._gather(self.val, 1, _VAL_STREAM + self.seed * 1_000_003 + index)
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -93,11 +94,35 @@ def parse_line(line: str | bytes) -> dict[str, Any] | None:
     return payload
 
 
+def rank_prefix(rank: int) -> str:
+    """What a non-zero DDP rank puts before the lines it prints (see :class:`EventWriter`)."""
+    return f"[rank {rank}] "
+
+
+_RANK_LINE = re.compile(r"^\[rank (\d+)\] ")
+
+
+def parse_rank_line(line: str | bytes) -> tuple[int, dict[str, Any]] | None:
+    """``(rank, event)`` for a protocol line printed by a non-zero rank, else ``None``.
+
+    Only the DDP launcher reads these: to everything else they are log lines.
+    """
+    if isinstance(line, bytes):
+        line = line.decode("utf-8", errors="replace")
+    match = _RANK_LINE.match(line)
+    if match is None:
+        return None
+    event = parse_line(line[match.end():])
+    return None if event is None else (int(match.group(1)), event)
+
+
 class EventWriter:
     """Writes protocol lines and human log lines to one stream (stdout by default).
 
-    Only the rank-0 process should own an active writer once DDP arrives; other ranks get
-    ``enabled=False`` so IO decisions live here, not scattered through the loop.
+    Under DDP rank 0 owns an ordinary writer; every other rank gets ``prefix`` (see
+    :func:`rank_prefix`) and then prints nothing but its ``error`` events, prefixed so that
+    no executor mistakes them for the job's own protocol: the launcher picks them up to
+    report the rank that failed first. ``enabled=False`` silences a writer entirely.
     """
 
     def __init__(
@@ -105,10 +130,12 @@ class EventWriter:
         stream: IO[str] | None = None,
         enabled: bool = True,
         listener: Callable[[dict[str, Any]], None] | None = None,
+        prefix: str | None = None,
     ) -> None:
         self._stream = stream
         self.enabled = enabled
         self._listener = listener
+        self.prefix = prefix
 
     @property
     def stream(self) -> IO[str]:
@@ -120,12 +147,17 @@ class EventWriter:
             parsed = parse_line(line)
             assert parsed is not None
             self._listener(parsed)
-        if self.enabled:
-            self.stream.write(line + "\n")
-            self.stream.flush()
+        if not self.enabled:
+            return
+        if self.prefix is not None:
+            if event != "error":
+                return
+            line = self.prefix + line
+        self.stream.write(line + "\n")
+        self.stream.flush()
 
     def log(self, message: str) -> None:
-        if self.enabled:
+        if self.enabled and self.prefix is None:
             self.stream.write(message + "\n")
             self.stream.flush()
 

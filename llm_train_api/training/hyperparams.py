@@ -72,7 +72,9 @@ SCHEMA: tuple[Param, ...] = (
           minimum=0.0, maximum=1.0, exclusive_minimum=True),
     Param("epochs", "int", 1, "Passes over the training tokens; max_steps may cap the run.",
           minimum=1, maximum=10000),
-    Param("batch_size", "int", 8, "Sequences per micro-batch (memory scales with it).",
+    Param("batch_size", "int", 8,
+          "Sequences per micro-batch, all processes together: with resources.processes = N "
+          "each trains on batch_size / N (N must divide it); memory scales with that.",
           minimum=1, maximum=4096),
     Param("block_size", "int", 256, "Context length in bytes; at most the model's maximum.",
           minimum=8, maximum=_MAX_BLOCK),

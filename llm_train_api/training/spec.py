@@ -1,6 +1,8 @@
 """The job spec the worker hands the trainer, and its torch-free validation.
 
-``spec.json`` is ``{"job_id", "model_name", "dataset", "hyperparameters", "data_dir"}``.
+``spec.json`` is ``{"job_id", "model_name", "dataset", "hyperparameters", "data_dir",
+"processes"}``; ``processes`` (data-parallel ranks, default 1) may be absent, as in spec files
+written before DDP existed.
 :func:`validate_spec` checks everything that can be checked without torch (model name,
 hyperparameters, dataset name and existence), so the CLI refuses a bad job in a fraction
 of a second, before importing torch, and the API can run the very same checks.
@@ -20,7 +22,8 @@ from llm_train_api.training.catalog import get_model_spec
 from llm_train_api.training.datasets import default_data_dir, resolve_dataset
 from llm_train_api.training.hyperparams import validate_hyperparameters
 
-SPEC_FIELDS = ("job_id", "model_name", "dataset", "hyperparameters", "data_dir")
+SPEC_FIELDS = ("job_id", "model_name", "dataset", "hyperparameters", "data_dir", "processes")
+MAX_PROCESSES = 64
 
 
 class SpecError(ValueError):
@@ -36,6 +39,9 @@ class RunSpec:
     hyperparameters: dict[str, Any] = field(default_factory=dict)
     data_dir: str | None = None
     job_id: str | None = None
+    #: Data-parallel ranks on this node. Above 1 the job runs under torchrun (see
+    #: :func:`run_command`); ``hyperparameters["batch_size"]`` stays the global batch.
+    processes: int = 1
 
     @classmethod
     def from_dict(cls, data: Any) -> RunSpec:
@@ -53,12 +59,35 @@ class RunSpec:
         data_dir, job_id = data.get("data_dir"), data.get("job_id")
         if data_dir is not None and not isinstance(data_dir, str):
             raise SpecError("'data_dir' must be a string.")
+        processes = data.get("processes", 1)
+        if processes is None:
+            processes = 1
         return cls(data["model_name"], data["dataset"], dict(hp), data_dir,
-                   None if job_id is None else str(job_id))
+                   None if job_id is None else str(job_id), check_processes(processes))
 
     def to_dict(self) -> dict[str, Any]:
         return {"job_id": self.job_id, "model_name": self.model_name, "dataset": self.dataset,
-                "hyperparameters": self.hyperparameters, "data_dir": self.data_dir}
+                "hyperparameters": self.hyperparameters, "data_dir": self.data_dir,
+                "processes": self.processes}
+
+
+def check_processes(value: Any) -> int:
+    """``value`` as a rank count, or :class:`SpecError` (bools are a client bug, not 1)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError("'processes' must be an integer.")
+    if not 1 <= value <= MAX_PROCESSES:
+        raise SpecError(f"'processes' must be between 1 and {MAX_PROCESSES}, not {value}.")
+    return value
+
+
+def default_processes(resources: Mapping[str, Any] | None) -> int:
+    """Ranks for a job's ``resources``: ``processes`` if given, else one per GPU when it
+    asks for several (a multi-GPU job that used one GPU would waste the rest), else 1."""
+    resources = resources or {}
+    if resources.get("processes") is not None:
+        return int(resources["processes"])
+    gpus = int(resources.get("gpus") or 0)
+    return gpus if gpus > 1 else 1
 
 
 def validate_spec(data: RunSpec | Mapping[str, Any]) -> tuple[RunSpec, dict[str, Any], Path]:
@@ -68,24 +97,64 @@ def validate_spec(data: RunSpec | Mapping[str, Any]) -> tuple[RunSpec, dict[str,
     :class:`~.hyperparams.HyperparameterError` or :class:`~.datasets.DatasetError`.
     """
     spec = data if isinstance(data, RunSpec) else RunSpec.from_dict(data)
+    check_processes(spec.processes)
     get_model_spec(spec.model_name)
     hp = validate_hyperparameters(spec.hyperparameters, spec.model_name)
+    check_global_batch(hp["batch_size"], spec.processes)
     path = resolve_dataset(spec.dataset, default_data_dir(spec.data_dir))
     return spec, hp, path
+
+
+def check_global_batch(batch_size: int, processes: int) -> int:
+    """Per-rank batch for a global ``batch_size`` split over ``processes`` ranks.
+
+    ``batch_size`` means the same thing at any rank count (sequences per micro-step, all
+    ranks together), so a loss curve is comparable across 1 and N processes; an uneven
+    split would weight ranks differently in the gradient average, so it is refused.
+    """
+    if batch_size % processes:
+        raise SpecError(
+            f"batch_size {batch_size} is the global batch and must be divisible by the "
+            f"{processes} processes (each rank trains on batch_size / processes sequences); "
+            f"use a multiple of {processes}."
+        )
+    return batch_size // processes
 
 
 def run_command(
     job_dir: str | os.PathLike[str],
     spec_file: str | os.PathLike[str] | None = None,
     python: str | None = None,
+    processes: int = 1,
 ) -> list[str]:
     """argv the worker should execute for a job (``spec_file`` defaults to
-    ``JOB_DIR/spec.json``, which the worker may write with :func:`write_spec`)."""
+    ``JOB_DIR/spec.json``, which the worker may write with :func:`write_spec`).
+
+    With ``processes > 1`` the trainer runs under torchrun (:func:`torchrun_command`),
+    itself under :mod:`llm_train_api.training.launch`, which keeps the single-process
+    contract that executors rely on: exit 75 when preempted (torchrun alone exits 1), one
+    ``error`` + ``done`` pair naming the rank that failed first, SIGTERM forwarded once,
+    and no rank outliving a SIGKILLed launcher.
+    """
     argv = [python or sys.executable, "-m", "llm_train_api.training", "run",
             "--job-dir", os.fspath(job_dir)]
     if spec_file is not None:
         argv += ["--spec", os.fspath(spec_file)]
-    return argv
+    processes = check_processes(processes)
+    if processes == 1:
+        return argv
+    return [python or sys.executable, "-m", "llm_train_api.training.launch", "--",
+            *torchrun_command(argv, processes)]
+
+
+def torchrun_command(trainer_argv: list[str], processes: int) -> list[str]:
+    """``trainer_argv`` (``python -m llm_train_api.training run ...``) as a one-node
+    torchrun launch of ``processes`` ranks; ``--standalone`` picks a free rendezvous port,
+    so jobs on one host never collide."""
+    python, dash_m, module, *rest = trainer_argv
+    assert dash_m == "-m", trainer_argv
+    return [python, "-m", "torch.distributed.run", "--standalone",
+            "--nproc-per-node", str(processes), "-m", module, *rest]
 
 
 def write_spec(job_dir: str | os.PathLike[str], spec: RunSpec | Mapping[str, Any]) -> Path:

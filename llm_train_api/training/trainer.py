@@ -12,8 +12,16 @@ cut back to the checkpoint's step first, so it never holds steps twice.
 Stopping: setting ``stop`` (the CLI does it on SIGTERM/SIGINT) ends the run after the
 current optimizer step with a checkpoint saved, outcome ``preempted``, exit code 75.
 
-Only this module and :mod:`.storage` touch the job folder; with DDP only rank 0 would
-get a real :class:`~.storage.JobStorage` and an enabled :class:`~.events.EventWriter`.
+Only this module and :mod:`.storage` touch the job folder.
+
+DDP (under torchrun, see :mod:`.distributed` and :mod:`.launch`): ``batch_size`` is the
+global batch, split evenly over the ranks, and each rank trains on its own slice of the
+very batch a single process would draw, so the loss curve matches a one-process run at the
+same ``batch_size``. Gradients are averaged by DistributedDataParallel (once per optimizer
+step: ``no_sync`` on the other micro-steps), the logged train and validation losses are
+averaged over the ranks, and only rank 0 writes the job folder (spec, metrics,
+checkpoints) and the protocol. Checkpoints hold rank 0's model and optimizer (identical on
+every rank) plus every rank's RNG state, so resume and preemption behave as in one process.
 """
 
 from __future__ import annotations
@@ -28,11 +36,13 @@ import time
 import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from llm_train_api.training import checkpoint as ckpt
+from llm_train_api.training import distributed
 from llm_train_api.training.catalog import UnknownModel, estimate_memory, get_model_spec
 from llm_train_api.training.data import (
     DEFAULT_CHUNK_SIZE,
@@ -55,9 +65,17 @@ from llm_train_api.training.events import (
 )
 from llm_train_api.training.hyperparams import HyperparameterError
 from llm_train_api.training.model import GPT, GPTConfig
-from llm_train_api.training.spec import RunSpec, SpecError, validate_spec
+from llm_train_api.training.spec import (
+    RunSpec,
+    SpecError,
+    check_global_batch,
+    validate_spec,
+)
 from llm_train_api.training.storage import JobStorage, open_job_storage
 
+#: ``RANK:STEP``: raise on that rank before that step. For tests of launchers and executors
+#: (what a crash on one rank of N looks like from outside); never set in production.
+FAULT_ENV = "LLM_TRAIN_API_FAIL_AT"
 SPEC_FILE = "spec.json"
 METRICS_FILE = "metrics.jsonl"
 ADAM_BETAS = (0.9, 0.95)
@@ -215,11 +233,50 @@ def run_training(
     events = events or EventWriter()
     stop = stop or threading.Event()
     spec, hp, dataset_path = validate_spec(spec)
-    model_spec = get_model_spec(spec.model_name)
-    storage = open_job_storage(job_dir)
-    storage.write_text_atomic(SPEC_FILE, json.dumps(spec.to_dict(), indent=2) + "\n")
-
     device = resolve_device(hp["device"])
+    ddp, device = distributed.from_env(device)
+    try:
+        return _train(spec, hp, dataset_path, device, ddp, job_dir, events, stop,
+                      stop_at_step, chunk_size)
+    finally:
+        if ddp is not None:
+            ddp.close()
+
+
+def _injected_fault() -> tuple[int, int] | None:
+    value = os.environ.get(FAULT_ENV)
+    if not value:
+        return None
+    rank, _, step = value.partition(":")
+    return int(rank), int(step)
+
+
+def _rank_seed(seed: int, rank: int) -> int:
+    """Seed of rank ``rank > 0``'s global RNG (dropout): distinct per rank, reproducible.
+    Rank 0 keeps the single-process stream."""
+    return (seed * 1_000_003 + 7_919 * rank) % 2**63
+
+
+def _train(
+    spec: RunSpec,
+    hp: dict[str, Any],
+    dataset_path: Path,
+    device: torch.device,
+    ddp: distributed.DistContext | None,
+    job_dir: str | os.PathLike[str],
+    events: EventWriter,
+    stop: threading.Event,
+    stop_at_step: int | None,
+    chunk_size: int,
+) -> RunResult:
+    model_spec = get_model_spec(spec.model_name)
+    is_main = ddp is None or ddp.is_main
+    world = ddp.world_size if ddp is not None else 1
+    local_batch = check_global_batch(hp["batch_size"], world)
+    storage = open_job_storage(job_dir)
+    if is_main:
+        storage.write_text_atomic(SPEC_FILE, json.dumps(spec.to_dict(), indent=2) + "\n")
+
     dtype = resolve_dtype(hp["dtype"], device)
     dtype_name = str(dtype).removeprefix("torch.")
     if hp["num_threads"]:
@@ -231,21 +288,28 @@ def run_training(
         # accumulation, the usual trade for training; bf16/fp16 runs are unaffected.
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-    need = estimate_memory(model_spec, hp["batch_size"], hp["block_size"], dtype_name)
+    need = estimate_memory(model_spec, local_batch, hp["block_size"], dtype_name)
+    # CPU ranks share the host's memory; each CUDA rank has a GPU of its own.
+    sharing = ddp.local_world_size if ddp is not None and device.type == "cpu" else 1
     free = available_memory(device)
-    if free is not None and need > free:
+    if is_main and free is not None and need * sharing > free:
+        per = f" x {sharing} processes" if sharing > 1 else ""
         raise SpecError(
             f"Model {model_spec.name} with batch_size {hp['batch_size']} and block_size "
-            f"{hp['block_size']} needs about {need / 2**30:.1f} GiB but only "
+            f"{hp['block_size']} needs about {need / 2**30:.1f} GiB{per} but only "
             f"{free / 2**30:.1f} GiB is free on {device.type}."
         )
 
     data_dir = default_data_dir(spec.data_dir)
-    events.log(f"preparing dataset {spec.dataset} ({dataset_path})")
-    try:
-        prepared = prepare_tokens(dataset_path, token_cache_root(data_dir), chunk_size,
-                                  stop.is_set)
-    except PreparationInterrupted:
+    prepared = None
+    if is_main:  # one rank tokenises (writes the shared cache); the others wait for it
+        events.log(f"preparing dataset {spec.dataset} ({dataset_path})")
+        with contextlib.suppress(PreparationInterrupted):
+            prepared = prepare_tokens(dataset_path, token_cache_root(data_dir), chunk_size,
+                                      stop.is_set)
+    if ddp is not None:
+        prepared = ddp.broadcast_object(prepared)
+    if prepared is None:
         # Nothing trained yet, so nothing to checkpoint: the rerun starts over.
         events.log("stopped while preparing the dataset; rerun to continue")
         return RunResult(OUTCOME_PREEMPTED, EXIT_PREEMPTED, 0, None)
@@ -254,14 +318,17 @@ def run_training(
 
     sampler = BatchSampler(load_tokens(prepared), hp["block_size"], hp["batch_size"],
                            hp["seed"], hp["val_fraction"], device,
-                           hp["gradient_accumulation_steps"])
+                           hp["gradient_accumulation_steps"],
+                           rank=ddp.rank if ddp is not None else 0, world_size=world)
     spe = steps_per_epoch(sampler.n_train, hp)
     total_steps = total_steps_for(sampler.n_train, hp)
     tokens_per_step = hp["batch_size"] * hp["block_size"] * hp["gradient_accumulation_steps"]
 
     torch.manual_seed(hp["seed"])
     config = GPTConfig.from_spec(model_spec, dropout=hp["dropout"])
-    model = GPT(config).to(device)
+    model = GPT(config).to(device)  # the same initial weights on every rank
+    if ddp is not None and ddp.rank:
+        torch.manual_seed(_rank_seed(hp["seed"], ddp.rank))
     optimizer = make_optimizer(model, hp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
@@ -280,13 +347,29 @@ def run_training(
         elapsed_before = float(state.get("elapsed_s", 0.0))
         if state.get("dataset", {}).get("sha256") != prepared.sha256:
             events.log("warning: the dataset changed since the checkpoint was written")
-        ckpt.restore_rng_state(state["rng"])
+        rng_ranks = state.get("rng_ranks")
+        if ddp is not None and rng_ranks and len(rng_ranks) == world:
+            ckpt.restore_rng_state(rng_ranks[ddp.rank])
+        else:  # a checkpoint from another rank count: rank 0 continues, others reseed
+            ckpt.restore_rng_state(state["rng"])
+            if ddp is not None and ddp.rank:
+                torch.manual_seed(_rank_seed(hp["seed"], ddp.rank) + step)
         del state
         resumed_from = step
         events.log(f"resumed from step {step}")
-    metrics_log = _MetricsLog(storage, step)
+    metrics_log = _MetricsLog(storage, step) if is_main else None
 
-    train_model: Any = torch.compile(model) if hp["compile"] else model
+    ddp_model: Any = None
+    if ddp is not None:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ddp_model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    train_model: Any = ddp_model if ddp_model is not None else model
+    if hp["compile"]:
+        train_model = torch.compile(train_model)
+    # Evaluation bypasses the DDP wrapper: no gradient, nothing to synchronise.
+    eval_model: Any = train_model if ddp is None else model
     autocast = (torch.autocast(device.type, dtype=dtype) if dtype != torch.float32
                 else contextlib.nullcontext())
     events.emit("start", job_id=spec.job_id, model_name=model_spec.name,
@@ -294,9 +377,11 @@ def run_training(
                 train_tokens=sampler.n_train, val_tokens=sampler.n_val,
                 steps_per_epoch=spe, total_steps=total_steps, tokens_per_step=tokens_per_step,
                 device=str(device), dtype=dtype_name, resumed_from_step=resumed_from,
-                estimated_memory_bytes=need, num_threads=torch.get_num_threads())
+                estimated_memory_bytes=need, num_threads=torch.get_num_threads(),
+                processes=world, batch_size_per_process=local_batch)
     events.log(f"training {model_spec.name} ({model.num_parameters():,} params) on {device} "
-               f"{dtype_name}: {total_steps} steps x {tokens_per_step} tokens")
+               f"{dtype_name}: {total_steps} steps x {tokens_per_step} tokens"
+               + (f" over {world} processes ({ddp.backend})" if ddp is not None else ""))
 
     def checkpoint_payload(at_step: int, elapsed: float) -> dict[str, Any]:
         return ckpt.build_checkpoint(
@@ -312,7 +397,14 @@ def run_training(
         )
 
     def save(name: str, at_step: int, elapsed: float, val_loss: float | None) -> None:
-        path = ckpt.save_checkpoint(storage, name, checkpoint_payload(at_step, elapsed))
+        # Collective: every rank hands its RNG state to rank 0, which alone writes.
+        rng_ranks = ddp.gather_objects(ckpt.capture_rng_state()) if ddp is not None else None
+        if not is_main:
+            return
+        payload = checkpoint_payload(at_step, elapsed)
+        if rng_ranks is not None:
+            payload["rng_ranks"] = rng_ranks
+        path = ckpt.save_checkpoint(storage, name, payload)
         events.emit("checkpoint", step=at_step, path=path, is_best=name == ckpt.BEST,
                     val_loss=val_loss)
 
@@ -323,9 +415,11 @@ def run_training(
         for k in range(hp["eval_steps"]):
             x, y = sampler.val_batch(k)
             with autocast:
-                _, loss = train_model(x, y)
+                _, loss = eval_model(x, y)
             total += loss.float()
         model.train()
+        if ddp is not None:  # equal shards: the mean of the ranks' means is the batch mean
+            total = ddp.mean(total)
         return float(total.item()) / hp["eval_steps"]
 
     accum, grad_clip = hp["gradient_accumulation_steps"], hp["grad_clip"]
@@ -338,20 +432,31 @@ def run_training(
     run_start = time.perf_counter()
     last_saved = step if resumed_from is not None else -1
     preempted = False
+    fault = _injected_fault()
+    my_rank = ddp.rank if ddp is not None else 0
 
     while step < total_steps:
-        if stop.is_set() or step == stop_at_step:
+        want_stop = stop.is_set() or step == stop_at_step
+        if ddp is not None:
+            want_stop = ddp.any(want_stop)
+        if want_stop:
             preempted = True
             break
+        if fault == (my_rank, step):
+            raise RuntimeError(f"injected failure on rank {my_rank} at step {step} "
+                               f"({FAULT_ENV})")
         lr = learning_rate_at(step, hp, total_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
         xs, ys = sampler.train_batch(step)
         for micro in range(accum):
-            with autocast:
-                _, loss = train_model(xs[micro], ys[micro])
-            loss_sum += loss.detach()
-            scaler.scale(loss / accum if accum > 1 else loss).backward()
+            # DDP all-reduces gradients in backward; only the last micro-step needs it.
+            skip_sync = ddp_model is not None and micro < accum - 1
+            with ddp_model.no_sync() if skip_sync else contextlib.nullcontext():
+                with autocast:
+                    _, loss = train_model(xs[micro], ys[micro])
+                loss_sum += loss.detach()
+                scaler.scale(loss / accum if accum > 1 else loss).backward()
         if grad_clip > 0:
             scaler.unscale_(optimizer)
             torch.nn.utils.clip_grad_norm_(params, grad_clip)
@@ -366,8 +471,10 @@ def run_training(
         do_ckpt = last or (ckpt_interval > 0 and step % ckpt_interval == 0)
         if not (do_eval or do_ckpt or step % log_interval == 0):
             continue
-        # The only host sync of the step: everything above stays queued on the device.
-        train_loss = float(loss_sum.item()) / (window_steps * accum)
+        # The only host sync of the step: everything above stays queued on the device
+        # (the DDP stop vote is a CPU-side gloo collective, not a device sync).
+        window_loss = ddp.mean(loss_sum) if ddp is not None else loss_sum
+        train_loss = float(window_loss.item()) / (window_steps * accum)
         now = time.perf_counter()
         tokens_per_s = window_steps * tokens_per_step / max(now - window_start, 1e-9)
         if not math.isfinite(train_loss):
@@ -380,8 +487,9 @@ def run_training(
                   "elapsed_s": round(elapsed, 6)}
         if val_loss is not None:
             record["val_loss"] = _finite(val_loss)
-        metrics_log.add(record)
-        metrics_log.flush()
+        if metrics_log is not None:
+            metrics_log.add(record)
+            metrics_log.flush()
         events.emit("metrics", total_steps=total_steps, **record)
         events.log(f"step {step}/{total_steps} loss {train_loss:.4f}"
                    + (f" val {val_loss:.4f}" if val_loss is not None else "")
@@ -394,7 +502,8 @@ def run_training(
             last_saved = step
         if improved:
             if last_saved == step:
-                storage.copy(ckpt.LATEST, ckpt.BEST)
+                if is_main:
+                    storage.copy(ckpt.LATEST, ckpt.BEST)
                 events.emit("checkpoint", step=step, path=storage.uri(ckpt.BEST),
                             is_best=True, val_loss=val_loss)
             else:
