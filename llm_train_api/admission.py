@@ -12,12 +12,15 @@ import hashlib
 import os
 import re
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from .ray_capacity import admission_problem as ray_admission_problem
 from .training.catalog import UnknownModel, estimate_memory_for, get_model_spec
 from .training.datasets import DatasetError, resolve_dataset, source_files
 from .training.hyperparams import HyperparameterError, validate_hyperparameters
+from .training.spec import default_processes
 
 GIB = 1024**3
 
@@ -41,8 +44,13 @@ def admit(
     *,
     data_dir: str,
     memory_limit_bytes: int,
+    resources: Mapping[str, Any] | None = None,
 ) -> str:
-    """Check that the job can run; return the dataset's sha256 to pin it to the job."""
+    """Check that the job can run; return the dataset's sha256 to pin it to the job.
+
+    With ``resources`` asking for several processes (DDP), ``batch_size`` - the global
+    batch - must split evenly over them, and on CPU the ranks' memory adds up on one host.
+    """
     errors: dict[str, Any] = {}
     try:
         get_model_spec(model_name)
@@ -60,15 +68,30 @@ def admit(
     except DatasetError as exc:
         # The trainer's CLI message names the folder it searched; clients get no paths.
         errors["dataset"] = [re.sub(r" \(looked in [^)]*\)", "", str(exc))]
-    if validated is not None:
-        needed = estimate_memory_for(model_name, validated)
+    processes = default_processes(resources)
+    if validated is not None and validated["batch_size"] % processes:
+        errors.setdefault("hyperparameters", {})["batch_size"] = [
+            f"batch_size is the global batch, split evenly over the {processes} processes: "
+            f"{validated['batch_size']} is not a multiple of {processes}."
+        ]
+    elif validated is not None:
+        per_rank = {**validated, "batch_size": validated["batch_size"] // processes}
+        # CPU ranks share the worker's memory; GPU ranks each have a device of their own.
+        sharing = processes if not (resources or {}).get("gpus") else 1
+        needed = estimate_memory_for(model_name, per_rank) * sharing
         if needed > memory_limit_bytes:
+            ranks = f" over {processes} processes" if sharing > 1 else ""
             errors.setdefault("hyperparameters", {})["_memory"] = [
                 f"{model_name} with batch_size {validated['batch_size']} and block_size "
-                f"{validated['block_size']} needs about {needed / GIB:.1f} GiB (parameters, "
-                f"gradients, AdamW state, activations); workers have "
-                f"{memory_limit_bytes / GIB:.1f} GiB. Use a smaller model or batch."
+                f"{validated['block_size']}{ranks} needs about {needed / GIB:.1f} GiB "
+                f"(parameters, gradients, AdamW state, activations); workers have "
+                f"{memory_limit_bytes / GIB:.1f} GiB. Use a smaller model or batch"
+                + (", or fewer processes." if sharing > 1 else ".")
             ]
+    # --- cluster capacity (issue 6): a job no Ray node can hold would wait forever ---
+    too_big = ray_admission_problem(resources)
+    if too_big:
+        errors["resources"] = [too_big]
     if errors:
         raise AdmissionError(errors)
     assert sha256 is not None

@@ -12,8 +12,8 @@ import swagger_ui_bundle
 from flask import Flask, send_from_directory
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import http_errors
-from .api import artifacts, datasets, health, jobs, models
+from . import auth, http_errors, observability, ui
+from .api import artifacts, datasets, health, jobs, models, whoami
 from .api.base import STORE_KEY
 from .config import Settings
 from .json_provider import OrjsonProvider
@@ -42,7 +42,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         OPENAPI_SWAGGER_UI_PATH="docs",
         # Relative to /docs, so the UI works offline and behind a path prefix.
         OPENAPI_SWAGGER_UI_URL=_SWAGGER_ASSETS,
-        API_SPEC_OPTIONS={"info": {"description": _API_DESCRIPTION}},
+        API_SPEC_OPTIONS={"info": {"description": _API_DESCRIPTION},
+                          "security": [{"bearerAuth": []}]},
     )
     if test_config:
         app.config.update({k: v for k, v in test_config.items() if k.isupper()})
@@ -53,7 +54,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     url = settings.DATABASE_URL or sqlite_url_for(str(Path(app.instance_path) / DATABASE_FILENAME))
     store = JobStore.from_url(url, durability=settings.DURABILITY,
                               pool_size=settings.DB_POOL_SIZE,
-                              busy_timeout_s=settings.DB_BUSY_TIMEOUT_S)
+                              busy_timeout_s=settings.DB_BUSY_TIMEOUT_S,
+                              max_running_per_user=settings.MAX_RUNNING_PER_USER)
     app.extensions[STORE_KEY] = store
 
     if settings.TRUSTED_PROXIES:
@@ -63,10 +65,15 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     api = http_errors.JsonErrorsApi(app)
     http_errors.register(app)
+    auth.init_app(app, store)  # first: nothing else runs for an unauthenticated caller
     app.before_request(http_errors.require_json_body)
-    for blueprint in (jobs.blp, artifacts.blp, models.blp, datasets.blp, health.blp):
+    for blueprint in (jobs.blp, artifacts.blp, models.blp, datasets.blp, health.blp,
+                      whoami.blp):
         api.register_blueprint(blueprint)
     _serve_swagger_assets(app)
+    observability.init_app(app)
+    ui.init_app(app)
+    auth.document(api, app)
     return app
 
 

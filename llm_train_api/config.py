@@ -75,8 +75,22 @@ class Settings:
     MAX_DATASETS_PER_USER: int = 100
 
     # --- executors (issue 6): new settings go in this block ---
+    # What `llm-train-api worker` runs jobs with: "local" (trainer child processes on this
+    # machine) or "ray" (a dispatcher that submits each job to RAY_ADDRESS).
+    WORKER_EXECUTOR: str = "local"
+    # Ray dashboard / Job Submission address, e.g. http://head:8265 (for WORKER_EXECUTOR=ray).
+    RAY_ADDRESS: str = ""
+    # Interpreter the Ray job entrypoint runs the trainer with, on the Ray node: a python
+    # that has llm_train_api[train] installed (the nodes' PATH decides what "python" is).
+    RAY_PYTHON: str = "python"
+    # "auto": refuse to dispatch to Ray unless DATA_DIR is reachable from the Ray nodes (an
+    # fsspec URL, a network filesystem, or a Ray head on loopback). "yes": the operator
+    # vouches that DATA_DIR is the same shared folder on every Ray node.
+    RAY_DATA_DIR_SHARED: str = "auto"
 
     # --- people-facing tools (issue 7): new settings go in this block ---
+    # /metrics: the dispatch latency quantiles cover the last N jobs that started.
+    METRICS_DISPATCH_WINDOW: int = 1000
 
     @classmethod
     def load(
@@ -98,6 +112,12 @@ class Settings:
     def validate(self) -> None:
         if self.EXECUTOR not in ("local", "none"):
             raise ConfigError(f"{PREFIX}EXECUTOR must be 'local' or 'none', got {self.EXECUTOR!r}")
+        if self.WORKER_EXECUTOR not in ("local", "ray"):
+            raise ConfigError(f"{PREFIX}WORKER_EXECUTOR must be 'local' or 'ray', "
+                              f"got {self.WORKER_EXECUTOR!r}")
+        if self.RAY_DATA_DIR_SHARED not in ("auto", "yes"):
+            raise ConfigError(f"{PREFIX}RAY_DATA_DIR_SHARED must be 'auto' or 'yes', "
+                              f"got {self.RAY_DATA_DIR_SHARED!r}")
         if self.AUTH not in ("required", "disabled"):
             raise ConfigError(f"{PREFIX}AUTH must be 'required' or 'disabled', got {self.AUTH!r}")
         if self.DURABILITY not in ("full", "relaxed"):

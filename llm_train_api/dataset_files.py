@@ -90,6 +90,15 @@ class InvalidContent(DatasetFileError):
     status = 422
 
 
+class TooMany(DatasetFileError):
+    status = 429
+
+
+def count_stored(data_dir: str | os.PathLike[str]) -> int:
+    """How many datasets are stored under this data root (built-ins excluded)."""
+    return len(list_infos(data_dir)) - len(BUILTIN_DATASETS)
+
+
 @dataclass(frozen=True)
 class DatasetInfo:
     name: str
@@ -99,6 +108,7 @@ class DatasetInfo:
     lines: int | None
     created_at: datetime
     builtin: bool = False
+    owner: str | None = None  # None: built in or published, usable by everyone
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -367,15 +377,19 @@ def store_upload(
     *,
     max_bytes: int,
     in_use: Callable[[str], list[str]],
+    max_count: int = 0,
 ) -> UploadResult:
     """Stream `chunks` into the dataset `stem` (format `fmt`), replacing any older version.
 
     `in_use(stem)` lists the jobs that still need the current version (Conflict if any).
+    With `max_count`, a new dataset beyond that many is refused (TooMany), checked before
+    streaming and again under the commit lock, so concurrent uploads cannot overshoot.
     Nothing is left behind on failure: the temporary file is removed.
     """
     root = datasets_root(data_dir)
     root.mkdir(parents=True, exist_ok=True)
     _refuse_if_unreplaceable(root, stem, in_use)
+    _refuse_if_too_many(data_dir, root, stem, max_count)
 
     validator = _JsonlValidator() if fmt == "jsonl" else _TextValidator()
     tmp = root / f"{TMP_PREFIX}{uuid.uuid4().hex}.tmp"
@@ -403,6 +417,7 @@ def store_upload(
         final = root / f"{stem}{FORMATS[fmt]}"
         with _commit_lock(root):
             _refuse_if_unreplaceable(root, stem, in_use)
+            _refuse_if_too_many(data_dir, root, stem, max_count)
             created = _stored(root, stem) is None
             os.replace(tmp, final)
             # Another format of the same name would shadow or duplicate this one.
@@ -420,6 +435,13 @@ def store_upload(
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def _refuse_if_too_many(data_dir: str | os.PathLike[str], root: Path, stem: str,
+                        max_count: int) -> None:
+    if max_count and _stored(root, stem) is None and count_stored(data_dir) >= max_count:
+        raise TooMany(f"Limit reached: at most {max_count} datasets per user "
+                      f"(LLM_TRAIN_API_MAX_DATASETS_PER_USER={max_count}). Delete one first.")
 
 
 def _refuse_if_unreplaceable(root: Path, stem: str, in_use: Callable[[str], list[str]]):

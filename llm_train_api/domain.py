@@ -92,6 +92,9 @@ class NewJob:
     resources: dict[str, Any] | None = None
     # Recorded at creation so that a worker can refuse data that changed under the job.
     dataset_sha256: str | None = None
+    # The principal that creates it (None with auth disabled); not part of the request hash:
+    # the same body from another owner is a different job, which the store refuses.
+    owner: str | None = None
 
     def request_fields(self) -> list[Any]:
         """What makes two creates 'the same request' for idempotent retries. Options left
@@ -127,6 +130,7 @@ class Job:
     # Where a running job is: phase, step, total_steps, fraction, eta_s, latest losses.
     progress: dict[str, Any] | None = None
     worker: str | None = None  # the worker holding the lease while it runs
+    owner: str | None = None  # who created it; None when auth was disabled
 
     @property
     def revision(self) -> Revision:
@@ -188,11 +192,23 @@ class JobNotFound(DomainError):
 
 
 class JobIdConflict(DomainError):
-    def __init__(self, job_id: str) -> None:
-        super().__init__(
-            f"Job id {job_id!r} is already taken by a job with a different body."
-        )
+    def __init__(self, job_id: str, *, other_owner: bool = False) -> None:
+        # Another owner's job: say only that the id is taken (ids are global), nothing of it.
+        detail = "" if other_owner else " by a job with a different body"
+        super().__init__(f"Job id {job_id!r} is already taken{detail}.")
         self.job_id = job_id
+
+
+class QuotaExceeded(DomainError):
+    """A per-user cap (LLM_TRAIN_API_MAX_*_PER_USER) would be exceeded: 429."""
+
+    def __init__(self, what: str, setting: str, cap: int) -> None:
+        super().__init__(
+            f"Limit reached: at most {cap} {what} per user ({setting}={cap}). "
+            "Wait for some to finish, or cancel or delete some, then retry."
+        )
+        self.setting = setting
+        self.cap = cap
 
 
 class IllegalTransition(DomainError):

@@ -21,6 +21,7 @@ from .domain import (
     JobIdConflict,
     JobNotFound,
     PreconditionFailed,
+    QuotaExceeded,
 )
 from .pagination import InvalidCursor
 
@@ -29,6 +30,7 @@ _STATUS_BY_ERROR: dict[type[DomainError], int] = {
     JobIdConflict: 409,
     IllegalTransition: 409,
     PreconditionFailed: 412,
+    QuotaExceeded: 429,
 }
 
 JSON_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})

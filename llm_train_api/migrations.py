@@ -37,9 +37,20 @@ def _v2_workers(conn: Connection) -> None:
     tables.metadata.create_all(conn, tables=[tables.job_metrics], checkfirst=True)
 
 
+def _v3_auth(conn: Connection) -> None:
+    """Owners of jobs, API tokens, and events that outlive their job."""
+    conn.execute(text("ALTER TABLE jobs ADD COLUMN owner VARCHAR(64)"))
+    conn.execute(text("ALTER TABLE job_events ADD COLUMN job_created_us BIGINT"))
+    for index in tables.jobs.indexes:
+        if index.name in ("ix_jobs_owner_created", "ix_jobs_owner_status"):
+            index.create(conn)
+    tables.metadata.create_all(conn, tables=[tables.api_tokens], checkfirst=True)
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1_initial),
     (2, _v2_workers),
+    (3, _v3_auth),
 ]
 LATEST_VERSION = MIGRATIONS[-1][0]
 

@@ -34,6 +34,7 @@ class SortKey:
 @dataclass(frozen=True, slots=True)
 class JobQuery:
     statuses: tuple[JobStatus, ...] = ()
+    owner: str | None = None  # a user sees only their own jobs; None = everyone's
     model_name: str | None = None
     dataset: str | None = None
     created_after: datetime | None = None

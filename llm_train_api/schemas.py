@@ -10,7 +10,15 @@ from typing import Any
 
 from flask import current_app
 from flask_smorest.error_handler import ErrorSchema
-from marshmallow import Schema, ValidationError, fields, validate, validates
+from marshmallow import (
+    Schema,
+    ValidationError,
+    fields,
+    post_load,
+    validate,
+    validates,
+    validates_schema,
+)
 
 from .domain import JOB_ID_PATTERN, JobStatus
 from .pagination import DEFAULT_LIMIT, MAX_LIMIT
@@ -66,6 +74,35 @@ class ResourcesSchema(Schema):
     memory_gb = fields.Float(allow_none=True, load_default=None,
                              validate=validate.Range(min=0, min_inclusive=False, max=65536),
                              metadata={"description": "Memory the job may use, GiB."})
+    # No load_default: an absent `processes` stays absent (stored resources of single-process
+    # jobs are unchanged); post_load fills it in only where it is not 1.
+    processes = fields.Integer(validate=validate.Range(min=1, max=64), metadata={
+        "default": 1,
+        "description": "Trainer processes (data-parallel ranks) on one node, run under "
+        "torchrun when above 1; hyperparameters.batch_size stays the global batch and is "
+        "split evenly over them. Default 1, or one per GPU when gpus > 1. CPU jobs need "
+        "cpus >= processes; GPU jobs one process per GPU."})
+
+    @validates_schema
+    def _processes_fit(self, data: dict[str, Any], **kwargs: Any) -> None:
+        processes, gpus = data.get("processes"), data.get("gpus", 0)
+        if processes is None:
+            return
+        if gpus and processes != gpus:
+            raise ValidationError(
+                f"With gpus > 0 each process drives one GPU: processes must equal gpus "
+                f"({gpus}), not {processes}.", "processes")
+        cpus = data.get("cpus", 1)
+        if not gpus and processes > cpus:
+            raise ValidationError(
+                f"processes ({processes}) must not exceed cpus ({cpus}): each CPU process "
+                f"needs a core of its own; ask for cpus >= {processes}.", "processes")
+
+    @post_load
+    def _default_processes(self, data: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        if data.get("processes") is None and data.get("gpus", 0) > 1:
+            data["processes"] = data["gpus"]  # a multi-GPU job uses all of its GPUs
+        return data
 
 
 class JobCreateSchema(Schema):
@@ -217,6 +254,9 @@ class JobSchema(LeanDumpSchema):
     )
     worker = fields.String(allow_none=True,
                            metadata={"description": "The worker running the job."})
+    owner = fields.String(allow_none=True, metadata={
+        "description": "The name of the token that created the job; null when the server "
+        "ran with auth disabled."})
 
 
 class StatusUpdateSchema(Schema):
@@ -263,7 +303,8 @@ class JobEventSchema(LeanDumpSchema):
     from_status = fields.Enum(JobStatus, by_value=True, allow_none=True)
     to_status = fields.Enum(JobStatus, by_value=True, allow_none=True)
     actor = fields.String(allow_none=True,
-                          metadata={"description": "The worker or client that caused it."})
+                          metadata={"description": "The worker or client that caused it: "
+                                    "`role:name` for API callers, a worker id for workers."})
     message = fields.String(allow_none=True)
     attempt = fields.Integer(allow_none=True)
 

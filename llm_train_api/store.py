@@ -26,6 +26,7 @@ from sqlalchemy import (
     BigInteger,
     Connection,
     Engine,
+    Integer,
     Select,
     String,
     Text,
@@ -38,6 +39,7 @@ from sqlalchemy import (
     insert,
     literal,
     null,
+    or_,
     select,
     tuple_,
     union_all,
@@ -57,6 +59,7 @@ from .domain import (
     JobStatus,
     NewJob,
     PreconditionFailed,
+    QuotaExceeded,
     Revision,
     sources_of,
     to_epoch_us,
@@ -88,6 +91,7 @@ _JOB_COLUMNS = (
     jobs.c.dataset_sha256,
     jobs.c.progress,
     jobs.c.lease_owner,
+    jobs.c.owner,
 )
 _N_JOB_COLUMNS = len(_JOB_COLUMNS)
 
@@ -95,12 +99,17 @@ _N_JOB_COLUMNS = len(_JOB_COLUMNS)
 # Statements built once, with bind parameters: the hot paths skip statement construction
 # and cache-key generation on every call.
 _SELECT_BY_ID = select(*_JOB_COLUMNS).where(jobs.c.id == bindparam("job_id"))
+_SELECT_ID = select(jobs.c.id).where(jobs.c.id == bindparam("job_id"))
 _SELECT_FOR_RETRY = select(*_JOB_COLUMNS, jobs.c.request_hash).where(
     jobs.c.id == bindparam("job_id")
 )
 _INSERT_EVENT = job_events.insert()
-_DELETE_JOB = delete(jobs).where(jobs.c.id == bindparam("job_id")).returning(jobs.c.id)
-_DELETE_EVENTS = delete(job_events).where(job_events.c.job_id == bindparam("job_id"))
+_DELETE_JOB = (delete(jobs).where(jobs.c.id == bindparam("job_id"))
+               .returning(jobs.c.id, jobs.c.status, jobs.c.attempts, jobs.c.created_us))
+_DELETE_OWNED_JOB = (delete(jobs)
+                     .where(jobs.c.id == bindparam("job_id"),
+                            jobs.c.owner == bindparam("owner_is"))
+                     .returning(jobs.c.id, jobs.c.status, jobs.c.attempts, jobs.c.created_us))
 NOTIFY_CHANNEL = "llm_train_api_jobs"
 _NOTIFY = select(func.pg_notify(bindparam("channel"), bindparam("job_id")))
 _RUNNING = JobStatus.RUNNING.value
@@ -128,18 +137,32 @@ _FORGET_METRICS = delete(job_metrics).where(
 LEASE_LOST_MESSAGE = "worker lost (its lease expired) and the job has used all its attempts"
 
 
-def _claim_statement(*, skip_locked: bool) -> Any:
+def _claim_statement(*, skip_locked: bool, capped: bool = False) -> Any:
     """UPDATE the next queued job to running, as one statement.
 
     On PostgreSQL the subquery locks its row with FOR UPDATE SKIP LOCKED, so concurrent
     claimers take different jobs instead of queueing on one row. On SQLite the statement
     runs under the database's single write lock, and the repeated `status = 'queued'`
     guard makes it a compare-and-set either way.
+
+    `capped` skips the jobs of owners who already run `:cap` jobs: their jobs wait in the
+    queue while everyone else's are claimed. (The caller serialises capped claims, see
+    `JobStore.claim`, or two claimers could both see an owner one below the cap.)
     """
     queued = JobStatus.QUEUED.value
+    conditions = [jobs.c.status == queued]
+    if capped:
+        running = jobs.alias("running_of_owner")
+        owner_running = (
+            select(func.count())
+            .select_from(running)
+            .where(running.c.owner == jobs.c.owner, running.c.status == _RUNNING)
+            .scalar_subquery()
+        )
+        conditions.append(or_(jobs.c.owner.is_(None), owner_running < bindparam("cap")))
     next_job = (
         select(jobs.c.seq)
-        .where(jobs.c.status == queued)
+        .where(*conditions)
         .order_by(jobs.c.priority.desc(), jobs.c.created_us, jobs.c.seq)
         .limit(1)
     )
@@ -176,7 +199,7 @@ def _reap_statement() -> Any:
 
 _INSERT_COLUMNS = ("id", "model_name", "dataset", "hyperparameters", "request_hash", "status",
                    "created_us", "updated_us", "version", "priority", "max_attempts",
-                   "max_runtime_s", "resources", "dataset_sha256")
+                   "max_runtime_s", "resources", "dataset_sha256", "owner")
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
@@ -226,6 +249,7 @@ def _insert_params(new: NewJob, ts: int, hyperparameters: str, digest: str) -> d
         "max_runtime_s": new.max_runtime_seconds,
         "resources": None if new.resources is None else canonical_json(new.resources),
         "dataset_sha256": new.dataset_sha256,
+        "owner": new.owner,
     }
 
 
@@ -233,7 +257,8 @@ def _row_to_job(row: Any) -> Job:
     # Positional unpacking in _JOB_COLUMNS order: this runs for every row of every page.
     (_seq, job_id, model_name, dataset, hyperparameters, status, error_message, created_us,
      updated_us, started_us, finished_us, version, priority, max_attempts, attempts,
-     max_runtime_s, resources, dataset_sha256, progress, lease_owner) = row[:_N_JOB_COLUMNS]
+     max_runtime_s, resources, dataset_sha256, progress, lease_owner,
+     owner) = row[:_N_JOB_COLUMNS]
     return Job(
         job_id,
         model_name,
@@ -254,12 +279,29 @@ def _row_to_job(row: Any) -> Job:
         dataset_sha256,
         None if progress is None else _loads(progress),
         lease_owner,
+        owner,
     )
 
 
+# Advisory-lock keys (PostgreSQL) that serialise the capped operations across hosts; the
+# second half of a two-key lock is the owner's hashtext(), so users do not wait on each other.
+_PG_CLAIM_LOCK = 0x6C6C6D5F636C  # "llm_cl"
+_PG_QUOTA_LOCK = 0x6C6C6D71  # "llmq"
+_PG_LOCK = select(func.pg_advisory_xact_lock(bindparam("key", type_=BigInteger)))
+_PG_OWNER_LOCK = select(func.pg_advisory_xact_lock(
+    bindparam("key", type_=Integer), func.hashtext(bindparam("owner", type_=String))))
+_COUNT_OWNER_STATUS = (
+    select(func.count())
+    .select_from(jobs)
+    .where(jobs.c.owner == bindparam("owner"), jobs.c.status == bindparam("status"))
+)
+
+
 class JobStore:
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, max_running_per_user: int = 0) -> None:
         self._engine = engine
+        # Enforced by the claim itself (workers read LLM_TRAIN_API_MAX_RUNNING_PER_USER).
+        self.max_running_per_user = max_running_per_user
         self._dialect = engine.dialect.name
         # Reads are single statements or tolerate a change between two statements, so they
         # skip BEGIN/ROLLBACK round trips: autocommit on PostgreSQL, no BEGIN on SQLite.
@@ -286,6 +328,8 @@ class JobStore:
         self._transition_stmts: dict[tuple[JobStatus, bool], Any] = {}
         self._finish_stmts: dict[tuple[JobStatus, bool], Any] = {}
         self._claim_stmt = _claim_statement(skip_locked=self._dialect == "postgresql")
+        self._capped_claim_stmt = _claim_statement(
+            skip_locked=self._dialect == "postgresql", capped=True)
         self._reap_stmt = _reap_statement()
         self._event_stmts: dict[tuple[int, str], Any] = {}
 
@@ -299,10 +343,11 @@ class JobStore:
         pool_size: int = 5,
         busy_timeout_s: float = 10.0,
         migrate: bool = True,
+        max_running_per_user: int = 0,
     ) -> JobStore:
         engine = build_engine(url, durability=durability, pool_size=pool_size,
                               busy_timeout_s=busy_timeout_s)
-        store = cls(engine)
+        store = cls(engine, max_running_per_user=max_running_per_user)
         if migrate:
             store.migrate()
         return store
@@ -335,28 +380,64 @@ class JobStore:
         with self._read_engine.connect() as conn:
             yield conn.execution_options(llm_read_only=True)
 
+    # Companion stores (tokens) share this database, its write path and its read engine.
+    def run_write(self, work: Callable[[Connection], T]) -> T:
+        return self._write(work)
+
+    def reading(self) -> contextlib.AbstractContextManager[Connection]:
+        return self._reading()
+
     # ------------------------------------------------------------------ jobs
-    def create_job(self, new: NewJob, *, actor: str | None = None) -> tuple[Job, bool]:
+    def create_job(
+        self, new: NewJob, *, actor: str | None = None, max_queued: int = 0
+    ) -> tuple[Job, bool]:
         """Insert the job, or return the existing one when this is an identical retry.
 
-        Returns (job, created). Raises JobIdConflict when the id holds a different job.
+        Returns (job, created). Raises JobIdConflict when the id holds a different job (or
+        another owner's), and QuotaExceeded when `max_queued` > 0 and the owner already has
+        that many queued jobs: the count and the insert share one serialised transaction.
         """
         digest = request_hash(new)
         hyperparameters = canonical_json(new.hyperparameters)
+        capped = max_queued > 0 and new.owner is not None
         for _ in range(3):
             ts = now_us()
             params = _insert_params(new, ts, hyperparameters, digest)
-            row = self._write_with_event(self._create_stmt, params, "created", ts, actor, None)
+            prelude = (self._queued_quota_check(new.owner, new.job_id, max_queued)
+                       if capped else None)
+            row = self._write_with_event(self._create_stmt, params, "created", ts, actor, None,
+                                         prelude=prelude)
             if row is not None:
                 return _row_to_job(row), True
             with self._reading() as conn:
                 existing = conn.execute(_SELECT_FOR_RETRY, {"job_id": new.job_id}).first()
             if existing is None:
                 continue  # deleted between our insert and our read: try the insert again
+            if existing.owner != new.owner:
+                raise JobIdConflict(new.job_id, other_owner=True)
             if existing.request_hash != digest:
                 raise JobIdConflict(new.job_id)
             return _row_to_job(existing), False
         raise JobIdConflict(new.job_id)
+
+    def _queued_quota_check(self, owner: str, job_id: str,
+                            cap: int) -> Callable[[Connection], None]:
+        def check(conn: Connection) -> None:
+            if self._dialect == "postgresql":  # SQLite: the write lock already serialises
+                conn.execute(_PG_OWNER_LOCK, {"key": _PG_QUOTA_LOCK, "owner": owner})
+            if conn.execute(_SELECT_ID, {"job_id": job_id}).first() is not None:
+                return  # the insert will not add a job: a retry (200) or a conflict (409)
+            queued = conn.execute(_COUNT_OWNER_STATUS, {
+                "owner": owner, "status": JobStatus.QUEUED.value}).scalar_one()
+            if queued >= cap:
+                raise QuotaExceeded("queued jobs", "LLM_TRAIN_API_MAX_QUEUED_PER_USER", cap)
+
+        return check
+
+    def count_jobs(self, owner: str, status: JobStatus) -> int:
+        with self._reading() as conn:
+            return conn.execute(_COUNT_OWNER_STATUS,
+                                {"owner": owner, "status": status.value}).scalar_one()
 
     def insert_many(self, new_jobs: Iterable[NewJob]) -> int:
         """Bulk-load queued jobs in one transaction (seeding, imports, benchmarks)."""
@@ -420,6 +501,8 @@ class JobStore:
         clauses: list[Any] = []
         if status is not None:
             clauses.append(jobs.c.status == status.value)
+        if query.owner is not None:
+            clauses.append(jobs.c.owner == query.owner)
         if query.model_name is not None:
             clauses.append(jobs.c.model_name == query.model_name)
         if query.dataset is not None:
@@ -444,19 +527,24 @@ class JobStore:
         error_message: str | None = None,
         expected: Revision | None = None,
         actor: str | None = None,
+        owner: str | None = None,
     ) -> tuple[Job, bool]:
         """Move a job to `target` with one compare-and-set UPDATE.
 
         Returns (job, changed). Asking for the status the job already has changes nothing.
+        With `owner`, only that owner's job is changed: another's is JobNotFound, checked in
+        the same UPDATE (a job deleted and re-created by someone else in between is safe).
         Raises JobNotFound, PreconditionFailed (`expected` is stale) or IllegalTransition.
         """
         ts = now_us()
         message = error_message if target in ERROR_MESSAGE_TARGETS else None
-        params: dict[str, Any] = {"job_id": job_id, "now": ts, "error_message": message}
+        # Not "owner": a parameter named after a column would also be SET by the UPDATE.
+        params: dict[str, Any] = {"job_id": job_id, "now": ts, "error_message": message,
+                                  "owner_is": owner}
         if expected is not None:
             params["expected_version"] = expected.version
             params["expected_created_us"] = expected.created_us
-        stmt = self._transition_statement(target, expected is not None)
+        stmt = self._transition_statement(target, expected is not None, owner is not None)
         row = self._write_with_event(stmt, params, "status", ts, actor, message)
         if row is not None:
             if target is JobStatus.CANCELLED:
@@ -464,7 +552,7 @@ class JobStore:
             return _row_to_job(row), True
         with self._reading() as conn:
             current = conn.execute(_SELECT_BY_ID, {"job_id": job_id}).first()
-        if current is None:
+        if current is None or (owner is not None and current.owner != owner):
             raise JobNotFound(job_id)
         job = _row_to_job(current)
         if expected is not None and job.revision != expected:
@@ -473,9 +561,11 @@ class JobStore:
             return job, False
         raise IllegalTransition(job_id, job.status, target)
 
-    def _transition_statement(self, target: JobStatus, conditional: bool) -> Any:
-        """The compare-and-set UPDATE for `target`, built once per (target, If-Match?)."""
-        key = (target, conditional)
+    def _transition_statement(self, target: JobStatus, conditional: bool,
+                              owned: bool = False) -> Any:
+        """The compare-and-set UPDATE for `target`, built once per (target, If-Match?,
+        owner-scoped?)."""
+        key = (target, conditional, owned)
         stmt = self._transition_stmts.get(key)
         if stmt is not None:
             return stmt
@@ -486,6 +576,10 @@ class JobStore:
             "version": jobs.c.version + 1,
             "updated_us": now,
             "error_message": bindparam("error_message"),
+            # A status set from outside ends any worker's lease: that worker learns it from
+            # its next guarded write and stops, and the reaper leaves the job alone.
+            "lease_owner": None,
+            "lease_expires_us": None,
         }
         if target is JobStatus.RUNNING:
             values["started_us"] = now
@@ -501,6 +595,8 @@ class JobStore:
         if conditional:
             conditions.append(jobs.c.version == bindparam("expected_version"))
             conditions.append(jobs.c.created_us == bindparam("expected_created_us"))
+        if owned:
+            conditions.append(jobs.c.owner == bindparam("owner_is"))
         stmt = (
             update(jobs)
             .where(*conditions)
@@ -536,14 +632,25 @@ class JobStore:
             self._finish_stmts[key] = stmt
         return stmt
 
-    def delete_job(self, job_id: str) -> None:
-        """Delete the job with its events and metrics; its worker, if any, stops it."""
+    def delete_job(self, job_id: str, *, owner: str | None = None,
+                   actor: str | None = None) -> None:
+        """Delete the job and its metrics; its worker, if any, stops it.
+
+        The events stay, with a `deleted` event naming `actor`: the audit trail outlives
+        the job (a job re-created under the same id starts a timeline of its own, see
+        `job_events`). With `owner`, another owner's job is JobNotFound.
+        """
 
         def work(conn: Connection) -> None:
-            gone = conn.execute(_DELETE_JOB, {"job_id": job_id}).first()
+            stmt = _DELETE_OWNED_JOB if owner is not None else _DELETE_JOB
+            gone = conn.execute(stmt, {"job_id": job_id, "owner_is": owner}).first()
             if gone is None:
                 raise JobNotFound(job_id)
-            conn.execute(_DELETE_EVENTS, {"job_id": job_id})
+            conn.execute(_INSERT_EVENT, {
+                "job_id": job_id, "at_us": now_us(), "kind": "deleted",
+                "from_status": gone.status, "to_status": None, "actor": actor,
+                "message": None, "attempt": gone.attempts,
+                "job_created_us": gone.created_us})
             conn.execute(_DELETE_METRICS, {"job_id": job_id})
             if self._dialect == "postgresql":
                 conn.execute(_NOTIFY, {"channel": NOTIFY_CHANNEL, "job_id": job_id})
@@ -578,12 +685,16 @@ class JobStore:
                 raw.execute(f"UNLISTEN {NOTIFY_CHANNEL}")
                 raw.autocommit = False
 
-    def dataset_in_use(self, dataset: str) -> list[str]:
-        """Ids of queued or running jobs that train on `dataset` (at most 10, newest first)."""
+    def dataset_in_use(self, dataset: str, *, owner: str | None = None) -> list[str]:
+        """Ids of queued or running jobs that train on `dataset` (at most 10, newest first);
+        with `owner`, only that owner's jobs (a user's own datasets are theirs alone)."""
+        conditions = [jobs.c.dataset == dataset,
+                      jobs.c.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value])]
+        if owner is not None:
+            conditions.append(jobs.c.owner == owner)
         stmt = (
             select(jobs.c.id)
-            .where(jobs.c.dataset == dataset,
-                   jobs.c.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value]))
+            .where(*conditions)
             .order_by(jobs.c.created_us.desc(), jobs.c.seq.desc())
             .limit(10)
         )
@@ -593,18 +704,24 @@ class JobStore:
     def job_events(
         self, job_id: str, *, after_seq: int = 0, limit: int = 1000
     ) -> tuple[list[JobEvent], bool]:
-        """The timeline, oldest first, from after `after_seq`; and whether more remain."""
-        stmt = (
-            select(job_events)
-            .where(job_events.c.job_id == job_id, job_events.c.seq > after_seq)
-            .order_by(job_events.c.seq)
-            .limit(limit + 1)
-        )
+        """The timeline, oldest first, from after `after_seq`; and whether more remain.
+
+        Only this incarnation's events: those of an earlier job deleted under the same id
+        are kept for the audit trail, marked with that job's creation time. (Events from
+        before schema v3 carry none; deletes then removed them, so they are this job's.)"""
         with self._reading() as conn:
             exists = conn.execute(_SELECT_BY_ID, {"job_id": job_id}).first()
+            if exists is None:
+                raise JobNotFound(job_id)
+            stmt = (
+                select(job_events)
+                .where(job_events.c.job_id == job_id, job_events.c.seq > after_seq,
+                       or_(job_events.c.job_created_us == exists.created_us,
+                           job_events.c.job_created_us.is_(None)))
+                .order_by(job_events.c.seq)
+                .limit(limit + 1)
+            )
             rows = conn.execute(stmt).all()
-        if exists is None:
-            raise JobNotFound(job_id)
         events = [
             JobEvent(
                 job_id=r.job_id,
@@ -648,7 +765,19 @@ class JobStore:
         ts = now_us()
         params = {"worker": worker_id, "now": ts, "expires": ts + int(lease_s * 1e6),
                   "new_progress": _STARTING}
-        row = self._write_with_event(self._claim_stmt, params, "claimed", ts, worker_id, None)
+        if not self.max_running_per_user:
+            row = self._write_with_event(self._claim_stmt, params, "claimed", ts, worker_id,
+                                         None)
+            return None if row is None else _row_to_job(row)
+        # Capped: claims take turns (an advisory lock on PostgreSQL; SQLite's write lock),
+        # so the count in the claim's WHERE sees every claim committed before it.
+        params["cap"] = self.max_running_per_user
+        prelude = None
+        if self._dialect == "postgresql":
+            def prelude(conn: Connection) -> None:
+                conn.execute(_PG_LOCK, {"key": _PG_CLAIM_LOCK})
+        row = self._write_with_event(self._capped_claim_stmt, params, "claimed", ts,
+                                     worker_id, None, prelude=prelude)
         return None if row is None else _row_to_job(row)
 
     def running_jobs_of(self, worker_id: str) -> set[str]:
@@ -726,7 +855,7 @@ class JobStore:
                     {"job_id": r.id, "at_us": ts, "kind": "lease_expired",
                      "from_status": JobStatus.RUNNING.value, "to_status": r.status,
                      "actor": actor, "message": r.error_message or "worker lost; requeued",
-                     "attempt": r.attempts}
+                     "attempt": r.attempts, "job_created_us": r.created_us}
                     for r in rows
                 ])
             return rows
@@ -741,27 +870,32 @@ class JobStore:
         at_us: int,
         actor: str | None,
         message: str | None,
+        *,
+        prelude: Callable[[Connection], None] | None = None,
     ) -> Any:
         """Run a write whose RETURNING row, if any, gets its event row atomically with it.
 
         On PostgreSQL both go into one statement (a data-modifying CTE) run in autocommit:
         one round trip and one implicit transaction instead of BEGIN, two statements and
         COMMIT. SQLite has no data-modifying CTEs and no network, so there it is two
-        statements in one BEGIN IMMEDIATE transaction.
+        statements in one BEGIN IMMEDIATE transaction. A `prelude` (a lock, a quota check
+        that may raise) runs first in the same transaction, on both.
         """
         event = {"ev_at": at_us, "ev_actor": actor, "ev_message": message}
-        if self._dialect == "postgresql":
+        if self._dialect == "postgresql" and prelude is None:
             with self._read_engine.connect() as conn:
                 return conn.execute(self._with_event(stmt, kind), {**params, **event}).first()
 
         def work(conn: Connection) -> Any:
+            if prelude is not None:
+                prelude(conn)
             row = conn.execute(stmt, params).first()
             if row is not None:
                 previous = row._mapping.get("previous_status")
                 conn.execute(_INSERT_EVENT, {
                     "job_id": row.id, "at_us": at_us, "kind": kind, "from_status": previous,
                     "to_status": row.status, "actor": actor, "message": message,
-                    "attempt": row.attempts,
+                    "attempt": row.attempts, "job_created_us": row.created_us,
                 })
             return row
 
@@ -777,11 +911,11 @@ class JobStore:
             previous = changed.c.previous_status if "previous_status" in changed.c else null()
             event = insert(job_events).from_select(
                 ["job_id", "at_us", "kind", "from_status", "to_status", "actor", "message",
-                 "attempt"],
+                 "attempt", "job_created_us"],
                 select(changed.c.id, bindparam("ev_at", type_=BigInteger),
                        literal(kind, String), previous, changed.c.status,
                        bindparam("ev_actor", type_=String), bindparam("ev_message", type_=Text),
-                       changed.c.attempts),
+                       changed.c.attempts, changed.c.created_us),
             ).cte("event")
             columns = list(changed.c)
             if kind == "created":  # wake idle workers now rather than at their next poll
@@ -789,6 +923,90 @@ class JobStore:
             wrapped = select(*columns).add_cte(event)
             self._event_stmts[key] = wrapped
         return wrapped
+
+
+    # ================================================================== dispatchers (issue 6)
+    # Appended block (Ray executor, issue 6). A dispatcher's jobs run on a cluster, not in
+    # its own process group, so they can outlive it: on a graceful stop it *detaches* them
+    # (still `running`, leased to nobody in particular) and the next dispatcher *attaches*.
+    # Nothing above is changed; the reaper treats a detached job like any other lease.
+
+    def detach(self, job_id: str, worker_id: str, lease_s: float) -> Job | None:
+        """Hand a still-running job over to whichever dispatcher comes next.
+
+        The job stays `running` (its run goes on in the cluster) under the DETACHED_OWNER
+        lease, which expires after `lease_s`: if no dispatcher attaches by then, any reaper
+        requeues it and the claimant adopts the live run (see `refund_attempt`). Returns
+        None when this worker no longer held the job."""
+        ts = now_us()
+        params = {"job_id": job_id, "worker": worker_id, "now": ts,
+                  "expires": ts + int(lease_s * 1e6)}
+        row = self._write_with_event(_DETACH, params, "detached", ts, worker_id,
+                                     "dispatcher stopped; the run goes on")
+        return None if row is None else _row_to_job(row)
+
+    def claim_detached(self, worker_id: str, lease_s: float) -> Job | None:
+        """Take over the next detached job (priority, then age) without counting an attempt:
+        the run it stands for is still going."""
+        ts = now_us()
+        params = {"worker": worker_id, "now": ts, "expires": ts + int(lease_s * 1e6)}
+        stmt = _CLAIM_DETACHED_PG if self._dialect == "postgresql" else _CLAIM_DETACHED
+        row = self._write_with_event(stmt, params, "attached", ts, worker_id, None)
+        return None if row is None else _row_to_job(row)
+
+    def refund_attempt(self, job_id: str, worker_id: str, message: str) -> Job | None:
+        """Take back the attempt that this worker's claim counted, keeping the lease: the
+        claimant found the previous attempt's run still alive and adopted it instead of
+        starting a new one. Returns None when the lease is gone."""
+        ts = now_us()
+        params = {"job_id": job_id, "worker": worker_id, "now": ts}
+        row = self._write_with_event(_REFUND_ATTEMPT, params, "attached", ts, worker_id,
+                                     message)
+        return None if row is None else _row_to_job(row)
+
+
+# Statements of the dispatchers block (issue 6).
+DETACHED_OWNER = "@detached"
+_DETACH = (
+    update(jobs)
+    .where(jobs.c.id == bindparam("job_id"), jobs.c.lease_owner == bindparam("worker"),
+           jobs.c.status == _RUNNING)
+    .values(lease_owner=DETACHED_OWNER, lease_expires_us=bindparam("expires"),
+            updated_us=bindparam("now"), version=jobs.c.version + 1)
+    .returning(*_JOB_COLUMNS)
+)
+
+
+def _claim_detached_statement(*, skip_locked: bool) -> Any:
+    next_job = (
+        select(jobs.c.seq)
+        .where(jobs.c.status == _RUNNING, jobs.c.lease_owner == DETACHED_OWNER)
+        .order_by(jobs.c.priority.desc(), jobs.c.created_us, jobs.c.seq)
+        .limit(1)
+    )
+    if skip_locked:
+        next_job = next_job.with_for_update(skip_locked=True)
+    return (
+        update(jobs)
+        .where(jobs.c.seq == next_job.scalar_subquery(), jobs.c.status == _RUNNING,
+               jobs.c.lease_owner == DETACHED_OWNER)
+        .values(lease_owner=bindparam("worker"), lease_expires_us=bindparam("expires"),
+                updated_us=bindparam("now"), version=jobs.c.version + 1)
+        .returning(*_JOB_COLUMNS)
+    )
+
+
+_CLAIM_DETACHED = _claim_detached_statement(skip_locked=False)
+_CLAIM_DETACHED_PG = _claim_detached_statement(skip_locked=True)
+_REFUND_ATTEMPT = (
+    update(jobs)
+    .where(jobs.c.id == bindparam("job_id"), jobs.c.lease_owner == bindparam("worker"),
+           jobs.c.status == _RUNNING, jobs.c.attempts > 1)
+    .values(attempts=jobs.c.attempts - 1, updated_us=bindparam("now"),
+            version=jobs.c.version + 1)
+    .returning(*_JOB_COLUMNS)
+)
+# ================================================================ end of dispatchers block
 
 
 def build_engine(

@@ -58,6 +58,8 @@ jobs = Table(
     Column("lease_owner", String(128)),
     Column("lease_expires_us", BigInteger),
     Column("progress", Text),
+    # --- v3: who created the job (a token's principal name); NULL when auth was disabled.
+    Column("owner", String(64)),
 )
 
 # One index per supported single filter, each ending in the sort key, so that every page is
@@ -69,6 +71,9 @@ Index("ix_jobs_dataset_created", jobs.c.dataset, jobs.c.created_us, jobs.c.seq)
 # The claim order (priority, then age) and the reaper's scan of expired leases.
 Index("ix_jobs_claim", jobs.c.status, jobs.c.priority.desc(), jobs.c.created_us, jobs.c.seq)
 Index("ix_jobs_lease", jobs.c.status, jobs.c.lease_expires_us)
+# v3: a user's own listing (same shape as the others), and the per-user quota counts.
+Index("ix_jobs_owner_created", jobs.c.owner, jobs.c.created_us, jobs.c.seq)
+Index("ix_jobs_owner_status", jobs.c.owner, jobs.c.status)
 
 job_events = Table(
     "job_events",
@@ -82,6 +87,9 @@ job_events = Table(
     Column("actor", String(128)),
     Column("message", Text),
     Column("attempt", Integer),  # v2
+    # v3: which incarnation of the id the event belongs to (the job's created_us): a deleted
+    # job's events are kept for the audit trail, and must not join a re-created job's.
+    Column("job_created_us", BigInteger),
 )
 Index("ix_job_events_job", job_events.c.job_id, job_events.c.seq)
 
@@ -96,6 +104,21 @@ job_metrics = Table(
     Column("data", Text, nullable=False),
 )
 Index("ix_job_metrics_job_step", job_metrics.c.job_id, job_metrics.c.step)
+
+# v3: API tokens. Only a SHA-256 of each token is kept: tokens are 256 random bits, so a
+# fast hash is enough (there is nothing to brute-force), and a lookup is one index probe.
+api_tokens = Table(
+    "api_tokens",
+    metadata,
+    Column("id", _Seq, primary_key=True, autoincrement=True),
+    Column("name", String(64), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("token_hash", String(64), nullable=False, unique=True),
+    # The first characters of the token, safe to show in `tokens list` to tell them apart.
+    Column("prefix", String(16), nullable=False),
+    Column("created_us", BigInteger, nullable=False),
+    Column("revoked_us", BigInteger),
+)
 
 schema_version = Table(
     "schema_version",

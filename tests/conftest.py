@@ -17,6 +17,7 @@ from sqlalchemy.exc import OperationalError
 from llm_train_api import create_app
 from llm_train_api.store import JobStore
 
+from .clients import admin_client
 from .servers import FAST, GunicornServer, WorkerProcess
 
 PG_SERVER_URL = os.environ.get(
@@ -79,7 +80,8 @@ def app(tmp_path):
 
 @pytest.fixture
 def client(app):
-    return app.test_client()
+    """As the admin: auth is on (the default), and tests of other roles use `client_as`."""
+    return admin_client(app)
 
 
 @pytest.fixture

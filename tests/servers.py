@@ -49,11 +49,26 @@ class GunicornServer:
                 raise RuntimeError(f"gunicorn exited early:\n{self.log_path.read_text()}")
             try:
                 if requests.get(self.url + "/readyz", timeout=2).status_code == 200:
+                    self._pick_up_admin_token()
                     return
             except requests.RequestException:
                 pass
             time.sleep(0.1)
         raise RuntimeError(f"gunicorn did not become ready:\n{self.log_path.read_text()}")
+
+    def _pick_up_admin_token(self) -> None:
+        """Tests act as the admin whose token the server wrote on its first start."""
+        instance = self.env.get("LLM_TRAIN_API_INSTANCE_PATH")
+        path = Path(instance) / "admin-token" if instance else None
+        if path is not None and path.is_file():
+            self.token = path.read_text().strip()
+            self.http.headers["Authorization"] = f"Bearer {self.token}"
+
+    def session(self) -> requests.Session:
+        """A new session (a new connection) that carries the token."""
+        s = requests.Session()
+        s.headers.update(self.http.headers)
+        return s
 
     def worker_pids(self) -> list[int]:
         out = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True)

@@ -7,6 +7,8 @@ import pytest
 
 from llm_train_api import create_app
 
+from .clients import admin_client
+
 
 @pytest.fixture
 def local_app(tmp_path):
@@ -17,7 +19,7 @@ def local_app(tmp_path):
 
 @pytest.fixture
 def local(local_app):
-    return local_app.test_client()
+    return admin_client(local_app)
 
 
 GOOD = {"model_name": "gpt-nano", "dataset": "builtin:tinytext",
@@ -129,3 +131,72 @@ def test_metrics_of_a_job_without_any(local):
     assert local.get("/jobs/m/metrics").get_json() == []
     assert local.get("/jobs/m/metrics?after_step=-5").status_code == 422
     assert local.get("/jobs/nope/metrics").status_code == 404
+
+
+# ---------------------------------------------------------------- resources.processes (DDP)
+
+
+@pytest.mark.parametrize("resources,stored", [
+    ({"cpus": 2, "processes": 2}, {"cpus": 2, "gpus": 0, "memory_gb": None, "processes": 2}),
+    ({"gpus": 2}, {"cpus": 1, "gpus": 2, "memory_gb": None, "processes": 2}),  # one per GPU
+    ({"cpus": 4}, {"cpus": 4, "gpus": 0, "memory_gb": None}),  # single-process: unchanged
+])
+def test_processes_are_admitted_and_default_to_one_per_gpu(local, resources, stored):
+    resp = local.post("/jobs?dry_run=true", json={**GOOD, "resources": resources})
+    assert resp.status_code == 200, resp.get_json()
+    assert resp.get_json()["resources"] == stored
+
+
+@pytest.mark.parametrize("resources,needle", [
+    ({"processes": 2}, "processes (2) must not exceed cpus (1)"),
+    ({"cpus": 8, "processes": 9}, "processes (9) must not exceed cpus (8)"),
+    ({"gpus": 2, "processes": 4}, "processes must equal gpus (2), not 4"),
+    ({"gpus": 1, "processes": 2}, "processes must equal gpus (1), not 2"),
+    ({"cpus": 128, "processes": 65}, "less than or equal to 64"),
+    ({"processes": 0}, "greater than or equal to 1"),
+    ({"processes": "two"}, "Not a valid integer."),
+])
+def test_processes_that_cannot_run_are_422_with_the_reason(local, resources, needle):
+    resp = local.post("/jobs", json={**GOOD, "resources": resources})
+    assert resp.status_code == 422
+    messages = resp.get_json()["errors"]["json"]["resources"]["processes"]
+    assert any(needle in m for m in messages), messages
+    assert count(local) == 0
+
+
+def test_admit_splits_the_global_batch_and_adds_up_cpu_ranks_memory(local_app):
+    """admit()'s DDP rules (they need the job's resources as well as its hyperparameters)."""
+    from llm_train_api.admission import AdmissionError, admit
+    from llm_train_api.training.catalog import estimate_memory_for
+    from llm_train_api.training.hyperparams import validate_hyperparameters
+
+    data_dir = local_app.config["DATA_DIR"]
+    hp = {"batch_size": 6, "block_size": 64}
+
+    def refusal(resources, limit=2**40, **extra):
+        with pytest.raises(AdmissionError) as info:
+            admit("gpt-nano", "builtin:tinytext", {**hp, **extra}, data_dir=data_dir,
+                  memory_limit_bytes=limit, resources=resources)
+        return info.value.errors["hyperparameters"]
+
+    assert admit("gpt-nano", "builtin:tinytext", hp, data_dir=data_dir,
+                 memory_limit_bytes=2**40, resources={"cpus": 3, "processes": 3})
+    assert refusal({"cpus": 4, "processes": 4})["batch_size"] == [
+        "batch_size is the global batch, split evenly over the 4 processes: 6 is not a "
+        "multiple of 4."]
+    per_rank = estimate_memory_for("gpt-nano", validate_hyperparameters(
+        {**hp, "batch_size": 3}, "gpt-nano"))
+    limit = per_rank * 2 - 1  # one rank fits, two on one host do not
+    message = refusal({"cpus": 2, "processes": 2}, limit=limit)["_memory"][0]
+    assert "over 2 processes" in message and "or fewer processes" in message
+    assert admit("gpt-nano", "builtin:tinytext", {**hp, "batch_size": 3}, data_dir=data_dir,
+                 memory_limit_bytes=limit, resources=None)
+
+
+def test_post_refuses_a_global_batch_that_does_not_split_over_the_processes(local):
+    body = {**GOOD, "hyperparameters": {"batch_size": 5}, "resources": {"cpus": 2,
+                                                                       "processes": 2}}
+    resp = local.post("/jobs", json=body)
+    assert resp.status_code == 422
+    assert "not a multiple of 2" in str(resp.get_json()["errors"])
+    assert count(local) == 0

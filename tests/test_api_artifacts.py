@@ -11,6 +11,8 @@ import pytest
 from llm_train_api import create_app, jobfiles
 from llm_train_api.api import artifacts
 
+from .clients import admin_client
+
 
 @pytest.fixture
 def app(tmp_path):
@@ -103,7 +105,7 @@ def test_follow_streams_new_lines_until_the_job_ends(client, app):
     log.write_bytes(b"first\n")
 
     def writer():
-        other = app.test_client()
+        other = admin_client(app)
         time.sleep(0.3)
         other.patch(f"/jobs/{job_id}/status", json={"status": "running"})
         with open(log, "ab") as f:
@@ -130,8 +132,8 @@ def test_follow_streams_new_lines_until_the_job_ends(client, app):
     data = [e["data"][0] for e in events if "data" in e and "event" not in e]
     assert data == ["first", "step 0", "step 1", "step 2", "step 3", "step 4", "half a line",
                     "unterminated"]
-    # A CR cannot break the framing: it ends a data field, the event goes on.
-    assert [e["data"] for e in events if e.get("data", [""])[0] == "step 2"] == [["step 2", ""]]
+    # A CRLF line ending is one line end: no empty data field after it.
+    assert [e["data"] for e in events if e.get("data", [""])[0] == "step 2"] == [["step 2"]]
     assert events[-1] == {"event": ["end"], "data": ["succeeded"]}
     # Ids are byte offsets: reconnecting with Last-Event-ID resumes after that line.
     ids = [int(e["id"][0]) for e in events if "id" in e]
@@ -155,7 +157,7 @@ def test_follow_with_tail_of_a_finished_job_ends_at_once(client, app):
 def test_follow_times_out_for_reconnection(tmp_path):
     app = create_app({"INSTANCE_PATH": str(tmp_path / "i"), "EXECUTOR": "none",
                       "LOG_FOLLOW_MAX_S": 0.6})
-    client = app.test_client()
+    client = admin_client(app)
     job_id = new_job(client)
     started = time.monotonic()
     raw = client.get(f"/jobs/{job_id}/logs?follow=true").get_data(as_text=True)
@@ -253,3 +255,12 @@ def test_symlinks(client, app, tmp_path):
     assert client.get(f"/jobs/{job_id}/artifacts/alias.log").data == b"hello\n"
     names = [a["name"] for a in client.get(f"/jobs/{job_id}/artifacts").get_json()]
     assert "escape.log" not in names and "passwd" not in names and "alias.log" in names
+
+
+def test_sse_framing_of_carriage_returns():
+    from llm_train_api.api.artifacts import _sse_event
+
+    # A progress bar's bare CRs become separate data fields of one event; a CRLF ending is
+    # one line end (no empty field), so clients see the line exactly once.
+    assert _sse_event(b"10%\r20%\r30%", 7) == b"id: 7\ndata: 10%\ndata: 20%\ndata: 30%\n\n"
+    assert _sse_event(b"line 3\r", 42) == b"id: 42\ndata: line 3\n\n"

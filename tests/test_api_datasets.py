@@ -7,7 +7,6 @@ import json
 import os
 
 import pytest
-import requests
 
 from llm_train_api.training.datasets import resolve_dataset
 
@@ -198,7 +197,7 @@ def test_streamed_uploads_on_gunicorn(gunicorn_factory, tmp_path):
 
     # Content-Length over the 1 MiB JSON limit but under the dataset limit: accepted.
     big = (b"x" * 99 + b"\n") * 15_000  # 1.5 MB
-    resp = requests.put(url + "big", data=big, headers=text, timeout=30)
+    resp = server.session().put(url + "big", data=big, headers=text, timeout=30)
     assert resp.status_code == 201, resp.text
     assert resp.json()["size_bytes"] == len(big) and resp.json()["lines"] == 15_000
 
@@ -207,22 +206,22 @@ def test_streamed_uploads_on_gunicorn(gunicorn_factory, tmp_path):
         for i in range(0, len(data), size):
             yield data[i:i + size]
 
-    resp = requests.put(url + "big", data=chunks(big), headers=text, timeout=30)
+    resp = server.session().put(url + "big", data=chunks(big), headers=text, timeout=30)
     assert resp.status_code == 200, resp.text
     assert resp.json()["sha256"] == hashlib.sha256(big).hexdigest()
 
     # Chunked, over the limit: 413, and nothing written.
     huge = big * 2  # 3 MB
-    resp = requests.put(url + "huge", data=chunks(huge), headers=text, timeout=30)
+    resp = server.session().put(url + "huge", data=chunks(huge), headers=text, timeout=30)
     assert resp.status_code == 413, resp.text
     assert resp.json()["code"] == 413
     # Declared Content-Length over the limit: 413 before reading.
-    resp = requests.put(url + "huge", data=huge, headers=text, timeout=30)
+    resp = server.session().put(url + "huge", data=huge, headers=text, timeout=30)
     assert resp.status_code == 413
-    assert requests.get(url + "huge", timeout=10).status_code == 404
+    assert server.http.get(url + "huge", timeout=10).status_code == 404
     assert sorted(os.listdir(tmp_path / "data" / "datasets")) == [".meta", "big.txt"]
     # JSON bodies keep their own limit.
-    resp = requests.post(server.url + "/jobs", headers={"Content-Type": "application/json"},
+    resp = server.http.post(server.url + "/jobs", headers={"Content-Type": "application/json"},
                          data=json.dumps({"model_name": "m", "dataset": "d",
                                           "hyperparameters": {"p": "x" * 1_100_000}}),
                          timeout=10)

@@ -10,6 +10,8 @@ from urllib.parse import quote
 
 import pytest
 
+from .clients import admin_client
+
 SEED_JOB = {
     "job_id": "job-001",
     "model_name": "gpt-mini",
@@ -481,7 +483,7 @@ def test_lost_database_connection_is_503_and_the_next_request_recovers(tmp_path,
     app = create_app({"INSTANCE_PATH": str(tmp_path),
                       "DATABASE_URL": f"{pg_url}&application_name={tag}", "DB_POOL_SIZE": 1,
                       "EXECUTOR": "none"})
-    client = app.test_client()
+    client = admin_client(app)
     assert create(client).status_code == 201
     store = app.extensions["llm_train_api.store"]
     admin = create_engine(pg_server)

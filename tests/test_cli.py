@@ -33,9 +33,19 @@ def test_up_serves_runs_a_job_and_stops_cleanly_on_ctrl_c(tmp_path):
         [sys.executable, "-m", "llm_train_api.cli", "up", "--bind", f"127.0.0.1:{port}"],
         cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        first_line = proc.stdout.readline()
-        assert f"http://127.0.0.1:{port}" in first_line
+        # `up` announces the URL, then (first start) the admin token it wrote.
+        lines: list[str] = []
+        while not any("export LLM_TRAIN_API_TOKEN=" in line for line in lines):
+            line = proc.stdout.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+        listening = next(i for i, line in enumerate(lines)
+                         if f"listening on http://127.0.0.1:{port}" in line)
+        token = (tmp_path / "admin-token").read_text().strip()
+        assert f"export LLM_TRAIN_API_TOKEN={token}" in "".join(lines[listening:])
         url = f"http://127.0.0.1:{port}"
+        http = requests.Session()
+        http.headers["Authorization"] = f"Bearer {token}"
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             try:
@@ -46,9 +56,9 @@ def test_up_serves_runs_a_job_and_stops_cleanly_on_ctrl_c(tmp_path):
         body = {"job_id": "demo", "model_name": "gpt-nano", "dataset": "builtin:tinytext",
                 "hyperparameters": {"max_steps": 5, "epochs": 100, "batch_size": 4,
                                     "block_size": 32}}
-        assert requests.post(url + "/jobs", json=body, timeout=10).status_code == 201
+        assert http.post(url + "/jobs", json=body, timeout=10).status_code == 201
         deadline = time.monotonic() + 60
-        while requests.get(url + "/jobs/demo", timeout=5).json()["status"] != "succeeded":
+        while http.get(url + "/jobs/demo", timeout=5).json()["status"] != "succeeded":
             assert time.monotonic() < deadline, "the job did not run"
             time.sleep(0.3)
         family = descendants(proc.pid)

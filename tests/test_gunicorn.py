@@ -22,9 +22,9 @@ def body(job_id: str) -> dict:
             "hyperparameters": {"learning_rate": 0.001}}
 
 
-def fresh_get(url: str) -> requests.Response:
+def fresh_get(server, url: str) -> requests.Response:
     # A new connection per request, so gunicorn spreads them over its workers.
-    with requests.Session() as s:
+    with server.session() as s:
         return s.get(url, timeout=10, headers={"Connection": "close"})
 
 
@@ -34,45 +34,45 @@ def test_workers_see_each_others_writes(gunicorn_factory, server_env):
     ids = [f"w{i}" for i in range(30)]
 
     def create_then_read(job_id):
-        with requests.Session() as s:
+        with server.session() as s:
             resp = s.post(server.url + "/jobs", json=body(job_id), timeout=10,
                           headers={"Connection": "close"})
         assert resp.status_code == 201, resp.text
         # Read back immediately through other connections (other workers).
-        return [fresh_get(f"{server.url}/jobs/{job_id}").status_code for _ in range(3)]
+        return [fresh_get(server, f"{server.url}/jobs/{job_id}").status_code for _ in range(3)]
 
     with ThreadPoolExecutor(6) as pool:
         reads = list(pool.map(create_then_read, ids))
     assert all(code == 200 for codes in reads for code in codes)
-    listed = fresh_get(server.url + "/jobs?limit=1000").json()
+    listed = fresh_get(server, server.url + "/jobs?limit=1000").json()
     assert sorted(j["id"] for j in listed) == sorted(ids)
 
 
 def test_racing_status_changes_over_http_have_one_winner(gunicorn_factory, server_env):
     server = gunicorn_factory(workers=3, env=server_env)
     for i in range(5):
-        requests.post(server.url + "/jobs", json=body(f"r{i}"), timeout=10)
-        requests.patch(f"{server.url}/jobs/r{i}/status", json={"status": "running"}, timeout=10)
+        server.http.post(server.url + "/jobs", json=body(f"r{i}"), timeout=10)
+        server.http.patch(f"{server.url}/jobs/r{i}/status", json={"status": "running"}, timeout=10)
     targets = ["succeeded", "failed", "cancelled"] * 4
     for i in range(5):
         barrier = threading.Barrier(len(targets))
 
         def attempt(target, job_id=f"r{i}", barrier=barrier):
             barrier.wait()
-            with requests.Session() as s:
+            with server.session() as s:
                 return s.patch(f"{server.url}/jobs/{job_id}/status", json={"status": target},
                                timeout=20, headers={"Connection": "close"})
 
         with ThreadPoolExecutor(len(targets)) as pool:
             responses = list(pool.map(attempt, targets))
         assert all(r.status_code in (200, 409) for r in responses), [r.text for r in responses]
-        final = fresh_get(f"{server.url}/jobs/r{i}").json()["status"]
+        final = fresh_get(server, f"{server.url}/jobs/r{i}").json()["status"]
         # Every 200 reports the winner's status: a loser with another target always gets 409.
         oks = {r.json()["status"] for r in responses if r.status_code == 200}
         assert oks == {final}
         losers = [r for r in responses if r.status_code == 409]
         assert len(losers) == targets.count("succeeded") * 2
-        events = fresh_get(f"{server.url}/jobs/r{i}/events").json()
+        events = fresh_get(server, f"{server.url}/jobs/r{i}/events").json()
         assert [e["to_status"] for e in events] == ["queued", "running", final]
 
 
@@ -83,7 +83,7 @@ def test_nothing_acknowledged_is_lost_on_kill_9(gunicorn_factory, server_env):
 
     def writer(n):
         i = 0
-        with requests.Session() as s:
+        with server.session() as s:
             while not stop.is_set():
                 job_id = f"k{n}-{i}"
                 try:
@@ -110,7 +110,7 @@ def test_nothing_acknowledged_is_lost_on_kill_9(gunicorn_factory, server_env):
 
     restarted = gunicorn_factory(workers=2, env=server_env)
     for job_id, statuses in acked.items():
-        resp = fresh_get(f"{restarted.url}/jobs/{job_id}")
+        resp = fresh_get(restarted, f"{restarted.url}/jobs/{job_id}")
         assert resp.status_code == 200, f"acknowledged job {job_id} lost"
         assert resp.json()["status"] in statuses, f"acknowledged change on {job_id} lost"
     assert sum(statuses == {"running"} for statuses in acked.values()) > 10
@@ -126,13 +126,13 @@ def test_oversized_chunked_body_is_413_not_truncated(gunicorn_factory):
             yield b"y" * 8192
         yield b'"}}'
 
-    big = requests.post(server.url + "/jobs", data=chunks(2 * 1024 * 1024), timeout=30,
+    big = server.http.post(server.url + "/jobs", data=chunks(2 * 1024 * 1024), timeout=30,
                         headers={"Content-Type": "application/json"})
     assert big.status_code == 413 and big.json()["code"] == 413
-    small = requests.post(server.url + "/jobs", data=chunks(32768), timeout=30,
+    small = server.http.post(server.url + "/jobs", data=chunks(32768), timeout=30,
                           headers={"Content-Type": "application/json"})
     assert small.status_code == 201, small.text
-    assert len(requests.get(server.url + "/jobs", timeout=10).json()) == 1
+    assert len(server.http.get(server.url + "/jobs", timeout=10).json()) == 1
 
 
 @pytest.mark.postgres
@@ -140,12 +140,14 @@ def test_two_hosts_on_one_postgres_share_one_set_of_jobs(gunicorn_factory, pg_ur
     env = {"LLM_TRAIN_API_DATABASE_URL": pg_url}
     host_a = gunicorn_factory(workers=2, env=env)
     host_b = gunicorn_factory(workers=2, env=env)
-    assert requests.post(host_a.url + "/jobs", json=body("shared"), timeout=10).status_code == 201
-    assert requests.post(host_b.url + "/jobs", json=body("shared"), timeout=10).status_code == 200
-    moved = requests.patch(host_b.url + "/jobs/shared/status", json={"status": "running"},
+    created = host_a.http.post(host_a.url + "/jobs", json=body("shared"), timeout=10)
+    assert created.status_code == 201
+    retried = host_b.http.post(host_b.url + "/jobs", json=body("shared"), timeout=10)
+    assert retried.status_code == 200
+    moved = host_b.http.patch(host_b.url + "/jobs/shared/status", json={"status": "running"},
                            timeout=10)
     assert moved.status_code == 200
-    assert fresh_get(host_a.url + "/jobs/shared").json()["status"] == "running"
-    late = requests.patch(host_a.url + "/jobs/shared/status", json={"status": "queued"},
+    assert fresh_get(host_a, host_a.url + "/jobs/shared").json()["status"] == "running"
+    late = host_a.http.patch(host_a.url + "/jobs/shared/status", json={"status": "queued"},
                           headers={"If-Match": '"0-1"'}, timeout=10)
     assert late.status_code == 412

@@ -26,7 +26,12 @@ ROUTES = {
     ("/datasets/{name}", "delete"): {"204", "403", "404", "409"},
     ("/healthz", "get"): {"200"},
     ("/readyz", "get"): {"200", "503"},
+    ("/whoami", "get"): {"200"},
 }
+PUBLIC = {("/healthz", "get"), ("/readyz", "get")}
+QUOTA_LIMITED = {("/jobs", "post"), ("/datasets/{name}", "put")}
+# Served outside the OpenAPI document: the docs themselves, the dashboard, Prometheus.
+NOT_API = re.compile(r"^/(openapi\.json|docs|static/|ui|metrics)")
 
 
 @pytest.fixture
@@ -42,12 +47,24 @@ def test_every_route_and_status_code_is_documented(app, spec):
     assert documented == set(ROUTES)
     for (path, method), codes in ROUTES.items():
         op = spec["paths"][path][method]
+        if (path, method) not in PUBLIC:
+            codes = codes | {"401", "403"}
+        if (path, method) in QUOTA_LIMITED:
+            codes = codes | {"429"}
         assert codes <= set(op["responses"]), (path, method, set(op["responses"]))
         assert op.get("summary"), (path, method)
-    # And every route the app serves is in the document (besides the docs themselves).
+        # Public operations opt out of the document-wide bearer requirement.
+        assert ("security" in op and op["security"] == []) == ((path, method) in PUBLIC)
+    # And every API route the app serves is in the document.
     served = {re.sub(r"<(?:\w+:)?(\w+)>", r"{\1}", r.rule) for r in app.url_map.iter_rules()}
-    served -= {"/openapi.json", "/docs", "/docs/static/{filename}", "/static/{filename}"}
-    assert served == {path for path, _ in ROUTES}
+    assert {p for p in served if not NOT_API.match(p)} == {path for path, _ in ROUTES}
+
+
+def test_swagger_ui_offers_the_bearer_scheme(spec):
+    assert spec["components"]["securitySchemes"]["bearerAuth"] == {
+        **spec["components"]["securitySchemes"]["bearerAuth"], "type": "http",
+        "scheme": "bearer"}
+    assert spec["security"] == [{"bearerAuth": []}]
 
 
 def test_schemas_describe_the_seed_payloads(spec):

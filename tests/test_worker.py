@@ -8,21 +8,19 @@ import os
 import signal
 import time
 
-import requests
-
 from .servers import TINY
 
 
 def submit(server, job_id: str, **hp) -> dict:
     body = {"job_id": job_id, "model_name": "gpt-nano", "dataset": "builtin:tinytext",
             "hyperparameters": {**TINY, **hp}}
-    resp = requests.post(server.url + "/jobs", json=body, timeout=10)
+    resp = server.http.post(server.url + "/jobs", json=body, timeout=10)
     assert resp.status_code == 201, resp.text
     return resp.json()
 
 
 def get(server, job_id: str) -> dict:
-    return requests.get(f"{server.url}/jobs/{job_id}", timeout=10).json()
+    return server.http.get(f"{server.url}/jobs/{job_id}", timeout=10).json()
 
 
 def wait_for(predicate, timeout: float, what: str):
@@ -58,7 +56,7 @@ def alive(pid: int) -> bool:
 
 
 def events(server, job_id):
-    return requests.get(f"{server.url}/jobs/{job_id}/events", timeout=10).json()
+    return server.http.get(f"{server.url}/jobs/{job_id}/events", timeout=10).json()
 
 
 def test_a_job_trains_to_success(service):
@@ -68,10 +66,10 @@ def test_a_job_trains_to_success(service):
     assert job["status"] == "succeeded", job["error_message"]
     assert job["attempts"] == 1 and job["started_at"] and job["finished_at"]
     assert job["progress"]["step"] == 30 and job["progress"]["fraction"] == 1.0
-    curve = requests.get(f"{service.url}/jobs/ok/metrics", timeout=10).json()
+    curve = service.http.get(f"{service.url}/jobs/ok/metrics", timeout=10).json()
     assert [p["step"] for p in curve] == list(range(1, 31))
     assert curve[-1]["train_loss"] < curve[0]["train_loss"]
-    newer = requests.get(f"{service.url}/jobs/ok/metrics?after_step=28", timeout=10).json()
+    newer = service.http.get(f"{service.url}/jobs/ok/metrics?after_step=28", timeout=10).json()
     assert [p["step"] for p in newer] == [29, 30]
     kinds = [(e["kind"], e["to_status"]) for e in events(service, "ok")]
     assert kinds == [("created", "queued"), ("claimed", "running"), ("status", "succeeded")]
@@ -88,7 +86,7 @@ def test_cancel_kills_the_trainer_process(service):
     pid = job["progress"]["pid"]
     assert alive(pid)
     t0 = time.monotonic()
-    resp = requests.post(f"{service.url}/jobs/long/cancel", timeout=10)
+    resp = service.http.post(f"{service.url}/jobs/long/cancel", timeout=10)
     assert resp.status_code == 200 and resp.json()["status"] == "cancelled"
     wait_for(lambda: not alive(pid), 5, "the trainer to die")
     assert time.monotonic() - t0 < 3.0
@@ -101,7 +99,7 @@ def test_deleting_a_running_job_kills_its_trainer(service):
     submit(service, "doomed", max_steps=100_000)
     job = wait_progress(service, "doomed", "step", 3)
     pid = job["progress"]["pid"]
-    assert requests.delete(f"{service.url}/jobs/doomed", timeout=10).status_code == 204
+    assert service.http.delete(f"{service.url}/jobs/doomed", timeout=10).status_code == 204
     wait_for(lambda: not alive(pid), 5, "the trainer to die")
 
 
@@ -157,7 +155,7 @@ def test_a_failing_trainer_ends_failed_with_its_error(service):
     (datasets / "small.txt").write_text("tiny corpus. " * 50)
     body = {"job_id": "bad", "model_name": "gpt-nano", "dataset": "small",
             "hyperparameters": {**TINY, "max_steps": 5}}
-    assert requests.post(service.url + "/jobs", json=body, timeout=10).status_code == 201
+    assert service.http.post(service.url + "/jobs", json=body, timeout=10).status_code == 201
     (datasets / "small.txt").write_text("the data changed after the job was accepted")
     service.start_worker()
     job = wait_status(service, "bad", {"succeeded", "failed"})
@@ -169,7 +167,7 @@ def test_deadline_exceeded_fails_the_job(service):
     service.start_worker()
     body = {"job_id": "slow", "model_name": "gpt-nano", "dataset": "builtin:tinytext",
             "hyperparameters": {**TINY, "max_steps": 100_000}, "max_runtime_seconds": 3}
-    assert requests.post(service.url + "/jobs", json=body, timeout=10).status_code == 201
+    assert service.http.post(service.url + "/jobs", json=body, timeout=10).status_code == 201
     job = wait_status(service, "slow", {"succeeded", "failed"}, timeout=60)
     assert job["status"] == "failed" and "deadline exceeded" in job["error_message"]
 

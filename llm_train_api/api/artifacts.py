@@ -21,6 +21,7 @@ from flask_smorest import abort
 from marshmallow import RAISE, Schema, fields, validate
 
 from .. import jobfiles
+from ..auth import ensure_visible
 from ..domain import Job, JobNotFound, is_valid_job_id
 from ..schemas import UTCDateTime
 from ..store import JobStore
@@ -64,7 +65,7 @@ class ArtifactSchema(Schema):
 def _job(job_id: str) -> Job:
     if not is_valid_job_id(job_id):
         raise JobNotFound(job_id)
-    return get_store().get_job(job_id)
+    return ensure_visible(get_store().get_job(job_id))
 
 
 # ----------------------------------------------------------------------------- logs
@@ -91,7 +92,11 @@ class JobLogs(MethodView):
                   "`text/event-stream`. Empty when the job has not logged anything yet.")
     @blp.doc(responses={"200": {"content": {
         "text/plain": {"schema": {"type": "string"}},
-        "text/event-stream": {"schema": {"type": "string"}},
+        # One Server-Sent Event: a log line (`data`, with its byte offset as `id`), or
+        # `event: end` / `event: timeout` (reconnect with Last-Event-ID).
+        "text/event-stream": {"schema": {"type": "object", "properties": {
+            "event": {"type": "string"}, "data": {"type": "string"},
+            "id": {"type": "string"}, "retry": {"type": "integer"}}}},
     }}})
     @blp.error(404, "No such job.")
     @blp.error(422, "Bad `tail` (1 to 100000) or `follow`, or an unknown parameter.")
@@ -184,6 +189,8 @@ def _sse_event(data: bytes, offset: int) -> bytes:
     # SSE treats CR, LF and CRLF alike as line ends: each piece becomes a data field and
     # the client joins them with "\n", so a progress bar's \r cannot break the framing.
     text = data.decode("utf-8", errors="replace")
+    if text.endswith("\r"):  # a CRLF line whose LF was the split point: no empty last piece
+        text = text[:-1]
     pieces = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
     body = "".join(f"data: {piece}\n" for piece in pieces)
     return f"id: {offset}\n{body}\n".encode()

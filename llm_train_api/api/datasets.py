@@ -1,10 +1,14 @@
 """Datasets: upload (raw, streamed), list, inspect and delete the files jobs train on.
 
 Files live under `DATA_DIR/datasets/`, where the trainer's `resolve_dataset` finds them;
-metadata in `DATA_DIR/datasets/.meta/` (see `llm_train_api.dataset_files`).
+metadata in `DATA_DIR/datasets/.meta/` (see `llm_train_api.dataset_files`). Those are the
+published datasets, which admins upload and everyone may use; a user's own datasets live
+in a home of their own (see `llm_train_api.dataset_homes`) and only that user sees them.
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from flask import Response, current_app, request, url_for
 from flask.views import MethodView
@@ -12,7 +16,9 @@ from flask_smorest import abort
 from marshmallow import Schema, fields
 
 from .. import dataset_files
-from ..dataset_files import DatasetFileError
+from ..auth import Role, current_principal, require_role
+from ..dataset_files import DatasetFileError, DatasetInfo
+from ..dataset_homes import owner_home
 from ..schemas import UTCDateTime
 from .base import ApiBlueprint, get_store
 
@@ -42,19 +48,46 @@ class DatasetSchema(Schema):
                              metadata={"description": "When this version was stored."})
     builtin = fields.Boolean(required=True,
                              metadata={"description": "Shipped with the service; read-only."})
+    owner = fields.String(allow_none=True, metadata={
+        "description": "The user whose own dataset this is; null for built-in and published "
+        "datasets, which everyone may use."})
 
 
 def _fail(error: DatasetFileError):
     abort(error.status, message=error.message)
 
 
-def _in_use(stem: str) -> list[str]:
-    """Queued or running jobs naming this dataset in any of its spellings."""
-    store = get_store()
-    ids: list[str] = []
-    for alias in dataset_files.aliases(stem):
-        ids.extend(i for i in store.dataset_in_use(alias) if i not in ids)
-    return ids
+def _in_use_by(owner: str | None):
+    """Queued or running jobs naming this dataset in any of its spellings: the owner's
+    jobs for a user's own dataset, anyone's for a published one."""
+    def in_use(stem: str) -> list[str]:
+        store = get_store()
+        ids: list[str] = []
+        for alias in dataset_files.aliases(stem):
+            ids.extend(i for i in store.dataset_in_use(alias, owner=owner) if i not in ids)
+        return ids
+
+    return in_use
+
+
+def _read_homes() -> list[tuple[str, str | None]]:
+    """The data roots the caller reads datasets from, in lookup order, with their owner."""
+    principal = current_principal()
+    if principal.role is Role.USER:
+        return [(owner_home(_data_dir(), principal.name), principal.name), (_data_dir(), None)]
+    return [(_data_dir(), None)]
+
+
+def _write_home() -> tuple[str, str | None]:
+    """Where the caller's uploads go: a user's own home; an admin publishes."""
+    principal = require_role(Role.ADMIN, Role.USER)
+    if principal.role is Role.USER:
+        return owner_home(_data_dir(), principal.name), principal.name
+    return _data_dir(), None
+
+
+def _owned(info: DatasetInfo, owner: str | None) -> DatasetInfo:
+    return info if info.builtin or owner is None else replace(info, owner=owner)
 
 
 @blp.before_request
@@ -70,8 +103,12 @@ class Datasets(MethodView):
     @blp.response(200, DatasetSchema(many=True),
                   description="Built-in datasets first, then the stored ones by name.")
     def get(self):
-        """List datasets"""
-        return dataset_files.list_infos(_data_dir())
+        """List datasets: built-in, published, then (for a user) the caller's own"""
+        homes = _read_homes()
+        published = dataset_files.list_infos(_data_dir())
+        own = [_owned(info, owner) for home, owner in homes if owner is not None
+               for info in dataset_files.list_infos(home) if not info.builtin]
+        return published + own
 
 
 @blp.route("/<name>")
@@ -80,11 +117,15 @@ class DatasetResource(MethodView):
     @blp.error(404, "No such dataset (also for names that could never exist, such as "
                "'..' or names with path separators).")
     def get(self, name: str):
-        """Get a dataset's metadata"""
-        try:
-            return dataset_files.get_info(_data_dir(), name)
-        except DatasetFileError as exc:
-            _fail(exc)
+        """Get a dataset's metadata (a user's own first, then the published one)"""
+        for home, owner in _read_homes():
+            try:
+                return _owned(dataset_files.get_info(home, name), owner)
+            except dataset_files.NotFound:
+                continue
+            except DatasetFileError as exc:
+                _fail(exc)
+        abort(404, message=f"Dataset {name!r} not found.")
 
     @blp.response(201, DatasetSchema, description="Created.", headers={
         "Location": {"description": "URL of the dataset.", "schema": {"type": "string"}}})
@@ -94,6 +135,7 @@ class DatasetResource(MethodView):
     @blp.error(409, "The dataset is used by queued or running jobs (named in the message), "
                "or it is a folder managed on disk.")
     @blp.error(413, "Body larger than LLM_TRAIN_API_MAX_DATASET_BYTES.")
+    @blp.error(429, "The user already has LLM_TRAIN_API_MAX_DATASETS_PER_USER datasets.")
     @blp.error(415, "Content-Type is not text/plain or JSON Lines, and the name has no "
                ".txt/.jsonl suffix; or the two disagree.")
     @blp.error(422, "Invalid name (letters, digits, '.', '_', '-', no '..', no leading dot), "
@@ -114,28 +156,46 @@ class DatasetResource(MethodView):
         `.jsonl` suffix of the name (which is then not part of the dataset's name). The
         body is validated and hashed while it streams to a temporary file, which replaces
         the old version atomically only once complete and valid.
+
+        A user's upload is their own dataset, seen by them alone; an admin's is published
+        for everyone.
         """
+        home, owner = _write_home()
+        cap = current_app.config["MAX_DATASETS_PER_USER"] if owner is not None else 0
         try:
             stem, fmt = _upload_format(name)
             result = dataset_files.store_upload(
-                _data_dir(), stem, fmt, dataset_files.read_chunks(request.stream),
-                max_bytes=current_app.config["MAX_DATASET_BYTES"], in_use=_in_use)
+                home, stem, fmt, dataset_files.read_chunks(request.stream),
+                max_bytes=current_app.config["MAX_DATASET_BYTES"], in_use=_in_use_by(owner),
+                max_count=cap)
         except DatasetFileError as exc:
             _fail(exc)
+        info = _owned(result.info, owner)
         if result.created:
             location = url_for("datasets.DatasetResource", name=stem, _external=True)
-            return result.info, 201, {"Location": location}
-        return result.info, 200
+            return info, 201, {"Location": location}
+        return info, 200
 
     @blp.response(204, description="Deleted.")
-    @blp.error(403, "Built-in datasets are read-only.")
+    @blp.error(403, "Built-in datasets are read-only; published ones can only be deleted by "
+               "an admin.")
     @blp.error(404, "No such dataset.")
     @blp.error(409, "The dataset is used by queued or running jobs (named in the message), "
                "or it is a folder managed on disk.")
     def delete(self, name: str):
-        """Delete a dataset"""
+        """Delete a dataset (a user's own; an admin's: the published one)"""
+        home, owner = _write_home()
         try:
-            dataset_files.delete_dataset(_data_dir(), name, in_use=_in_use)
+            dataset_files.delete_dataset(home, name, in_use=_in_use_by(owner))
+        except dataset_files.NotFound as exc:
+            if owner is not None and dataset_files.is_valid_name(name):
+                try:
+                    dataset_files.get_info(_data_dir(), name)
+                except DatasetFileError:
+                    _fail(exc)
+                abort(403, message=f"Dataset {name!r} is published; only an admin can "
+                      "delete it.")
+            _fail(exc)
         except DatasetFileError as exc:
             _fail(exc)
         return Response(status=204)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask.views import MethodView
 from sqlalchemy.exc import SQLAlchemyError
 
+from ..auth import public
 from ..migrations import LATEST_VERSION
 from ..schemas import HealthSchema
 from .base import ApiBlueprint, get_store
@@ -13,6 +14,7 @@ blp = ApiBlueprint("health", __name__, description="Liveness and readiness probe
 
 
 @blp.route("/healthz")
+@public
 class Liveness(MethodView):
     @blp.response(200, HealthSchema)
     def get(self):
@@ -21,6 +23,7 @@ class Liveness(MethodView):
 
 
 @blp.route("/readyz")
+@public
 class Readiness(MethodView):
     @blp.response(200, HealthSchema)
     @blp.error(503, "The database is unreachable or its schema is not current.")

@@ -13,6 +13,8 @@ from flask_smorest import abort
 from marshmallow import RAISE
 
 from ..admission import GIB, AdmissionError, admit, machine_memory_bytes
+from ..auth import Role, current_principal, ensure_visible, owner_scope, require_role
+from ..dataset_homes import dataset_home
 from ..domain import (
     ERROR_MESSAGE_TARGETS,
     IllegalTransition,
@@ -67,6 +69,11 @@ def _checked_id(job_id: str) -> str:
     return job_id
 
 
+def _visible_job(job_id: str) -> Job:
+    """The job, if it exists and the caller may see it; JobNotFound (404) otherwise."""
+    return ensure_visible(get_store().get_job(_checked_id(job_id)))
+
+
 def _with_etag(job: Job, status: int = 200, headers: dict[str, str] | None = None):
     return job, status, {"ETag": f'"{job.etag}"', **(headers or {})}
 
@@ -88,6 +95,7 @@ class Jobs(MethodView):
         """List jobs"""
         query = JobQuery(
             statuses=tuple(dict.fromkeys(args.get("status", ()))),
+            owner=owner_scope(),
             model_name=args.get("model_name"),
             dataset=args.get("dataset"),
             created_after=args.get("created_after"),
@@ -122,14 +130,18 @@ class Jobs(MethodView):
         With the built-in executor (the default) the model must be in the catalog, the
         dataset must exist and the hyperparameters must pass the trainer's schema, else 422
         with field-level errors. `?dry_run=true` checks without creating anything.
+        Needs the admin or user role; the job belongs to the caller.
         """
+        principal = require_role(Role.ADMIN, Role.USER)
         dataset_sha256 = None
         if current_app.config["EXECUTOR"] != "none":
             try:
                 dataset_sha256 = admit(
                     body["model_name"], body["dataset"], body["hyperparameters"],
-                    data_dir=current_app.config["DATA_DIR"],
+                    data_dir=dataset_home(current_app.config["DATA_DIR"], principal.owner,
+                                          body["dataset"]),
                     memory_limit_bytes=_memory_limit_bytes(),
+                    resources=body["resources"],
                 )
             except AdmissionError as exc:
                 abort(422, message="The job cannot run as specified: see `errors`.",
@@ -144,10 +156,12 @@ class Jobs(MethodView):
             max_runtime_seconds=body["max_runtime_seconds"],
             resources=body["resources"],
             dataset_sha256=dataset_sha256,
+            owner=principal.owner,
         )
         if query["dry_run"]:
             return _preview(new), 200
-        job, created = get_store().create_job(new)
+        cap = current_app.config["MAX_QUEUED_PER_USER"] if principal.role is Role.USER else 0
+        job, created = get_store().create_job(new, actor=principal.actor, max_queued=cap)
         if not created:
             return _with_etag(job, 200)
         location = url_for("jobs.JobResource", job_id=job.id, _external=True)
@@ -161,7 +175,7 @@ class JobResource(MethodView):
     @blp.error(404, "No such job.")
     def get(self, job_id: str):
         """Get one job"""
-        job = get_store().get_job(_checked_id(job_id))
+        job = _visible_job(job_id)
         if request.if_none_match.contains_weak(job.etag):
             return Response(status=304, headers={"ETag": f'"{job.etag}"'})
         return _with_etag(job)
@@ -169,8 +183,13 @@ class JobResource(MethodView):
     @blp.response(204, description="Deleted. A running job is stopped by its worker.")
     @blp.error(404, "No such job.")
     def delete(self, job_id: str):
-        """Delete a job, whatever its status"""
-        get_store().delete_job(_checked_id(job_id))
+        """Delete a job, whatever its status
+
+        Admins delete any job, users their own. The job's events are kept, with a
+        `deleted` event naming who deleted it.
+        """
+        principal = require_role(Role.ADMIN, Role.USER)
+        get_store().delete_job(_checked_id(job_id), owner=owner_scope(), actor=principal.actor)
         return Response(status=204)
 
 
@@ -191,10 +210,20 @@ class JobStatusResource(MethodView):
         queued → running | cancelled | failed; running → succeeded | failed | cancelled |
         queued. succeeded, failed and cancelled are final. Asking for the current status
         again is a 200 that changes nothing. Send `If-Match` to make the change conditional.
+
+        Roles: a `worker` (an external executor) may make any legal change to any job; an
+        `admin` too, except that with the built-in executor only cancelling is left to
+        clients; a `user` may only cancel its own jobs (other targets: 403).
         """
+        principal = current_principal()
         target: JobStatus = body["status"]
-        if current_app.config["EXECUTOR"] != "none" and target is not JobStatus.CANCELLED:
-            current = get_store().get_job(_checked_id(job_id))
+        if principal.role is Role.USER and target is not JobStatus.CANCELLED:
+            _visible_job(job_id)  # someone else's job stays a 404
+            abort(403, message="Forbidden: users may only cancel their jobs (status "
+                  "'cancelled'); other status changes need the worker or admin role.")
+        if (current_app.config["EXECUTOR"] != "none" and target is not JobStatus.CANCELLED
+                and principal.role is not Role.WORKER):
+            current = _visible_job(job_id)
             if current.status is not target:
                 abort(409, message=f"Status {target.value!r} is managed by the workers of the "
                       "built-in executor; clients may only cancel (status 'cancelled' or POST "
@@ -211,7 +240,8 @@ class JobStatusResource(MethodView):
         job_id = _checked_id(job_id)
         expected = _expected_revision(job_id)
         job, _changed = store.transition(job_id, target, error_message=message,
-                                         expected=expected)
+                                         expected=expected, actor=principal.actor,
+                                         owner=owner_scope())
         return _with_etag(job)
 
 
@@ -224,9 +254,9 @@ def _expected_revision(job_id: str) -> Revision | None:
     if len(tags) == 1:
         revision = Revision.from_etag(next(iter(tags)))
         if revision is None:
-            raise PreconditionFailed(job_id, get_store().get_job(job_id).etag)
+            raise PreconditionFailed(job_id, _visible_job(job_id).etag)
         return revision
-    current = get_store().get_job(job_id)
+    current = _visible_job(job_id)
     if current.etag not in tags:
         raise PreconditionFailed(job_id, current.etag)
     return current.revision
@@ -244,11 +274,13 @@ class JobCancel(MethodView):
         about two seconds. Cancelling a finished job changes nothing.
         """
         store = get_store()
+        principal = current_principal()
         try:
             job, _ = store.transition(_checked_id(job_id), JobStatus.CANCELLED,
-                                      error_message="cancelled by request")
+                                      error_message=f"cancelled by {principal.actor}",
+                                      actor=principal.actor, owner=owner_scope())
         except IllegalTransition as exc:
-            job = store.get_job(job_id)
+            job = _visible_job(job_id)
             if not exc.current.is_final:
                 raise
         return _with_etag(job)
@@ -264,7 +296,8 @@ class JobEvents(MethodView):
     def get(self, args: dict[str, Any], job_id: str):
         """A job's events: creation, claims, status changes, requeues, with attempt and actor"""
         after = decode_seq_cursor(args["cursor"]) if "cursor" in args else 0
-        events, more = get_store().job_events(_checked_id(job_id), after_seq=after,
+        _visible_job(job_id)
+        events, more = get_store().job_events(job_id, after_seq=after,
                                               limit=args["limit"])
         headers = {}
         if more:
@@ -280,7 +313,8 @@ class JobMetrics(MethodView):
     @blp.error(404, "No such job.")
     def get(self, args: dict[str, Any], job_id: str):
         """A job's metrics; poll with `?after_step=` for what is new"""
-        return get_store().job_metrics(_checked_id(job_id), after_step=args["after_step"])
+        _visible_job(job_id)
+        return get_store().job_metrics(job_id, after_step=args["after_step"])
 
 
 def _next_link(cursor: str) -> str:
@@ -299,4 +333,5 @@ def _preview(new: NewJob) -> Job:
     now = datetime.now(timezone.utc)
     return Job(new.job_id, new.model_name, new.dataset, new.hyperparameters, JobStatus.QUEUED,
                now, now, None, None, None, 0, new.priority, new.max_attempts, 0,
-               new.max_runtime_seconds, new.resources, new.dataset_sha256, None, None)
+               new.max_runtime_seconds, new.resources, new.dataset_sha256, None, None,
+               new.owner)
