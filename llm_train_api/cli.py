@@ -14,7 +14,10 @@ import time
 from pathlib import Path
 
 import click
+from flask import Flask
 
+from .cli_tokens import tokens
+from .tokens import BOOTSTRAP_FILENAME
 from .worker.service import Worker, WorkerConfig, gpus_from_env
 from .worker.trainer_process import die_with_parent
 
@@ -49,25 +52,48 @@ def serve(bind: str | None, workers: int | None) -> None:
 
 @main.command()
 @click.option("--concurrency", type=click.IntRange(1, 256), default=1, show_default=True,
-              help="jobs this worker runs at once")
-def worker(concurrency: int) -> None:
+              help="jobs this worker runs at once (with --executor ray: jobs it keeps on the "
+                   "cluster at once)")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default=None,
+              help="local: run trainers here. ray: dispatch each job to a Ray cluster "
+                   "(default: LLM_TRAIN_API_WORKER_EXECUTOR or local)")
+@click.option("--ray-address", default=None, metavar="URL",
+              help="Ray dashboard / Job Submission address, e.g. http://ray-head:8265 "
+                   "(default: LLM_TRAIN_API_RAY_ADDRESS)")
+def worker(concurrency: int, executor: str | None, ray_address: str | None) -> None:
     """Claim queued jobs and run the trainer for each, until SIGTERM or Ctrl-C.
 
-    The first signal checkpoints the running jobs and hands them back to the queue without
-    spending an attempt; a second one kills them at once.
+    Local executor: the first signal checkpoints the running jobs and hands them back to
+    the queue without spending an attempt; a second one kills them at once. Ray executor:
+    a signal leaves the Ray jobs running and hands them to the next dispatcher.
     """
     from . import create_app
+    from .config import ConfigError
+    from .worker.executors import Executor, LocalExecutor
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    app = create_app()
+    app = create_app({"BOOTSTRAP_TOKEN": False})  # a worker needs no API token
     cfg = app.config
     if cfg["EXECUTOR"] == "none":
         raise click.UsageError("LLM_TRAIN_API_EXECUTOR=none: jobs are driven externally, "
                                "there is nothing for a worker to run.")
-    service = Worker(
-        app.extensions["llm_train_api.store"],
-        WorkerConfig.from_app_config(cfg, concurrency=concurrency, gpus=_worker_gpus()),
-    )
+    kind = executor or cfg["WORKER_EXECUTOR"]
+    gpus = _worker_gpus() if kind == "local" else []
+    config = WorkerConfig.from_app_config(cfg, concurrency=concurrency, gpus=gpus)
+    runner: Executor
+    if kind == "ray":
+        from .worker.ray_executor import RayExecutor
+
+        try:
+            runner = RayExecutor(ray_address or cfg["RAY_ADDRESS"], data_dir=cfg["DATA_DIR"],
+                                 python=cfg["RAY_PYTHON"], threads=cfg["TRAINER_THREADS"],
+                                 shared=cfg["RAY_DATA_DIR_SHARED"])
+            runner.check()
+        except ConfigError as exc:
+            raise click.ClickException(str(exc)) from None
+    else:
+        runner = LocalExecutor(gpus=gpus, threads=cfg["TRAINER_THREADS"])
+    service = Worker(app.extensions["llm_train_api.store"], config, executor=runner)
 
     def on_signal(signum: int, _frame: object) -> None:
         if service.stopping.is_set():
@@ -99,6 +125,11 @@ def up(bind: str | None, concurrency: int) -> None:
     """The API and one worker together (the `make run` of a single machine). Ctrl-C stops
     both and leaves no process behind."""
     bind = bind or os.environ.get("LLM_TRAIN_API_BIND", "127.0.0.1:8000")
+    from . import create_app
+
+    # Migrates, and on the very first start writes the admin token, before the children
+    # start: so that it can be shown here.
+    app = create_app()
     # Own sessions, so a terminal's Ctrl-C reaches only us and each child gets exactly one
     # signal from us; and a kernel-delivered SIGKILL if we die without forwarding it.
     spawn = {"start_new_session": True, "preexec_fn": die_with_parent}
@@ -108,6 +139,7 @@ def up(bind: str | None, concurrency: int) -> None:
                           "--concurrency", str(concurrency)], **spawn),
     ]
     click.echo(f"llm_train_api listening on http://{bind}  (API docs: http://{bind}/docs)")
+    _show_admin_token(app)
     stopping = False
 
     def stop(signum: int, _frame: object) -> None:
@@ -130,6 +162,30 @@ def up(bind: str | None, concurrency: int) -> None:
             child.kill()
             child.wait()
     sys.exit(max(abs(child.returncode or 0) for child in children) if not stopping else 0)
+
+
+def _show_admin_token(app: Flask) -> None:
+    if app.config["AUTH"] == "disabled":
+        click.echo("WARNING: LLM_TRAIN_API_AUTH=disabled: anyone who reaches the port is an "
+                   "admin.", err=True)
+        return
+    path = Path(app.instance_path) / BOOTSTRAP_FILENAME
+    if path.is_file():
+        token = path.read_text().strip()
+        click.echo(f"admin token (from {path}):\n  export LLM_TRAIN_API_TOKEN={token}")
+    else:
+        click.echo("API tokens: `llm-train-api tokens create --name NAME --role user`")
+
+
+main.add_command(tokens)
+
+# The client side (issue 7): commands that talk to a running service over HTTP.
+from . import cli_client as _client_cli  # noqa: E402 - after main exists, on purpose
+
+main.add_command(_client_cli.jobs)
+main.add_command(_client_cli.datasets)
+main.add_command(_client_cli.models)
+main.add_command(_client_cli.sample)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ For each of N jobs, with one idle worker: the time from POST /jobs to the job be
 settings (LLM_TRAIN_API_POLL_S=0.5), on loopback.
 
     .venv/bin/python bench/worker/run.py [--jobs 50] [--db sqlite|postgres|both]
+    .venv/bin/python bench/worker/run.py --ray [--jobs 10]   (Ray vs local: ray_latency.py)
 """
 
 from __future__ import annotations
@@ -118,6 +119,11 @@ def measure(db: str, jobs: int) -> dict[str, list[float]]:
 
 
 def main() -> None:
+    if "--ray" in sys.argv[1:]:  # `bench/run worker --ray`: dispatch latency through Ray
+        from ray_latency import main as ray_main
+
+        ray_main([a for a in sys.argv[1:] if a != "--ray"])
+        return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--jobs", type=int, default=50)
     parser.add_argument("--db", choices=["sqlite", "postgres", "both"], default="both")

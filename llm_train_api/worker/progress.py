@@ -11,7 +11,8 @@ METRIC_FIELDS = ("epoch", "train_loss", "val_loss", "lr", "tokens_per_s", "elaps
 
 @dataclass
 class ProgressTracker:
-    pid: int
+    pid: int | None = None  # the local trainer's; `ident` generalises it (a Ray job id)
+    ident: dict[str, Any] = field(default_factory=dict)
     progress: dict[str, Any] = field(default_factory=dict)
     pending_metrics: list[dict[str, Any]] = field(default_factory=list)
     forget_after: int | None = None  # set by a `start` event: metrics after it are rewritten
@@ -20,7 +21,14 @@ class ProgressTracker:
     _started: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
-        self.progress = {"phase": "starting", "pid": self.pid}
+        pid = {} if self.pid is None else {"pid": self.pid}
+        self.progress = {"phase": "starting", **pid, **self.ident}
+
+    def note(self, state: dict[str, Any]) -> None:
+        """Merge executor-side state (Ray's PENDING/RUNNING) into the progress."""
+        if any(self.progress.get(k) != v for k, v in state.items()):
+            self.progress.update(state)
+            self.dirty = True
 
     def apply(self, event: dict[str, Any]) -> None:
         kind = event.get("event")

@@ -1,5 +1,6 @@
 """The worker loop: claim, launch, watch, report, finish; and hand everything back on
-shutdown.
+shutdown. What actually runs a job is the worker's executor (executors.py: local trainer
+processes, or Ray jobs for a dispatcher); this loop is the same for all of them.
 
 One thread (the main one) does all of it, ticking every `poll_s`: the database decides who
 runs what (claims and leases are conditional UPDATEs, see store.py), so a worker holds no
@@ -10,9 +11,9 @@ cancels and deletes, and polls on SQLite; either way a cancelled trainer is gone
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
-import signal
 import socket
 import threading
 import time
@@ -22,14 +23,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..admission import dataset_sha256
-from ..domain import Job, JobStatus
+from ..dataset_homes import dataset_home
+from ..domain import IllegalTransition, Job, JobNotFound, JobStatus
 from ..jobfiles import job_dir, log_path
 from ..store import JobStore
 from ..training.datasets import DatasetError, resolve_dataset
 from ..training.events import EXIT_OK, EXIT_PREEMPTED
 from ..training.spec import RunSpec
+from .executors import Execution, Executor, LaunchRefused, LocalExecutor, job_processes
 from .progress import ProgressTracker
-from .trainer_process import TrainerProcess
 
 log = logging.getLogger("llm_train_api.worker")
 _FLUSH_S = 1.0  # progress is written at most this often per job
@@ -60,9 +62,8 @@ class WorkerConfig:
 @dataclass
 class _Run:
     job: Job
-    proc: TrainerProcess
+    proc: Execution
     tracker: ProgressTracker
-    gpus: list[int]
     deadline: float | None
     stop_reason: str | None = None  # cancelled | lease_lost | deadline | shutdown
     last_flush: float = 0.0
@@ -73,10 +74,13 @@ def new_worker_id() -> str:
 
 
 class Worker:
-    def __init__(self, store: JobStore, config: WorkerConfig, worker_id: str | None = None):
+    def __init__(self, store: JobStore, config: WorkerConfig, worker_id: str | None = None,
+                 executor: Executor | None = None):
         self.store = store
         self.config = config
         self.id = worker_id or new_worker_id()
+        self.executor = executor or LocalExecutor(gpus=config.gpus,
+                                                  threads=config.trainer_threads)
         self.runs: dict[str, _Run] = {}
         self.wake = threading.Event()
         self.stopping = threading.Event()  # set once: finish gracefully
@@ -86,8 +90,8 @@ class Worker:
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> None:
-        log.info("worker %s: %d slot(s), data in %s", self.id, self.config.concurrency,
-                 self.config.data_dir)
+        log.info("worker %s: %s executor, %d slot(s), data in %s", self.id,
+                 self.executor.name, self.config.concurrency, self.config.data_dir)
         self._start_listener()
         while not self.stopping.is_set():
             self.tick()
@@ -102,6 +106,7 @@ class Worker:
                 log.warning("job %s: its worker's lease expired; now %s", job.id,
                             job.status.value)
             self._next_reap = now + max(self.config.lease_s / 4, self.config.poll_s)
+            self.executor.housekeeping(self.store)
         if now >= self._next_heartbeat:
             owned = self.store.renew_leases(self.id, self.config.lease_s)
             self._next_heartbeat = now + self.config.heartbeat_s
@@ -111,57 +116,57 @@ class Worker:
             if job_id not in owned and run.stop_reason is None:
                 # Cancelled, deleted or reaped: the job is not ours to run any more.
                 run.stop_reason = "cancelled"
-                log.info("job %s: no longer leased to us (cancelled or deleted); killing "
-                         "pid %d", job_id, run.proc.pid)
+                log.info("job %s: no longer leased to us (cancelled or deleted); stopping "
+                         "%s", job_id, run.proc.ident())
                 run.proc.kill(self.config.cancel_grace_s)
         for run in list(self.runs.values()):
             self._watch(run)
         while len(self.runs) < self.config.concurrency and not self.stopping.is_set():
-            job = self.store.claim(self.id, self.config.lease_s)
-            if job is None:
-                break
-            self._launch(job)
+            job = self.executor.claim(self.store, self.id, self.config.lease_s)
+            if job is None or not self._launch(job):
+                break  # nothing queued, or we handed one back: not again in this tick
 
     # ------------------------------------------------------------------ one job
-    def _launch(self, job: Job) -> None:
+    def _launch(self, job: Job) -> bool:
+        """Start the job's run; False when the job went back to the queue instead."""
         problem = self._check_inputs(job)
         if problem:
             self.store.finish(job.id, self.id, JobStatus.FAILED, error_message=problem)
-            return
-        wanted = int((job.resources or {}).get("gpus", 0))
-        busy = {g for r in self.runs.values() for g in r.gpus}
-        free = [g for g in self.config.gpus if g not in busy]
-        if wanted > len(self.config.gpus):
-            self.store.finish(job.id, self.id, JobStatus.FAILED, error_message=(
-                f"the job asks for {wanted} GPU(s); this worker has {len(self.config.gpus)}"))
-            return
-        if wanted > len(free):  # another job holds them: let someone else (or us) retry
-            self.store.finish(job.id, self.id, JobStatus.QUEUED, refund_attempt=True)
-            return
+            return True
         hyperparameters = dict(job.hyperparameters)
         if self.config.trainer_threads and "num_threads" not in hyperparameters:
             hyperparameters["num_threads"] = self.config.trainer_threads
-        spec = RunSpec(job.model_name, job.dataset, hyperparameters, self.config.data_dir,
-                       job.id)
+        # The dataset as the job's owner sees it: their own first, then the published one.
+        home = dataset_home(self.config.data_dir, job.owner, job.dataset)
+        spec = RunSpec(job.model_name, job.dataset, hyperparameters, home,
+                       job.id, **_spec_processes(job))
         folder = job_dir(self.config.data_dir, job)
-        folder.mkdir(parents=True, exist_ok=True)
         try:
-            proc = TrainerProcess(folder, spec, log_path(self.config.data_dir, job),
-                                  threads=self.config.trainer_threads, gpus=free[:wanted])
-        except OSError as exc:  # a full disk, a missing interpreter: this job fails, we go on
+            folder.mkdir(parents=True, exist_ok=True)
+            proc = self.executor.launch(job, spec, folder, log_path(self.config.data_dir, job),
+                                        [r.proc for r in self.runs.values()])
+        except LaunchRefused as refusal:
+            log.warning("job %s: not started (%s): %s", job.id, refusal.target.value,
+                        refusal.message)
+            self.store.finish(job.id, self.id, refusal.target, error_message=refusal.message,
+                              refund_attempt=refusal.refund_attempt)
+            return refusal.target is not JobStatus.QUEUED
+        except OSError as exc:  # a full disk: this job fails, we go on
             self.store.finish(job.id, self.id, JobStatus.FAILED,
                               error_message=f"could not start the trainer: {exc}")
-            return
+            return True
         deadline = (time.monotonic() + job.max_runtime_seconds
                     if job.max_runtime_seconds else None)
-        run = _Run(job, proc, ProgressTracker(proc.pid), free[:wanted], deadline)
+        run = _Run(job, proc, ProgressTracker(ident=proc.ident()), deadline)
         self.runs[job.id] = run
-        log.info("job %s: attempt %d, trainer pid %d", job.id, job.attempts, proc.pid)
+        log.info("job %s: attempt %d, %s", job.id, job.attempts, proc.ident())
         self._flush(run, force=True)
+        return True
 
     def _check_inputs(self, job: Job) -> str | None:
         try:
-            path = resolve_dataset(job.dataset, self.config.data_dir)
+            path = resolve_dataset(
+                job.dataset, dataset_home(self.config.data_dir, job.owner, job.dataset))
         except DatasetError as exc:
             return f"dataset unavailable: {exc}"
         if job.dataset_sha256 and dataset_sha256(path) != job.dataset_sha256:
@@ -172,6 +177,7 @@ class Worker:
     def _watch(self, run: _Run) -> None:
         while not run.proc.events.empty():
             run.tracker.apply(run.proc.events.get())
+        run.tracker.note(run.proc.status_note())
         if run.deadline is not None and run.stop_reason is None \
                 and time.monotonic() > run.deadline:
             run.stop_reason = "deadline"
@@ -183,6 +189,7 @@ class Worker:
         run.proc.wait_output()
         while not run.proc.events.empty():
             run.tracker.apply(run.proc.events.get())
+        run.tracker.note(run.proc.status_note())
         self._flush(run, force=True)
         del self.runs[run.job.id]
         self._finish(run, rc)
@@ -199,7 +206,7 @@ class Worker:
                                           forget_metrics_after=forget):
             if run.stop_reason is None and run.proc.poll() is None:
                 run.stop_reason = "lease_lost"
-                log.info("job %s: lease lost; killing pid %d", run.job.id, run.proc.pid)
+                log.info("job %s: lease lost; stopping %s", run.job.id, run.proc.ident())
                 run.proc.kill(self.config.cancel_grace_s)
 
     def _finish(self, run: _Run, rc: int) -> None:
@@ -213,6 +220,12 @@ class Worker:
                 f"{job.max_runtime_seconds}"))
         elif reason == "shutdown":
             self.store.finish(job.id, self.id, JobStatus.QUEUED, refund_attempt=True)
+        elif run.proc.stopped_outside:
+            # Stopped behind our back (Ray's dashboard, `ray job stop`): what a cancel does.
+            try:
+                self.store.transition(job.id, JobStatus.CANCELLED, actor=self.id)
+            except (JobNotFound, IllegalTransition):
+                pass  # deleted or ended meanwhile: nothing left to record
         elif rc == EXIT_OK:
             self.store.finish(job.id, self.id, JobStatus.SUCCEEDED)
         elif rc > 0 and rc != EXIT_PREEMPTED:
@@ -222,26 +235,36 @@ class Worker:
         else:
             # Killed by a signal we did not send (the OOM killer, an operator) or preempted
             # by someone else: worth another attempt, if any are left.
-            cause = (f"killed by {signal.Signals(-rc).name}" if rc < 0
-                     else "preempted (SIGTERM from outside the worker)")
+            cause = run.proc.lost_cause(rc)
             if job.attempts < job.max_attempts:
                 self.store.finish(job.id, self.id, JobStatus.QUEUED,
                                   error_message=f"trainer {cause}; requeued")
             else:
                 self.store.finish(job.id, self.id, JobStatus.FAILED, error_message=(
                     f"trainer {cause}; gave up after {job.attempts} attempt(s)"))
-        log.info("job %s: trainer exited with %d", job.id, rc)
+        log.info("job %s: run ended with %d", job.id, rc)
 
     # ------------------------------------------------------------------ shutdown
     def _shutdown(self) -> None:
-        """Checkpoint and hand back every running job without spending an attempt."""
+        """Hand back every running job without spending an attempt: runs that outlive us
+        (Ray) are detached for the next dispatcher to attach to; local trainers checkpoint
+        and their jobs go back to the queue."""
         if not self.runs:
             return
-        log.info("worker %s: stopping; checkpointing %d job(s)", self.id, len(self.runs))
+        if self.executor.runs_outlive_worker:
+            log.info("worker %s: stopping; detaching %d job(s)", self.id, len(self.runs))
+            for run in list(self.runs.values()):
+                if run.stop_reason is None:
+                    self._flush(run, force=True)
+                    self.store.detach(run.job.id, self.id, self.config.lease_s)
+                    run.proc.release()
+                    del self.runs[run.job.id]
+        else:
+            log.info("worker %s: stopping; checkpointing %d job(s)", self.id, len(self.runs))
         for run in self.runs.values():
             if run.stop_reason is None:
                 run.stop_reason = "shutdown"
-                run.proc.signal(signal.SIGTERM)  # the trainer saves a checkpoint, exits 75
+                run.proc.graceful_stop()
         deadline = time.monotonic() + self.config.shutdown_grace_s
         while self.runs and time.monotonic() < deadline and not self.hard_stop.is_set():
             for run in list(self.runs.values()):
@@ -268,6 +291,13 @@ class Worker:
             except Exception:  # noqa: BLE001 - a dropped connection: poll, then listen again
                 log.warning("LISTEN connection lost; retrying", exc_info=True)
                 time.sleep(self.config.poll_s)
+
+
+def _spec_processes(job: Job) -> dict[str, int]:
+    """`processes=` for RunSpec once the multi-process trainer has added that field."""
+    if any(f.name == "processes" for f in dataclasses.fields(RunSpec)):
+        return {"processes": job_processes(job)}
+    return {}
 
 
 def gpus_from_env(value: str | None) -> list[int]:

@@ -5,6 +5,7 @@ log, its protocol events parsed as they are printed, and a death tied to the wor
 from __future__ import annotations
 
 import ctypes
+import inspect
 import os
 import queue
 import signal
@@ -25,6 +26,17 @@ except (OSError, AttributeError):  # pragma: no cover - not Linux
     _prctl = None
 
 
+def trainer_command(job_dir: Path | str, python: str, processes: int = 1) -> list[str]:
+    """The trainer's argv from `run_command`, with `processes` (torchrun when > 1) passed
+    only when the trainer supports it, so the executors work before and after the
+    multi-process trainer lands. Raises ValueError for processes > 1 without that support."""
+    if "processes" in inspect.signature(run_command).parameters:
+        return run_command(job_dir, python=python, processes=processes)  # type: ignore[call-arg]
+    if processes > 1:
+        raise ValueError("this version of the trainer cannot run several processes per job")
+    return run_command(job_dir, python=python)
+
+
 def die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
     """Linux: the kernel SIGKILLs the trainer when the worker dies, however it dies, so a
     requeued job can never run beside an orphan of its previous attempt. (The lease
@@ -43,7 +55,9 @@ class TrainerProcess:
         threads: int = 0,
         gpus: list[int] | None = None,
         extra_env: dict[str, str] | None = None,
+        processes: int = 1,
     ) -> None:
+        argv = trainer_command(job_dir, sys.executable, processes)  # may refuse: before IO
         job_dir.mkdir(parents=True, exist_ok=True)
         write_spec(job_dir, spec)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
@@ -57,7 +71,7 @@ class TrainerProcess:
         self._log = open(log_path, "ab", buffering=0)  # noqa: SIM115 - closed by the reader
         self._log.write(f"--- attempt started {time.strftime('%Y-%m-%dT%H:%M:%S%z')}\n".encode())
         self.proc = subprocess.Popen(
-            run_command(job_dir, python=sys.executable),
+            argv,
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
             env=env, preexec_fn=die_with_parent, start_new_session=True, close_fds=True,
         )

@@ -1,0 +1,86 @@
+"""What the Ray cluster's nodes can hold, for admission (API hosts) and dispatch (Ray
+dispatchers). Ray leaves a request that no node can satisfy PENDING forever, so a job too big
+for every node is refused instead: with a 422 at creation when the API host knows the cluster
+(LLM_TRAIN_API_RAY_ADDRESS is set there), else `failed` at dispatch.
+
+Plain HTTP to the dashboard's state API (`/api/v0/nodes`), standard library only: API hosts
+need neither ray nor torch installed. Answers are cached per process for `TTL_S`, failures
+too, so a slow or unreachable dashboard costs one short timeout per TTL, never every POST.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import urllib.request
+from collections.abc import Mapping
+from typing import Any
+
+GIB = 1024**3
+TTL_S = 30.0
+TIMEOUT_S = 2.0
+
+_cache: dict[str, tuple[float, list[dict[str, float]]]] = {}
+_lock = threading.Lock()
+
+
+def node_capacities(address: str) -> list[dict[str, float]]:
+    """`resources_total` of every ALIVE node ({"CPU", "GPU", "memory", ...}); [] if unknown."""
+    now = time.monotonic()
+    with _lock:
+        hit = _cache.get(address)
+    if hit is not None and now - hit[0] < TTL_S:
+        return hit[1]
+    base = address if "://" in address else f"http://{address}"
+    try:
+        with urllib.request.urlopen(f"{base.rstrip('/')}/api/v0/nodes?detail=1&limit=10000",
+                                    timeout=TIMEOUT_S) as resp:
+            body = json.load(resp)
+        rows = body["data"]["result"]["result"]
+        nodes = [{k: float(v) for k, v in (row.get("resources_total") or {}).items()}
+                 for row in rows if row.get("state") == "ALIVE"]
+    except (OSError, ValueError, KeyError, TypeError):
+        nodes = []
+    with _lock:
+        _cache[address] = (now, nodes)
+    return nodes
+
+
+def capacity_problem(resources: Mapping[str, Any] | None,
+                     nodes: list[dict[str, float]]) -> str | None:
+    """A message when no single node has the CPUs, GPUs and memory the job asks for."""
+    if not nodes:
+        return None  # the cluster is unknown: let the dispatcher (or Ray) decide
+    resources = resources or {}
+    cpus = float(resources.get("cpus", 1))
+    gpus = float(resources.get("gpus", 0))
+    memory = float(resources.get("memory_gb") or 0) * GIB
+    for node in nodes:
+        if (node.get("CPU", 0) >= cpus and node.get("GPU", 0) >= gpus
+                and node.get("memory", 0) >= memory):
+            return None
+    most = {key: max(node.get(key, 0) for node in nodes) for key in ("CPU", "GPU", "memory")}
+    return (f"no node of the Ray cluster can run this job: it asks for {cpus:g} CPU(s), "
+            f"{gpus:g} GPU(s) and {memory / GIB:g} GiB; the largest node has "
+            f"{most['CPU']:g} CPU(s), {most['GPU']:g} GPU(s) and {most['memory'] / GIB:.1f} GiB")
+
+
+def configured_address() -> str:
+    """LLM_TRAIN_API_RAY_ADDRESS as the running app sees it (create_app's test_config
+    included), else from the environment."""
+    try:
+        from flask import current_app, has_app_context
+
+        if has_app_context():
+            return str(current_app.config.get("RAY_ADDRESS") or "")
+    except ImportError:  # pragma: no cover - flask is a dependency
+        pass
+    return os.environ.get("LLM_TRAIN_API_RAY_ADDRESS", "")
+
+
+def admission_problem(resources: Mapping[str, Any] | None) -> str | None:
+    """For admission.admit: the refusal, when this API host knows a Ray cluster."""
+    address = configured_address()
+    return capacity_problem(resources, node_capacities(address)) if address else None
