@@ -1,0 +1,268 @@
+"""Prometheus metrics at `/metrics` (issue 7), through the optional `prometheus_client`.
+
+Two kinds of figures, measured where they are true:
+
+- **From the database, at scrape time** (a custom collector): jobs by status, queue depth,
+  the oldest queued job's age, and the dispatch latency of recent jobs. The database is
+  the one place that knows them across gunicorn workers and hosts; a counter kept in one
+  process would only know what that process saw. Dispatch latency is the time from a
+  job's creation to the first time it entered `running` (its first `claimed` event, or a
+  `status` event to `running` under `EXECUTOR=none`), over the last
+  `METRICS_DISPATCH_WINDOW` jobs that ever started, exposed as quantile gauges: a window
+  can shrink, so it cannot honestly be a cumulative histogram.
+- **Per request, in the process that served it**: a histogram of request durations by
+  endpoint name, method and status class. gunicorn runs several processes, so
+  prometheus_client's multiprocess mode is used: each process writes its samples to
+  memory-mapped files in `PROMETHEUS_MULTIPROC_DIR` and a scrape, whichever process
+  answers it, adds up the files of all of them. gunicorn.conf.py sets that directory up
+  in the master before any worker imports prometheus_client (the library chooses its
+  storage at import time) via `prepare_multiprocess_dir()`, and `process_exited()` does
+  the bookkeeping when a worker dies. Without the variable (the Flask test client, a
+  single process), the histogram lives in the app's own registry.
+
+Without prometheus_client installed (`pip install 'llm-train-api[metrics]'`) `/metrics`
+is a 404 whose message says so, and everything else works.
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import math
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from flask import Flask, Response, jsonify, request, request_started
+from sqlalchemy import and_, func, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from . import auth, tables
+from .api.base import STORE_KEY
+from .config import ConfigError, Settings
+from .domain import JobStatus
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# Under the instance folder unless PROMETHEUS_MULTIPROC_DIR says otherwise.
+MULTIPROC_SUBDIR = "prometheus-multiproc"
+PREFIX = "llm_train_api_"
+REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                   10.0, 30.0, 60.0)
+DISPATCH_QUANTILES = (0.5, 0.9, 0.99, 1.0)
+_START_KEY = "llm_train_api.request_start"
+# Label values come from this set only: a client inventing methods must not invent series.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_MISSING_MESSAGE = ("Metrics are not available: the optional dependency prometheus_client is "
+                    "not installed (pip install 'llm-train-api[metrics]').")
+
+
+# ----------------------------------------------------------------------------- gunicorn
+
+
+def multiprocess_dir(environ: dict[str, str] | None = None) -> str:
+    """The directory the gunicorn workers share their samples through.
+
+    PROMETHEUS_MULTIPROC_DIR when set; else a folder in the instance folder the app will
+    use (LLM_TRAIN_API_INSTANCE_PATH, or Flask's default for this package), so that two
+    services on one host never mix their samples.
+    """
+    environ = os.environ if environ is None else environ  # type: ignore[assignment]
+    if environ.get(MULTIPROC_ENV):
+        return environ[MULTIPROC_ENV]
+    instance = Settings.load(environ=environ).INSTANCE_PATH
+    if not instance:
+        # The same folder create_app() gets from Flask(__name__) in llm_train_api.app.
+        instance = Flask("llm_train_api.app").instance_path
+    return str(Path(instance) / MULTIPROC_SUBDIR)
+
+
+def prepare_multiprocess_dir() -> str | None:
+    """In the gunicorn master, before it forks: create and empty the directory, and export
+    PROMETHEUS_MULTIPROC_DIR so every worker starts in multiprocess mode.
+
+    Emptied because the files of a previous run belong to processes that are gone: their
+    counts would be added to this run's. Returns None (and does nothing) when
+    prometheus_client is not installed.
+    """
+    # Only ask whether it is there: importing it here, before the variable is set, would
+    # fix single-process storage in every worker forked from this process.
+    if importlib.util.find_spec("prometheus_client") is None:
+        return None
+    path = multiprocess_dir()
+    os.makedirs(path, exist_ok=True)
+    for stale in glob.glob(os.path.join(path, "*.db")):
+        os.remove(stale)
+    os.environ[MULTIPROC_ENV] = path
+    return path
+
+
+def process_exited(pid: int) -> None:
+    """gunicorn's child_exit: drop a dead worker's live gauges (its counters stay summed)."""
+    if not os.environ.get(MULTIPROC_ENV):
+        return
+    try:
+        from prometheus_client import multiprocess
+    except ImportError:
+        return
+    multiprocess.mark_process_dead(pid)
+
+
+# ----------------------------------------------------------------------------- the app
+
+
+def init_app(app: Flask) -> None:
+    """Add `/metrics` and the request timing. One call from create_app()."""
+    window = int(app.config.get("METRICS_DISPATCH_WINDOW", 1000))
+    if window < 1:
+        raise ConfigError("LLM_TRAIN_API_METRICS_DISPATCH_WINDOW must be at least 1")
+    try:
+        import prometheus_client  # noqa: F401
+    except ImportError:
+        _add_route(app, None)
+        return
+    from prometheus_client import CollectorRegistry, Histogram
+
+    registry = CollectorRegistry()
+    multiproc_path = os.environ.get(MULTIPROC_ENV)
+    if multiproc_path:
+        from prometheus_client import multiprocess
+
+        os.makedirs(multiproc_path, exist_ok=True)
+        multiprocess.MultiProcessCollector(registry, path=multiproc_path)
+    # In multiprocess mode the histogram writes to this process's files and is read back
+    # through MultiProcessCollector; registering it too would count it twice.
+    requests_histogram = Histogram(
+        PREFIX + "http_request_duration_seconds",
+        "Time to answer an HTTP request (until the view returned; a streamed body is not "
+        "included), by Flask endpoint, method and status class.",
+        ["endpoint", "method", "status"],
+        buckets=REQUEST_BUCKETS,
+        registry=None if multiproc_path else registry,
+    )
+    registry.register(DatabaseCollector(app, window))
+
+    def start_timer(sender: Flask, **_: Any) -> None:
+        # request_started comes before every before_request function, so requests that
+        # another hook refuses (401, 415) are timed too.
+        request.environ[_START_KEY] = time.perf_counter()
+
+    def observe(response: Response) -> Response:
+        started = request.environ.get(_START_KEY)
+        if started is not None:
+            method = request.method if request.method in _METHODS else "other"
+            requests_histogram.labels(
+                request.endpoint or "unmatched", method,
+                f"{response.status_code // 100}xx",
+            ).observe(time.perf_counter() - started)
+        return response
+
+    request_started.connect(start_timer, app, weak=False)
+    app.after_request(observe)
+    app.extensions["llm_train_api.metrics_registry"] = registry
+    _add_route(app, registry)
+
+
+def _add_route(app: Flask, registry: Any) -> None:
+    @app.get("/metrics")
+    @auth.public
+    def metrics():
+        """The Prometheus exposition (text format). Public as far as the token check goes:
+        authorize_scrape() lets admins and the METRICS_TOKEN in."""
+        auth.authorize_scrape()
+        if registry is None:
+            response = jsonify(code=404, status="Not Found", message=_MISSING_MESSAGE)
+            response.status_code = 404
+            return response
+        from prometheus_client.exposition import choose_encoder
+
+        # The text format, or OpenMetrics when the scraper asks for it.
+        encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+        return Response(encode(registry), headers={"Content-Type": content_type,
+                                                   "Cache-Control": "no-store"})
+
+
+# ----------------------------------------------------------------------------- database
+
+
+class DatabaseCollector:
+    """Reads the job figures from the database on every scrape (a few indexed queries)."""
+
+    def __init__(self, app: Flask, window: int) -> None:
+        self._app = app
+        self._window = window
+
+    def describe(self) -> list[Any]:
+        return []  # nothing is known before the first query; skip the registry's probe
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        up = GaugeMetricFamily(PREFIX + "database_up", "1 if the job figures below could "
+                               "be read from the database during this scrape, else 0.")
+        try:
+            figures = self._read()
+        except SQLAlchemyError:
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        by_status = GaugeMetricFamily(PREFIX + "jobs", "Jobs in the database by status.",
+                                      labels=["status"])
+        for status in JobStatus:
+            by_status.add_metric([status.value], figures["counts"].get(status.value, 0))
+        yield by_status
+        yield GaugeMetricFamily(PREFIX + "queue_depth", "Jobs waiting for a worker "
+                                "(status queued).", value=figures["counts"].get("queued", 0))
+        yield GaugeMetricFamily(PREFIX + "queue_oldest_age_seconds", "Age of the oldest "
+                                "queued job; 0 when the queue is empty.",
+                                value=figures["oldest_age_s"])
+        latency = GaugeMetricFamily(
+            PREFIX + "dispatch_latency_seconds",
+            f"Creation to first start of the last {self._window} jobs that started (by "
+            "creation time), as quantiles over that window; quantile 1 is the maximum.",
+            labels=["quantile"])
+        delays = figures["delays"]
+        for q in DISPATCH_QUANTILES:
+            latency.add_metric([f"{q:g}"], _quantile(delays, q) if delays else float("nan"))
+        yield latency
+        yield GaugeMetricFamily(PREFIX + "dispatch_latency_window_jobs", "Jobs behind "
+                                f"{PREFIX}dispatch_latency_seconds.", value=len(delays))
+
+    def _read(self) -> dict[str, Any]:
+        jobs, events = tables.jobs, tables.job_events
+        store = self._app.extensions[STORE_KEY]
+        now_us = time.time_ns() // 1000
+        recent = (
+            select(jobs.c.id, jobs.c.created_us)
+            .where(jobs.c.started_us.is_not(None))
+            .order_by(jobs.c.created_us.desc(), jobs.c.seq.desc())
+            .limit(self._window)
+            .subquery()
+        )
+        # Indexed per job (job_events by job_id): a few rows each, never the whole table.
+        first_start = (
+            select(func.min(events.c.at_us))
+            .where(and_(events.c.job_id == recent.c.id, events.c.to_status == "running"))
+            .scalar_subquery()
+        )
+        # The store's read engine: reads without BEGIN/ROLLBACK round trips (JobStore has
+        # no public accessor for it; a read-only use).
+        with store._read_engine.connect() as conn:
+            counts = dict(conn.execute(
+                select(jobs.c.status, func.count()).group_by(jobs.c.status)).all())
+            oldest = conn.execute(
+                select(func.min(jobs.c.created_us)).where(jobs.c.status == "queued")
+            ).scalar()
+            rows = conn.execute(select(recent.c.created_us, first_start)).all()
+        delays = sorted(max(0, start - created) / 1e6 for created, start in rows
+                        if start is not None)
+        oldest_age = max(0.0, (now_us - oldest) / 1e6) if oldest is not None else 0.0
+        return {"counts": counts, "oldest_age_s": oldest_age, "delays": delays}
+
+
+def _quantile(ordered: list[float], q: float) -> float:
+    """Nearest-rank quantile of a sorted, non-empty list."""
+    return ordered[min(len(ordered), max(1, math.ceil(q * len(ordered)))) - 1]

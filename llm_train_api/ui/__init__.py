@@ -1,0 +1,76 @@
+"""The web dashboard at `/ui` (issue 7): jobs, a job's loss curve, events, log and
+checkpoints, and datasets.
+
+Server-rendered HTML shells and small vanilla JavaScript files, all shipped in the package:
+no CDN, so it works on a machine without internet access. The shells carry no data and
+are public; every figure is fetched by the browser from the JSON API with the user's
+bearer token (kept in sessionStorage), so the dashboard can never show more than the
+token may read. Responses carry a strict Content-Security-Policy: scripts and styles only
+from this origin, no inline script, no framing.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flask import Blueprint, Flask, Response, render_template, send_from_directory
+
+from ..auth import public
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
+
+bp = Blueprint("ui", __name__, url_prefix="/ui", template_folder="templates")
+
+# No inline script or style, nothing from another origin, never inside a frame.
+CONTENT_SECURITY_POLICY = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+    "frame-ancestors 'none'"
+)
+SECURITY_HEADERS = {
+    "Content-Security-Policy": CONTENT_SECURITY_POLICY,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "X-Frame-Options": "DENY",
+}
+STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+
+
+def init_app(app: Flask) -> None:
+    """Register the dashboard. One call from create_app()."""
+    app.register_blueprint(bp)
+
+
+@bp.after_request
+def _security_headers(response: Response) -> Response:
+    response.headers.update(SECURITY_HEADERS)
+    return response
+
+
+@bp.get("/", strict_slashes=False)
+@public
+def jobs_page():
+    """The jobs table; the browser fills it from GET /jobs."""
+    return render_template("ui_jobs.html", page="jobs", statuses=STATUSES)
+
+
+@bp.get("/jobs/<job_id>")
+@public
+def job_page(job_id: str):
+    """One job: the id is only echoed (escaped) into the shell; the data comes from the API."""
+    return render_template("ui_job.html", page="job", job_id=job_id)
+
+
+@bp.get("/datasets")
+@public
+def datasets_page():
+    """Upload, list and delete datasets."""
+    return render_template("ui_datasets.html", page="datasets")
+
+
+@bp.get("/static/<path:filename>")
+@public
+def static(filename: str):
+    """The dashboard's scripts, styles and icon (Flask's blueprint static view cannot carry
+    the `public` mark, so it is this explicit one)."""
+    return send_from_directory(STATIC_DIR, filename, max_age=300)

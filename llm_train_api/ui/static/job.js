@@ -1,0 +1,166 @@
+// One job, live: its fields and progress, the loss curve (GET /metrics?after_step= fetches
+// only new points), the events timeline, a log tail, checkpoints to download, and cancel.
+// Polls every 2 s until the job reaches a final status, then refreshes everything once more
+// and stops.
+"use strict";
+
+(() => {
+  const { el } = UI;
+  const id = document.body.dataset.jobId;
+  const base = "/jobs/" + encodeURIComponent(id);
+  const chart = LossChart(document.getElementById("loss-chart"));
+  const $ = (name) => document.getElementById(name);
+  let points = [];
+  let lastStep = -1;
+  let attempts = null;
+  let tick = 0;
+  let job = null;
+
+  function text(name, value) {
+    $(name).textContent = value === null || value === undefined || value === "" ? "—" : value;
+  }
+
+  function renderJob() {
+    $("job-status").replaceChildren(UI.badge(job.status));
+    document.body.dataset.status = job.status;
+    text("job-model", job.model_name);
+    text("job-dataset", job.dataset);
+    text("job-attempts", job.attempts + " of " + job.max_attempts);
+    text("job-worker", job.worker);
+    text("job-created", UI.time(job.created_at));
+    text("job-started", job.started_at && UI.time(job.started_at));
+    text("job-finished", job.finished_at && UI.time(job.finished_at));
+    const p = job.progress || {};
+    const bar = $("job-progress");
+    bar.value = p.fraction !== undefined ? p.fraction : job.status === "succeeded" ? 1 : 0;
+    const parts = [];
+    if (p.phase) parts.push(p.phase);
+    if (p.step !== undefined) parts.push("step " + p.step + (p.total_steps ? " / " + p.total_steps : ""));
+    if (p.eta_s !== undefined && !UI.FINAL.has(job.status)) parts.push("ETA " + UI.duration(p.eta_s));
+    if (p.tokens_per_s) parts.push(Math.round(p.tokens_per_s) + " tokens/s");
+    $("job-progress-text").textContent = parts.join(" · ");
+    $("job-error").hidden = !job.error_message;
+    $("job-error").textContent = job.error_message || "";
+    const final = UI.FINAL.has(job.status);
+    $("cancel-button").hidden = final || !$("cancel-confirm").hidden;
+    if (final) $("cancel-confirm").hidden = true;
+    document.title = "Job " + job.id + " (" + job.status + ") · llm_train_api";
+  }
+
+  async function refreshMetrics() {
+    if (attempts !== null && job.attempts !== attempts) {
+      // A new run resumed from a checkpoint and rewrote the steps after it: start over.
+      points = [];
+      lastStep = -1;
+    }
+    attempts = job.attempts;
+    let fresh;
+    do {
+      fresh = await UI.json(base + "/metrics?after_step=" + lastStep);
+      if (fresh.length) {
+        points = points.concat(fresh);
+        lastStep = fresh[fresh.length - 1].step;
+      }
+    } while (fresh.length >= 10000); // the API's page size: more are waiting
+    chart.draw(points);
+    const last = points[points.length - 1];
+    if (last) {
+      const val = [...points].reverse().find((p) => typeof p.val_loss === "number");
+      $("loss-latest").textContent = "step " + last.step
+        + (typeof last.train_loss === "number" ? " · train " + last.train_loss.toFixed(4) : "")
+        + (val ? " · validation " + val.val_loss.toFixed(4) + " (step " + val.step + ")" : "")
+        + " · " + points.length + " points";
+    }
+  }
+
+  async function refreshEvents() {
+    const events = await UI.json(base + "/events?limit=1000");
+    $("events").replaceChildren(...events.map((e) => el("li", { dataset: { kind: e.kind } },
+      el("time", { dateTime: e.at, title: e.at }, UI.time(e.at)),
+      el("span", { className: "event-kind" }, e.kind),
+      e.from_status ? UI.badge(e.from_status) : null,
+      e.from_status && e.to_status ? " → " : null,
+      e.to_status ? UI.badge(e.to_status) : null,
+      e.attempt ? el("span", { className: "muted small" }, " attempt " + e.attempt) : null,
+      e.actor ? el("span", { className: "muted small" }, " by " + e.actor) : null,
+      e.message ? el("div", { className: "event-message" }, e.message) : null)));
+  }
+
+  async function refreshLog() {
+    const log = $("log");
+    const atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+    const response = await UI.api(base + "/logs?tail=" + $("log-lines").value);
+    log.textContent = await response.text();
+    if (atBottom) log.scrollTop = log.scrollHeight;
+  }
+
+  async function refreshArtifacts() {
+    const files = await UI.json(base + "/artifacts");
+    const rows = files.map((f) => el("tr", { dataset: { name: f.name, kind: f.kind } },
+      el("td", {}, f.name),
+      el("td", {}, f.kind),
+      el("td", { title: f.size_bytes + " bytes" }, UI.bytes(f.size_bytes)),
+      el("td", {}, UI.time(f.modified_at)),
+      el("td", {}, el("button", { type: "button", className: "download",
+        onclick: () => save(f.name) }, "Download"))));
+    if (!rows.length) rows.push(el("tr", { className: "placeholder" }, el("td", { colSpan: 5 }, "None yet")));
+    $("artifacts-body").replaceChildren(...rows);
+  }
+
+  async function save(name) {
+    try {
+      await UI.download(base + "/artifacts/" + encodeURIComponent(name), name);
+    } catch (err) {
+      if (err instanceof UI.ApiError && err.status !== 401) {
+        UI.showBanner("Download of " + name + " failed: " + err.message, "error");
+      }
+    }
+  }
+
+  async function step() {
+    try {
+      job = await UI.json(base);
+    } catch (err) {
+      if (err instanceof UI.ApiError && err.status === 404) {
+        UI.showBanner("Job " + id + " does not exist (or was deleted).", "error", "missing");
+        $("cancel-button").hidden = true;
+        return false;
+      }
+      throw err;
+    }
+    renderJob();
+    const final = UI.FINAL.has(job.status);
+    await Promise.all([refreshMetrics(), refreshEvents(), refreshLog(),
+      final || tick % 3 === 0 ? refreshArtifacts() : null]);
+    tick += 1;
+    return !final; // a final job changes no more: this was the last full refresh
+  }
+
+  const now = UI.poll(step, 2000);
+  $("log-lines").addEventListener("change", () => refreshLog().catch(() => {}));
+
+  $("cancel-button").addEventListener("click", () => {
+    $("cancel-button").hidden = true;
+    $("cancel-confirm").hidden = false;
+  });
+  $("cancel-no").addEventListener("click", () => {
+    $("cancel-confirm").hidden = true;
+    $("cancel-button").hidden = !job || UI.FINAL.has(job.status);
+  });
+  $("cancel-yes").addEventListener("click", async () => {
+    $("cancel-yes").disabled = true;
+    try {
+      job = await UI.json(base + "/cancel", { method: "POST" });
+      $("cancel-confirm").hidden = true;
+      renderJob();
+      UI.showBanner("Job " + id + " is " + job.status + ".", "info", "cancel");
+    } catch (err) {
+      if (err instanceof UI.ApiError && err.status !== 401) {
+        UI.showBanner("Cancel failed: " + err.message, "error");
+      }
+    } finally {
+      $("cancel-yes").disabled = false;
+      now();
+    }
+  });
+})();
