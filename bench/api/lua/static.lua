@@ -1,8 +1,11 @@
--- One fixed request.  args: METHOD PATH [BODY]
+-- One fixed request.  args: METHOD PATH [BODY [AUTHORIZATION]]
 local req
 
 function init(args)
    local headers = {}
+   if args[4] ~= nil and args[4] ~= "" then
+      headers["Authorization"] = args[4]
+   end
    local body = args[3]
    if body ~= nil and body ~= "" then
       headers["Content-Type"] = "application/json"
