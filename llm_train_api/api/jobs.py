@@ -124,6 +124,15 @@ class Jobs(MethodView):
     @blp.error(409, "job_id is already taken by a job with a different body.")
     @blp.error(413, "Body larger than LLM_TRAIN_API_MAX_JSON_BYTES.")
     @blp.error(415, "Content-Type is not application/json.")
+    @blp.error(422, "Invalid fields (wrong types, unknown fields, a bad `job_id`, oversized "
+               "or too deep `hyperparameters`), under `errors.json.<field>`. With the "
+               "built-in executor also: a model not in the catalog (`model_name`), a "
+               "dataset the caller cannot see (`dataset`), hyperparameters the model's "
+               "schema refuses (`hyperparameters.<name>`), a memory estimate over the "
+               "workers' limit (`hyperparameters._memory`), `processes` that do not fit "
+               "`cpus`/`gpus` (`resources.processes`), a global `batch_size` that does not "
+               "split over them, or "
+               "a job bigger than any node of the Ray cluster (`resources`).")
     def post(self, query: dict[str, Any], body: dict[str, Any]):
         """Create a training job
 
