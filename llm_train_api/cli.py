@@ -28,7 +28,13 @@ _REPO_CONF = Path(__file__).resolve().parent.parent / "gunicorn.conf.py"
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
-    """Self-hosted LLM training jobs: the API server and the workers that run jobs."""
+    """Self-hosted LLM training jobs.
+
+    \b
+    Server side: serve, worker, up, tokens (they read the LLM_TRAIN_API_* settings).
+    Client side: jobs, datasets, models, sample (they talk to LLM_TRAIN_API_URL with
+    LLM_TRAIN_API_TOKEN).
+    """
 
 
 def _gunicorn_argv(bind: str | None, workers: int | None) -> list[str]:
