@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, jsonify, request, request_started
-from sqlalchemy import and_, func, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from . import auth, tables
@@ -245,12 +245,14 @@ class DatabaseCollector:
         # Indexed per job (job_events by job_id): a few rows each, never the whole table.
         first_start = (
             select(func.min(events.c.at_us))
-            .where(and_(events.c.job_id == recent.c.id, events.c.to_status == "running"))
+            .where(and_(events.c.job_id == recent.c.id, events.c.to_status == "running",
+                        # this incarnation's events only (a deleted namesake's are kept)
+                        or_(events.c.job_created_us == recent.c.created_us,
+                            events.c.job_created_us.is_(None))))
             .scalar_subquery()
         )
-        # The store's read engine: reads without BEGIN/ROLLBACK round trips (JobStore has
-        # no public accessor for it; a read-only use).
-        with store._read_engine.connect() as conn:
+        # The store's read path: no BEGIN/ROLLBACK round trips, never the write lock.
+        with store.reading() as conn:
             counts = dict(conn.execute(
                 select(jobs.c.status, func.count()).group_by(jobs.c.status)).all())
             oldest = conn.execute(
