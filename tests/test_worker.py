@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 
-from .servers import TINY
+from .servers import REPO_ROOT, TINY
 
 
 def submit(server, job_id: str, **hp) -> dict:
@@ -182,3 +184,33 @@ def test_graceful_worker_shutdown_hands_the_job_back_without_spending_an_attempt
     service.start_worker()
     done = wait_status(service, "handback", {"succeeded", "failed"}, timeout=180)
     assert done["status"] == "succeeded" and done["attempts"] == 1
+
+
+def test_a_users_own_dataset_trains_and_stays_hers(service):
+    """Datasets are named per owner, and the worker finds the job's dataset in its owner's
+    home: a job on alice's own `mine` trains; bob cannot see it nor name it."""
+    def token(name: str) -> str:
+        out = subprocess.run([sys.executable, "-m", "llm_train_api.cli", "tokens", "create",
+                              "--name", name, "--role", "user"], cwd=REPO_ROOT,
+                             env=service.env, capture_output=True, text=True, check=True)
+        return out.stdout.strip().splitlines()[-1]
+
+    alice, bob = service.session(), service.session()
+    alice.headers["Authorization"] = f"Bearer {token('alice')}"
+    bob.headers["Authorization"] = f"Bearer {token('bob')}"
+    text = ("the quick brown fox jumps over the lazy dog\n" * 200).encode()
+    put = alice.put(f"{service.url}/datasets/mine", data=text,
+                    headers={"Content-Type": "text/plain"}, timeout=10)
+    assert put.status_code == 201 and put.json()["owner"] == "alice"
+    assert not (service.data_dir / "datasets" / "mine.txt").exists()  # not published
+    body = {"job_id": "hers", "model_name": "gpt-nano", "dataset": "mine",
+            "hyperparameters": {**TINY, "max_steps": 10}}
+    refused = bob.post(f"{service.url}/jobs", json={**body, "job_id": "his"}, timeout=10)
+    assert refused.status_code == 422 and "dataset" in refused.json()["errors"]["json"]
+    assert bob.get(f"{service.url}/datasets/mine", timeout=10).status_code == 404
+    assert alice.post(f"{service.url}/jobs", json=body, timeout=10).status_code == 201
+    service.start_worker()
+    job = wait_status(service, "hers", {"succeeded", "failed"})
+    assert job["status"] == "succeeded", job["error_message"]
+    assert job["owner"] == "alice"
+    assert bob.get(f"{service.url}/jobs/hers", timeout=10).status_code == 404
