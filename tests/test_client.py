@@ -255,8 +255,7 @@ def user_token(server, name: str) -> str:
 
 def test_auth_and_quota_errors_are_typed(registry_server):
     server = registry_server
-    if server.token is None:
-        pytest.skip("the server runs without authentication")
+    assert server.token, "the server runs with authentication, as by default"
     with api_for(server) as admin:
         assert admin.whoami().role == "admin"
     with Client(server.url, token="not-a-token") as intruder, pytest.raises(Unauthorized):

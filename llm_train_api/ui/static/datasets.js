@@ -37,8 +37,15 @@
     } catch (err) {
       return;
     }
+    // Datasets are named per owner: a user's own ("owner" set), published ones (an
+    // admin's, for everyone), and the built-ins.
+    const ownerBadge = (d) => {
+      if (d.builtin) return el("span", { className: "badge badge-builtin" }, "built-in");
+      if (d.owner) return el("span", { className: "badge badge-owner" }, "owner: " + d.owner);
+      return el("span", { className: "badge badge-published" }, "published");
+    };
     const rows = datasets.map((d) => el("tr", { dataset: { name: d.name } },
-      el("td", {}, d.name, d.builtin ? el("span", { className: "badge badge-builtin" }, "built-in") : null),
+      el("td", {}, d.name, ownerBadge(d)),
       el("td", {}, d.format),
       el("td", { title: d.size_bytes + " bytes" }, UI.bytes(d.size_bytes)),
       el("td", {}, d.lines === null ? "—" : d.lines),
