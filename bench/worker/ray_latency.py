@@ -29,7 +29,7 @@ import requests
 REPO = Path(__file__).resolve().parents[2]
 sys.path[:0] = [str(REPO), str(Path(__file__).resolve().parent)]
 
-from run import alive, free_port, percentile  # noqa: E402 - bench/worker/run.py
+from run import alive, free_port, percentile, wait_ready  # noqa: E402 - bench/worker/run.py
 
 from tests.ray_cluster import RayHead  # noqa: E402 - the same private head as the tests
 
@@ -59,17 +59,7 @@ def measure(executor: str, jobs: int, head: RayHead | None) -> dict[str, list[fl
     base = f"http://127.0.0.1:{port}"
     out: dict[str, list[float]] = {"claimed": [], "started": [], "first_step": [], "cancel": []}
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if requests.get(base + "/readyz", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("server did not start")
-            time.sleep(0.1)
-        time.sleep(2)  # let the worker start polling
+        wait_ready(base)
         session = requests.Session()
         for n in range(jobs):
             job_id = f"{executor}{n}"

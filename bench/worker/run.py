@@ -51,6 +51,21 @@ def alive(pid: int) -> bool:
         return False
 
 
+def wait_ready(base: str, timeout: float = 30.0) -> None:
+    """Until the API answers /readyz, then a moment for the worker to start polling."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if requests.get(base + "/readyz", timeout=1).status_code == 200:
+                break
+        except requests.RequestException:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError("server did not start")
+        time.sleep(0.1)
+    time.sleep(2)
+
+
 def measure(db: str, jobs: int) -> dict[str, list[float]]:
     scratch = Path(tempfile.mkdtemp(prefix="bench_worker_"))
     schema = None
@@ -64,7 +79,9 @@ def measure(db: str, jobs: int) -> dict[str, list[float]]:
     port = free_port()
     env = {**os.environ, "LLM_TRAIN_API_DATABASE_URL": url,
            "LLM_TRAIN_API_INSTANCE_PATH": str(scratch), "LLM_TRAIN_API_ACCESS_LOG": "",
-           "LLM_TRAIN_API_TRAINER_THREADS": "1"}
+           "LLM_TRAIN_API_TRAINER_THREADS": "1",
+           # Dispatch latency, not authentication (bench/run auth measures that).
+           "LLM_TRAIN_API_AUTH": "disabled"}
     server = subprocess.Popen(
         [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "-w", "2", "-b",
          f"127.0.0.1:{port}", "wsgi:app"], cwd=REPO, env=env, start_new_session=True,
@@ -75,17 +92,7 @@ def measure(db: str, jobs: int) -> dict[str, list[float]]:
     base = f"http://127.0.0.1:{port}"
     results: dict[str, list[float]] = {"dispatch": [], "cancel": []}
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if requests.get(base + "/readyz", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("server did not start")
-            time.sleep(0.1)
-        time.sleep(2)  # let the worker start polling
+        wait_ready(base)
         session = requests.Session()
         for n in range(jobs):
             body = {"job_id": f"lat{n}", "model_name": "gpt-nano", "dataset": "builtin:tinytext",
