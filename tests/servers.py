@@ -101,11 +101,14 @@ TINY = {"batch_size": 4, "block_size": 32, "epochs": 1000, "log_interval": 1,
 
 
 class WorkerProcess:
-    def __init__(self, env: dict[str, str], log: Path) -> None:
+    """`llm-train-api worker [args]`: a local worker, or a Ray dispatcher with
+    `--executor ray --ray-address ...`."""
+
+    def __init__(self, env: dict[str, str], log: Path, args: tuple[str, ...] = ()) -> None:
         self.log = log
         self._out = open(log, "ab")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "llm_train_api.cli", "worker"], cwd=REPO_ROOT,
+            [sys.executable, "-m", "llm_train_api.cli", "worker", *args], cwd=REPO_ROOT,
             env={**os.environ, **env}, stdout=self._out, stderr=subprocess.STDOUT)
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:

@@ -8,40 +8,16 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import pytest
 from ray.job_submission import JobSubmissionClient
 
 from .ray_cluster import RayHead, ray_head  # noqa: F401 - the session fixture
-from .servers import FAST, REPO_ROOT, TINY
+from .servers import FAST, REPO_ROOT, TINY, WorkerProcess
+from .test_worker import events, get, wait_for
+from .test_worker import wait_status as wait_for_status
 
 pytestmark = pytest.mark.slow
-
-
-class Dispatcher:
-    """`python -m llm_train_api.cli worker --executor ray --ray-address ...`."""
-
-    def __init__(self, env: dict[str, str], address: str, log: Path) -> None:
-        self.log = log
-        self._out = open(log, "ab")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "llm_train_api.cli", "worker", "--executor", "ray",
-             "--ray-address", address],
-            cwd=REPO_ROOT, env={**os.environ, **env}, stdout=self._out,
-            stderr=subprocess.STDOUT)
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._out.close()
-        return self.proc.returncode
 
 
 @pytest.fixture
@@ -53,10 +29,11 @@ def ray_service(ray_head: RayHead, gunicorn_factory, tmp_path):  # noqa: F811
            # The Ray head's PATH has another python; the trainer needs this venv's.
            "LLM_TRAIN_API_RAY_PYTHON": sys.executable, **FAST}
     server = gunicorn_factory(workers=2, env=env)
-    dispatchers: list[Dispatcher] = []
+    dispatchers: list[WorkerProcess] = []
 
-    def start_dispatcher() -> Dispatcher:
-        d = Dispatcher(env, ray_head.address, tmp_path / f"dispatcher-{len(dispatchers)}.log")
+    def start_dispatcher() -> WorkerProcess:
+        d = WorkerProcess(env, tmp_path / f"dispatcher-{len(dispatchers)}.log",
+                          ("--executor", "ray", "--ray-address", ray_head.address))
         dispatchers.append(d)
         return d
 
@@ -80,27 +57,9 @@ def submit(server, job_id: str, resources: dict | None = None, **hp) -> dict:
     return resp.json()
 
 
-def get(server, job_id: str) -> dict:
-    return server.http.get(f"{server.url}/jobs/{job_id}", timeout=10).json()
-
-
-def events(server, job_id: str) -> list[dict]:
-    return server.http.get(f"{server.url}/jobs/{job_id}/events", timeout=10).json()
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def wait_status(server, job_id: str, statuses: set[str], timeout: float = 180) -> dict:
-    return wait_for(lambda: (j := get(server, job_id))["status"] in statuses and j,
-                    timeout, f"{job_id} to reach {statuses}")
+    """Ray jobs start slower than local trainers: a longer default wait."""
+    return wait_for_status(server, job_id, statuses, timeout)
 
 
 def wait_step(server, job_id: str, step: int, timeout: float = 180) -> dict:
