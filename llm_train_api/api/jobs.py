@@ -74,6 +74,14 @@ def _visible_job(job_id: str) -> Job:
     return ensure_visible(get_store().get_job(_checked_id(job_id)))
 
 
+def _readable_id(job_id: str) -> str:
+    """The id, once the caller may read that job. The store's own reads 404 a missing
+    job, so only a user (whose view is limited to its own jobs) costs an extra lookup."""
+    if owner_scope() is not None:
+        _visible_job(job_id)
+    return _checked_id(job_id)
+
+
 def _with_etag(job: Job, status: int = 200, headers: dict[str, str] | None = None):
     return job, status, {"ETag": f'"{job.etag}"', **(headers or {})}
 
@@ -305,8 +313,7 @@ class JobEvents(MethodView):
     def get(self, args: dict[str, Any], job_id: str):
         """A job's events: creation, claims, status changes, requeues, with attempt and actor"""
         after = decode_seq_cursor(args["cursor"]) if "cursor" in args else 0
-        _visible_job(job_id)
-        events, more = get_store().job_events(job_id, after_seq=after,
+        events, more = get_store().job_events(_readable_id(job_id), after_seq=after,
                                               limit=args["limit"])
         headers = {}
         if more:
@@ -322,8 +329,7 @@ class JobMetrics(MethodView):
     @blp.error(404, "No such job.")
     def get(self, args: dict[str, Any], job_id: str):
         """A job's metrics; poll with `?after_step=` for what is new"""
-        _visible_job(job_id)
-        return get_store().job_metrics(job_id, after_step=args["after_step"])
+        return get_store().job_metrics(_readable_id(job_id), after_step=args["after_step"])
 
 
 def _next_link(cursor: str) -> str:
