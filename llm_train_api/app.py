@@ -17,6 +17,7 @@ from .api import artifacts, datasets, health, jobs, models, whoami
 from .api.base import STORE_KEY
 from .config import Settings
 from .json_provider import OrjsonProvider
+from .lingering import DrainUnreadBody
 from .store import JobStore, sqlite_url_for
 
 API_TITLE = "llm_train_api"
@@ -58,6 +59,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
                               max_running_per_user=settings.MAX_RUNNING_PER_USER)
     app.extensions[STORE_KEY] = store
 
+    # Innermost wrapper: it must see gunicorn's own wsgi.input once the response is sent.
+    app.wsgi_app = DrainUnreadBody(app.wsgi_app)
     if settings.TRUSTED_PROXIES:
         n = settings.TRUSTED_PROXIES
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=n, x_proto=n, x_host=n, x_port=n,
