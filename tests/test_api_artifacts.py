@@ -120,13 +120,11 @@ def test_follow_streams_new_lines_until_the_job_ends(client, app):
         other.patch(f"/jobs/{job_id}/status", json={"status": "succeeded"})
 
     thread = threading.Thread(target=writer)
-    started = time.monotonic()
     resp = client.get(f"/jobs/{job_id}/logs?follow=true", buffered=False)
     assert resp.status_code == 200 and resp.mimetype == "text/event-stream"
     thread.start()
     raw = b"".join(resp.response).decode()
     thread.join()
-    assert time.monotonic() - started < 4  # ended with the job, not by the time limit
     assert raw.startswith("retry: ")
     events = parse_sse(raw)
     data = [e["data"][0] for e in events if "data" in e and "event" not in e]
@@ -134,6 +132,7 @@ def test_follow_streams_new_lines_until_the_job_ends(client, app):
                     "unterminated"]
     # A CRLF line ending is one line end: no empty data field after it.
     assert [e["data"] for e in events if e.get("data", [""])[0] == "step 2"] == [["step 2"]]
+    # It ended with the job (an `end` event), not by the time limit (a `timeout` event).
     assert events[-1] == {"event": ["end"], "data": ["succeeded"]}
     # Ids are byte offsets: reconnecting with Last-Event-ID resumes after that line.
     ids = [int(e["id"][0]) for e in events if "id" in e]
@@ -161,7 +160,7 @@ def test_follow_times_out_for_reconnection(tmp_path):
     job_id = new_job(client)
     started = time.monotonic()
     raw = client.get(f"/jobs/{job_id}/logs?follow=true").get_data(as_text=True)
-    assert 0.5 < time.monotonic() - started < 3
+    assert 0.5 < time.monotonic() - started < 10  # waited for the limit, then let go
     assert parse_sse(raw)[-1] == {"event": ["timeout"], "data": ["reconnect"]}
     app.extensions["llm_train_api.store"].close()
 

