@@ -316,9 +316,16 @@ class PageQuerySchema(Schema):
                            metadata={"description": "Opaque; from the `Link` header."})
 
 
+METRICS_PAGE_MAX = 10_000
+
+
 class MetricsQuerySchema(Schema):
-    after_step = fields.Integer(load_default=-1, validate=validate.Range(min=-1),
+    after_step = fields.Integer(load_default=-1, validate=validate.Range(min=-1, max=2**31 - 1),
                                 metadata={"description": "Only steps after this one."})
+    limit = fields.Integer(load_default=METRICS_PAGE_MAX,
+                           validate=validate.Range(min=1, max=METRICS_PAGE_MAX),
+                           metadata={"description": "Most points in one page. Pages end "
+                                     "between steps; the `Link` header has the next one."})
 
 
 class MetricPointSchema(Schema):

@@ -740,20 +740,30 @@ class JobStore:
 
     # ------------------------------------------------------------------ metrics
     def job_metrics(self, job_id: str, *, after_step: int = -1, limit: int = 10_000
-                    ) -> list[dict[str, Any]]:
-        """The loss curve: one dict per logged step, ascending, after `after_step`."""
+                    ) -> tuple[list[dict[str, Any]], bool]:
+        """The loss curve after `after_step`, ascending, at most `limit` points; and whether
+        more remain.
+
+        Pages end between steps, never inside one, so that the next page can start after the
+        last step returned without losing a point logged at that same step."""
         stmt = (
             select(job_metrics.c.step, job_metrics.c.data)
             .where(job_metrics.c.job_id == job_id, job_metrics.c.step > after_step)
             .order_by(job_metrics.c.step, job_metrics.c.seq)
-            .limit(limit)
+            .limit(limit + 1)
         )
         with self._reading() as conn:
             exists = conn.execute(_SELECT_BY_ID, {"job_id": job_id}).first()
             rows = conn.execute(stmt).all()
         if exists is None:
             raise JobNotFound(job_id)
-        return [{"step": r.step, **_loads(r.data)} for r in rows]
+        more = len(rows) > limit
+        if more:
+            cut = rows[limit].step
+            # A page of a single step (only with a tiny `limit`: a step logs a point or two)
+            # is returned as it is, rather than a page that makes no progress.
+            rows = [r for r in rows[:limit] if r.step != cut] or rows[:limit]
+        return [{"step": r.step, **_loads(r.data)} for r in rows], more
 
     # ------------------------------------------------------------------ workers
     # Every verb below is guarded by the lease: it only acts while the caller's worker still

@@ -131,6 +131,34 @@ def test_metrics_of_a_job_without_any(local):
     assert local.get("/jobs/m/metrics").get_json() == []
     assert local.get("/jobs/m/metrics?after_step=-5").status_code == 422
     assert local.get("/jobs/nope/metrics").status_code == 404
+    for bad in ("limit=0", "limit=10001", "after_step=99999999999", "limit=x", "page=2"):
+        resp = local.get(f"/jobs/m/metrics?{bad}")
+        assert resp.status_code == 422 and resp.get_json()["code"] == 422, bad
+
+
+def test_a_long_curve_pages_through_link_headers(local, local_app):
+    local.post("/jobs", json={**GOOD, "job_id": "long"})
+    store = local_app.extensions["llm_train_api.store"]
+    assert store.claim("w1", 30).id == "long"
+    curve = [{"step": s, "train_loss": 10 / s} for s in range(1, 26)]
+    curve.insert(12, {"step": 12, "val_loss": 1.5})  # a second point at step 12
+    store.record_progress("long", "w1", {"step": 25}, curve)
+    url, pages = "/jobs/long/metrics?limit=4", []
+    while url:
+        resp = local.get(url)
+        assert resp.status_code == 200
+        pages.append(resp.get_json())
+        link = resp.headers.get("Link")
+        assert (link is None) == (len(pages) == 7)
+        # The next page keeps the other parameters and starts after the last step shown.
+        url = link and link[link.index("<") + 1: link.index(">")].removeprefix("http://localhost")
+        if url:
+            assert "limit=4" in url and f"after_step={pages[-1][-1]['step']}" in url
+    assert [p for page in pages for p in page] == curve
+    assert all(len(page) <= 4 for page in pages)
+    # Step 12's second point would have been the 5th of the third page: the page ends
+    # before step 12 rather than between its two points.
+    assert [[p["step"] for p in page] for page in pages[2:4]] == [[9, 10, 11], [12, 12, 13, 14]]
 
 
 # ---------------------------------------------------------------- resources.processes (DDP)

@@ -97,13 +97,36 @@ def test_progress_and_metrics(store):
                           [{"step": 1, "train_loss": 3.0}, {"step": 2, "train_loss": 2.5}])
     store.record_progress("a", "w1", {"step": 3}, [{"step": 3, "train_loss": 2.0}])
     assert store.get_job("a").progress == {"step": 3}
-    assert [m["step"] for m in store.job_metrics("a")] == [1, 2, 3]
-    assert store.job_metrics("a", after_step=2) == [{"step": 3, "train_loss": 2.0}]
+    assert [m["step"] for m in store.job_metrics("a")[0]] == [1, 2, 3]
+    assert store.job_metrics("a", after_step=2) == ([{"step": 3, "train_loss": 2.0}], False)
     # A resumed run from step 1 rewrites the curve after it.
     store.record_progress("a", "w1", {"step": 2}, [{"step": 2, "train_loss": 2.4}],
                           forget_metrics_after=1)
-    assert store.job_metrics("a") == [{"step": 1, "train_loss": 3.0},
-                                      {"step": 2, "train_loss": 2.4}]
+    assert store.job_metrics("a") == ([{"step": 1, "train_loss": 3.0},
+                                       {"step": 2, "train_loss": 2.4}], False)
+
+
+def test_metrics_pages_end_between_steps(store):
+    store.create_job(new("a"))
+    store.claim("w1", 30)
+    # Step 2 and step 4 each have a training and a validation point.
+    points = [{"step": 1, "train_loss": 4.0}, {"step": 2, "train_loss": 3.0},
+              {"step": 2, "val_loss": 3.5}, {"step": 3, "train_loss": 2.0},
+              {"step": 4, "train_loss": 1.0}, {"step": 4, "val_loss": 1.5}]
+    store.record_progress("a", "w1", {"step": 4}, points)
+    pages, after, more = [], -1, True
+    while more:
+        page, more = store.job_metrics("a", after_step=after, limit=2)
+        pages.append([(p["step"], *p.keys() - {"step"}) for p in page])
+        after = page[-1]["step"]
+    # Without the cut between steps, the second page would be [2 train, 2 val]... and the
+    # first [1, 2 train], whose follow-up after step 2 would have lost step 2's validation.
+    assert pages == [[(1, "train_loss")], [(2, "train_loss"), (2, "val_loss")],
+                     [(3, "train_loss")], [(4, "train_loss"), (4, "val_loss")]]
+    assert store.job_metrics("a", after_step=4) == ([], False)
+    # A limit smaller than one step's points still makes progress.
+    assert store.job_metrics("a", after_step=1, limit=1) == ([{"step": 2, "train_loss": 3.0}],
+                                                             True)
 
 
 def test_finish_outcomes(store):

@@ -114,7 +114,7 @@ class Jobs(MethodView):
         page = get_store().list_jobs(query)
         headers = {}
         if page.next_key is not None:
-            headers["Link"] = _next_link(encode_cursor(page.next_key))
+            headers["Link"] = _next_link(cursor=encode_cursor(page.next_key))
         return page.jobs, 200, headers
 
     @blp.arguments(CreateQuerySchema(), location="query", unknown=RAISE)
@@ -317,7 +317,7 @@ class JobEvents(MethodView):
                                               limit=args["limit"])
         headers = {}
         if more:
-            headers["Link"] = _next_link(encode_seq_cursor(events[-1].seq))
+            headers["Link"] = _next_link(cursor=encode_seq_cursor(events[-1].seq))
         return events, 200, headers
 
 
@@ -325,16 +325,26 @@ class JobEvents(MethodView):
 class JobMetrics(MethodView):
     @blp.arguments(MetricsQuerySchema(), location="query", unknown=RAISE)
     @blp.response(200, MetricPointSchema(many=True),
-                  description="The loss curve, one point per logged step, ascending.")
+                  description="The loss curve, one point per logged step, ascending. When "
+                  "more remain, a `Link: <url>; rel=\"next\"` header gives the next page.",
+                  headers={"Link": {"description": 'The next page, `<url>; rel="next"`.',
+                                    "schema": {"type": "string"}}})
     @blp.error(404, "No such job.")
     def get(self, args: dict[str, Any], job_id: str):
         """A job's metrics; poll with `?after_step=` for what is new"""
-        return get_store().job_metrics(_readable_id(job_id), after_step=args["after_step"])
+        points, more = get_store().job_metrics(_readable_id(job_id),
+                                               after_step=args["after_step"],
+                                               limit=args["limit"])
+        headers = {}
+        if more:
+            headers["Link"] = _next_link(after_step=str(points[-1]["step"]))
+        return points, 200, headers
 
 
-def _next_link(cursor: str) -> str:
+def _next_link(**position: str) -> str:
+    """This URL with its other query parameters kept and the page position replaced."""
     params = request.args.to_dict(flat=False)
-    params["cursor"] = [cursor]
+    params.update({name: [value] for name, value in position.items()})
     return f'<{request.base_url}?{urlencode(params, doseq=True)}>; rel="next"'
 
 

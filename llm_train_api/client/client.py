@@ -138,13 +138,14 @@ def _decode(resp: requests.Response) -> Any:
                                  "not JSON", status=resp.status_code) from None
 
 
-def _cursor_of(resp: requests.Response) -> str | None:
-    """The `cursor` of the `Link: rel="next"` URL. Only the cursor is used: the link's host
-    may be an internal one when the server sits behind a proxy it does not trust."""
+def _cursor_of(resp: requests.Response, param: str = "cursor") -> str | None:
+    """The `cursor` (or `param`) of the `Link: rel="next"` URL. Only that value is used: the
+    link's host may be an internal one when the server sits behind a proxy it does not
+    trust."""
     nxt = resp.links.get("next")
     if not nxt:
         return None
-    values = parse_qs(urlparse(nxt["url"]).query).get("cursor")
+    values = parse_qs(urlparse(nxt["url"]).query).get(param)
     return values[0] if values else None
 
 
@@ -464,9 +465,22 @@ class Client:
             cursor = page.next_cursor
 
     def job_metrics(self, job_id: str, *, after_step: int | None = None) -> list[MetricPoint]:
-        """The loss curve, ascending; `after_step` returns only what is newer (for polling)."""
-        params = {"after_step": after_step} if after_step is not None else None
-        return self._list(MetricPoint, f"/jobs/{_seg(job_id)}/metrics", params)
+        """The whole loss curve, ascending, however many pages it takes; `after_step`
+        returns only what is newer (for polling)."""
+        points: list[MetricPoint] = []
+        position = None if after_step is None else str(after_step)
+        while True:
+            params = None if position is None else {"after_step": position}
+            resp = self._request("GET", f"/jobs/{_seg(job_id)}/metrics", retry=True,
+                                 params=params)
+            data = _decode(resp)
+            if not isinstance(data, list):
+                raise UnexpectedResponse(f"GET {self.url}/jobs/{job_id}/metrics: expected a "
+                                         "JSON array")
+            points.extend(parse(MetricPoint, item) for item in data)
+            position = _cursor_of(resp, "after_step")
+            if position is None or not data:
+                return points
 
     def job_logs(self, job_id: str, *, tail: int | None = None) -> str:
         """The log as it is now (or its last `tail` lines)."""

@@ -54,14 +54,16 @@
       lastStep = -1;
     }
     attempts = job.attempts;
-    let fresh;
+    let more;
     do {
-      fresh = await UI.json(base + "/metrics?after_step=" + lastStep);
+      const response = await UI.api(base + "/metrics?after_step=" + lastStep);
+      const fresh = await response.json();
       if (fresh.length) {
         points = points.concat(fresh);
         lastStep = fresh[fresh.length - 1].step;
       }
-    } while (fresh.length >= 10000); // the API's page size: more are waiting
+      more = fresh.length > 0 && response.headers.has("Link"); // a next page is waiting
+    } while (more);
     chart.draw(points);
     const last = points[points.length - 1];
     if (last) {
