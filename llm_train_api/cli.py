@@ -17,6 +17,7 @@ import click
 from flask import Flask
 
 from .cli_tokens import tokens
+from .config import ConfigError, Settings
 from .tokens import BOOTSTRAP_FILENAME
 from .worker.service import Worker, WorkerConfig, gpus_from_env
 from .worker.trainer_process import die_with_parent
@@ -26,7 +27,18 @@ APP_SPEC = "llm_train_api:create_app()"
 _REPO_CONF = Path(__file__).resolve().parent.parent / "gunicorn.conf.py"
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _ServiceCommands(click.Group):
+    """A bad LLM_TRAIN_API_* value is an operator's typo: one line that names it and exit 1,
+    not a traceback (nor one per gunicorn worker that fails to boot)."""
+
+    def invoke(self, ctx: click.Context):  # noqa: ANN201 - whatever the command returns
+        try:
+            return super().invoke(ctx)
+        except ConfigError as exc:
+            raise click.ClickException(f"bad configuration: {exc}") from None
+
+
+@click.group(cls=_ServiceCommands, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Self-hosted LLM training jobs.
 
@@ -53,6 +65,7 @@ def _gunicorn_argv(bind: str | None, workers: int | None) -> list[str]:
 @click.option("--workers", type=int, help="gunicorn worker processes")
 def serve(bind: str | None, workers: int | None) -> None:
     """Serve the API with gunicorn (gunicorn.conf.py defaults)."""
+    Settings.load()  # a bad setting stops here, once, before any worker boots
     os.execv(sys.executable, _gunicorn_argv(bind, workers))
 
 
@@ -74,7 +87,6 @@ def worker(concurrency: int, executor: str | None, ray_address: str | None) -> N
     a signal leaves the Ray jobs running and hands them to the next dispatcher.
     """
     from . import create_app
-    from .config import ConfigError
     from .worker.executors import Executor, LocalExecutor
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

@@ -7,11 +7,13 @@ app exactly the way operators do.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
 PREFIX = "LLM_TRAIN_API_"
+_URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 class ConfigError(ValueError):
@@ -37,6 +39,7 @@ class Settings:
     MAX_HYPERPARAMETERS_BYTES: int = 64 * 1024
     MAX_HYPERPARAMETERS_DEPTH: int = 8
     # Artifacts: datasets, job folders (logs, metrics, checkpoints). Empty = INSTANCE_PATH/data.
+    # A filesystem path (not a URL); several hosts need it on a shared filesystem.
     DATA_DIR: str = ""
     # "local": built-in workers run jobs, and jobs are validated against the trainer at
     # creation. "none": the seed's pure registry, external systems drive statuses.
@@ -83,8 +86,8 @@ class Settings:
     # Interpreter the Ray job entrypoint runs the trainer with, on the Ray node: a python
     # that has llm_train_api[train] installed (the nodes' PATH decides what "python" is).
     RAY_PYTHON: str = "python"
-    # "auto": refuse to dispatch to Ray unless DATA_DIR is reachable from the Ray nodes (an
-    # fsspec URL, a network filesystem, or a Ray head on loopback). "yes": the operator
+    # "auto": refuse to dispatch to Ray unless DATA_DIR is reachable from the Ray nodes (a
+    # network or FUSE filesystem, or a Ray head on loopback). "yes": the operator
     # vouches that DATA_DIR is the same shared folder on every Ray node.
     RAY_DATA_DIR_SHARED: str = "auto"
 
@@ -137,6 +140,13 @@ class Settings:
             raise ConfigError("the per-user caps must be 0 (no cap) or positive")
         if self.TRUSTED_PROXIES < 0 or self.DB_BUSY_TIMEOUT_S < 0:
             raise ConfigError("negative values are not allowed")
+        if _URL_SCHEME.match(self.DATA_DIR):
+            # Taken as a path, "s3://bucket" would quietly become a local folder named "s3:".
+            raise ConfigError(
+                f"{PREFIX}DATA_DIR must be a filesystem path, got the URL {self.DATA_DIR!r}. "
+                "The API and the workers read and write job folders and datasets as files: "
+                "mount object storage as a filesystem (s3fs, gcsfuse, blobfuse2...) or use "
+                "a shared filesystem, and give its path.")
 
 
 def _coerce(name: str, raw: Any, kind: type) -> Any:

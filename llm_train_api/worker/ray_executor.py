@@ -19,7 +19,6 @@ import ipaddress
 import logging
 import os
 import queue
-import re
 import shlex
 import signal
 import threading
@@ -44,7 +43,6 @@ NETWORK_FILESYSTEMS = frozenset({
     "nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "ceph", "cephfs", "beegfs",
     "glusterfs", "9p", "afs", "orangefs", "pvfs2", "ocfs2", "gfs2", "wekafs", "panfs",
 })
-_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _STATUS_EVERY_S = 0.5  # Ray status is polled at most this often per job
 _SWEEP_EVERY_S = 30.0  # orphaned Ray jobs are looked for this often
 _RESTOP_AFTER_S = 15.0  # a stop Ray has not confirmed by then is sent again
@@ -69,12 +67,10 @@ def check_shared_data_dir(data_dir: str, ray_address: str, mode: str = "auto") -
     split the job's files between machines."""
     if mode == "yes":
         return "LLM_TRAIN_API_RAY_DATA_DIR_SHARED=yes (the operator vouches for it)"
-    if _URL.match(data_dir) and not data_dir.startswith("file://"):
-        return f"DATA_DIR is an fsspec URL ({data_dir.split('://')[0]})"
     host = urlsplit(ray_address if "://" in ray_address else f"http://{ray_address}").hostname
     if _is_loopback(host or ""):
         return f"the Ray cluster is on this machine ({host}): its local disk is shared"
-    fstype, mount = filesystem_of(Path(data_dir.removeprefix("file://")))
+    fstype, mount = filesystem_of(Path(data_dir))
     if fstype in NETWORK_FILESYSTEMS or fstype.startswith("fuse."):
         return f"DATA_DIR is on a network filesystem ({fstype} at {mount})"
     raise ConfigError(
@@ -82,7 +78,7 @@ def check_shared_data_dir(data_dir: str, ray_address: str, mode: str = "auto") -
         f"LLM_TRAIN_API_DATA_DIR={data_dir!r} is a local folder ({fstype or 'unknown'} "
         f"filesystem at {mount}) and the Ray cluster at {ray_address} is another machine. "
         "Put DATA_DIR on a shared filesystem (NFS, Lustre, CephFS...) mounted at the same "
-        "path on every Ray node, or use an fsspec URL, or set "
+        "path on every Ray node (object storage through a FUSE mount such as s3fs), or set "
         "LLM_TRAIN_API_RAY_DATA_DIR_SHARED=yes if it is shared in a way we cannot detect."
     )
 
