@@ -5,6 +5,7 @@ flask-smorest's shape `{code, status, message, errors?}`, never an HTML page or 
 from __future__ import annotations
 
 import json
+import math
 from http import HTTPStatus
 from typing import Any, NoReturn
 
@@ -39,24 +40,49 @@ RAW_BODY_ENDPOINTS = frozenset({"datasets.DatasetResource"})
 NO_BODY_ENDPOINTS = frozenset({"jobs.JobCancel"})
 
 
-class _NonFiniteNumber(ValueError):
+class _UnrepresentableNumber(ValueError):
     pass
 
 
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
 def _reject_constant(name: str) -> NoReturn:
-    raise _NonFiniteNumber(f"{name} is not valid JSON: numbers must be finite.")
+    raise _UnrepresentableNumber(f"{name} is not valid JSON: numbers must be finite.")
+
+
+def _finite_float(text: str) -> float:
+    # 1e400 is valid JSON but overflows to infinity, which nothing downstream can store.
+    value = float(text)
+    if not math.isfinite(value):
+        raise _UnrepresentableNumber(f"{text} is out of range: numbers must be finite "
+                                     "(at most about 1.8e308).")
+    return value
+
+
+def _int64(text: str) -> int:
+    # Larger integers would come back as inexact floats (the stored JSON is read with
+    # orjson), or not parse at all past Python's 4300-digit limit: refuse them by name.
+    # A sign and 19 digits at most: the length check comes first and keeps int() cheap.
+    if len(text) > 20 or not _INT64_MIN <= int(text) <= _INT64_MAX:
+        shown = text if len(text) <= 30 else f"{text[:12]}... ({len(text)} digits)"
+        raise _UnrepresentableNumber(f"{shown} is out of range: integers must fit in 64 bits "
+                                     "(-2^63 to 2^63-1).")
+    return int(text)
 
 
 class StrictJSONParser(FlaskParser):
-    """webargs' Flask parser, minus Python's JSON extensions (NaN, Infinity)."""
+    """webargs' Flask parser, minus Python's JSON extensions (NaN, Infinity), and minus
+    numbers that cannot be stored exactly (beyond 64-bit integers or double range)."""
 
     def _raw_load_json(self, req: flask.Request) -> Any:
         if not is_json_request(req):
             return core.missing
         raw = req.get_data(cache=True)
         try:
-            return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
-        except _NonFiniteNumber as exc:
+            return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant,
+                              parse_float=_finite_float, parse_int=_int64)
+        except _UnrepresentableNumber as exc:
             abort(400, message=str(exc), errors={"json": [str(exc)]})
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             detail = f"Request body is not valid JSON: {exc}"

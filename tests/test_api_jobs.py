@@ -154,6 +154,33 @@ def test_non_finite_numbers_are_rejected(client, literal):
     assert job_count(client) == 0
 
 
+@pytest.mark.parametrize(("number", "says"), [
+    ("1e400", "1e400 is out of range"),
+    ("-1e400", "-1e400 is out of range"),
+    (str(2**63), f"{2**63} is out of range: integers must fit in 64 bits"),
+    (str(-(2**63) - 1), "out of range: integers must fit in 64 bits"),
+    ("9" * 5000, "(5000 digits) is out of range"),  # past Python's own int() limit
+])
+def test_numbers_that_cannot_be_stored_exactly_are_400(client, number, says):
+    # They used to be a 500 (infinity, 5000 digits) or come back as an inexact float (2^63).
+    for body in ('{"model_name": "m", "dataset": "d", "hyperparameters": {"x": %s}}',
+                 '{"model_name": "m", "dataset": "d", "priority": %s}'):
+        resp = client.post("/jobs", data=body % number, content_type="application/json")
+        err = assert_error(resp, 400)
+        assert says in err["message"] and len(err["message"]) < 200
+    assert job_count(client) == 0
+
+
+def test_numbers_at_the_edges_are_kept_exactly(client):
+    raw = ('{"model_name": "m", "dataset": "d", "hyperparameters": {"big": 9223372036854775807, '
+           '"small": -9223372036854775808, "huge": 1.7e308, "tiny": 1e-400}}')
+    resp = client.post("/jobs", data=raw, content_type="application/json")
+    assert resp.status_code == 201, resp.get_data(as_text=True)
+    stored = client.get(resp.headers["Location"]).get_json()["hyperparameters"]
+    assert stored == {"big": 2**63 - 1, "small": -(2**63), "huge": 1.7e308, "tiny": 0.0}
+    assert type(stored["big"]) is int
+
+
 @pytest.mark.parametrize("raw", ["{bad json", "", "\xff\xfe", '{"model_name": "m",}'])
 def test_malformed_json_is_400(client, raw):
     assert_error(client.post("/jobs", data=raw, content_type="application/json"), 400)
