@@ -159,11 +159,14 @@ class Revision:
     @classmethod
     def from_etag(cls, etag: str) -> Revision | None:
         created, _, version = etag.partition("-")
+        if len(created) > 16 or len(version) > 19:
+            return None  # beyond 64 bits: no job has it, and the database could not compare
         try:
             rev = cls(int(created, 16), int(version))
         except ValueError:
             return None
-        return rev if rev.etag == etag else None
+        in_range = 0 <= rev.created_us < 2**63 and 0 <= rev.version < 2**63
+        return rev if in_range and rev.etag == etag else None
 
 
 @dataclass(slots=True)

@@ -143,6 +143,17 @@ def test_follow_streams_new_lines_until_the_job_ends(client, app):
     assert again == data[-2:]
 
 
+@pytest.mark.parametrize("last_id", ["abc", "-5", "9" * 5000, ""])
+def test_a_last_event_id_that_is_no_offset_starts_from_the_beginning(client, app, last_id):
+    job_id = new_job(client)
+    (folder(app, job_id) / "train.log").write_bytes(b"one\ntwo\n")
+    client.patch(f"/jobs/{job_id}/status", json={"status": "cancelled"})
+    resp = client.get(f"/jobs/{job_id}/logs?follow=true", headers={"Last-Event-ID": last_id})
+    assert resp.status_code == 200  # a 5000-digit id was a 500
+    events = parse_sse(resp.get_data(as_text=True))
+    assert [e["data"] for e in events if "id" in e] == [["one"], ["two"]]
+
+
 def test_follow_with_tail_of_a_finished_job_ends_at_once(client, app):
     job_id = new_job(client)
     (folder(app, job_id) / "train.log").write_bytes(LOG)

@@ -342,7 +342,11 @@ def test_if_match_current_etag_succeeds_and_stale_is_412(client):
     assert client.get("/jobs/job-001").get_json()["status"] == "running"
 
 
-@pytest.mark.parametrize("header", ['"garbage"', '"1-1"', 'W/"weak"'])
+@pytest.mark.parametrize("header", ['"garbage"', '"1-1"', 'W/"weak"',
+                                    # Past 64 bits: these were a 500 (the database could
+                                    # not compare them).
+                                    '"ffffffffffffffffff-1"', '"1-99999999999999999999"',
+                                    '"ffffffffffffffff-1"', '"1-' + "9" * 5000 + '"'])
 def test_if_match_that_cannot_match_is_412(client, header):
     create(client)
     assert_error(client.patch("/jobs/job-001/status", json={"status": "running"},

@@ -174,7 +174,8 @@ def _tail_offset(f: BinaryIO, size: int, n: int) -> int:
 
 def _resume_offset(path: Path, tail: int | None) -> int:
     last_id = request.headers.get("Last-Event-ID", "").strip()
-    if last_id.isdigit():
+    # Ids are byte offsets; one that is not (or is absurdly long) is ignored like a missing one.
+    if last_id.isdigit() and len(last_id) <= 19:
         return int(last_id)
     if tail is None:
         return 0
