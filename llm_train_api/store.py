@@ -633,19 +633,27 @@ class JobStore:
         return stmt
 
     def delete_job(self, job_id: str, *, owner: str | None = None,
-                   actor: str | None = None) -> None:
+                   actor: str | None = None, expected: Revision | None = None) -> None:
         """Delete the job and its metrics; its worker, if any, stops it.
 
         The events stay, with a `deleted` event naming `actor`: the audit trail outlives
         the job (a job re-created under the same id starts a timeline of its own, see
-        `job_events`). With `owner`, another owner's job is JobNotFound.
+        `job_events`). With `owner`, another owner's job is JobNotFound. With `expected`,
+        the delete is a compare-and-set like `transition`: PreconditionFailed when the job
+        has changed since.
         """
 
         def work(conn: Connection) -> None:
             stmt = _DELETE_OWNED_JOB if owner is not None else _DELETE_JOB
+            if expected is not None:
+                stmt = stmt.where(jobs.c.created_us == expected.created_us,
+                                  jobs.c.version == expected.version)
             gone = conn.execute(stmt, {"job_id": job_id, "owner_is": owner}).first()
             if gone is None:
-                raise JobNotFound(job_id)
+                current = conn.execute(_SELECT_BY_ID, {"job_id": job_id}).first()
+                if current is None or (owner is not None and current.owner != owner):
+                    raise JobNotFound(job_id)
+                raise PreconditionFailed(job_id, _row_to_job(current).etag)
             conn.execute(_INSERT_EVENT, {
                 "job_id": job_id, "at_us": now_us(), "kind": "deleted",
                 "from_status": gone.status, "to_status": None, "actor": actor,

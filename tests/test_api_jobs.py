@@ -383,6 +383,21 @@ def test_delete_any_status_is_204_then_404(client, status):
     assert_error(client.get("/jobs/job-001/events"), 404)
 
 
+def test_delete_with_if_match_deletes_only_the_state_it_names(client):
+    stale = create(client).headers["ETag"]
+    current = client.patch("/jobs/job-001/status", json={"status": "running"}).headers["ETag"]
+    for header in (stale, '"garbage"', '"ffffffffffffffffff-1"'):
+        err = assert_error(client.delete("/jobs/job-001", headers={"If-Match": header}), 412)
+        assert current.strip('"') in err["message"]
+    assert client.get("/jobs/job-001").get_json()["status"] == "running"
+    kinds = [e["kind"] for e in client.get("/jobs/job-001/events").get_json()]
+    assert "deleted" not in kinds
+    assert client.delete("/jobs/job-001", headers={"If-Match": current}).status_code == 204
+    assert_error(client.delete("/jobs/job-001", headers={"If-Match": current}), 404)
+    create(client)
+    assert client.delete("/jobs/job-001", headers={"If-Match": "*"}).status_code == 204
+
+
 # --------------------------------------------------------------------------- list
 
 

@@ -197,9 +197,12 @@ def test_jobs_every_method_and_error_in_registry_mode(registry):
         api.download_artifact(job.id, "ckpt_best.pt", server.log_path.parent / "x.pt")
     assert not (server.log_path.parent / "x.pt").exists()
 
-    cancelled = api.create_job("m", "d", job_id="to-cancel")
-    assert api.cancel_job(cancelled.id).status == "cancelled"
-    api.delete_job(cancelled.id)
+    stale = api.create_job("m", "d", job_id="to-cancel")
+    cancelled = api.cancel_job(stale.id)
+    assert cancelled.status == "cancelled"
+    with pytest.raises(PreconditionFailed):
+        api.delete_job(stale.id, if_match=stale)
+    api.delete_job(cancelled.id, if_match=cancelled)
     with pytest.raises(NotFound):
         api.delete_job(cancelled.id)
     with pytest.raises(NotFound):

@@ -124,6 +124,20 @@ def test_delete_removes_job_and_events(store):
     assert [e.kind for e in store.job_events("a")[0]] == ["created"]
 
 
+def test_conditional_delete_is_a_compare_and_set(store):
+    job, _ = store.create_job(new("a"))
+    moved, _ = store.transition("a", S.RUNNING)
+    with pytest.raises(PreconditionFailed) as info:
+        store.delete_job("a", expected=job.revision)
+    assert info.value.current_etag == moved.etag
+    assert [e.kind for e in store.job_events("a")[0]] == ["created", "status"]
+    with pytest.raises(JobNotFound):  # another owner's job: not found, not "changed"
+        store.delete_job("a", owner="someone-else", expected=moved.revision)
+    store.delete_job("a", expected=moved.revision)
+    with pytest.raises(JobNotFound):
+        store.delete_job("a", expected=moved.revision)
+
+
 def test_racing_threads_exactly_one_winner(store):
     """Final targets from `running` exclude each other: exactly one may win."""
     store.create_job(new("race"))

@@ -199,14 +199,18 @@ class JobResource(MethodView):
 
     @blp.response(204, description="Deleted. A running job is stopped by its worker.")
     @blp.error(404, "No such job.")
+    @blp.error(412, "If-Match did not match the job's current ETag: nothing was deleted.")
     def delete(self, job_id: str):
         """Delete a job, whatever its status
 
         Admins delete any job, users their own. The job's events are kept, with a
-        `deleted` event naming who deleted it.
+        `deleted` event naming who deleted it. Send `If-Match` to delete only the state
+        you last saw.
         """
         principal = require_role(Role.ADMIN, Role.USER)
-        get_store().delete_job(_checked_id(job_id), owner=owner_scope(), actor=principal.actor)
+        job_id = _checked_id(job_id)
+        get_store().delete_job(job_id, owner=owner_scope(), actor=principal.actor,
+                               expected=_expected_revision(job_id))
         return Response(status=204)
 
 

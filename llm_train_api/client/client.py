@@ -149,6 +149,12 @@ def _cursor_of(resp: requests.Response, param: str = "cursor") -> str | None:
     return values[0] if values else None
 
 
+def _if_match_header(etag: str | None) -> dict[str, str] | None:
+    if not etag:
+        return None
+    return {"If-Match": etag if etag.startswith(('"', "W/")) else f'"{etag}"'}
+
+
 def _seg(value: str) -> str:
     return quote(str(value), safe="")
 
@@ -412,9 +418,7 @@ class Client:
         conditional: :class:`PreconditionFailed` if the job changed meanwhile. Only a
         conditional change is retried: a blind retry could undo someone else's change."""
         etag = if_match.etag if isinstance(if_match, Job) else if_match
-        headers = None
-        if etag:
-            headers = {"If-Match": etag if etag.startswith(('"', "W/")) else f'"{etag}"'}
+        headers = _if_match_header(etag)
         body: dict[str, Any] = {"status": status}
         if error_message is not None:
             body["error_message"] = error_message
@@ -435,15 +439,18 @@ class Client:
         """Cancel (a no-op 200 for a job that already ended, hence safe to retry)."""
         return self._job("POST", f"/jobs/{_seg(job_id)}/cancel", retry=True)
 
-    def delete_job(self, job_id: str) -> None:
-        """Delete a job, whatever its status (a running one is stopped). A retry that finds
-        the job gone after an unanswered first try counts as success."""
-        self._delete(f"/jobs/{_seg(job_id)}")
+    def delete_job(self, job_id: str, *, if_match: str | Job | None = None) -> None:
+        """Delete a job, whatever its status (a running one is stopped). `if_match` (an
+        ETag, or a Job) deletes only that state: :class:`PreconditionFailed` if the job
+        changed meanwhile. A retry that finds the job gone after an unanswered first try
+        counts as success."""
+        etag = if_match.etag if isinstance(if_match, Job) else if_match
+        self._delete(f"/jobs/{_seg(job_id)}", headers=_if_match_header(etag))
 
-    def _delete(self, path: str) -> None:
+    def _delete(self, path: str, headers: dict[str, str] | None = None) -> None:
         unanswered: list[int] = []
         try:
-            self._request("DELETE", path, retry=True, unanswered=unanswered)
+            self._request("DELETE", path, retry=True, headers=headers, unanswered=unanswered)
         except NotFound:
             if not unanswered:
                 raise
