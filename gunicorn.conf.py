@@ -25,17 +25,17 @@ limit_request_line = 8190
 limit_request_fields = 100
 
 
-# Prometheus multiprocess mode (llm_train_api.observability): every worker writes its request
+# Prometheus multiprocess mode (llm_train_api.api.metrics): every worker writes its request
 # metrics to files in one directory and any of them can answer a scrape with the sum. The
 # master empties the directory and exports PROMETHEUS_MULTIPROC_DIR before it forks, because
 # prometheus_client picks its storage when a worker first imports it.
 def on_starting(server):
-    from llm_train_api.observability import prepare_multiprocess_dir
+    from llm_train_api.api.metrics import prepare_multiprocess_dir
 
     prepare_multiprocess_dir()
 
 
 def child_exit(server, worker):
-    from llm_train_api.observability import process_exited
+    from llm_train_api.api.metrics import process_exited
 
     process_exited(worker.pid)

@@ -12,6 +12,6 @@ __all__ = ["create_app"]
 
 def create_app(test_config: Any = None) -> Flask:
     # Imported lazily so that `llm_train_api.training` (run on GPU nodes) never pays for Flask.
-    from .app import create_app as factory
+    from llm_train_api.api.app import create_app as factory
 
     return factory(test_config)

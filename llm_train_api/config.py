@@ -160,3 +160,33 @@ def _coerce(name: str, raw: Any, kind: type) -> Any:
         return str(raw)
     except ValueError:
         raise ConfigError(f"{PREFIX}{name} must be a {kind.__name__}, got {raw!r}") from None
+
+
+def default_instance_path() -> str:
+    """Where local state lives when LLM_TRAIN_API_INSTANCE_PATH is unset, without Flask.
+
+    The folder Flask's own rule gives this package: `instance/` beside the package in a
+    checkout, `<prefix>/var/llm_train_api.app-instance` when it is installed into an
+    environment. The worker and `tokens` commands, which build no Flask app, must find the
+    same SQLite file and admin token as the API.
+    """
+    import sys
+
+    package_path = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    prefix = os.path.abspath(sys.prefix)
+    installed_prefix: str | None = None
+    if os.path.commonpath([prefix, package_path]) == prefix:
+        installed_prefix = prefix
+    else:
+        site_parent, site_folder = os.path.split(package_path)
+        if site_folder.lower() == "site-packages":
+            parent, folder = os.path.split(site_parent)
+            if folder.lower() == "lib":
+                installed_prefix = parent
+            elif os.path.basename(parent).lower() == "lib":
+                installed_prefix = os.path.dirname(parent)
+            else:
+                installed_prefix = site_parent
+    if installed_prefix is None:
+        return os.path.join(package_path, "instance")
+    return os.path.join(installed_prefix, "var", "llm_train_api.app-instance")

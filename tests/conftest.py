@@ -15,10 +15,9 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
 from llm_train_api import create_app
-from llm_train_api.store import JobStore
-
-from .clients import admin_client
-from .servers import FAST, GunicornServer, WorkerProcess
+from llm_train_api.store.job_store import JobStore
+from tests.clients import admin_client
+from tests.servers import FAST, GunicornServer, WorkerProcess
 
 PG_SERVER_URL = os.environ.get(
     "LLM_TRAIN_API_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"

@@ -6,8 +6,7 @@ from __future__ import annotations
 import pytest
 
 from llm_train_api import create_app
-
-from .clients import admin_client
+from tests.clients import admin_client
 
 
 @pytest.fixture
@@ -194,7 +193,7 @@ def test_processes_that_cannot_run_are_422_with_the_reason(local, resources, nee
 
 def test_admit_splits_the_global_batch_and_adds_up_cpu_ranks_memory(local_app):
     """admit()'s DDP rules (they need the job's resources as well as its hyperparameters)."""
-    from llm_train_api.admission import AdmissionError, admit
+    from llm_train_api.services.admission import AdmissionError, admit
     from llm_train_api.training.catalog import estimate_memory_for
     from llm_train_api.training.hyperparams import validate_hyperparameters
 

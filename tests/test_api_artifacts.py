@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from llm_train_api import create_app, jobfiles
+from llm_train_api import create_app
 from llm_train_api.api import artifacts
-
-from .clients import admin_client
+from llm_train_api.artifacts import jobs as jobfiles
+from tests.clients import admin_client
 
 
 @pytest.fixture

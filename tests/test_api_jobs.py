@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 import pytest
 
-from .clients import admin_client
+from tests.clients import admin_client
 
 SEED_JOB = {
     "job_id": "job-001",

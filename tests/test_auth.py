@@ -16,8 +16,7 @@ import stat
 import pytest
 
 from llm_train_api import create_app
-
-from .clients import admin_client, client_as
+from tests.clients import admin_client, client_as
 
 JOB = {"model_name": "gpt-nano", "dataset": "hamlet", "hyperparameters": {"lr": 0.1}}
 
@@ -169,7 +168,7 @@ def test_audit_trail_names_who_changed_cancelled_and_deleted(world):
     # The job is gone from the API, its audit trail is not.
     from sqlalchemy import select
 
-    from llm_train_api.tables import job_events
+    from llm_train_api.store.tables import job_events
     store = app.extensions["llm_train_api.store"]
     with store.reading() as conn:
         rows = conn.execute(select(job_events.c.kind, job_events.c.actor)
@@ -296,7 +295,7 @@ def test_security_headers(client):
 def test_tokens_cli_creates_lists_and_revokes(tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    from llm_train_api.cli import main
+    from llm_train_api.cli.main import main
 
     monkeypatch.setenv("LLM_TRAIN_API_INSTANCE_PATH", str(tmp_path))
     runner = CliRunner()

@@ -14,10 +14,9 @@ import requests
 from sqlalchemy import create_engine, func, select
 
 from llm_train_api.domain import JobStatus, NewJob
-from llm_train_api.store import JobStore
-from llm_train_api.tables import api_tokens
-
-from .servers import REPO_ROOT
+from llm_train_api.store.job_store import JobStore
+from llm_train_api.store.tables import api_tokens
+from tests.servers import REPO_ROOT
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -12,11 +12,10 @@ import sys
 import pytest
 from click.testing import CliRunner, Result
 
-from llm_train_api.cli import main
-from llm_train_api.cli_client.progress import describe, wait
+from llm_train_api.cli.main import main
+from llm_train_api.cli.progress import describe, wait
 from llm_train_api.client import Client, Job
-
-from .servers import TINY, free_port
+from tests.servers import TINY, free_port
 
 
 def cli(server, *args: str, env: dict[str, str] | None = None) -> Result:

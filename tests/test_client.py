@@ -34,9 +34,8 @@ from llm_train_api.client import (
 )
 from llm_train_api.client.errors import error_for
 from llm_train_api.client.models import parse
-from llm_train_api.store import JobStore
-
-from .servers import REPO_ROOT, TINY, GunicornServer, free_port
+from llm_train_api.store.job_store import JobStore
+from tests.servers import REPO_ROOT, TINY, GunicornServer, free_port
 
 FAST_RETRY = RetryPolicy(attempts=3, backoff_s=0.01, max_backoff_s=0.05)
 
@@ -49,7 +48,7 @@ def api_for(server, **kwargs) -> Client:
 
 
 def test_the_client_imports_without_flask_or_torch():
-    code = ("import sys, llm_train_api.client, llm_train_api.cli_client.common; "
+    code = ("import sys, llm_train_api.client, llm_train_api.cli.common; "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('flask', 'torch', "
             "'sqlalchemy', 'marshmallow')]; print(bad); sys.exit(1 if bad else 0)")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 import requests
 
-from .fuzzing import FuzzRun, fuzz, unique
+from tests.fuzzing import FuzzRun, fuzz, unique
 
 pytestmark = pytest.mark.slow
 

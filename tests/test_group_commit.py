@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import event, text
 
 from llm_train_api.domain import JobNotFound, JobStatus, NewJob
-from llm_train_api.store import JobStore
+from llm_train_api.store.job_store import JobStore
 
 
 @pytest.fixture

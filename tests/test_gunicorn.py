@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from llm_train_api.lingering import DRAIN_MAX_SECONDS
+from llm_train_api.api.lingering import DRAIN_MAX_SECONDS
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -5,8 +5,8 @@ from __future__ import annotations
 from sqlalchemy import create_engine, text
 
 from llm_train_api.domain import JobStatus
-from llm_train_api.migrations import LATEST_VERSION
-from llm_train_api.store import JobStore
+from llm_train_api.store.job_store import JobStore
+from llm_train_api.store.migrations import LATEST_VERSION
 
 # The schema exactly as version 1 created it (frozen here on purpose).
 V1_DDL = [

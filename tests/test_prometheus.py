@@ -16,10 +16,9 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import create_engine, func, select
 
-from llm_train_api import tables
-from llm_train_api.observability import MULTIPROC_SUBDIR
-
-from .servers import REPO_ROOT, GunicornServer
+from llm_train_api.api.metrics import MULTIPROC_SUBDIR
+from llm_train_api.store import tables
+from tests.servers import REPO_ROOT, GunicornServer
 
 WORKERS = 3
 METRICS_TOKEN = "scrape-me-0123456789"

@@ -12,10 +12,10 @@ import sys
 import pytest
 from ray.job_submission import JobSubmissionClient
 
-from .ray_cluster import RayHead, ray_head  # noqa: F401 - the session fixture
-from .servers import FAST, REPO_ROOT, TINY, WorkerProcess
-from .test_worker import events, get, wait_for
-from .test_worker import wait_status as wait_for_status
+from tests.ray_cluster import RayHead, ray_head  # noqa: F401 - the session fixture
+from tests.servers import FAST, REPO_ROOT, TINY, WorkerProcess
+from tests.test_worker import events, get, wait_for
+from tests.test_worker import wait_status as wait_for_status
 
 pytestmark = pytest.mark.slow
 
@@ -204,7 +204,7 @@ def test_a_retried_submit_attaches_and_processes_reach_the_entrypoint(ray_head, 
     submit whose response was lost) yields one Ray job, and `resources.processes` turns the
     entrypoint into the torchrun launcher."""
     from llm_train_api.domain import NewJob
-    from llm_train_api.store import JobStore
+    from llm_train_api.store.job_store import JobStore
     from llm_train_api.training.spec import RunSpec
     from llm_train_api.worker.ray_executor import RayExecutor, submission_id
 

@@ -7,8 +7,8 @@ from datetime import datetime, timedelta, timezone
 
 from marshmallow import Schema
 
+from llm_train_api.api.schemas import JobEventSchema, JobSchema
 from llm_train_api.domain import Job, JobEvent, JobStatus
-from llm_train_api.schemas import JobEventSchema, JobSchema
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, 0, tzinfo=timezone.utc)
 

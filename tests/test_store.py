@@ -18,8 +18,8 @@ from llm_train_api.domain import (
     NewJob,
     PreconditionFailed,
 )
-from llm_train_api.pagination import JobQuery
-from llm_train_api.store import JobStore
+from llm_train_api.store.job_store import JobStore
+from llm_train_api.store.pagination import JobQuery
 
 S = JobStatus
 

@@ -49,8 +49,8 @@ from llm_train_api.domain import (
     Revision,
     sources_of,
 )
-from llm_train_api.store import build_engine
-from llm_train_api.tables import job_events, job_metrics, jobs
+from llm_train_api.store.job_store import build_engine
+from llm_train_api.store.tables import job_events, job_metrics, jobs
 
 ALLOWED_EDGES = {(src.value, dst.value) for src, dsts in ALLOWED_TRANSITIONS.items()
                  for dst in dsts}

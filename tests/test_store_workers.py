@@ -9,7 +9,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from llm_train_api.domain import JobStatus, NewJob
-from llm_train_api.store import LEASE_LOST_MESSAGE, JobStore
+from llm_train_api.store.job_store import LEASE_LOST_MESSAGE, JobStore
 
 S = JobStatus
 

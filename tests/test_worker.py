@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 
-from .servers import REPO_ROOT, TINY
+from tests.servers import REPO_ROOT, TINY
 
 
 def submit(server, job_id: str, **hp) -> dict:

@@ -384,7 +384,7 @@ def seed_app(args, db_url: str, server: Server | None, names: list[str]) -> str:
     """Insert jobs with the given ids.  Returns how it was done (for the report)."""
     hp = CREATE_BODY["hyperparameters"]
     try:
-        from llm_train_api.store import JobStore, NewJob  # noqa: PLC0415
+        from llm_train_api.store.job_store import JobStore, NewJob  # noqa: PLC0415
     except ImportError as e:
         if server is None:
             raise

@@ -20,13 +20,13 @@ from flask.views import MethodView
 from flask_smorest import abort
 from marshmallow import RAISE, Schema, fields, validate
 
-from .. import jobfiles
-from ..auth import ensure_visible
-from ..domain import Job, JobNotFound, is_valid_job_id
-from ..schemas import UTCDateTime
-from ..store import JobStore
-from ..training.datasets import is_inside
-from .base import ApiBlueprint, get_store
+from llm_train_api.api.auth import ensure_visible
+from llm_train_api.api.base import ApiBlueprint, get_store
+from llm_train_api.api.schemas import UTCDateTime
+from llm_train_api.artifacts import jobs as jobfiles
+from llm_train_api.domain import Job, JobNotFound, is_valid_job_id
+from llm_train_api.store.job_store import JobStore
+from llm_train_api.training.datasets import is_inside
 
 blp = ApiBlueprint(
     "artifacts",

@@ -6,10 +6,13 @@ from flask import current_app
 from flask_smorest import Blueprint
 from flask_smorest.error_handler import ErrorSchema
 
-from ..http_errors import StrictJSONParser
-from ..store import JobStore
+from llm_train_api.api.errors import StrictJSONParser
+from llm_train_api.config import Settings
+from llm_train_api.runtime import Runtime
+from llm_train_api.store.job_store import JobStore
 
 STORE_KEY = "llm_train_api.store"
+RUNTIME_KEY = "llm_train_api.runtime"
 
 
 class ApiBlueprint(Blueprint):
@@ -22,3 +25,11 @@ class ApiBlueprint(Blueprint):
 
 def get_store() -> JobStore:
     return current_app.extensions[STORE_KEY]
+
+
+def get_runtime() -> Runtime:
+    return current_app.extensions[RUNTIME_KEY]
+
+
+def get_settings() -> Settings:
+    return current_app.extensions[RUNTIME_KEY].settings

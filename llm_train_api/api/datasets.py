@@ -1,9 +1,9 @@
 """Datasets: upload (raw, streamed), list, inspect and delete the files jobs train on.
 
 Files live under `DATA_DIR/datasets/`, where the trainer's `resolve_dataset` finds them;
-metadata in `DATA_DIR/datasets/.meta/` (see `llm_train_api.dataset_files`). Those are the
+metadata in `DATA_DIR/datasets/.meta/` (see `llm_train_api.artifacts.datasets`). Those are the
 published datasets, which admins upload and everyone may use; a user's own datasets live
-in a home of their own (see `llm_train_api.dataset_homes`) and only that user sees them.
+in a home of their own (see `llm_train_api.artifacts.homes`) and only that user sees them.
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from flask.views import MethodView
 from flask_smorest import abort
 from marshmallow import Schema, fields
 
-from .. import dataset_files
-from ..auth import Role, current_principal, require_role
-from ..dataset_files import DatasetFileError, DatasetInfo
-from ..dataset_homes import owner_home
-from ..schemas import UTCDateTime
-from .base import ApiBlueprint, get_store
+from llm_train_api.api.auth import Role, current_principal, require_role
+from llm_train_api.api.base import ApiBlueprint, get_store
+from llm_train_api.api.schemas import UTCDateTime
+from llm_train_api.artifacts import datasets as dataset_files
+from llm_train_api.artifacts.datasets import DatasetFileError, DatasetInfo
+from llm_train_api.artifacts.homes import owner_home
 
 blp = ApiBlueprint(
     "datasets",

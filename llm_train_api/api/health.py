@@ -5,10 +5,10 @@ from __future__ import annotations
 from flask.views import MethodView
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..auth import public
-from ..migrations import LATEST_VERSION
-from ..schemas import HealthSchema
-from .base import ApiBlueprint, get_store
+from llm_train_api.api.auth import public
+from llm_train_api.api.base import ApiBlueprint, get_store
+from llm_train_api.api.schemas import HealthSchema
+from llm_train_api.store.migrations import LATEST_VERSION
 
 blp = ApiBlueprint("health", __name__, description="Liveness and readiness probes.")
 

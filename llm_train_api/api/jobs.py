@@ -12,28 +12,15 @@ from flask.views import MethodView
 from flask_smorest import abort
 from marshmallow import RAISE
 
-from ..admission import GIB, AdmissionError, admit, machine_memory_bytes
-from ..auth import Role, current_principal, ensure_visible, owner_scope, require_role
-from ..dataset_homes import dataset_home
-from ..domain import (
-    ERROR_MESSAGE_TARGETS,
-    IllegalTransition,
-    Job,
-    JobNotFound,
-    JobStatus,
-    NewJob,
-    PreconditionFailed,
-    Revision,
-    is_valid_job_id,
+from llm_train_api.api.auth import (
+    Role,
+    current_principal,
+    ensure_visible,
+    owner_scope,
+    require_role,
 )
-from ..pagination import (
-    JobQuery,
-    decode_cursor,
-    decode_seq_cursor,
-    encode_cursor,
-    encode_seq_cursor,
-)
-from ..schemas import (
+from llm_train_api.api.base import ApiBlueprint, get_store
+from llm_train_api.api.schemas import (
     CreateQuerySchema,
     JobCreateSchema,
     JobEventSchema,
@@ -45,7 +32,26 @@ from ..schemas import (
     StatusUpdateSchema,
     TransitionErrorSchema,
 )
-from .base import ApiBlueprint, get_store
+from llm_train_api.artifacts.homes import dataset_home
+from llm_train_api.domain import (
+    ERROR_MESSAGE_TARGETS,
+    IllegalTransition,
+    Job,
+    JobNotFound,
+    JobStatus,
+    NewJob,
+    PreconditionFailed,
+    Revision,
+    is_valid_job_id,
+)
+from llm_train_api.services.admission import GIB, AdmissionError, admit, machine_memory_bytes
+from llm_train_api.store.pagination import (
+    JobQuery,
+    decode_cursor,
+    decode_seq_cursor,
+    encode_cursor,
+    encode_seq_cursor,
+)
 
 blp = ApiBlueprint(
     "jobs",

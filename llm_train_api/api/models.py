@@ -9,8 +9,8 @@ from flask.views import MethodView
 from flask_smorest import abort
 from marshmallow import Schema, fields
 
-from ..training.catalog import MODELS, catalog_as_json
-from .base import ApiBlueprint
+from llm_train_api.api.base import ApiBlueprint
+from llm_train_api.training.catalog import MODELS, catalog_as_json
 
 blp = ApiBlueprint(
     "models",

@@ -6,8 +6,8 @@ from flask import current_app
 from flask.views import MethodView
 from marshmallow import Schema, fields
 
-from ..auth import current_principal
-from .base import ApiBlueprint
+from llm_train_api.api.auth import current_principal
+from llm_train_api.api.base import ApiBlueprint
 
 blp = ApiBlueprint("whoami", __name__, description="The caller's identity.")
 

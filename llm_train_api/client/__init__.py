@@ -11,8 +11,15 @@ Needs only `requests`: neither Flask nor torch is imported.
         print(api.get_job(job.id).status)
 """
 
-from .client import DEFAULT_TIMEOUT, DEFAULT_URL, Client, LogFollower, RetryPolicy, new_job_id
-from .errors import (
+from llm_train_api.client.client import (
+    DEFAULT_TIMEOUT,
+    DEFAULT_URL,
+    Client,
+    LogFollower,
+    RetryPolicy,
+    new_job_id,
+)
+from llm_train_api.client.errors import (
     ApiConnectionError,
     ApiError,
     ApiTimeout,
@@ -33,7 +40,7 @@ from .errors import (
     UnsupportedMediaType,
     ValidationError,
 )
-from .models import (
+from llm_train_api.client.models import (
     TERMINAL_STATUSES,
     Artifact,
     Dataset,

@@ -36,7 +36,7 @@ from urllib.parse import parse_qs, quote, urlparse
 
 import requests
 
-from .errors import (
+from llm_train_api.client.errors import (
     ApiConnectionError,
     ApiError,
     ApiTimeout,
@@ -46,7 +46,7 @@ from .errors import (
     UnexpectedResponse,
     error_for,
 )
-from .models import (
+from llm_train_api.client.models import (
     Artifact,
     Dataset,
     Health,

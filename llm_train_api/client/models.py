@@ -40,7 +40,7 @@ def _datetime_fields(cls: type) -> frozenset[str]:
 def parse(cls: type[T], data: Any) -> T:
     """An instance of the dataclass `cls` from a JSON object; unknown keys go to `extra`."""
     if not isinstance(data, dict):
-        from .errors import UnexpectedResponse
+        from llm_train_api.client.errors import UnexpectedResponse
 
         raise UnexpectedResponse(f"expected a JSON object for {cls.__name__}, got "
                                  f"{type(data).__name__}")

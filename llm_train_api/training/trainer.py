@@ -65,12 +65,7 @@ from llm_train_api.training.events import (
 )
 from llm_train_api.training.hyperparams import HyperparameterError
 from llm_train_api.training.model import GPT, GPTConfig
-from llm_train_api.training.spec import (
-    RunSpec,
-    SpecError,
-    check_global_batch,
-    validate_spec,
-)
+from llm_train_api.training.spec import RunSpec, SpecError, check_global_batch, validate_spec
 from llm_train_api.training.storage import JobStorage, open_job_storage
 
 #: ``RANK:STEP``: raise on that rank before that step. For tests of launchers and executors

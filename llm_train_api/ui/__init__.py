@@ -15,7 +15,7 @@ from pathlib import Path
 
 from flask import Blueprint, Flask, Response, render_template, send_from_directory
 
-from ..auth import public
+from llm_train_api.api.auth import public
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..domain import Job, JobStatus
-from ..store import JobStore
-from ..training.spec import RunSpec
-from .trainer_process import TrainerProcess
+from llm_train_api.domain import Job, JobStatus
+from llm_train_api.store.job_store import JobStore
+from llm_train_api.training.spec import RunSpec
+from llm_train_api.worker.trainer_process import TrainerProcess
 
 
 class LaunchRefused(Exception):  # noqa: N818 - a decision, not a failure of ours

@@ -27,14 +27,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..config import ConfigError
-from ..domain import Job, JobNotFound, JobStatus
-from ..ray_capacity import capacity_problem, node_capacities
-from ..store import JobStore
-from ..training.events import parse_line
-from ..training.spec import RunSpec, write_spec
-from .executors import Execution, Executor, LaunchRefused, job_processes
-from .trainer_process import trainer_command
+from llm_train_api.config import ConfigError
+from llm_train_api.domain import Job, JobNotFound, JobStatus
+from llm_train_api.services.ray_capacity import capacity_problem, node_capacities
+from llm_train_api.store.job_store import JobStore
+from llm_train_api.training.events import parse_line
+from llm_train_api.training.spec import RunSpec, write_spec
+from llm_train_api.worker.executors import Execution, Executor, LaunchRefused, job_processes
+from llm_train_api.worker.trainer_process import trainer_command
 
 log = logging.getLogger("llm_train_api.worker.ray")
 GIB = 1024**3

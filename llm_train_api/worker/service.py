@@ -22,16 +22,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..admission import dataset_sha256
-from ..dataset_homes import dataset_home
-from ..domain import IllegalTransition, Job, JobNotFound, JobStatus
-from ..jobfiles import job_dir, log_path
-from ..store import JobStore
-from ..training.datasets import DatasetError, resolve_dataset
-from ..training.events import EXIT_OK, EXIT_PREEMPTED
-from ..training.spec import RunSpec
-from .executors import Execution, Executor, LaunchRefused, LocalExecutor, job_processes
-from .progress import ProgressTracker
+from llm_train_api.artifacts.homes import dataset_home
+from llm_train_api.artifacts.jobs import job_dir, log_path
+from llm_train_api.domain import IllegalTransition, Job, JobNotFound, JobStatus
+from llm_train_api.services.admission import dataset_sha256
+from llm_train_api.store.job_store import JobStore
+from llm_train_api.training.datasets import DatasetError, resolve_dataset
+from llm_train_api.training.events import EXIT_OK, EXIT_PREEMPTED
+from llm_train_api.training.spec import RunSpec
+from llm_train_api.worker.executors import (
+    Execution,
+    Executor,
+    LaunchRefused,
+    LocalExecutor,
+    job_processes,
+)
+from llm_train_api.worker.progress import ProgressTracker
 
 log = logging.getLogger("llm_train_api.worker")
 _FLUSH_S = 1.0  # progress is written at most this often per job

@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ..training.events import parse_line
-from ..training.spec import RunSpec, run_command, write_spec
+from llm_train_api.training.events import parse_line
+from llm_train_api.training.spec import RunSpec, run_command, write_spec
 
 _PR_SET_PDEATHSIG = 1
 try:  # loaded in the parent: the child must not import or allocate between fork and exec

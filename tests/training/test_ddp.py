@@ -130,7 +130,7 @@ def test_spec_files_without_processes_still_load(data_dir, tmp_path):
 
 def test_the_launcher_and_the_admission_rules_import_without_torch():
     code = ('import sys; sys.modules["torch"] = None; sys.modules["numpy"] = None\n'
-            "import llm_train_api.training.launch, llm_train_api.admission\n"
+            "import llm_train_api.training.launch, llm_train_api.services.admission\n"
             "from llm_train_api.training.spec import default_processes as d\n"
             "assert (d(None), d({'gpus': 4}), d({'gpus': 4, 'processes': 2})) == (1, 4, 2)\n"
             "print('ok')")

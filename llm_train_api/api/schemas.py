@@ -20,8 +20,8 @@ from marshmallow import (
     validates_schema,
 )
 
-from .domain import JOB_ID_PATTERN, JobStatus
-from .pagination import DEFAULT_LIMIT, MAX_LIMIT
+from llm_train_api.domain import JOB_ID_PATTERN, JobStatus
+from llm_train_api.store.pagination import DEFAULT_LIMIT, MAX_LIMIT
 
 NAME_MAX_LENGTH = 256
 ERROR_MESSAGE_MAX_LENGTH = 8192

@@ -19,9 +19,8 @@ import flask
 from flask import current_app, g, request
 from flask_smorest import Api, abort
 
-from .domain import Job, JobNotFound
-from .principals import ANONYMOUS, Principal, Role
-from .tokens import TokenStore
+from llm_train_api.domain import ANONYMOUS, Job, JobNotFound, Principal, Role
+from llm_train_api.store.tokens import TokenStore
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("llm_train_api.auth")
@@ -190,7 +189,7 @@ BEARER_SCHEME = {"type": "http", "scheme": "bearer",
 
 
 def init_app(app: flask.Flask, store: Any) -> None:
-    app.extensions[TOKENS_KEY] = tokens = TokenStore(store)
+    app.extensions[TOKENS_KEY] = tokens = app.extensions["llm_train_api.runtime"].tokens
     app.extensions["llm_train_api.cors_origins"] = _cors_origins(app)
     app.before_request(authenticate_request)
     app.after_request(cors_headers)

@@ -48,8 +48,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 
-from . import migrations
-from .domain import (
+from llm_train_api.domain import (
     ERROR_MESSAGE_TARGETS,
     IllegalTransition,
     Job,
@@ -64,9 +63,10 @@ from .domain import (
     sources_of,
     to_epoch_us,
 )
-from .group_commit import GroupCommitter
-from .pagination import JobPage, JobQuery, SortKey
-from .tables import job_events, job_metrics, jobs
+from llm_train_api.store import migrations
+from llm_train_api.store.group_commit import GroupCommitter
+from llm_train_api.store.pagination import JobPage, JobQuery, SortKey
+from llm_train_api.store.tables import job_events, job_metrics, jobs
 
 T = TypeVar("T")
 

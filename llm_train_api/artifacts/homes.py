@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .training.datasets import BUILTIN_PREFIX, DatasetError, resolve_dataset
+from llm_train_api.training.datasets import BUILTIN_PREFIX, DatasetError, resolve_dataset
 
 USERS_FOLDER = "users"
 

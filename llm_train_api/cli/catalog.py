@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ..client import Client
-from .common import client_command, print_json, table
+from llm_train_api.cli.common import client_command, print_json, table
+from llm_train_api.client import Client
 
 
 @click.group()

@@ -3,33 +3,33 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import swagger_ui_bundle
 from flask import Flask, send_from_directory
 from werkzeug.middleware.proxy_fix import ProxyFix
 
-from . import auth, http_errors, observability, ui
-from .api import artifacts, datasets, health, jobs, models, whoami
-from .api.base import STORE_KEY
-from .config import Settings
-from .json_provider import OrjsonProvider
-from .lingering import DrainUnreadBody
-from .store import JobStore, sqlite_url_for
+from llm_train_api import ui
+from llm_train_api.api import artifacts, auth, datasets, health, jobs, models, whoami
+from llm_train_api.api import errors as http_errors
+from llm_train_api.api import metrics as observability
+from llm_train_api.api.base import RUNTIME_KEY, STORE_KEY
+from llm_train_api.api.json_provider import OrjsonProvider
+from llm_train_api.api.lingering import DrainUnreadBody
+from llm_train_api.config import Settings
+from llm_train_api.runtime import Runtime
 
 API_TITLE = "llm_train_api"
 API_VERSION = "1"
-DATABASE_FILENAME = "llm_train_api.sqlite3"
 _SWAGGER_ASSETS = "docs/static/"
 
 
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app. `test_config` takes the same names as LLM_TRAIN_API_* (without it)."""
     settings = Settings.load(overrides=test_config)
-    app = Flask(__name__, instance_path=settings.INSTANCE_PATH or None,
+    runtime = Runtime.build(settings)
+    app = Flask(__name__, instance_path=str(runtime.instance_path),
                 instance_relative_config=True)
     app.json = OrjsonProvider(app)
     app.config.from_mapping(
@@ -49,15 +49,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     if test_config:
         app.config.update({k: v for k, v in test_config.items() if k.isupper()})
     logging.getLogger("llm_train_api").setLevel(settings.LOG_LEVEL.upper())
-    os.makedirs(app.instance_path, exist_ok=True)
-
-    app.config["DATA_DIR"] = settings.DATA_DIR or str(Path(app.instance_path) / "data")
-    url = settings.DATABASE_URL or sqlite_url_for(str(Path(app.instance_path) / DATABASE_FILENAME))
-    store = JobStore.from_url(url, durability=settings.DURABILITY,
-                              pool_size=settings.DB_POOL_SIZE,
-                              busy_timeout_s=settings.DB_BUSY_TIMEOUT_S,
-                              max_running_per_user=settings.MAX_RUNNING_PER_USER)
-    app.extensions[STORE_KEY] = store
+    app.config["DATA_DIR"] = str(runtime.data_dir)
+    app.extensions[RUNTIME_KEY] = runtime
+    app.extensions[STORE_KEY] = store = runtime.store
 
     # Innermost wrapper: it must see gunicorn's own wsgi.input once the response is sent.
     app.wsgi_app = DrainUnreadBody(app.wsgi_app)

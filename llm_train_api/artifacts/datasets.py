@@ -37,7 +37,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from .training.datasets import (
+from llm_train_api.training.datasets import (
     BUILTIN_DATASETS,
     BUILTIN_PREFIX,
     DATASET_SUFFIXES,
@@ -234,7 +234,7 @@ def _builtin_info(key: str) -> DatasetInfo:
 
 
 def _folder_info(name: str, folder: Path, root: Path) -> DatasetInfo:
-    from .training.datasets import source_files
+    from llm_train_api.training.datasets import source_files
 
     files = source_files(folder, root)
     stats = [f.stat() for f in files]

@@ -16,15 +16,15 @@ from pathlib import Path
 import click
 from flask import Flask
 
-from .cli_tokens import tokens
-from .config import ConfigError, Settings
-from .tokens import BOOTSTRAP_FILENAME
-from .worker.service import Worker, WorkerConfig, gpus_from_env
-from .worker.trainer_process import die_with_parent
+from llm_train_api.cli.tokens import tokens
+from llm_train_api.config import ConfigError, Settings
+from llm_train_api.store.tokens import BOOTSTRAP_FILENAME
+from llm_train_api.worker.service import Worker, WorkerConfig, gpus_from_env
+from llm_train_api.worker.trainer_process import die_with_parent
 
 # A factory call: gunicorn builds the app in each worker process, from any directory.
 APP_SPEC = "llm_train_api:create_app()"
-_REPO_CONF = Path(__file__).resolve().parent.parent / "gunicorn.conf.py"
+_REPO_CONF = Path(__file__).resolve().parents[2] / "gunicorn.conf.py"
 
 
 class _ServiceCommands(click.Group):
@@ -86,8 +86,8 @@ def worker(concurrency: int, executor: str | None, ray_address: str | None) -> N
     the queue without spending an attempt; a second one kills them at once. Ray executor:
     a signal leaves the Ray jobs running and hands them to the next dispatcher.
     """
-    from . import create_app
-    from .worker.executors import Executor, LocalExecutor
+    from llm_train_api import create_app
+    from llm_train_api.worker.executors import Executor, LocalExecutor
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     app = create_app({"BOOTSTRAP_TOKEN": False})  # a worker needs no API token
@@ -100,7 +100,7 @@ def worker(concurrency: int, executor: str | None, ray_address: str | None) -> N
     config = WorkerConfig.from_app_config(cfg, concurrency=concurrency, gpus=gpus)
     runner: Executor
     if kind == "ray":
-        from .worker.ray_executor import RayExecutor
+        from llm_train_api.worker.ray_executor import RayExecutor
 
         try:
             runner = RayExecutor(ray_address or cfg["RAY_ADDRESS"], data_dir=cfg["DATA_DIR"],
@@ -143,7 +143,7 @@ def up(bind: str | None, concurrency: int) -> None:
     """The API and one worker together (the `make run` of a single machine). Ctrl-C stops
     both and leaves no process behind."""
     bind = bind or os.environ.get("LLM_TRAIN_API_BIND", "127.0.0.1:8000")
-    from . import create_app
+    from llm_train_api import create_app
 
     # Migrates, and on the very first start writes the admin token, before the children
     # start: so that it can be shown here.
@@ -198,7 +198,7 @@ def _show_admin_token(app: Flask) -> None:
 main.add_command(tokens)
 
 # The client side (issue 7): commands that talk to a running service over HTTP.
-from . import cli_client as _client_cli  # noqa: E402 - after main exists, on purpose
+from llm_train_api import cli_client as _client_cli  # noqa: E402 - after main exists, on purpose
 
 main.add_command(_client_cli.jobs)
 main.add_command(_client_cli.datasets)

@@ -11,12 +11,12 @@ import json
 
 import click
 
-from .principals import Role
-from .tokens import TokenError, TokenStore
+from llm_train_api.domain import Role
+from llm_train_api.store.tokens import TokenError, TokenStore
 
 
 def _tokens() -> TokenStore:
-    from . import create_app
+    from llm_train_api import create_app
 
     app = create_app({"BOOTSTRAP_TOKEN": False})
     return app.extensions["llm_train_api.tokens"]

@@ -16,8 +16,8 @@ from typing import Any, NoReturn
 
 import click
 
-from ..client import DEFAULT_URL, ApiError, Client, to_dict
-from ..client.client import TOKEN_ENV, URL_ENV
+from llm_train_api.client import DEFAULT_URL, ApiError, Client, to_dict
+from llm_train_api.client.client import TOKEN_ENV, URL_ENV
 
 # Exit codes of the client commands (also in `--help` of `jobs wait`).
 EXIT_OK = 0

@@ -10,8 +10,7 @@ from typing import Any
 
 import click
 
-from ..client import Client, Job
-from .common import (
+from llm_train_api.cli.common import (
     CONTEXT,
     EXIT_TIMEOUT,
     client_command,
@@ -21,7 +20,8 @@ from .common import (
     table,
     when,
 )
-from .progress import describe, exit_code, progress_text, wait
+from llm_train_api.cli.progress import describe, exit_code, progress_text, wait
+from llm_train_api.client import Client, Job
 
 STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 _WAIT_HELP = ("Exit codes: 0 succeeded, 3 failed, 4 cancelled, 124 timed out, "

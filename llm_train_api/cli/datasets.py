@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from ..client import Client, NotFound
-from .common import CONTEXT, client_command, print_json, size, table, when
+from llm_train_api.cli.common import CONTEXT, client_command, print_json, size, table, when
+from llm_train_api.client import Client, NotFound
 
 
 @click.group(context_settings=CONTEXT)

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from .domain import Job, JobStatus
+from llm_train_api.domain import Job, JobStatus
 
 DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import click
 
-from ..client import Client, NotFound
-from .common import client_command, fail
+from llm_train_api.cli.common import client_command, fail
+from llm_train_api.client import Client, NotFound
 
 
 @click.group()

@@ -16,7 +16,7 @@ from webargs import core
 from webargs.flaskparser import FlaskParser, is_json_request
 from werkzeug.exceptions import HTTPException
 
-from .domain import (
+from llm_train_api.domain import (
     DomainError,
     IllegalTransition,
     JobIdConflict,
@@ -24,7 +24,7 @@ from .domain import (
     PreconditionFailed,
     QuotaExceeded,
 )
-from .pagination import InvalidCursor
+from llm_train_api.store.pagination import InvalidCursor
 
 _STATUS_BY_ERROR: dict[type[DomainError], int] = {
     JobNotFound: 404,

@@ -39,10 +39,11 @@ from flask import Flask, Response, jsonify, request, request_started
 from sqlalchemy import and_, func, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from . import auth, tables
-from .api.base import STORE_KEY
-from .config import ConfigError, Settings
-from .domain import JobStatus
+from llm_train_api.api import auth
+from llm_train_api.api.base import STORE_KEY
+from llm_train_api.config import ConfigError, Settings, default_instance_path
+from llm_train_api.domain import JobStatus
+from llm_train_api.store import tables
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Under the instance folder unless PROMETHEUS_MULTIPROC_DIR says otherwise.
@@ -71,10 +72,7 @@ def multiprocess_dir(environ: dict[str, str] | None = None) -> str:
     environ = os.environ if environ is None else environ  # type: ignore[assignment]
     if environ.get(MULTIPROC_ENV):
         return environ[MULTIPROC_ENV]
-    instance = Settings.load(environ=environ).INSTANCE_PATH
-    if not instance:
-        # The same folder create_app() gets from Flask(__name__) in llm_train_api.app.
-        instance = Flask("llm_train_api.app").instance_path
+    instance = Settings.load(environ=environ).INSTANCE_PATH or default_instance_path()
     return str(Path(instance) / MULTIPROC_SUBDIR)
 
 

@@ -16,11 +16,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .ray_capacity import admission_problem as ray_admission_problem
-from .training.catalog import UnknownModel, estimate_memory_for, get_model_spec
-from .training.datasets import DatasetError, resolve_dataset, source_files
-from .training.hyperparams import HyperparameterError, validate_hyperparameters
-from .training.spec import default_processes
+from llm_train_api.services.ray_capacity import admission_problem as ray_admission_problem
+from llm_train_api.training.catalog import UnknownModel, estimate_memory_for, get_model_spec
+from llm_train_api.training.datasets import DatasetError, resolve_dataset, source_files
+from llm_train_api.training.hyperparams import HyperparameterError, validate_hyperparameters
+from llm_train_api.training.spec import default_processes
 
 GIB = 1024**3
 

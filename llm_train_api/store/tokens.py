@@ -21,9 +21,9 @@ from pathlib import Path
 
 from sqlalchemy import BigInteger, Connection, bindparam, func, select, update
 
-from .principals import Principal, Role
-from .store import JobStore, _to_dt, now_us
-from .tables import api_tokens
+from llm_train_api.domain import Principal, Role
+from llm_train_api.store.job_store import JobStore, _to_dt, now_us
+from llm_train_api.store.tables import api_tokens
 
 log = logging.getLogger("llm_train_api.auth")
 

@@ -11,7 +11,7 @@ from collections.abc import Callable
 
 from sqlalchemy import Connection, Engine, select, text
 
-from . import tables
+from llm_train_api.store import tables
 
 # Arbitrary constant naming our advisory lock; only has to be unique within the database.
 _PG_MIGRATION_LOCK = 0x6C6C6D5F7472  # "llm_tr"

@@ -11,8 +11,8 @@ from __future__ import annotations
 import time
 from typing import TextIO
 
-from ..client import ApiConnectionError, Client, Job, Progress, ServerError
-from .common import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK
+from llm_train_api.cli.common import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK
+from llm_train_api.client import ApiConnectionError, Client, Job, Progress, ServerError
 
 BAR_WIDTH = 24
 # How long `wait` keeps polling through connection errors and 5xx (each poll already

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .domain import Job
+from llm_train_api.domain import Job
 
 LOG_NAME = "train.log"
 JOBS_FOLDER = "jobs"

@@ -1,0 +1,1 @@
+"""Files under the data directory: job folders, logs, datasets."""

@@ -1,0 +1,1 @@
+"""The `llm-train-api` command: server commands and client commands (see main)."""

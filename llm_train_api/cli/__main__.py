@@ -1,0 +1,3 @@
+from llm_train_api.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""Policy that is neither HTTP nor SQL: what a job may be, who may change what."""
