@@ -63,18 +63,16 @@ def is_valid_job_id(value: str) -> bool:
     return bool(_JOB_ID_RE.match(value))
 
 
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+# The zero of the store's integer microsecond timestamps.
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+GIB = 1024**3
 
 
 def to_epoch_us(value: datetime) -> int:
     """Exact integer microseconds (float timestamps lose precision); naive means UTC."""
     if value.tzinfo is None:
         value = value.replace(tzinfo=timezone.utc)
-    delta = value - _EPOCH
+    delta = value - EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
@@ -185,7 +183,11 @@ class JobEvent:
 
 
 class DomainError(Exception):
-    """Base for errors a client caused; the API maps each subclass to one HTTP status."""
+    """Base for errors a client caused. The API maps each subclass to one HTTP status
+    (one table, in api/errors.py), so the code that raises them never speaks HTTP."""
+
+    # Field-level details in marshmallow's shape ({location: {field: [message]}}), or None.
+    errors: dict[str, Any] | None = None
 
 
 class JobNotFound(DomainError):
@@ -238,7 +240,24 @@ class PreconditionFailed(DomainError):
         self.current_etag = current_etag
 
 
-# --- who a request acts for: a principal (a token's name) and its role ---
+class InvalidRequest(DomainError):
+    """A request the service understood but will not act on, with per-field reasons."""
+
+    def __init__(self, message: str, errors: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.errors = errors
+
+
+class StatusChangeForbidden(DomainError):
+    """The caller's role may not ask for this status at all (a user asking for anything
+    but `cancelled`)."""
+
+
+class StatusManagedByWorkers(DomainError):
+    """With the built-in executor the workers drive statuses; clients may only cancel."""
+
+
+# Who a request acts for: a principal (a token's name) and its role.
 
 
 class Role(str, enum.Enum):

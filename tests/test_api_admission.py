@@ -204,7 +204,7 @@ def test_admit_splits_the_global_batch_and_adds_up_cpu_ranks_memory(local_app):
         with pytest.raises(AdmissionError) as info:
             admit("gpt-nano", "builtin:tinytext", {**hp, **extra}, data_dir=data_dir,
                   memory_limit_bytes=limit, resources=resources)
-        return info.value.errors["hyperparameters"]
+        return info.value.fields["hyperparameters"]
 
     assert admit("gpt-nano", "builtin:tinytext", hp, data_dir=data_dir,
                  memory_limit_bytes=2**40, resources={"cpus": 3, "processes": 3})

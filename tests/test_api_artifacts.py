@@ -176,14 +176,14 @@ def test_follow_times_out_for_reconnection(tmp_path):
     app.extensions["llm_train_api.store"].close()
 
 
-def test_follow_stops_when_the_client_goes_away(client):
+def test_follow_stops_when_the_client_goes_away(client, app):
     job_id = new_job(client)
     resp = client.get(f"/jobs/{job_id}/logs?follow=true", buffered=False)
     chunks = iter(resp.response)
     assert next(chunks).startswith(b"retry:")
-    assert artifacts.active_followers() == 1
+    assert artifacts.active_followers(app) == 1
     resp.close()  # what the WSGI server does when the socket breaks: GeneratorExit
-    assert artifacts.active_followers() == 0
+    assert artifacts.active_followers(app) == 0
 
 
 def test_follow_ends_when_the_job_is_deleted(client):
@@ -268,7 +268,7 @@ def test_symlinks(client, app, tmp_path):
 
 
 def test_sse_framing_of_carriage_returns():
-    from llm_train_api.api.artifacts import _sse_event
+    from llm_train_api.artifacts.logs import sse_event as _sse_event
 
     # A progress bar's bare CRs become separate data fields of one event; a CRLF ending is
     # one line end (no empty field), so clients see the line exactly once.

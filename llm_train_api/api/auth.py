@@ -140,12 +140,18 @@ def authorize_scrape() -> None:
 
 # ----------------------------------------------------------------------------- headers
 
-_HTML_CSP = ("default-src 'self'; img-src 'self' data:; object-src 'none'; "
-             "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+# The Content-Security-Policies, one per kind of page, all defined here.
+# Any HTML the API itself serves (error pages, redirects).
+HTML_CSP = ("default-src 'self'; img-src 'self' data:; object-src 'none'; "
+            "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 # Swagger UI's page starts itself with an inline script (flask-smorest's template).
-_DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; "
-             "style-src 'self' 'unsafe-inline'; img-src 'self' data:; object-src 'none'; "
-             "base-uri 'none'; frame-ancestors 'none'")
+DOCS_CSP = ("default-src 'self'; script-src 'self' 'unsafe-inline'; "
+            "style-src 'self' 'unsafe-inline'; img-src 'self' data:; object-src 'none'; "
+            "base-uri 'none'; frame-ancestors 'none'")
+# The dashboard (ui/): no inline script or style, nothing from another origin, no framing.
+UI_CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
+          "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+          "frame-ancestors 'none'")
 _CORS_EXPOSE = "ETag, Link, Location, Retry-After, WWW-Authenticate"
 _CORS_ALLOW_HEADERS = "Authorization, Content-Type, If-Match, If-None-Match"
 
@@ -154,7 +160,7 @@ def security_headers(response: flask.Response) -> flask.Response:
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
     if response.mimetype == "text/html":
         docs = request.endpoint == "api-docs.openapi_swagger_ui"
-        response.headers.setdefault("Content-Security-Policy", _DOCS_CSP if docs else _HTML_CSP)
+        response.headers.setdefault("Content-Security-Policy", DOCS_CSP if docs else HTML_CSP)
         response.headers.setdefault("X-Frame-Options", "DENY")
         response.headers.setdefault("Referrer-Policy", "no-referrer")
     return response

@@ -27,6 +27,11 @@ def get_store() -> JobStore:
     return current_app.extensions[STORE_KEY]
 
 
+def get_jobs() -> JobStore:
+    """The job repository the views call."""
+    return current_app.extensions[RUNTIME_KEY].store
+
+
 def get_runtime() -> Runtime:
     return current_app.extensions[RUNTIME_KEY]
 

@@ -4,23 +4,21 @@ Files live under `DATA_DIR/datasets/`, where the trainer's `resolve_dataset` fin
 metadata in `DATA_DIR/datasets/.meta/` (see `llm_train_api.artifacts.datasets`). Those are the
 published datasets, which admins upload and everyone may use; a user's own datasets live
 in a home of their own (see `llm_train_api.artifacts.homes`) and only that user sees them.
+Who reads and writes which is services.datasets; these views parse and serialise.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
-
-from flask import Response, current_app, request, url_for
+from flask import Response, request, url_for
 from flask.views import MethodView
 from flask_smorest import abort
 from marshmallow import Schema, fields
 
 from llm_train_api.api.auth import Role, current_principal, require_role
-from llm_train_api.api.base import ApiBlueprint, get_store
+from llm_train_api.api.base import ApiBlueprint, get_jobs, get_runtime, get_settings
 from llm_train_api.api.schemas import UTCDateTime
 from llm_train_api.artifacts import datasets as dataset_files
-from llm_train_api.artifacts.datasets import DatasetFileError, DatasetInfo
-from llm_train_api.artifacts.homes import owner_home
+from llm_train_api.services import datasets as dataset_access
 
 blp = ApiBlueprint(
     "datasets",
@@ -53,49 +51,12 @@ class DatasetSchema(Schema):
         "datasets, which everyone may use."})
 
 
-def _fail(error: DatasetFileError):
-    abort(error.status, message=error.message)
-
-
-def _in_use_by(owner: str | None):
-    """Queued or running jobs naming this dataset in any of its spellings: the owner's
-    jobs for a user's own dataset, anyone's for a published one."""
-    def in_use(stem: str) -> list[str]:
-        store = get_store()
-        ids: list[str] = []
-        for alias in dataset_files.aliases(stem):
-            ids.extend(i for i in store.dataset_in_use(alias, owner=owner) if i not in ids)
-        return ids
-
-    return in_use
-
-
-def _read_homes() -> list[tuple[str, str | None]]:
-    """The data roots the caller reads datasets from, in lookup order, with their owner."""
-    principal = current_principal()
-    if principal.role is Role.USER:
-        return [(owner_home(_data_dir(), principal.name), principal.name), (_data_dir(), None)]
-    return [(_data_dir(), None)]
-
-
-def _write_home() -> tuple[str, str | None]:
-    """Where the caller's uploads go: a user's own home; an admin publishes."""
-    principal = require_role(Role.ADMIN, Role.USER)
-    if principal.role is Role.USER:
-        return owner_home(_data_dir(), principal.name), principal.name
-    return _data_dir(), None
-
-
-def _owned(info: DatasetInfo, owner: str | None) -> DatasetInfo:
-    return info if info.builtin or owner is None else replace(info, owner=owner)
-
-
 @blp.before_request
 def _dataset_upload_limit() -> None:
     # The upload has its own limit instead of the JSON one (MAX_CONTENT_LENGTH); Werkzeug
     # then 413s a Content-Length above it before anything is read.
     if request.endpoint == UPLOAD_ENDPOINT and request.method == "PUT":
-        request.max_content_length = current_app.config["MAX_DATASET_BYTES"]
+        request.max_content_length = get_settings().MAX_DATASET_BYTES
 
 
 @blp.route("")
@@ -104,11 +65,7 @@ class Datasets(MethodView):
                   description="Built-in datasets first, then the stored ones by name.")
     def get(self):
         """List datasets: built-in, published, then (for a user) the caller's own"""
-        homes = _read_homes()
-        published = dataset_files.list_infos(_data_dir())
-        own = [_owned(info, owner) for home, owner in homes if owner is not None
-               for info in dataset_files.list_infos(home) if not info.builtin]
-        return published + own
+        return dataset_access.list_visible(get_runtime().data_dir, current_principal())
 
 
 @blp.route("/<name>")
@@ -118,14 +75,7 @@ class DatasetResource(MethodView):
                "'..' or names with path separators).")
     def get(self, name: str):
         """Get a dataset's metadata (a user's own first, then the published one)"""
-        for home, owner in _read_homes():
-            try:
-                return _owned(dataset_files.get_info(home, name), owner)
-            except dataset_files.NotFound:
-                continue
-            except DatasetFileError as exc:
-                _fail(exc)
-        abort(404, message=f"Dataset {name!r} not found.")
+        return dataset_access.get_visible(get_runtime().data_dir, current_principal(), name)
 
     @blp.response(201, DatasetSchema, description="Created.", headers={
         "Location": {"description": "URL of the dataset.", "schema": {"type": "string"}}})
@@ -160,17 +110,12 @@ class DatasetResource(MethodView):
         A user's upload is their own dataset, seen by them alone; an admin's is published
         for everyone.
         """
-        home, owner = _write_home()
-        cap = current_app.config["MAX_DATASETS_PER_USER"] if owner is not None else 0
-        try:
-            stem, fmt = _upload_format(name)
-            result = dataset_files.store_upload(
-                home, stem, fmt, dataset_files.read_chunks(request.stream),
-                max_bytes=current_app.config["MAX_DATASET_BYTES"], in_use=_in_use_by(owner),
-                max_count=cap)
-        except DatasetFileError as exc:
-            _fail(exc)
-        info = _owned(result.info, owner)
+        principal = require_role(Role.ADMIN, Role.USER)
+        stem, fmt = _upload_format(name)
+        result = dataset_access.upload(get_runtime().data_dir, principal, stem, fmt,
+                                       dataset_files.read_chunks(request.stream),
+                                       jobs=get_jobs(), settings=get_settings())
+        info = result.info
         if result.created:
             location = url_for("datasets.DatasetResource", name=stem, _external=True)
             return info, 201, {"Location": location}
@@ -184,25 +129,9 @@ class DatasetResource(MethodView):
                "or it is a folder managed on disk.")
     def delete(self, name: str):
         """Delete a dataset (a user's own; an admin's: the published one)"""
-        home, owner = _write_home()
-        try:
-            dataset_files.delete_dataset(home, name, in_use=_in_use_by(owner))
-        except dataset_files.NotFound as exc:
-            if owner is not None and dataset_files.is_valid_name(name):
-                try:
-                    dataset_files.get_info(_data_dir(), name)
-                except DatasetFileError:
-                    _fail(exc)
-                abort(403, message=f"Dataset {name!r} is published; only an admin can "
-                      "delete it.")
-            _fail(exc)
-        except DatasetFileError as exc:
-            _fail(exc)
+        principal = require_role(Role.ADMIN, Role.USER)
+        dataset_access.delete(get_runtime().data_dir, principal, name, jobs=get_jobs())
         return Response(status=204)
-
-
-def _data_dir() -> str:
-    return current_app.config["DATA_DIR"]
 
 
 def _upload_format(name: str) -> tuple[str, str]:

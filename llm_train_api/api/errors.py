@@ -16,23 +16,50 @@ from webargs import core
 from webargs.flaskparser import FlaskParser, is_json_request
 from werkzeug.exceptions import HTTPException
 
+from llm_train_api.artifacts import datasets as dataset_files
 from llm_train_api.domain import (
     DomainError,
     IllegalTransition,
+    InvalidRequest,
     JobIdConflict,
     JobNotFound,
     PreconditionFailed,
     QuotaExceeded,
+    StatusChangeForbidden,
+    StatusManagedByWorkers,
 )
 from llm_train_api.store.pagination import InvalidCursor
 
-_STATUS_BY_ERROR: dict[type[DomainError], int] = {
+# The one table from the errors a client can cause to HTTP statuses (the body's `code`).
+# A class not listed answers as its nearest listed base class, else 400.
+ERROR_STATUS: dict[type[Exception], int] = {
+    InvalidCursor: 400,
+    StatusChangeForbidden: 403,
     JobNotFound: 404,
     JobIdConflict: 409,
     IllegalTransition: 409,
+    StatusManagedByWorkers: 409,
     PreconditionFailed: 412,
+    InvalidRequest: 422,
     QuotaExceeded: 429,
+    dataset_files.ReadOnly: 403,
+    dataset_files.NotFound: 404,
+    dataset_files.Conflict: 409,
+    dataset_files.TooLarge: 413,
+    dataset_files.InvalidName: 422,
+    dataset_files.InvalidContent: 422,
+    dataset_files.TooMany: 429,
 }
+
+
+def status_of(error: Exception) -> int:
+    """The HTTP status `error` answers with, from ERROR_STATUS."""
+    for cls in type(error).__mro__:
+        status = ERROR_STATUS.get(cls)
+        if status is not None:
+            return status
+    return 400
+
 
 JSON_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 # Endpoints whose body is not JSON: they read and limit it themselves (dataset uploads).
@@ -114,7 +141,7 @@ def require_json_body() -> None:
 def _read_chunked_body(request: flask.Request) -> None:
     """A chunked body has no Content-Length for Werkzeug to check, and Werkzeug would cut it
     at the limit and hand on a truncated document. Read one byte past the limit instead."""
-    limit = flask.current_app.config["MAX_CONTENT_LENGTH"]
+    limit = request.max_content_length  # LLM_TRAIN_API_MAX_JSON_BYTES
     raw = request.environ["wsgi.input"].read(limit + 1)
     if len(raw) > limit:
         abort(413, message=f"Request body is larger than {limit} bytes.")
@@ -135,9 +162,10 @@ class JsonErrorsApi(Api):
 
 def register(app: flask.Flask) -> None:
     @app.errorhandler(DomainError)
-    def _domain_error(error: DomainError):  # noqa: ANN202 - Flask handler
-        status = _STATUS_BY_ERROR.get(type(error), 400)
-        return _json_error(status, str(error), extra=_extra_fields(error))
+    @app.errorhandler(InvalidCursor)
+    def _client_error(error: Exception):  # noqa: ANN202 - Flask handler
+        return _json_error(status_of(error), str(error), errors=_errors_of(error),
+                           extra=_extra_fields(error))
 
     @app.errorhandler(OperationalError)
     def _database_unavailable(error: OperationalError):  # noqa: ANN202
@@ -148,13 +176,17 @@ def register(app: flask.Flask) -> None:
         response.headers["Retry-After"] = "1"
         return response, status
 
-    @app.errorhandler(InvalidCursor)
-    def _bad_cursor(error: InvalidCursor):  # noqa: ANN202
-        return _json_error(400, str(error), errors={"query": {"cursor": [str(error)]}})
+
+def _errors_of(error: Exception) -> Any:
+    """The body's `errors`: where in the request the problem is, field by field."""
+    if isinstance(error, InvalidCursor):
+        return {"query": {"cursor": [str(error)]}}
+    if isinstance(error, DomainError):
+        return error.errors
+    return None
 
 
-
-def _extra_fields(error: DomainError) -> dict[str, Any]:
+def _extra_fields(error: Exception) -> dict[str, Any]:
     if isinstance(error, IllegalTransition):
         return {"current_status": error.current.value, "allowed_targets": error.allowed}
     return {}

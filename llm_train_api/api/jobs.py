@@ -1,15 +1,13 @@
-"""The seed's job resource: create, list, get, change status, delete; plus the timeline."""
+"""The job resource: create, list, get, change status, cancel, delete; plus the timeline
+and the loss curve. HTTP only: what a job may be and who may change what is in services/."""
 
 from __future__ import annotations
 
-import secrets
-from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlencode
 
-from flask import Response, current_app, request, url_for
+from flask import Response, request, url_for
 from flask.views import MethodView
-from flask_smorest import abort
 from marshmallow import RAISE
 
 from llm_train_api.api.auth import (
@@ -19,7 +17,7 @@ from llm_train_api.api.auth import (
     owner_scope,
     require_role,
 )
-from llm_train_api.api.base import ApiBlueprint, get_store
+from llm_train_api.api.base import ApiBlueprint, get_jobs, get_runtime, get_settings
 from llm_train_api.api.schemas import (
     CreateQuerySchema,
     JobCreateSchema,
@@ -32,19 +30,20 @@ from llm_train_api.api.schemas import (
     StatusUpdateSchema,
     TransitionErrorSchema,
 )
-from llm_train_api.artifacts.homes import dataset_home
 from llm_train_api.domain import (
-    ERROR_MESSAGE_TARGETS,
-    IllegalTransition,
     Job,
     JobNotFound,
-    JobStatus,
-    NewJob,
     PreconditionFailed,
     Revision,
     is_valid_job_id,
 )
-from llm_train_api.services.admission import GIB, AdmissionError, admit, machine_memory_bytes
+from llm_train_api.services import status_changes
+from llm_train_api.services.job_creation import (
+    builtin_executor,
+    prepare_job,
+    preview,
+    queued_cap,
+)
 from llm_train_api.store.pagination import (
     JobQuery,
     decode_cursor,
@@ -64,10 +63,6 @@ _ETAG_HEADER = {"ETag": {"description": "Changes whenever the job changes.",
                          "schema": {"type": "string"}}}
 
 
-def new_job_id() -> str:
-    return f"job-{secrets.token_hex(8)}"
-
-
 def _checked_id(job_id: str) -> str:
     # An id that could never have been created cannot exist; answer before touching the DB.
     if not is_valid_job_id(job_id):
@@ -77,7 +72,7 @@ def _checked_id(job_id: str) -> str:
 
 def _visible_job(job_id: str) -> Job:
     """The job, if it exists and the caller may see it; JobNotFound (404) otherwise."""
-    return ensure_visible(get_store().get_job(_checked_id(job_id)))
+    return ensure_visible(get_jobs().get_job(_checked_id(job_id)))
 
 
 def _readable_id(job_id: str) -> str:
@@ -117,7 +112,7 @@ class Jobs(MethodView):
             limit=args["limit"],
             after=decode_cursor(args["cursor"]) if "cursor" in args else None,
         )
-        page = get_store().list_jobs(query)
+        page = get_jobs().list_jobs(query)
         headers = {}
         if page.next_key is not None:
             headers["Link"] = _next_link(cursor=encode_cursor(page.next_key))
@@ -156,35 +151,13 @@ class Jobs(MethodView):
         Needs the admin or user role; the job belongs to the caller.
         """
         principal = require_role(Role.ADMIN, Role.USER)
-        dataset_sha256 = None
-        if current_app.config["EXECUTOR"] != "none":
-            try:
-                dataset_sha256 = admit(
-                    body["model_name"], body["dataset"], body["hyperparameters"],
-                    data_dir=dataset_home(current_app.config["DATA_DIR"], principal.owner,
-                                          body["dataset"]),
-                    memory_limit_bytes=_memory_limit_bytes(),
-                    resources=body["resources"],
-                )
-            except AdmissionError as exc:
-                abort(422, message="The job cannot run as specified: see `errors`.",
-                      errors={"json": exc.errors})
-        new = NewJob(
-            job_id=body.get("job_id") or new_job_id(),
-            model_name=body["model_name"],
-            dataset=body["dataset"],
-            hyperparameters=body["hyperparameters"],
-            priority=body["priority"],
-            max_attempts=body["max_attempts"],
-            max_runtime_seconds=body["max_runtime_seconds"],
-            resources=body["resources"],
-            dataset_sha256=dataset_sha256,
-            owner=principal.owner,
-        )
+        settings = get_settings()
+        new = prepare_job(body, owner=principal.owner, settings=settings,
+                          data_dir=get_runtime().data_dir)
         if query["dry_run"]:
-            return _preview(new), 200
-        cap = current_app.config["MAX_QUEUED_PER_USER"] if principal.role is Role.USER else 0
-        job, created = get_store().create_job(new, actor=principal.actor, max_queued=cap)
+            return preview(new), 200
+        job, created = get_jobs().create_job(new, actor=principal.actor,
+                                             max_queued=queued_cap(settings, principal))
         if not created:
             return _with_etag(job, 200)
         location = url_for("jobs.JobResource", job_id=job.id, _external=True)
@@ -215,7 +188,7 @@ class JobResource(MethodView):
         """
         principal = require_role(Role.ADMIN, Role.USER)
         job_id = _checked_id(job_id)
-        get_store().delete_job(job_id, owner=owner_scope(), actor=principal.actor,
+        get_jobs().delete_job(job_id, owner=owner_scope(), actor=principal.actor,
                                expected=_expected_revision(job_id))
         return Response(status=204)
 
@@ -243,32 +216,15 @@ class JobStatusResource(MethodView):
         clients; a `user` may only cancel its own jobs (other targets: 403).
         """
         principal = current_principal()
-        target: JobStatus = body["status"]
-        if principal.role is Role.USER and target is not JobStatus.CANCELLED:
-            _visible_job(job_id)  # someone else's job stays a 404
-            abort(403, message="Forbidden: users may only cancel their jobs (status "
-                  "'cancelled'); other status changes need the worker or admin role.")
-        if (current_app.config["EXECUTOR"] != "none" and target is not JobStatus.CANCELLED
-                and principal.role is not Role.WORKER):
-            current = _visible_job(job_id)
-            if current.status is not target:
-                abort(409, message=f"Status {target.value!r} is managed by the workers of the "
-                      "built-in executor; clients may only cancel (status 'cancelled' or POST "
-                      f"/jobs/{job_id}/cancel). Run with LLM_TRAIN_API_EXECUTOR=none to drive "
-                      "statuses from an external system.")
-        message = body["error_message"]
-        if message is not None and not message.strip():
-            message = None  # an empty reason is no reason; seed clients may send ""
-        if message is not None and target not in ERROR_MESSAGE_TARGETS:
-            abort(422, message="error_message is only accepted with status 'failed' or "
-                  "'cancelled'.", errors={"json": {"error_message": [
-                      f"Not allowed with status {target.value!r}."]}})
-        store = get_store()
+        message = status_changes.check_status_change(
+            principal, job_id, body["status"], body["error_message"],
+            builtin_executor=builtin_executor(get_settings()),
+            visible_job=lambda: _visible_job(job_id))
         job_id = _checked_id(job_id)
         expected = _expected_revision(job_id)
-        job, _changed = store.transition(job_id, target, error_message=message,
-                                         expected=expected, actor=principal.actor,
-                                         owner=owner_scope())
+        job, _changed = get_jobs().transition(job_id, body["status"], error_message=message,
+                                              expected=expected, actor=principal.actor,
+                                              owner=owner_scope())
         return _with_etag(job)
 
 
@@ -300,16 +256,13 @@ class JobCancel(MethodView):
         A queued job never runs; a running job's worker kills its process group within
         about two seconds. Cancelling a finished job changes nothing.
         """
-        store = get_store()
         principal = current_principal()
-        try:
-            job, _ = store.transition(_checked_id(job_id), JobStatus.CANCELLED,
-                                      error_message=f"cancelled by {principal.actor}",
-                                      actor=principal.actor, owner=owner_scope())
-        except IllegalTransition as exc:
-            job = _visible_job(job_id)
-            if not exc.current.is_final:
-                raise
+        checked = _checked_id(job_id)
+        job = status_changes.cancel(
+            lambda target, message: get_jobs().transition(
+                checked, target, error_message=message, actor=principal.actor,
+                owner=owner_scope())[0],
+            principal, visible_job=lambda: _visible_job(job_id))
         return _with_etag(job)
 
 
@@ -323,7 +276,7 @@ class JobEvents(MethodView):
     def get(self, args: dict[str, Any], job_id: str):
         """A job's events: creation, claims, status changes, requeues, with attempt and actor"""
         after = decode_seq_cursor(args["cursor"]) if "cursor" in args else 0
-        events, more = get_store().job_events(_readable_id(job_id), after_seq=after,
+        events, more = get_jobs().job_events(_readable_id(job_id), after_seq=after,
                                               limit=args["limit"])
         headers = {}
         if more:
@@ -342,7 +295,7 @@ class JobMetrics(MethodView):
     @blp.error(404, "No such job.")
     def get(self, args: dict[str, Any], job_id: str):
         """A job's metrics; poll with `?after_step=` for what is new"""
-        points, more = get_store().job_metrics(_readable_id(job_id),
+        points, more = get_jobs().job_metrics(_readable_id(job_id),
                                                after_step=args["after_step"],
                                                limit=args["limit"])
         headers = {}
@@ -356,17 +309,3 @@ def _next_link(**position: str) -> str:
     params = request.args.to_dict(flat=False)
     params.update({name: [value] for name, value in position.items()})
     return f'<{request.base_url}?{urlencode(params, doseq=True)}>; rel="next"'
-
-
-def _memory_limit_bytes() -> int:
-    configured = current_app.config["WORKER_MEMORY_GB"]
-    return int(configured * GIB) if configured else machine_memory_bytes()
-
-
-def _preview(new: NewJob) -> Job:
-    """What the job would look like if created now."""
-    now = datetime.now(timezone.utc)
-    return Job(new.job_id, new.model_name, new.dataset, new.hyperparameters, JobStatus.QUEUED,
-               now, now, None, None, None, 0, new.priority, new.max_attempts, 0,
-               new.max_runtime_seconds, new.resources, new.dataset_sha256, None, None,
-               new.owner)

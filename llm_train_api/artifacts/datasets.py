@@ -27,6 +27,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
@@ -37,6 +38,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
+from llm_train_api.domain import DomainError
 from llm_train_api.training.datasets import (
     BUILTIN_DATASETS,
     BUILTIN_PREFIX,
@@ -46,7 +48,9 @@ from llm_train_api.training.datasets import (
     check_dataset_name,
     datasets_root,
     resolve_dataset,
+    source_files,
 )
+from llm_train_api.training.storage import fsync_dir
 
 META_FOLDER = ".meta"
 LOCK_NAME = ".lock"
@@ -56,10 +60,9 @@ MAX_JSONL_LINE_BYTES = 16 * 1024 * 1024
 FORMATS = {"txt": ".txt", "jsonl": ".jsonl"}
 
 
-class DatasetFileError(Exception):
-    """A refused dataset operation; `status` is the HTTP status the API answers with."""
-
-    status = 400
+class DatasetFileError(DomainError):
+    """A refused dataset operation. Each subclass is one reason; the API's error table
+    decides what a client sees for it, so this module never speaks HTTP."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -67,31 +70,31 @@ class DatasetFileError(Exception):
 
 
 class InvalidName(DatasetFileError):
-    status = 422
+    """Not a name a dataset could ever have."""
 
 
 class ReadOnly(DatasetFileError):
-    status = 403
+    """Built in (or, for a user, published): not theirs to replace or delete."""
 
 
 class NotFound(DatasetFileError):
-    status = 404
+    """No dataset of that name where the caller looked."""
 
 
 class Conflict(DatasetFileError):
-    status = 409
+    """Queued or running jobs still need it, or it is a folder managed on disk."""
 
 
 class TooLarge(DatasetFileError):
-    status = 413
+    """The upload is over LLM_TRAIN_API_MAX_DATASET_BYTES."""
 
 
 class InvalidContent(DatasetFileError):
-    status = 422
+    """Not UTF-8 text, or not JSON Lines records with a `text` field, or empty."""
 
 
 class TooMany(DatasetFileError):
-    status = 429
+    """A new dataset over LLM_TRAIN_API_MAX_DATASETS_PER_USER."""
 
 
 def count_stored(data_dir: str | os.PathLike[str]) -> int:
@@ -150,9 +153,6 @@ def aliases(stem: str) -> list[str]:
     return [stem] + [stem + suffix for suffix in DATASET_SUFFIXES]
 
 
-# ----------------------------------------------------------------------------- metadata
-
-
 def _now() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -167,14 +167,6 @@ def _meta_dir(root: Path) -> Path:
 
 def _meta_path(root: Path, stem: str) -> Path:
     return _meta_dir(root) / f"{stem}.json"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
@@ -200,6 +192,33 @@ def _scan(file: Path) -> tuple[str, int, int]:
             newlines += chunk.count(b"\n")
             last = chunk[-1:]
     return digest.hexdigest(), size, newlines + (1 if size and last != b"\n" else 0)
+
+
+_hash_cache: dict[tuple[tuple[str, int, int], ...], str] = {}
+_hash_lock = threading.Lock()
+
+
+def dataset_sha256(path: Path) -> str:
+    """Content hash of a resolved dataset (its files' names and bytes), pinned to a job at
+    creation and checked by the worker before it trains. Cached by the files' stat
+    signature, so that many jobs on one large dataset read it once per process. `path`
+    comes from `resolve_dataset`, which has already refused anything outside its folder."""
+    files = source_files(path)
+    key = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
+    with _hash_lock:
+        cached = _hash_cache.get(key)
+    if cached is not None:
+        return cached
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(f"\0{file.name}\0".encode())
+        with open(file, "rb") as f:
+            while chunk := f.read(CHUNK_BYTES):
+                digest.update(chunk)
+    value = digest.hexdigest()
+    with _hash_lock:
+        _hash_cache[key] = value
+    return value
 
 
 def _file_info(root: Path, stem: str, file: Path, fmt: str) -> DatasetInfo:
@@ -234,8 +253,6 @@ def _builtin_info(key: str) -> DatasetInfo:
 
 
 def _folder_info(name: str, folder: Path, root: Path) -> DatasetInfo:
-    from llm_train_api.training.datasets import source_files
-
     files = source_files(folder, root)
     stats = [f.stat() for f in files]
     return DatasetInfo(name=name, format="folder", sha256=None,
@@ -295,9 +312,6 @@ def list_infos(data_dir: str | os.PathLike[str]) -> list[DatasetInfo]:
         with contextlib.suppress(NotFound, DatasetError, OSError):
             infos.append(get_info(data_dir, stem))
     return infos
-
-
-# ----------------------------------------------------------------------------- upload
 
 
 @contextlib.contextmanager
@@ -429,8 +443,8 @@ def store_upload(
                                size_bytes=size, lines=lines, created_at=_now())
             _write_json_atomic(_meta_path(root, stem),
                                {**info.to_json(), "signature": _signature(final.stat())})
-            _fsync_dir(root)
-            _fsync_dir(_meta_dir(root))
+            fsync_dir(root)
+            fsync_dir(_meta_dir(root))
         return UploadResult(info=info, created=created)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -486,7 +500,7 @@ def delete_dataset(
                 (root / f"{stem}{suffix}").unlink()
         with contextlib.suppress(FileNotFoundError):
             _meta_path(root, stem).unlink()
-        _fsync_dir(root)
+        fsync_dir(root)
 
 
 def read_chunks(stream: BinaryIO, size: int = CHUNK_BYTES) -> Iterator[bytes]:

@@ -8,33 +8,40 @@ disagree about what is valid.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
-import threading
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
+from llm_train_api.artifacts.datasets import dataset_sha256  # noqa: F401 - the worker's import until it calls resolve_owned_dataset (delete with this commit)
+from llm_train_api.artifacts.homes import ResolvedDataset, resolve_owned_dataset
+from llm_train_api.domain import GIB, InvalidRequest
 from llm_train_api.services.ray_capacity import admission_problem as ray_admission_problem
 from llm_train_api.training.catalog import UnknownModel, estimate_memory_for, get_model_spec
-from llm_train_api.training.datasets import DatasetError, resolve_dataset, source_files
+from llm_train_api.training.datasets import DatasetError
 from llm_train_api.training.hyperparams import HyperparameterError, validate_hyperparameters
 from llm_train_api.training.spec import default_processes
 
-GIB = 1024**3
+ADMISSION_MESSAGE = "The job cannot run as specified: see `errors`."
 
 
-class AdmissionError(ValueError):
-    """Field-level reasons, in marshmallow's shape: {field: [message, ...]}."""
+class AdmissionError(InvalidRequest):
+    """The job would fail on a worker; `fields` says why, per field, in marshmallow's shape
+    ({field: [message, ...]}), and `errors` puts that under the request body (`json`)."""
 
-    def __init__(self, errors: dict[str, Any]) -> None:
-        super().__init__("The job cannot run as specified.")
-        self.errors = errors
+    def __init__(self, fields: dict[str, Any]) -> None:
+        super().__init__(ADMISSION_MESSAGE, {"json": fields})
+        self.fields = fields
 
 
 def machine_memory_bytes() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def memory_limit_bytes(worker_memory_gb: float) -> int:
+    """What one job may use: LLM_TRAIN_API_WORKER_MEMORY_GB when set (workers on other
+    hosts), else this machine's memory (workers on this host)."""
+    return int(worker_memory_gb * GIB) if worker_memory_gb else machine_memory_bytes()
 
 
 def admit(
@@ -42,11 +49,17 @@ def admit(
     dataset: str,
     hyperparameters: dict[str, Any],
     *,
-    data_dir: str,
+    data_dir: str | os.PathLike[str],
+    owner: str | None = None,
     memory_limit_bytes: int,
     resources: Mapping[str, Any] | None = None,
-) -> str:
-    """Check that the job can run; return the dataset's sha256 to pin it to the job.
+    ray_address: str = "",
+) -> ResolvedDataset:
+    """Check that the job can run; return its dataset, resolved for `owner`, whose sha256
+    the new job records.
+
+    The dataset is resolved here, once per job (see artifacts.homes). With `ray_address`
+    (LLM_TRAIN_API_RAY_ADDRESS) a job that no node of that cluster can hold is refused.
 
     With ``resources`` asking for several processes (DDP), ``batch_size`` - the global
     batch - must split evenly over them, and on CPU the ranks' memory adds up on one host.
@@ -62,9 +75,10 @@ def admit(
             validated = validate_hyperparameters(hyperparameters, model_name)
         except HyperparameterError as exc:
             errors["hyperparameters"] = exc.errors
-    sha256 = None
+    resolved: ResolvedDataset | None = None
     try:
-        sha256 = dataset_sha256(resolve_dataset(dataset, data_dir))
+        resolved = resolve_owned_dataset(data_dir, owner, dataset)
+        resolved.sha256  # noqa: B018 - hashed now: an unreadable file is the client's 422
     except DatasetError as exc:
         # The trainer's CLI message names the folder it searched; clients get no paths.
         errors["dataset"] = [re.sub(r" \(looked in [^)]*\)", "", str(exc))]
@@ -88,40 +102,14 @@ def admit(
                 f"{memory_limit_bytes / GIB:.1f} GiB. Use a smaller model or batch"
                 + (", or fewer processes." if sharing > 1 else ".")
             ]
-    # --- cluster capacity (issue 6): a job no Ray node can hold would wait forever ---
-    too_big = ray_admission_problem(resources)
+    # A job that no Ray node can hold would wait forever.
+    too_big = ray_admission_problem(resources, ray_address)
     if too_big:
         errors["resources"] = [too_big]
     if errors:
         raise AdmissionError(errors)
-    assert sha256 is not None
-    return sha256
+    assert resolved is not None
+    return resolved
 
 
-_hash_cache: dict[tuple[tuple[str, int, int], ...], str] = {}
-_hash_lock = threading.Lock()
-
-
-def dataset_sha256(path: Path) -> str:
-    """Content hash of a dataset (its files' names and bytes), cached by stat signature so
-    that creating many jobs on one large dataset reads it once. `path` comes from
-    resolve_dataset, which has already refused anything outside the datasets folder."""
-    files = source_files(path)
-    key = tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files)
-    with _hash_lock:
-        cached = _hash_cache.get(key)
-    if cached is not None:
-        return cached
-    digest = hashlib.sha256()
-    for file in files:
-        digest.update(f"\0{file.name}\0".encode())
-        with open(file, "rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-    value = digest.hexdigest()
-    with _hash_lock:
-        _hash_cache[key] = value
-    return value
-
-
-__all__ = ["AdmissionError", "admit", "dataset_sha256", "machine_memory_bytes"]
+__all__ = ["AdmissionError", "admit", "machine_memory_bytes", "memory_limit_bytes"]

@@ -8,7 +8,6 @@ checks it against the torch module, so the API can quote it without importing to
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -184,12 +183,3 @@ def catalog_as_json() -> list[dict[str, Any]]:
         {**spec.to_dict(), "hyperparameters": hyperparameter_schema(spec.name)}
         for spec in MODELS.values()
     ]
-
-
-def _check() -> None:  # pragma: no cover - sanity for humans running the module
-    for spec in MODELS.values():
-        print(f"{spec.name:12s} {spec.param_count:>14,d} {math.log10(spec.param_count):.2f}")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    _check()

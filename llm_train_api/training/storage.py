@@ -94,7 +94,7 @@ class LocalStorage(JobStorage):
             with contextlib.suppress(OSError):
                 tmp.unlink()
             raise
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
     def append_lines(self, name: str, lines: list[str]) -> None:
         if not lines:
@@ -109,8 +109,11 @@ class LocalStorage(JobStorage):
                 fout.write(chunk)
 
 
-def _fsync_dir(path: Path) -> None:
-    # Makes the rename durable on POSIX; not possible (nor needed) on Windows.
+def fsync_dir(path: Path) -> None:
+    """Make the renames in `path` durable (POSIX); not possible, nor needed, on Windows.
+
+    Best effort: the file itself was fsynced before its rename, so a folder that cannot be
+    opened or synced costs at most the rename after a power loss, never a torn file."""
     with contextlib.suppress(OSError, AttributeError):
         fd = os.open(path, os.O_RDONLY)
         try:

@@ -1,4 +1,4 @@
-"""The web dashboard at `/ui` (issue 7): jobs, a job's loss curve, events, log and
+"""The web dashboard at `/ui`: jobs, a job's loss curve, events, log and
 checkpoints, and datasets.
 
 Server-rendered HTML shells and small vanilla JavaScript files, all shipped in the package:
@@ -15,18 +15,14 @@ from pathlib import Path
 
 from flask import Blueprint, Flask, Response, render_template, send_from_directory
 
-from llm_train_api.api.auth import public
+from llm_train_api.api.auth import UI_CSP, public
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 bp = Blueprint("ui", __name__, url_prefix="/ui", template_folder="templates")
 
-# No inline script or style, nothing from another origin, never inside a frame.
-CONTENT_SECURITY_POLICY = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; "
-    "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
-    "frame-ancestors 'none'"
-)
+# The dashboard's policy, defined with the API's others in api.auth.
+CONTENT_SECURITY_POLICY = UI_CSP
 SECURITY_HEADERS = {
     "Content-Security-Policy": CONTENT_SECURITY_POLICY,
     "X-Content-Type-Options": "nosniff",
