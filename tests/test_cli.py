@@ -97,6 +97,20 @@ def test_a_client_command_imports_no_server_code(tmp_path):
         "llm_train_api.cli.progress"}
 
 
+@pytest.mark.parametrize("command", [["tokens", "list"], ["worker"]])
+def test_a_server_command_without_the_server_install_says_so_in_one_line(tmp_path, command):
+    # As in a client-only install: the server's dependencies cannot be imported.
+    code = ("import sys\nsys.modules['sqlalchemy'] = None\n"
+            "from llm_train_api.cli.main import main\nmain()")
+    out = subprocess.run([sys.executable, "-c", code, *command], cwd=tmp_path,
+                         env={**os.environ, "LLM_TRAIN_API_INSTANCE_PATH": str(tmp_path)},
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    assert out.stderr.startswith(f"Error: `{command[0]}` needs sqlalchemy, which is not "
+                                 "installed here"), out.stderr
+    assert out.stderr.count("\n") == 1
+
+
 def up_env(tmp_path) -> dict[str, str]:
     return {**os.environ, "LLM_TRAIN_API_INSTANCE_PATH": str(tmp_path),
             "LLM_TRAIN_API_WORKERS": "2", "LLM_TRAIN_API_POLL_S": "0.2",

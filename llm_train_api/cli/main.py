@@ -56,7 +56,10 @@ class LazyGroup(click.Group):
         if cmd_name in self.commands or cmd_name not in self.lazy:
             return super().get_command(ctx, cmd_name)
         module_name, _, attr = self.lazy[cmd_name][0].partition(":")
-        command = getattr(importlib.import_module(module_name), attr)
+        try:
+            command = getattr(importlib.import_module(module_name), attr)
+        except ModuleNotFoundError as exc:
+            raise _missing(cmd_name, exc) from None
         if not isinstance(command, click.Command):
             raise TypeError(f"{self.lazy[cmd_name][0]} is not a click command")
         self.commands[cmd_name] = command
@@ -86,6 +89,16 @@ class LazyGroup(click.Group):
             return super().invoke(ctx)
         except ConfigError as exc:
             raise click.ClickException(f"bad configuration: {exc}") from None
+        except ModuleNotFoundError as exc:
+            # A server command run where only the client's dependencies are installed.
+            raise _missing(ctx.invoked_subcommand or "this command", exc) from None
+
+
+def _missing(command: str, exc: ModuleNotFoundError) -> click.ClickException:
+    return click.ClickException(
+        f"`{command}` needs {exc.name or 'a module'}, which is not installed here "
+        "(`pip install llm-train-api` for the server commands, "
+        "`pip install 'llm-train-api[client]'` for the client ones)")
 
 
 @click.group(cls=LazyGroup, lazy=COMMANDS,
