@@ -38,10 +38,11 @@ bench: $(STAMP)
 bench-api: $(STAMP)
 	bench/run api
 
-# nanoGPT's train.py is run from a copy outside the repository (NANOGPT_DIR).
-NANOGPT_DIR ?= /tmp/nanogpt
+# nanoGPT's train.py is run from a copy outside the repository, wherever it is on this
+# machine: `make bench-trainer NANOGPT_DIR=/path/to/nanoGPT`.
 bench-trainer: $(STAMP)
-	bench/run trainer --nanogpt $(NANOGPT_DIR)
+	$(if $(NANOGPT_DIR),,$(error bench-trainer needs NANOGPT_DIR, the folder of a nanoGPT checkout: make bench-trainer NANOGPT_DIR=/path/to/nanoGPT))
+	bench/run trainer --nanogpt "$(NANOGPT_DIR)"
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -1,7 +1,12 @@
 """Settings: every knob is an `LLM_TRAIN_API_*` environment variable.
 
 `create_app(test_config)` accepts the same names without the prefix, so tests configure the
-app exactly the way operators do.
+app exactly the way operators do. Only the standard library is imported: gunicorn's master,
+the CLI and the workers load this module without Flask.
+
+Not here, on purpose: the client's LLM_TRAIN_API_URL and LLM_TRAIN_API_TOKEN (read by
+`llm_train_api.client`, which imports nothing from the service), and the trainer's
+LLM_TRAIN_API_DATA_DIR fallback (`llm_train_api.training` runs alone on GPU nodes).
 """
 
 from __future__ import annotations
@@ -22,8 +27,21 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class Settings:
-    # Where the SQLite default and other local state live. Empty = Flask's instance folder.
+    """Every knob of the service, typed and validated once, before anything starts.
+
+    Each field is the variable `LLM_TRAIN_API_<NAME>`; the default written here is the only
+    default there is (the API, the workers, gunicorn and the CLI all read it from here).
+    """
+
+    # Where things live.
+    # Local state: the SQLite default, the bootstrap admin token, Prometheus samples.
+    # Empty = Flask's instance folder for this package (see default_instance_path).
     INSTANCE_PATH: str = ""
+    # Artifacts: datasets, job folders (logs, metrics, checkpoints). Empty = INSTANCE_PATH/data.
+    # A filesystem path (not a URL); several hosts need it on a shared filesystem.
+    DATA_DIR: str = ""
+
+    # The database.
     # SQLAlchemy URL. Empty = sqlite file in INSTANCE_PATH.
     DATABASE_URL: str = ""
     # "full": a 2xx means the write survives power loss. "relaxed": survives a process
@@ -33,40 +51,39 @@ class Settings:
     DB_POOL_SIZE: int = 5
     # How long a write waits for another process holding the SQLite write lock.
     DB_BUSY_TIMEOUT_S: float = 10.0
+
+    # The HTTP server (gunicorn, `llm-train-api serve` and `up`).
+    # host:port (or unix:/path) gunicorn listens on.
+    BIND: str = "127.0.0.1:8000"
+    # gunicorn worker processes. 0 = two per core plus one, at most 9 (see gunicorn_workers).
+    WORKERS: int = 0
+    # Threads per gunicorn worker: requests mostly wait on the database, and each followed
+    # log holds one thread for up to LOG_FOLLOW_MAX_S.
+    THREADS: int = 4
+    # Where gunicorn writes its access log: "-" = stdout, a file path, empty = off.
+    ACCESS_LOG: str = "-"
+    # Number of reverse proxies in front of the service whose X-Forwarded-* to trust.
+    TRUSTED_PROXIES: int = 0
+    LOG_LEVEL: str = "INFO"
+
+    # Request limits.
     # Largest accepted JSON request body.
     MAX_JSON_BYTES: int = 1024 * 1024
     # Bounds on the hyperparameters object, serialised size and nesting depth.
     MAX_HYPERPARAMETERS_BYTES: int = 64 * 1024
     MAX_HYPERPARAMETERS_DEPTH: int = 8
-    # Artifacts: datasets, job folders (logs, metrics, checkpoints). Empty = INSTANCE_PATH/data.
-    # A filesystem path (not a URL); several hosts need it on a shared filesystem.
-    DATA_DIR: str = ""
-    # "local": built-in workers run jobs, and jobs are validated against the trainer at
-    # creation. "none": the seed's pure registry, external systems drive statuses.
-    EXECUTOR: str = "local"
     # Largest dataset upload (streamed to disk, separate from MAX_JSON_BYTES).
     MAX_DATASET_BYTES: int = 1024 * 1024 * 1024
     # How long one `logs?follow=true` stream may stay open before the client reconnects.
     LOG_FOLLOW_MAX_S: float = 60.0
-    # Worker: lease length, how often it is renewed, how often queues/cancels are polled.
-    LEASE_S: float = 30.0
-    HEARTBEAT_S: float = 5.0
-    POLL_S: float = 0.5
-    # Worker: SIGTERM-to-SIGKILL grace for a cancelled job's process group.
-    CANCEL_GRACE_S: float = 0.5
-    # Worker: torch CPU threads per trainer (0 = torch's default).
-    TRAINER_THREADS: int = 0
-    # Memory a job may use on any worker, in GiB; jobs whose estimate exceeds it are
-    # refused at creation. 0 = this machine's RAM.
-    WORKER_MEMORY_GB: float = 0.0
-    # Number of reverse proxies in front of the service whose X-Forwarded-* to trust.
-    TRUSTED_PROXIES: int = 0
-    LOG_LEVEL: str = "INFO"
 
-    # --- security (issue 5) ---
+    # Security.
     # "required": every API call needs `Authorization: Bearer <token>`. "disabled": anyone
     # who reaches the port is an admin; for experiments on loopback only.
     AUTH: str = "required"
+    # On the first start, write an admin token to INSTANCE_PATH/admin-token so that the
+    # operator can log in. Off for processes that need no API token (workers, `tokens`).
+    BOOTSTRAP_TOKEN: bool = True
     # A token that may read /metrics (Prometheus scrapes) and nothing else. Empty = admins only.
     METRICS_TOKEN: str = ""
     # Comma-separated origins allowed to call the API from a browser. Empty = CORS off.
@@ -77,10 +94,31 @@ class Settings:
     MAX_RUNNING_PER_USER: int = 0
     MAX_DATASETS_PER_USER: int = 100
 
-    # --- executors (issue 6): new settings go in this block ---
-    # What `llm-train-api worker` runs jobs with: "local" (trainer child processes on this
-    # machine) or "ray" (a dispatcher that submits each job to RAY_ADDRESS).
+    # Running jobs.
+    # "local": built-in workers run jobs, and jobs are validated against the trainer at
+    # creation. "none": the seed's pure registry, external systems drive statuses.
+    EXECUTOR: str = "local"
+    # Memory a job may use on any worker, in GiB; jobs whose estimate exceeds it are
+    # refused at creation. 0 = this machine's RAM.
+    WORKER_MEMORY_GB: float = 0.0
+
+    # Workers (`llm-train-api worker`).
+    # Lease length, how often it is renewed, how often queues/cancels are polled.
+    LEASE_S: float = 30.0
+    HEARTBEAT_S: float = 5.0
+    POLL_S: float = 0.5
+    # SIGTERM-to-SIGKILL grace for a cancelled job's process group.
+    CANCEL_GRACE_S: float = 0.5
+    # Torch CPU threads per trainer (0 = torch's default).
+    TRAINER_THREADS: int = 0
+    # GPUs a local worker hands out to jobs: "auto" = every GPU torch sees, "" = none,
+    # "0,1" = those device indices.
+    WORKER_GPUS: str = "auto"
+    # What the worker runs jobs with: "local" (trainer child processes on this machine) or
+    # "ray" (a dispatcher that submits each job to RAY_ADDRESS).
     WORKER_EXECUTOR: str = "local"
+
+    # Ray.
     # Ray dashboard / Job Submission address, e.g. http://head:8265 (for WORKER_EXECUTOR=ray).
     RAY_ADDRESS: str = ""
     # Interpreter the Ray job entrypoint runs the trainer with, on the Ray node: a python
@@ -91,7 +129,7 @@ class Settings:
     # vouches that DATA_DIR is the same shared folder on every Ray node.
     RAY_DATA_DIR_SHARED: str = "auto"
 
-    # --- people-facing tools (issue 7): new settings go in this block ---
+    # Monitoring.
     # /metrics: the dispatch latency quantiles cover the last N jobs that started.
     METRICS_DISPATCH_WINDOW: int = 1000
 
@@ -99,6 +137,8 @@ class Settings:
     def load(
         cls, environ: Mapping[str, str] | None = None, overrides: Mapping[str, Any] | None = None
     ) -> Settings:
+        """Settings from `environ` (default: the process environment), with `overrides`
+        (create_app's test_config: the same names without the prefix) taking precedence."""
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}
         for f in fields(cls):
@@ -113,6 +153,8 @@ class Settings:
         return settings
 
     def validate(self) -> None:
+        """Refuse values the service cannot start with, naming the variable, so that a typo
+        stops every process at once instead of surfacing later in one of them."""
         if self.EXECUTOR not in ("local", "none"):
             raise ConfigError(f"{PREFIX}EXECUTOR must be 'local' or 'none', got {self.EXECUTOR!r}")
         if self.WORKER_EXECUTOR not in ("local", "ray"):
@@ -140,6 +182,16 @@ class Settings:
             raise ConfigError("the per-user caps must be 0 (no cap) or positive")
         if self.TRUSTED_PROXIES < 0 or self.DB_BUSY_TIMEOUT_S < 0:
             raise ConfigError("negative values are not allowed")
+        if not self.BIND.strip():
+            raise ConfigError(f"{PREFIX}BIND must be host:port or unix:/path, got {self.BIND!r}")
+        if self.WORKERS < 0:
+            raise ConfigError(f"{PREFIX}WORKERS must be 0 (two per core plus one) or positive")
+        if self.THREADS < 1:
+            raise ConfigError(f"{PREFIX}THREADS must be at least 1")
+        if self.METRICS_DISPATCH_WINDOW < 1:
+            raise ConfigError(f"{PREFIX}METRICS_DISPATCH_WINDOW must be at least 1")
+        if self.WORKER_GPUS.strip() != "auto":
+            gpu_indices(self.WORKER_GPUS)
         if _URL_SCHEME.match(self.DATA_DIR):
             # Taken as a path, "s3://bucket" would quietly become a local folder named "s3:".
             raise ConfigError(
@@ -149,7 +201,48 @@ class Settings:
                 "a shared filesystem, and give its path.")
 
 
+    def gunicorn_workers(self) -> int:
+        """WORKERS, with 0 resolved for this machine.
+
+        Requests are short and mostly wait on the database, so each process serves a few at
+        once on threads; processes: two per core plus one, capped so that a big host does not
+        open hundreds of database connections (each process has its own pool).
+        """
+        return self.WORKERS or min(2 * (os.cpu_count() or 1) + 1, 9)
+
+    def worker_gpus(self) -> list[int] | None:
+        """WORKER_GPUS as device indices; None for "auto" (the caller asks torch)."""
+        if self.WORKER_GPUS.strip() == "auto":
+            return None
+        return gpu_indices(self.WORKER_GPUS)
+
+
+def gpu_indices(value: str) -> list[int]:
+    """Device indices from "0,1" ([0, 1]) or "" ([], no GPU); anything else is refused."""
+    try:
+        indices = [int(part) for part in value.replace(" ", "").split(",") if part]
+    except ValueError:
+        indices = [-1]
+    if any(i < 0 for i in indices):
+        raise ConfigError(f"{PREFIX}WORKER_GPUS must be 'auto', empty, or device indices "
+                          f"such as '0,1', got {value!r}")
+    return indices
+
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+
+
 def _coerce(name: str, raw: Any, kind: type) -> Any:
+    """`raw` (a string from the environment, or a typed override) as the field's type."""
+    if kind is bool:
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in _TRUE or text in _FALSE:
+            return text in _TRUE
+        raise ConfigError(f"{PREFIX}{name} must be true or false (1/0, yes/no, on/off), "
+                          f"got {raw!r}")
     if isinstance(raw, kind) and not (kind is int and isinstance(raw, bool)):
         return raw
     try:

@@ -58,3 +58,42 @@ def test_the_cli_stops_with_one_line_and_writes_nothing(tmp_path, command):
     assert out.stderr.startswith("Error: bad configuration: LLM_TRAIN_API_DATA_DIR must be")
     assert "Traceback" not in out.stderr and out.stderr.count("\n") == 1
     assert not instance.exists() and not (tmp_path / "s3:").exists()
+
+
+@pytest.mark.parametrize(("raw", "value"), [("1", True), ("true", True), ("Yes", True),
+                                            ("on", True), ("0", False), ("false", False),
+                                            ("no", False), ("OFF", False), ("", False)])
+def test_booleans_read_the_usual_spellings(raw, value):
+    assert Settings.load({"LLM_TRAIN_API_BOOTSTRAP_TOKEN": raw}).BOOTSTRAP_TOKEN is value
+
+
+def test_server_settings_have_their_documented_defaults():
+    settings = Settings.load({})
+    assert (settings.BIND, settings.WORKERS, settings.THREADS, settings.ACCESS_LOG,
+            settings.WORKER_GPUS, settings.BOOTSTRAP_TOKEN) == \
+        ("127.0.0.1:8000", 0, 4, "-", "auto", True)
+    assert settings.gunicorn_workers() == min(2 * (os.cpu_count() or 1) + 1, 9)
+    assert Settings.load({"LLM_TRAIN_API_WORKERS": "3"}).gunicorn_workers() == 3
+    # create_app's test_config passes typed values through.
+    assert Settings.load({}, {"BOOTSTRAP_TOKEN": False}).BOOTSTRAP_TOKEN is False
+
+
+@pytest.mark.parametrize(("raw", "gpus"), [("auto", None), ("", []), ("0", [0]),
+                                           ("0,1", [0, 1]), (" 2, 3 ", [2, 3])])
+def test_worker_gpus(raw, gpus):
+    assert Settings.load({"LLM_TRAIN_API_WORKER_GPUS": raw}).worker_gpus() == gpus
+
+
+@pytest.mark.parametrize(("env", "names"), [
+    ({"LLM_TRAIN_API_BOOTSTRAP_TOKEN": "maybe"}, "BOOTSTRAP_TOKEN must be true or false"),
+    ({"LLM_TRAIN_API_WORKERS": "-1"}, "LLM_TRAIN_API_WORKERS must be 0"),
+    ({"LLM_TRAIN_API_WORKERS": "many"}, "LLM_TRAIN_API_WORKERS must be a int"),
+    ({"LLM_TRAIN_API_THREADS": "0"}, "LLM_TRAIN_API_THREADS must be at least 1"),
+    ({"LLM_TRAIN_API_BIND": " "}, "LLM_TRAIN_API_BIND must be"),
+    ({"LLM_TRAIN_API_WORKER_GPUS": "gpu0"}, "LLM_TRAIN_API_WORKER_GPUS must be"),
+    ({"LLM_TRAIN_API_WORKER_GPUS": "-1"}, "LLM_TRAIN_API_WORKER_GPUS must be"),
+    ({"LLM_TRAIN_API_METRICS_DISPATCH_WINDOW": "0"}, "METRICS_DISPATCH_WINDOW must be"),
+])
+def test_bad_server_settings_are_refused_by_name(env, names):
+    with pytest.raises(ConfigError, match=names):
+        Settings.load(env)

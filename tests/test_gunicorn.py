@@ -1,8 +1,15 @@
-"""Behaviour that crosses processes, against a real `gunicorn wsgi:app` with several workers."""
+"""Behaviour that crosses processes, against a real `gunicorn wsgi:app` with several workers;
+and the gunicorn configuration itself, the same from `llm-train-api serve` anywhere and from
+`gunicorn wsgi:app` in the checkout."""
 
 from __future__ import annotations
 
+import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -11,6 +18,9 @@ import pytest
 import requests
 
 from llm_train_api.api.lingering import DRAIN_MAX_SECONDS
+from llm_train_api.api.metrics import MULTIPROC_SUBDIR
+from llm_train_api.cli.serve import gunicorn_argv
+from tests.servers import REPO_ROOT, free_port
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -198,3 +208,91 @@ def test_two_hosts_on_one_postgres_share_one_set_of_jobs(gunicorn_factory, pg_ur
     late = host_a.http.patch(host_a.url + "/jobs/shared/status", json={"status": "queued"},
                           headers={"If-Match": '"0-1"'}, timeout=10)
     assert late.status_code == 412
+
+
+# What gunicorn ends up with, from its own config loading: every setting, hooks by name.
+_EFFECTIVE = """
+import json, sys
+from gunicorn.app.wsgiapp import WSGIApplication
+sys.argv = ["gunicorn", *sys.argv[1:]]
+cfg = WSGIApplication("%(prog)s [OPTIONS] [APP_MODULE]").cfg
+def shown(value):
+    if callable(value):
+        return f"{value.__module__}.{value.__qualname__}"
+    return value if isinstance(value, (str, int, float, bool, type(None), list)) else repr(value)
+# Not configuration but the invocation: the config file, the app, the folder it ran in.
+invocation = ("config", "wsgi_app", "default_proc_name", "chdir")
+print(json.dumps({name: shown(s.get()) for name, s in cfg.settings.items()
+                  if name not in invocation}))
+"""
+
+
+def effective_gunicorn_settings(argv: list[str], cwd, env: dict[str, str]) -> dict:
+    out = subprocess.run([sys.executable, "-c", _EFFECTIVE, *argv], cwd=cwd, env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+def test_serve_gets_the_package_configuration_anywhere_and_the_checkout_the_same(tmp_path):
+    env = {**os.environ, "LLM_TRAIN_API_WORKERS": "3", "LLM_TRAIN_API_THREADS": "5",
+           "LLM_TRAIN_API_BIND": "127.0.0.1:8123", "LLM_TRAIN_API_ACCESS_LOG": ""}
+    # `llm-train-api serve` from a folder that is not the checkout (as from a wheel).
+    served = effective_gunicorn_settings(gunicorn_argv(None, None)[3:], tmp_path, env)
+    assert served["workers"] == 3 and served["threads"] == 5
+    assert served["worker_class"] == "gthread" and served["bind"] == ["127.0.0.1:8123"]
+    assert served["accesslog"] is None and served["preload_app"] is False
+    assert served["on_starting"] == "llm_train_api.api.gunicorn_conf.on_starting"
+    assert served["child_exit"] == "llm_train_api.api.gunicorn_conf.child_exit"
+    # `gunicorn wsgi:app` in the checkout reads gunicorn.conf.py: exactly the same settings.
+    checkout = effective_gunicorn_settings(["wsgi:app"], REPO_ROOT, env)
+    assert checkout == served
+    # Command-line options still win over the configuration.
+    explicit = effective_gunicorn_settings(gunicorn_argv("127.0.0.1:9", 2)[3:], tmp_path, env)
+    assert explicit["workers"] == 2 and explicit["bind"] == ["127.0.0.1:9"]
+
+
+def test_workers_default_to_two_per_core_plus_one_at_most_nine(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "LLM_TRAIN_API_WORKERS"}
+    served = effective_gunicorn_settings(gunicorn_argv(None, None)[3:], tmp_path, env)
+    assert served["workers"] == min(2 * (os.cpu_count() or 1) + 1, 9)
+    assert served["threads"] == 4 and served["bind"] == ["127.0.0.1:8000"]
+
+
+def test_a_real_serve_outside_the_checkout_runs_the_package_configuration(tmp_path):
+    port = free_port()
+    instance = tmp_path / "instance"
+    env = {**os.environ, "LLM_TRAIN_API_INSTANCE_PATH": str(instance),
+           "LLM_TRAIN_API_EXECUTOR": "none", "LLM_TRAIN_API_WORKERS": "2",
+           "LLM_TRAIN_API_BIND": f"127.0.0.1:{port}", "LLM_TRAIN_API_ACCESS_LOG": ""}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen([sys.executable, "-m", "llm_train_api.cli", "serve"],
+                            cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+            assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+            try:
+                if requests.get(f"http://127.0.0.1:{port}/healthz", timeout=2).ok:
+                    break
+            except requests.RequestException:
+                time.sleep(0.1)
+        workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,
+                                 text=True).stdout.split()
+        assert len(workers) == 2
+        # The Prometheus hooks ran: the master prepared the shared samples folder, and the
+        # workers write their request metrics there.
+        samples = instance / MULTIPROC_SUBDIR
+        assert samples.is_dir()
+        assert list(samples.glob("*.db")), "no multiprocess samples: the hooks did not run"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+        log.close()

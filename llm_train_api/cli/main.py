@@ -1,209 +1,116 @@
-"""`llm-train-api`: run the service (serve), a worker (worker), or both (up).
+"""`llm-train-api`: the server commands (serve, up, worker, tokens) and the client commands
+(jobs, datasets, models, sample) in one click group.
 
-Every setting comes from the same LLM_TRAIN_API_* environment variables as the service.
+Each subcommand's module is imported only when that command runs: a client command then
+loads click and `llm_train_api.client` alone, neither Flask, SQLAlchemy nor torch, so it
+starts fast and works where only ``llm-train-api[client]``'s dependencies are present.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
+import importlib
+from typing import Any
 
 import click
-from flask import Flask
 
-from llm_train_api.cli.tokens import tokens
-from llm_train_api.config import ConfigError, Settings
-from llm_train_api.store.tokens import BOOTSTRAP_FILENAME
-from llm_train_api.worker.service import Worker, WorkerConfig, gpus_from_env
-from llm_train_api.worker.trainer_process import die_with_parent
+from llm_train_api.config import ConfigError
 
-# A factory call: gunicorn builds the app in each worker process, from any directory.
-APP_SPEC = "llm_train_api:create_app()"
-_REPO_CONF = Path(__file__).resolve().parents[2] / "gunicorn.conf.py"
+# name -> ("module:attribute", the one-line help `llm-train-api --help` shows). The help is
+# written here so that listing the commands imports none of them; a test checks that each
+# line matches the command's own.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "serve": ("llm_train_api.cli.serve:serve", "Serve the API with gunicorn."),
+    "up": ("llm_train_api.cli.serve:up",
+           "The API and one worker together (the `make run` of a single machine)."),
+    "worker": ("llm_train_api.cli.worker:worker",
+               "Claim queued jobs and run the trainer for each, until SIGTERM or Ctrl-C."),
+    "tokens": ("llm_train_api.cli.tokens:tokens",
+               "Issue, list and revoke API tokens (server side: needs the service's database)."),
+    "jobs": ("llm_train_api.cli.jobs:jobs",
+             "Training jobs on the service at --url (LLM_TRAIN_API_URL)."),
+    "datasets": ("llm_train_api.cli.datasets:datasets",
+                 "Datasets on the service at --url (LLM_TRAIN_API_URL)."),
+    "models": ("llm_train_api.cli.catalog:models",
+               "The model catalog, or one model in detail."),
+    "sample": ("llm_train_api.cli.sample:sample",
+               "Generate text from a job's checkpoint (runs here, needs torch)."),
+}
 
 
-class _ServiceCommands(click.Group):
-    """A bad LLM_TRAIN_API_* value is an operator's typo: one line that names it and exit 1,
-    not a traceback (nor one per gunicorn worker that fails to boot)."""
+class LazyGroup(click.Group):
+    """A click group whose subcommands are imported on first use (see COMMANDS).
 
-    def invoke(self, ctx: click.Context):  # noqa: ANN201 - whatever the command returns
+    A bad LLM_TRAIN_API_* value is an operator's typo: it ends in one line that names it and
+    exit status 1, not a traceback (nor one per gunicorn worker that fails to boot).
+    """
+
+    def __init__(self, *args: Any, lazy: dict[str, tuple[str, str]], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = lazy
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        """Server commands first, then client commands (the order of COMMANDS)."""
+        return [*self.lazy, *(n for n in super().list_commands(ctx) if n not in self.lazy)]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.commands or cmd_name not in self.lazy:
+            return super().get_command(ctx, cmd_name)
+        module_name, _, attr = self.lazy[cmd_name][0].partition(":")
+        try:
+            command = getattr(importlib.import_module(module_name), attr)
+        except ModuleNotFoundError as exc:
+            raise _missing(cmd_name, exc) from None
+        if not isinstance(command, click.Command):
+            raise TypeError(f"{self.lazy[cmd_name][0]} is not a click command")
+        self.commands[cmd_name] = command
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """The command list from COMMANDS' help lines: `--help` imports no subcommand."""
+        names = self.list_commands(ctx)
+        limit = formatter.width - 6 - max((len(name) for name in names), default=0)
+        rows = []
+        for name in names:
+            if name in self.commands:
+                command = self.commands[name]
+                if command.hidden:
+                    continue
+                text = command.get_short_help_str(limit)
+            else:
+                # Truncated the way click truncates a loaded command's help.
+                text = click.Command(name, help=self.lazy[name][1]).get_short_help_str(limit)
+            rows.append((name, text))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+    def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except ConfigError as exc:
             raise click.ClickException(f"bad configuration: {exc}") from None
+        except ModuleNotFoundError as exc:
+            # A server command run where only the client's dependencies are installed.
+            raise _missing(ctx.invoked_subcommand or "this command", exc) from None
 
 
-@click.group(cls=_ServiceCommands, context_settings={"help_option_names": ["-h", "--help"]})
+def _missing(command: str, exc: ModuleNotFoundError) -> click.ClickException:
+    return click.ClickException(
+        f"`{command}` needs {exc.name or 'a module'}, which is not installed here "
+        "(`pip install llm-train-api` for the server commands, "
+        "`pip install 'llm-train-api[client]'` for the client ones)")
+
+
+@click.group(cls=LazyGroup, lazy=COMMANDS,
+             context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Self-hosted LLM training jobs.
 
     \b
-    Server side: serve, worker, up, tokens (they read the LLM_TRAIN_API_* settings).
+    Server side: serve, up, worker, tokens (they read the LLM_TRAIN_API_* settings).
     Client side: jobs, datasets, models, sample (they talk to LLM_TRAIN_API_URL with
     LLM_TRAIN_API_TOKEN).
     """
-
-
-def _gunicorn_argv(bind: str | None, workers: int | None) -> list[str]:
-    argv = [sys.executable, "-m", "gunicorn"]
-    if _REPO_CONF.is_file():
-        argv += ["-c", str(_REPO_CONF)]
-    if bind:
-        argv += ["--bind", bind]
-    if workers:
-        argv += ["--workers", str(workers)]
-    return argv + [APP_SPEC]
-
-
-@main.command()
-@click.option("--bind", help="host:port (default: LLM_TRAIN_API_BIND or 127.0.0.1:8000)")
-@click.option("--workers", type=int, help="gunicorn worker processes")
-def serve(bind: str | None, workers: int | None) -> None:
-    """Serve the API with gunicorn (gunicorn.conf.py defaults)."""
-    Settings.load()  # a bad setting stops here, once, before any worker boots
-    os.execv(sys.executable, _gunicorn_argv(bind, workers))
-
-
-@main.command()
-@click.option("--concurrency", type=click.IntRange(1, 256), default=1, show_default=True,
-              help="jobs this worker runs at once (with --executor ray: jobs it keeps on the "
-                   "cluster at once)")
-@click.option("--executor", type=click.Choice(["local", "ray"]), default=None,
-              help="local: run trainers here. ray: dispatch each job to a Ray cluster "
-                   "(default: LLM_TRAIN_API_WORKER_EXECUTOR or local)")
-@click.option("--ray-address", default=None, metavar="URL",
-              help="Ray dashboard / Job Submission address, e.g. http://ray-head:8265 "
-                   "(default: LLM_TRAIN_API_RAY_ADDRESS)")
-def worker(concurrency: int, executor: str | None, ray_address: str | None) -> None:
-    """Claim queued jobs and run the trainer for each, until SIGTERM or Ctrl-C.
-
-    Local executor: the first signal checkpoints the running jobs and hands them back to
-    the queue without spending an attempt; a second one kills them at once. Ray executor:
-    a signal leaves the Ray jobs running and hands them to the next dispatcher.
-    """
-    from llm_train_api import create_app
-    from llm_train_api.worker.executors import Executor, LocalExecutor
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    app = create_app({"BOOTSTRAP_TOKEN": False})  # a worker needs no API token
-    cfg = app.config
-    if cfg["EXECUTOR"] == "none":
-        raise click.UsageError("LLM_TRAIN_API_EXECUTOR=none: jobs are driven externally, "
-                               "there is nothing for a worker to run.")
-    kind = executor or cfg["WORKER_EXECUTOR"]
-    gpus = _worker_gpus() if kind == "local" else []
-    config = WorkerConfig.from_app_config(cfg, concurrency=concurrency, gpus=gpus)
-    runner: Executor
-    if kind == "ray":
-        from llm_train_api.worker.ray_executor import RayExecutor
-
-        try:
-            runner = RayExecutor(ray_address or cfg["RAY_ADDRESS"], data_dir=cfg["DATA_DIR"],
-                                 python=cfg["RAY_PYTHON"], threads=cfg["TRAINER_THREADS"],
-                                 shared=cfg["RAY_DATA_DIR_SHARED"])
-            runner.check()
-        except ConfigError as exc:
-            raise click.ClickException(str(exc)) from None
-    else:
-        runner = LocalExecutor(gpus=gpus, threads=cfg["TRAINER_THREADS"])
-    service = Worker(app.extensions["llm_train_api.store"], config, executor=runner)
-
-    def on_signal(signum: int, _frame: object) -> None:
-        if service.stopping.is_set():
-            service.hard_stop.set()
-        service.stopping.set()
-        service.wake.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    service.run()
-
-
-def _worker_gpus() -> list[int]:
-    """LLM_TRAIN_API_WORKER_GPUS ("0,1"; empty for none), else every GPU torch can see."""
-    configured = os.environ.get("LLM_TRAIN_API_WORKER_GPUS")
-    if configured is not None:
-        return gpus_from_env(configured)
-    try:
-        import torch
-    except ImportError:
-        return []
-    return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-
-
-@main.command()
-@click.option("--bind", help="host:port (default: LLM_TRAIN_API_BIND or 127.0.0.1:8000)")
-@click.option("--concurrency", type=click.IntRange(1, 256), default=1, show_default=True)
-def up(bind: str | None, concurrency: int) -> None:
-    """The API and one worker together (the `make run` of a single machine). Ctrl-C stops
-    both and leaves no process behind."""
-    bind = bind or os.environ.get("LLM_TRAIN_API_BIND", "127.0.0.1:8000")
-    from llm_train_api import create_app
-
-    # Migrates, and on the very first start writes the admin token, before the children
-    # start: so that it can be shown here.
-    app = create_app()
-    # Own sessions, so a terminal's Ctrl-C reaches only us and each child gets exactly one
-    # signal from us; and a kernel-delivered SIGKILL if we die without forwarding it.
-    spawn = {"start_new_session": True, "preexec_fn": die_with_parent}
-    children = [
-        subprocess.Popen(_gunicorn_argv(bind, None), **spawn),
-        subprocess.Popen([sys.executable, "-m", "llm_train_api.cli", "worker",
-                          "--concurrency", str(concurrency)], **spawn),
-    ]
-    click.echo(f"llm_train_api listening on http://{bind}  (API docs: http://{bind}/docs)")
-    _show_admin_token(app)
-    stopping = False
-
-    def stop(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGKILL if stopping else signal.SIGTERM)
-        stopping = True
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    while all(child.poll() is None for child in children):
-        time.sleep(0.2)
-    if not stopping:  # one died on its own: take the other down too
-        stop(signal.SIGTERM, None)
-    for child in children:
-        try:
-            child.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
-    sys.exit(max(abs(child.returncode or 0) for child in children) if not stopping else 0)
-
-
-def _show_admin_token(app: Flask) -> None:
-    if app.config["AUTH"] == "disabled":
-        click.echo("WARNING: LLM_TRAIN_API_AUTH=disabled: anyone who reaches the port is an "
-                   "admin.", err=True)
-        return
-    path = Path(app.instance_path) / BOOTSTRAP_FILENAME
-    if path.is_file():
-        token = path.read_text().strip()
-        click.echo(f"admin token (from {path}):\n  export LLM_TRAIN_API_TOKEN={token}")
-    else:
-        click.echo("API tokens: `llm-train-api tokens create --name NAME --role user`")
-
-
-main.add_command(tokens)
-
-# The client side (issue 7): commands that talk to a running service over HTTP.
-from llm_train_api import cli_client as _client_cli  # noqa: E402 - after main exists, on purpose
-
-main.add_command(_client_cli.jobs)
-main.add_command(_client_cli.datasets)
-main.add_command(_client_cli.models)
-main.add_command(_client_cli.sample)
 
 
 if __name__ == "__main__":

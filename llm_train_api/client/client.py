@@ -24,11 +24,9 @@ Timeouts and retries (the defaults, see :data:`DEFAULT_TIMEOUT` and :class:`Retr
 from __future__ import annotations
 
 import os
-import random
 import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, BinaryIO, TypeVar
@@ -46,6 +44,7 @@ from llm_train_api.client.errors import (
     UnexpectedResponse,
     error_for,
 )
+from llm_train_api.client.logs import LogFollower
 from llm_train_api.client.models import (
     Artifact,
     Dataset,
@@ -53,12 +52,12 @@ from llm_train_api.client.models import (
     Identity,
     Job,
     JobEvent,
-    LogLine,
     MetricPoint,
     Model,
     Page,
     parse,
 )
+from llm_train_api.client.retry import NO_RETRY, TRANSIENT, RetryPolicy, failure_reason, retry_after
 
 __all__ = ["Client", "RetryPolicy", "DEFAULT_URL", "DEFAULT_TIMEOUT", "new_job_id"]
 
@@ -71,49 +70,10 @@ DEFAULT_TIMEOUT: tuple[float, float] = (5.0, 30.0)
 URL_ENV = "LLM_TRAIN_API_URL"
 TOKEN_ENV = "LLM_TRAIN_API_TOKEN"
 _CHUNK = 256 * 1024
-# Failures after which the request may be sent again (when it is safe to): no connection,
-# no answer in time, or a connection that broke in the middle of the answer.
-_TRANSIENT = (requests.ConnectionError, requests.Timeout,
-              requests.exceptions.ChunkedEncodingError)
-
-
 def new_job_id() -> str:
     """A job id in the server's own style (``job-`` + 16 hex digits), made by the client so
     that a retried creation is recognised by the server as the same request."""
     return f"job-{secrets.token_hex(8)}"
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    """How the client retries requests that are safe to repeat.
-
-    `attempts` counts every try (1 disables retries). The n-th retry waits
-    ``min(max_backoff_s, backoff_s * 2**(n-1))`` times a jitter in [0.5, 1], or the
-    server's ``Retry-After`` when it sends one (at most `max_retry_after_s`).
-    """
-
-    attempts: int = 4
-    backoff_s: float = 0.25
-    max_backoff_s: float = 4.0
-    max_retry_after_s: float = 10.0
-    statuses: frozenset[int] = field(default_factory=lambda: frozenset({502, 503, 504}))
-
-    def delay(self, retry: int, retry_after: float | None = None) -> float:
-        if retry_after is not None:
-            return max(0.0, min(retry_after, self.max_retry_after_s))
-        base = min(self.max_backoff_s, self.backoff_s * 2 ** (retry - 1))
-        return base * random.uniform(0.5, 1.0)
-
-
-NO_RETRY = RetryPolicy(attempts=1)
-
-
-def _retry_after(resp: requests.Response) -> float | None:
-    value = resp.headers.get("Retry-After")
-    try:
-        return float(value) if value is not None else None
-    except ValueError:
-        return None  # an HTTP date: fall back to our own backoff
 
 
 def _error(resp: requests.Response) -> ApiError:
@@ -125,7 +85,7 @@ def _error(resp: requests.Response) -> ApiError:
     if body is None and resp.text.strip():
         fallback = resp.text.strip().splitlines()[0][:200]
     return error_for(resp.status_code, body, fallback_message=fallback,
-                     retry_after=_retry_after(resp))
+                     retry_after=retry_after(resp))
 
 
 def _decode(resp: requests.Response) -> Any:
@@ -246,7 +206,7 @@ class Client:
                 resp = self.session.request(method, url, params=params, json=json, data=data,
                                             headers=headers, stream=stream,
                                             timeout=self.timeout)
-            except _TRANSIENT as exc:
+            except TRANSIENT as exc:
                 if unanswered is not None:
                     unanswered.append(tries)
                 if tries < policy.attempts:
@@ -254,16 +214,16 @@ class Client:
                     continue
                 kind = ApiTimeout if isinstance(exc, requests.ReadTimeout) else \
                     ApiConnectionError
-                raise kind(f"{method} {url}: {_reason(exc)}") from None
+                raise kind(f"{method} {url}: {failure_reason(exc)}") from None
             except requests.RequestException as exc:  # a bad URL, too many redirects...
-                raise ApiConnectionError(f"{method} {url}: {_reason(exc)}") from None
+                raise ApiConnectionError(f"{method} {url}: {failure_reason(exc)}") from None
             finally:
                 if data is not None and hasattr(data, "close"):
                     data.close()
             if resp.status_code in accept or resp.ok:
                 return resp
             if resp.status_code in policy.statuses and tries < policy.attempts:
-                wait = policy.delay(tries, _retry_after(resp))
+                wait = policy.delay(tries, retry_after(resp))
                 resp.close()
                 time.sleep(wait)
                 continue
@@ -542,8 +502,8 @@ class Client:
             for chunk in resp.iter_content(_CHUNK):
                 out.write(chunk)
                 size += len(chunk)
-        except _TRANSIENT as exc:
-            raise _Interrupted(f"GET {self.url}{path}: {_reason(exc)}") from None
+        except TRANSIENT as exc:
+            raise _Interrupted(f"GET {self.url}{path}: {failure_reason(exc)}") from None
         finally:
             resp.close()
         return size
@@ -610,102 +570,3 @@ class _Unclosable:
     def __iter__(self) -> Iterator[bytes]:
         while block := self._f.read(_CHUNK):
             yield block
-
-
-def _reason(exc: BaseException) -> str:
-    """The innermost cause of a requests error, which is what a human needs to read."""
-    text = str(exc)
-    for marker in ("Caused by ", "Failed to establish a new connection: "):
-        if marker in text:
-            text = text.split(marker, 1)[1]
-    return text.rstrip(")'\"").strip() or type(exc).__name__
-
-
-@dataclass
-class _SSEEvent:
-    event: str = "message"
-    data: list[str] = field(default_factory=list)
-    id: str | None = None
-
-
-def _sse_events(resp: requests.Response) -> Iterator[_SSEEvent]:
-    """Server-Sent Events from a streamed response, as they arrive."""
-    buffer = b""
-    current = _SSEEvent()
-    for chunk in resp.iter_content(chunk_size=None):
-        buffer += chunk
-        while (cut := buffer.find(b"\n")) >= 0:
-            raw, buffer = buffer[:cut], buffer[cut + 1:]
-            line = raw.rstrip(b"\r").decode("utf-8", errors="replace")
-            if not line:
-                if current.data or current.event != "message":
-                    yield current
-                current = _SSEEvent(id=None)
-                continue
-            if line.startswith(":"):
-                continue  # a keep-alive comment
-            name, _, value = line.partition(":")
-            value = value[1:] if value.startswith(" ") else value
-            if name == "data":
-                current.data.append(value)
-            elif name == "event":
-                current.event = value
-            elif name == "id":
-                current.id = value
-
-
-class LogFollower:
-    """The iterator :meth:`Client.follow_logs` returns (see there)."""
-
-    def __init__(self, client: Client, job_id: str, *, tail: int | None,
-                 offset: int | None) -> None:
-        self.client = client
-        self.job_id = job_id
-        self.tail = tail
-        #: Byte offset after the last line received: where a reconnection resumes.
-        self.offset = offset
-        #: How the job ended (``succeeded``, ``failed``, ``cancelled``, ``deleted``) once
-        #: the stream has said so; None before.
-        self.final_status: str | None = None
-
-    def __iter__(self) -> Iterator[LogLine]:
-        client = self.client
-        path = f"/jobs/{_seg(self.job_id)}/logs"
-        failures = 0
-        while True:
-            params: dict[str, Any] = {"follow": "true"}
-            headers = {"Accept": "text/event-stream"}
-            if self.offset is not None:
-                headers["Last-Event-ID"] = str(self.offset)
-            elif self.tail is not None:
-                params["tail"] = self.tail
-            resp = client._request("GET", path, retry=True, params=params, headers=headers,
-                                   stream=True)
-            reason = "the log stream ended without an end event"
-            try:
-                for event in _sse_events(resp):
-                    if event.event == "end":
-                        self.final_status = "\n".join(event.data) or None
-                        return
-                    if event.event == "timeout":
-                        # The server's time limit for one stream: resume where it stopped.
-                        reason = ""
-                        break
-                    if event.event == "message":
-                        failures = 0
-                        if event.id is not None and event.id.isdigit():
-                            self.offset = int(event.id)
-                        # One event is one log line; a CRLF line end arrives as a last,
-                        # empty data field, which is no part of the line.
-                        yield LogLine("\n".join(event.data).rstrip("\n"), self.offset)
-            except _TRANSIENT as exc:
-                reason = _reason(exc)
-            finally:
-                resp.close()
-            if reason:
-                # Dropped (a server restart, a proxy): reconnect from the last offset, but
-                # only as many times in a row as the retry policy allows.
-                failures += 1
-                if failures >= client.retry.attempts:
-                    raise ApiConnectionError(f"GET {client.url}{path}: {reason}")
-                time.sleep(client.retry.delay(failures))
