@@ -56,6 +56,9 @@ class Settings:
     CANCEL_GRACE_S: float = 0.5
     # Worker: torch CPU threads per trainer (0 = torch's default).
     TRAINER_THREADS: int = 0
+    # Worker: GPUs the local executor hands out. "auto": every GPU torch sees; "": none;
+    # "0,1": those.
+    WORKER_GPUS: str = "auto"
     # Memory a job may use on any worker, in GiB; jobs whose estimate exceeds it are
     # refused at creation. 0 = this machine's RAM.
     WORKER_MEMORY_GB: float = 0.0
@@ -64,6 +67,8 @@ class Settings:
     LOG_LEVEL: str = "INFO"
 
     # --- security (issue 5) ---
+    # On the very first start, write an admin token to INSTANCE_PATH/admin-token.
+    BOOTSTRAP_TOKEN: bool = True
     # "required": every API call needs `Authorization: Bearer <token>`. "disabled": anyone
     # who reaches the port is an admin; for experiments on loopback only.
     AUTH: str = "required"
@@ -153,6 +158,13 @@ def _coerce(name: str, raw: Any, kind: type) -> Any:
     if isinstance(raw, kind) and not (kind is int and isinstance(raw, bool)):
         return raw
     try:
+        if kind is bool:
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off", ""):
+                return False
+            raise ValueError(text)
         if kind is int:
             return int(str(raw).strip())
         if kind is float:

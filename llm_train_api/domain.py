@@ -67,14 +67,15 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+GIB = 1024**3
 
 
 def to_epoch_us(value: datetime) -> int:
     """Exact integer microseconds (float timestamps lose precision); naive means UTC."""
     if value.tzinfo is None:
         value = value.replace(tzinfo=timezone.utc)
-    delta = value - _EPOCH
+    delta = value - EPOCH
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
 
 
