@@ -15,17 +15,17 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from flask import Response, current_app, request, send_file
+from flask import Response, request, send_file
 from flask.views import MethodView
 from flask_smorest import abort
 from marshmallow import RAISE, Schema, fields, validate
 
 from llm_train_api.api.auth import ensure_visible
-from llm_train_api.api.base import ApiBlueprint, get_store
+from llm_train_api.api.base import ApiBlueprint, get_jobs, get_runtime, get_settings
 from llm_train_api.api.schemas import UTCDateTime
 from llm_train_api.artifacts import jobs as jobfiles
 from llm_train_api.domain import Job, JobNotFound, is_valid_job_id
-from llm_train_api.store.job_store import JobStore
+from llm_train_api.store.jobs import JobRepository
 from llm_train_api.training.datasets import is_inside
 
 blp = ApiBlueprint(
@@ -65,7 +65,7 @@ class ArtifactSchema(Schema):
 def _job(job_id: str) -> Job:
     if not is_valid_job_id(job_id):
         raise JobNotFound(job_id)
-    return ensure_visible(get_store().get_job(job_id))
+    return ensure_visible(get_jobs().get_job(job_id))
 
 
 # ----------------------------------------------------------------------------- logs
@@ -119,11 +119,11 @@ class JobLogs(MethodView):
         LOG_FOLLOW_MAX_S seconds; size LLM_TRAIN_API_THREADS for the expected followers.
         """
         job = _job(job_id)
-        path = jobfiles.log_path(current_app.config["DATA_DIR"], job)
+        path = jobfiles.log_path(str(get_runtime().data_dir), job)
         if args["follow"]:
             start = _resume_offset(path, args.get("tail"))
-            stream = _follow(get_store(), job, path, start,
-                             float(current_app.config["LOG_FOLLOW_MAX_S"]))
+            stream = _follow(get_jobs(), job, path, start,
+                             get_settings().LOG_FOLLOW_MAX_S)
             return Response(stream, mimetype="text/event-stream",
                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
         try:
@@ -197,7 +197,7 @@ def _sse_event(data: bytes, offset: int) -> bytes:
     return f"id: {offset}\n{body}\n".encode()
 
 
-def _follow(store: JobStore, job: Job, path: Path, offset: int, max_s: float):
+def _follow(store: JobRepository, job: Job, path: Path, offset: int, max_s: float):
     """The SSE stream. Its own store access: it runs after the request context is gone."""
 
     def events() -> Iterator[bytes]:
@@ -255,7 +255,7 @@ def _follow(store: JobStore, job: Job, path: Path, offset: int, max_s: float):
     return events()
 
 
-def _final_status(store: JobStore, job: Job) -> str | None:
+def _final_status(store: JobRepository, job: Job) -> str | None:
     """The job's final status, `deleted`, or None while it may still log."""
     try:
         current = store.get_job(job.id)
@@ -304,7 +304,7 @@ class JobArtifacts(MethodView):
     @blp.error(404, "No such job.")
     def get(self, job_id: str):
         """List a job's files (checkpoints, metrics, log, spec)"""
-        folder = jobfiles.job_dir(current_app.config["DATA_DIR"], _job(job_id))
+        folder = jobfiles.job_dir(str(get_runtime().data_dir), _job(job_id))
         try:
             names = sorted(os.listdir(folder))
         except (FileNotFoundError, NotADirectoryError):
@@ -333,7 +333,7 @@ class JobArtifact(MethodView):
                "separators, '..', a leading dot, or symlinks leading outside are refused).")
     def get(self, job_id: str, name: str):
         """Download one of a job's files"""
-        folder = jobfiles.job_dir(current_app.config["DATA_DIR"], _job(job_id))
+        folder = jobfiles.job_dir(str(get_runtime().data_dir), _job(job_id))
         real = _artifact_path(folder, name)
         if real is None:
             abort(404, message=f"Job {job_id!r} has no file {name!r}.")

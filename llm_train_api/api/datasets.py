@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from flask import Response, current_app, request, url_for
+from flask import Response, request, url_for
 from flask.views import MethodView
 from flask_smorest import abort
 from marshmallow import Schema, fields
 
 from llm_train_api.api.auth import Role, current_principal, require_role
-from llm_train_api.api.base import ApiBlueprint, get_store
+from llm_train_api.api.base import ApiBlueprint, get_jobs, get_runtime, get_settings
 from llm_train_api.api.schemas import UTCDateTime
 from llm_train_api.artifacts import datasets as dataset_files
 from llm_train_api.artifacts.datasets import DatasetFileError, DatasetInfo
@@ -61,7 +61,7 @@ def _in_use_by(owner: str | None):
     """Queued or running jobs naming this dataset in any of its spellings: the owner's
     jobs for a user's own dataset, anyone's for a published one."""
     def in_use(stem: str) -> list[str]:
-        store = get_store()
+        store = get_jobs()
         ids: list[str] = []
         for alias in dataset_files.aliases(stem):
             ids.extend(i for i in store.dataset_in_use(alias, owner=owner) if i not in ids)
@@ -95,7 +95,7 @@ def _dataset_upload_limit() -> None:
     # The upload has its own limit instead of the JSON one (MAX_CONTENT_LENGTH); Werkzeug
     # then 413s a Content-Length above it before anything is read.
     if request.endpoint == UPLOAD_ENDPOINT and request.method == "PUT":
-        request.max_content_length = current_app.config["MAX_DATASET_BYTES"]
+        request.max_content_length = get_settings().MAX_DATASET_BYTES
 
 
 @blp.route("")
@@ -161,12 +161,12 @@ class DatasetResource(MethodView):
         for everyone.
         """
         home, owner = _write_home()
-        cap = current_app.config["MAX_DATASETS_PER_USER"] if owner is not None else 0
+        cap = get_settings().MAX_DATASETS_PER_USER if owner is not None else 0
         try:
             stem, fmt = _upload_format(name)
             result = dataset_files.store_upload(
                 home, stem, fmt, dataset_files.read_chunks(request.stream),
-                max_bytes=current_app.config["MAX_DATASET_BYTES"], in_use=_in_use_by(owner),
+                max_bytes=get_settings().MAX_DATASET_BYTES, in_use=_in_use_by(owner),
                 max_count=cap)
         except DatasetFileError as exc:
             _fail(exc)
@@ -202,7 +202,7 @@ class DatasetResource(MethodView):
 
 
 def _data_dir() -> str:
-    return current_app.config["DATA_DIR"]
+    return str(get_runtime().data_dir)
 
 
 def _upload_format(name: str) -> tuple[str, str]:

@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlencode
 
-from flask import Response, current_app, request, url_for
+from flask import Response, request, url_for
 from flask.views import MethodView
 from flask_smorest import abort
 from marshmallow import RAISE
@@ -19,7 +19,7 @@ from llm_train_api.api.auth import (
     owner_scope,
     require_role,
 )
-from llm_train_api.api.base import ApiBlueprint, get_store
+from llm_train_api.api.base import ApiBlueprint, get_jobs, get_runtime, get_settings
 from llm_train_api.api.schemas import (
     CreateQuerySchema,
     JobCreateSchema,
@@ -77,7 +77,7 @@ def _checked_id(job_id: str) -> str:
 
 def _visible_job(job_id: str) -> Job:
     """The job, if it exists and the caller may see it; JobNotFound (404) otherwise."""
-    return ensure_visible(get_store().get_job(_checked_id(job_id)))
+    return ensure_visible(get_jobs().get_job(_checked_id(job_id)))
 
 
 def _readable_id(job_id: str) -> str:
@@ -117,7 +117,7 @@ class Jobs(MethodView):
             limit=args["limit"],
             after=decode_cursor(args["cursor"]) if "cursor" in args else None,
         )
-        page = get_store().list_jobs(query)
+        page = get_jobs().list_jobs(query)
         headers = {}
         if page.next_key is not None:
             headers["Link"] = _next_link(cursor=encode_cursor(page.next_key))
@@ -157,14 +157,15 @@ class Jobs(MethodView):
         """
         principal = require_role(Role.ADMIN, Role.USER)
         dataset_sha256 = None
-        if current_app.config["EXECUTOR"] != "none":
+        if get_settings().EXECUTOR != "none":
             try:
                 dataset_sha256 = admit(
                     body["model_name"], body["dataset"], body["hyperparameters"],
-                    data_dir=dataset_home(current_app.config["DATA_DIR"], principal.owner,
+                    data_dir=dataset_home(str(get_runtime().data_dir), principal.owner,
                                           body["dataset"]),
                     memory_limit_bytes=_memory_limit_bytes(),
                     resources=body["resources"],
+                    ray_address=get_settings().RAY_ADDRESS,
                 )
             except AdmissionError as exc:
                 abort(422, message="The job cannot run as specified: see `errors`.",
@@ -183,8 +184,8 @@ class Jobs(MethodView):
         )
         if query["dry_run"]:
             return _preview(new), 200
-        cap = current_app.config["MAX_QUEUED_PER_USER"] if principal.role is Role.USER else 0
-        job, created = get_store().create_job(new, actor=principal.actor, max_queued=cap)
+        cap = get_settings().MAX_QUEUED_PER_USER if principal.role is Role.USER else 0
+        job, created = get_jobs().create_job(new, actor=principal.actor, max_queued=cap)
         if not created:
             return _with_etag(job, 200)
         location = url_for("jobs.JobResource", job_id=job.id, _external=True)
@@ -215,7 +216,7 @@ class JobResource(MethodView):
         """
         principal = require_role(Role.ADMIN, Role.USER)
         job_id = _checked_id(job_id)
-        get_store().delete_job(job_id, owner=owner_scope(), actor=principal.actor,
+        get_jobs().delete_job(job_id, owner=owner_scope(), actor=principal.actor,
                                expected=_expected_revision(job_id))
         return Response(status=204)
 
@@ -248,7 +249,7 @@ class JobStatusResource(MethodView):
             _visible_job(job_id)  # someone else's job stays a 404
             abort(403, message="Forbidden: users may only cancel their jobs (status "
                   "'cancelled'); other status changes need the worker or admin role.")
-        if (current_app.config["EXECUTOR"] != "none" and target is not JobStatus.CANCELLED
+        if (get_settings().EXECUTOR != "none" and target is not JobStatus.CANCELLED
                 and principal.role is not Role.WORKER):
             current = _visible_job(job_id)
             if current.status is not target:
@@ -263,7 +264,7 @@ class JobStatusResource(MethodView):
             abort(422, message="error_message is only accepted with status 'failed' or "
                   "'cancelled'.", errors={"json": {"error_message": [
                       f"Not allowed with status {target.value!r}."]}})
-        store = get_store()
+        store = get_jobs()
         job_id = _checked_id(job_id)
         expected = _expected_revision(job_id)
         job, _changed = store.transition(job_id, target, error_message=message,
@@ -300,7 +301,7 @@ class JobCancel(MethodView):
         A queued job never runs; a running job's worker kills its process group within
         about two seconds. Cancelling a finished job changes nothing.
         """
-        store = get_store()
+        store = get_jobs()
         principal = current_principal()
         try:
             job, _ = store.transition(_checked_id(job_id), JobStatus.CANCELLED,
@@ -323,7 +324,7 @@ class JobEvents(MethodView):
     def get(self, args: dict[str, Any], job_id: str):
         """A job's events: creation, claims, status changes, requeues, with attempt and actor"""
         after = decode_seq_cursor(args["cursor"]) if "cursor" in args else 0
-        events, more = get_store().job_events(_readable_id(job_id), after_seq=after,
+        events, more = get_jobs().job_events(_readable_id(job_id), after_seq=after,
                                               limit=args["limit"])
         headers = {}
         if more:
@@ -342,7 +343,7 @@ class JobMetrics(MethodView):
     @blp.error(404, "No such job.")
     def get(self, args: dict[str, Any], job_id: str):
         """A job's metrics; poll with `?after_step=` for what is new"""
-        points, more = get_store().job_metrics(_readable_id(job_id),
+        points, more = get_jobs().job_metrics(_readable_id(job_id),
                                                after_step=args["after_step"],
                                                limit=args["limit"])
         headers = {}
@@ -359,7 +360,7 @@ def _next_link(**position: str) -> str:
 
 
 def _memory_limit_bytes() -> int:
-    configured = current_app.config["WORKER_MEMORY_GB"]
+    configured = get_settings().WORKER_MEMORY_GB
     return int(configured * GIB) if configured else machine_memory_bytes()
 
 

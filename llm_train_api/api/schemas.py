@@ -8,7 +8,6 @@ import json
 from datetime import datetime, timezone
 from typing import Any
 
-from flask import current_app
 from flask_smorest.error_handler import ErrorSchema
 from marshmallow import (
     Schema,
@@ -20,6 +19,7 @@ from marshmallow import (
     validates_schema,
 )
 
+from llm_train_api.api.base import get_settings
 from llm_train_api.domain import JOB_ID_PATTERN, JobStatus
 from llm_train_api.store.pagination import DEFAULT_LIMIT, MAX_LIMIT
 
@@ -153,8 +153,8 @@ class JobCreateSchema(Schema):
 
     @validates("hyperparameters")
     def _bounded(self, value: dict[str, Any], **_: Any) -> None:
-        max_depth = current_app.config["MAX_HYPERPARAMETERS_DEPTH"]
-        max_bytes = current_app.config["MAX_HYPERPARAMETERS_BYTES"]
+        max_depth = get_settings().MAX_HYPERPARAMETERS_DEPTH
+        max_bytes = get_settings().MAX_HYPERPARAMETERS_BYTES
         _check_json_value(value, depth=1, max_depth=max_depth)
         size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
         if size > max_bytes:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from flask import current_app
 from flask.views import MethodView
 from marshmallow import Schema, fields
 
 from llm_train_api.api.auth import current_principal
-from llm_train_api.api.base import ApiBlueprint
+from llm_train_api.api.base import ApiBlueprint, get_settings
 
 blp = ApiBlueprint("whoami", __name__, description="The caller's identity.")
 
@@ -26,4 +25,4 @@ class WhoAmI(MethodView):
         """The caller's name and role"""
         principal = current_principal()
         return {"name": principal.name, "role": principal.role.value,
-                "auth": current_app.config["AUTH"]}
+                "auth": get_settings().AUTH}

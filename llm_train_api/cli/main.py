@@ -5,7 +5,6 @@ Every setting comes from the same LLM_TRAIN_API_* environment variables as the s
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import subprocess
@@ -16,10 +15,14 @@ from pathlib import Path
 import click
 from flask import Flask
 
+from llm_train_api.cli.catalog import models
+from llm_train_api.cli.datasets import datasets
+from llm_train_api.cli.jobs import jobs
+from llm_train_api.cli.sample import sample
 from llm_train_api.cli.tokens import tokens
+from llm_train_api.cli.worker import worker
 from llm_train_api.config import ConfigError, Settings
 from llm_train_api.store.tokens import BOOTSTRAP_FILENAME
-from llm_train_api.worker.service import Worker, WorkerConfig, gpus_from_env
 from llm_train_api.worker.trainer_process import die_with_parent
 
 # A factory call: gunicorn builds the app in each worker process, from any directory.
@@ -70,73 +73,6 @@ def serve(bind: str | None, workers: int | None) -> None:
 
 
 @main.command()
-@click.option("--concurrency", type=click.IntRange(1, 256), default=1, show_default=True,
-              help="jobs this worker runs at once (with --executor ray: jobs it keeps on the "
-                   "cluster at once)")
-@click.option("--executor", type=click.Choice(["local", "ray"]), default=None,
-              help="local: run trainers here. ray: dispatch each job to a Ray cluster "
-                   "(default: LLM_TRAIN_API_WORKER_EXECUTOR or local)")
-@click.option("--ray-address", default=None, metavar="URL",
-              help="Ray dashboard / Job Submission address, e.g. http://ray-head:8265 "
-                   "(default: LLM_TRAIN_API_RAY_ADDRESS)")
-def worker(concurrency: int, executor: str | None, ray_address: str | None) -> None:
-    """Claim queued jobs and run the trainer for each, until SIGTERM or Ctrl-C.
-
-    Local executor: the first signal checkpoints the running jobs and hands them back to
-    the queue without spending an attempt; a second one kills them at once. Ray executor:
-    a signal leaves the Ray jobs running and hands them to the next dispatcher.
-    """
-    from llm_train_api import create_app
-    from llm_train_api.worker.executors import Executor, LocalExecutor
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    app = create_app({"BOOTSTRAP_TOKEN": False})  # a worker needs no API token
-    cfg = app.config
-    if cfg["EXECUTOR"] == "none":
-        raise click.UsageError("LLM_TRAIN_API_EXECUTOR=none: jobs are driven externally, "
-                               "there is nothing for a worker to run.")
-    kind = executor or cfg["WORKER_EXECUTOR"]
-    gpus = _worker_gpus() if kind == "local" else []
-    config = WorkerConfig.from_app_config(cfg, concurrency=concurrency, gpus=gpus)
-    runner: Executor
-    if kind == "ray":
-        from llm_train_api.worker.ray_executor import RayExecutor
-
-        try:
-            runner = RayExecutor(ray_address or cfg["RAY_ADDRESS"], data_dir=cfg["DATA_DIR"],
-                                 python=cfg["RAY_PYTHON"], threads=cfg["TRAINER_THREADS"],
-                                 shared=cfg["RAY_DATA_DIR_SHARED"])
-            runner.check()
-        except ConfigError as exc:
-            raise click.ClickException(str(exc)) from None
-    else:
-        runner = LocalExecutor(gpus=gpus, threads=cfg["TRAINER_THREADS"])
-    service = Worker(app.extensions["llm_train_api.store"], config, executor=runner)
-
-    def on_signal(signum: int, _frame: object) -> None:
-        if service.stopping.is_set():
-            service.hard_stop.set()
-        service.stopping.set()
-        service.wake.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    service.run()
-
-
-def _worker_gpus() -> list[int]:
-    """LLM_TRAIN_API_WORKER_GPUS ("0,1"; empty for none), else every GPU torch can see."""
-    configured = os.environ.get("LLM_TRAIN_API_WORKER_GPUS")
-    if configured is not None:
-        return gpus_from_env(configured)
-    try:
-        import torch
-    except ImportError:
-        return []
-    return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-
-
-@main.command()
 @click.option("--bind", help="host:port (default: LLM_TRAIN_API_BIND or 127.0.0.1:8000)")
 @click.option("--concurrency", type=click.IntRange(1, 256), default=1, show_default=True)
 def up(bind: str | None, concurrency: int) -> None:
@@ -183,7 +119,7 @@ def up(bind: str | None, concurrency: int) -> None:
 
 
 def _show_admin_token(app: Flask) -> None:
-    if app.config["AUTH"] == "disabled":
+    if app.extensions["llm_train_api.runtime"].settings.AUTH == "disabled":
         click.echo("WARNING: LLM_TRAIN_API_AUTH=disabled: anyone who reaches the port is an "
                    "admin.", err=True)
         return
@@ -196,14 +132,11 @@ def _show_admin_token(app: Flask) -> None:
 
 
 main.add_command(tokens)
-
-# The client side (issue 7): commands that talk to a running service over HTTP.
-from llm_train_api import cli_client as _client_cli  # noqa: E402 - after main exists, on purpose
-
-main.add_command(_client_cli.jobs)
-main.add_command(_client_cli.datasets)
-main.add_command(_client_cli.models)
-main.add_command(_client_cli.sample)
+main.add_command(worker)
+main.add_command(jobs)
+main.add_command(datasets)
+main.add_command(models)
+main.add_command(sample)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ def admit(
     data_dir: str,
     memory_limit_bytes: int,
     resources: Mapping[str, Any] | None = None,
+    ray_address: str = "",
 ) -> str:
     """Check that the job can run; return the dataset's sha256 to pin it to the job.
 
@@ -89,7 +90,7 @@ def admit(
                 + (", or fewer processes." if sharing > 1 else ".")
             ]
     # --- cluster capacity (issue 6): a job no Ray node can hold would wait forever ---
-    too_big = ray_admission_problem(resources)
+    too_big = ray_admission_problem(resources, ray_address)
     if too_big:
         errors["resources"] = [too_big]
     if errors:

@@ -11,7 +11,6 @@ too, so a slow or unreachable dashboard costs one short timeout per TTL, never e
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 import urllib.request
@@ -67,20 +66,7 @@ def capacity_problem(resources: Mapping[str, Any] | None,
             f"{most['CPU']:g} CPU(s), {most['GPU']:g} GPU(s) and {most['memory'] / GIB:.1f} GiB")
 
 
-def configured_address() -> str:
-    """LLM_TRAIN_API_RAY_ADDRESS as the running app sees it (create_app's test_config
-    included), else from the environment."""
-    try:
-        from flask import current_app, has_app_context
-
-        if has_app_context():
-            return str(current_app.config.get("RAY_ADDRESS") or "")
-    except ImportError:  # pragma: no cover - flask is a dependency
-        pass
-    return os.environ.get("LLM_TRAIN_API_RAY_ADDRESS", "")
-
-
-def admission_problem(resources: Mapping[str, Any] | None) -> str | None:
-    """For admission.admit: the refusal, when this API host knows a Ray cluster."""
-    address = configured_address()
+def admission_problem(resources: Mapping[str, Any] | None, address: str) -> str | None:
+    """For admission.admit: the refusal, when this API host knows a Ray cluster (`address`,
+    LLM_TRAIN_API_RAY_ADDRESS; empty when it does not)."""
     return capacity_problem(resources, node_capacities(address)) if address else None
