@@ -63,7 +63,7 @@ def _claim_all(url, name, out):
     database.close()
 
 
-def test_claimers_in_separate_processes_partition_the_queue(jobs, queue, db_url):
+def test_claimers_in_separate_processes_partition_the_queue(jobs, db_url):
     jobs.insert_many(new(f"p{i}") for i in range(60))
     ctx = multiprocessing.get_context("spawn")
     out = ctx.Queue()
