@@ -21,5 +21,5 @@ def admin_client(app: Flask) -> FlaskClient:
 
 def client_as(app: Flask, name: str, role: str) -> FlaskClient:
     """A client with a freshly issued token for `name` in `role`."""
-    _info, secret = app.extensions["llm_train_api.tokens"].create(name, role)
+    _info, secret = app.extensions["llm_train_api.runtime"].tokens.create(name, role)
     return _with_token(app, secret)

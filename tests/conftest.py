@@ -15,7 +15,9 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.exc import OperationalError
 
 from llm_train_api import create_app
-from llm_train_api.store.job_store import JobStore
+from llm_train_api.store.database import Database
+from llm_train_api.store.jobs import JobRepository
+from llm_train_api.store.queue import JobQueue
 from tests.clients import admin_client
 from tests.servers import FAST, GunicornServer, WorkerProcess
 
@@ -63,10 +65,22 @@ def db_url(request: pytest.FixtureRequest, tmp_path) -> str:
 
 
 @pytest.fixture
-def store(db_url: str) -> Iterator[JobStore]:
-    s = JobStore.from_url(db_url)
-    yield s
-    s.close()
+def database(db_url: str) -> Iterator[Database]:
+    d = Database.from_url(db_url)
+    yield d
+    d.close()
+
+
+@pytest.fixture
+def jobs(database: Database) -> JobRepository:
+    """What the API calls."""
+    return JobRepository(database)
+
+
+@pytest.fixture
+def queue(database: Database, jobs: JobRepository) -> JobQueue:
+    """What workers call (its `jobs` is the repository above)."""
+    return JobQueue(database, jobs)
 
 
 @pytest.fixture
@@ -74,7 +88,7 @@ def app(tmp_path):
     """The seed's pure registry (EXECUTOR=none): any model and dataset name is accepted."""
     app = create_app({"INSTANCE_PATH": str(tmp_path / "instance"), "EXECUTOR": "none"})
     yield app
-    app.extensions["llm_train_api.store"].close()
+    app.extensions["llm_train_api.runtime"].close()
 
 
 @pytest.fixture

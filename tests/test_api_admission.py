@@ -13,7 +13,7 @@ from tests.clients import admin_client
 def local_app(tmp_path):
     app = create_app({"INSTANCE_PATH": str(tmp_path / "instance"), "WORKER_MEMORY_GB": 24})
     yield app
-    app.extensions["llm_train_api.store"].close()
+    app.extensions["llm_train_api.runtime"].close()
 
 
 @pytest.fixture
@@ -54,7 +54,8 @@ def test_jobs_that_cannot_run_are_422_naming_the_field(local_app, local, field, 
     assert resp.status_code == 422
     errors = resp.get_json()["errors"]["json"]
     assert where in errors, errors
-    assert local_app.config["DATA_DIR"] not in str(errors), "server paths leak to clients"
+    data_dir = str(local_app.extensions["llm_train_api.runtime"].data_dir)
+    assert data_dir not in str(errors), "server paths leak to clients"
     assert count(local) == 0
 
 
@@ -137,11 +138,11 @@ def test_metrics_of_a_job_without_any(local):
 
 def test_a_long_curve_pages_through_link_headers(local, local_app):
     local.post("/jobs", json={**GOOD, "job_id": "long"})
-    store = local_app.extensions["llm_train_api.store"]
-    assert store.claim("w1", 30).id == "long"
+    queue = local_app.extensions["llm_train_api.runtime"].queue
+    assert queue.claim("w1", 30).id == "long"
     curve = [{"step": s, "train_loss": 10 / s} for s in range(1, 26)]
     curve.insert(12, {"step": 12, "val_loss": 1.5})  # a second point at step 12
-    store.record_progress("long", "w1", {"step": 25}, curve)
+    queue.record_progress("long", "w1", {"step": 25}, curve)
     url, pages = "/jobs/long/metrics?limit=4", []
     while url:
         resp = local.get(url)
@@ -197,7 +198,7 @@ def test_admit_splits_the_global_batch_and_adds_up_cpu_ranks_memory(local_app):
     from llm_train_api.training.catalog import estimate_memory_for
     from llm_train_api.training.hyperparams import validate_hyperparameters
 
-    data_dir = local_app.config["DATA_DIR"]
+    data_dir = str(local_app.extensions["llm_train_api.runtime"].data_dir)
     hp = {"batch_size": 6, "block_size": 64}
 
     def refusal(resources, limit=2**40, **extra):

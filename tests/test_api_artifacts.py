@@ -19,7 +19,7 @@ def app(tmp_path):
     app = create_app({"INSTANCE_PATH": str(tmp_path / "instance"), "EXECUTOR": "none",
                       "LOG_FOLLOW_MAX_S": 5})
     yield app
-    app.extensions["llm_train_api.store"].close()
+    app.extensions["llm_train_api.runtime"].close()
 
 
 def new_job(client, job_id="job-a"):
@@ -30,8 +30,8 @@ def new_job(client, job_id="job-a"):
 
 
 def folder(app, job_id):
-    job = app.extensions["llm_train_api.store"].get_job(job_id)
-    path = jobfiles.job_dir(app.config["DATA_DIR"], job)
+    job = app.extensions["llm_train_api.runtime"].jobs.get_job(job_id)
+    path = jobfiles.job_dir(app.extensions["llm_train_api.runtime"].data_dir, job)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -173,7 +173,7 @@ def test_follow_times_out_for_reconnection(tmp_path):
     raw = client.get(f"/jobs/{job_id}/logs?follow=true").get_data(as_text=True)
     assert 0.5 < time.monotonic() - started < 10  # waited for the limit, then let go
     assert parse_sse(raw)[-1] == {"event": ["timeout"], "data": ["reconnect"]}
-    app.extensions["llm_train_api.store"].close()
+    app.extensions["llm_train_api.runtime"].close()
 
 
 def test_follow_stops_when_the_client_goes_away(client, app):

@@ -11,9 +11,13 @@ import pytest
 from llm_train_api.training.datasets import resolve_dataset
 
 
+def data_dir(app) -> str:
+    return str(app.extensions["llm_train_api.runtime"].data_dir)
+
+
 @pytest.fixture
 def root(app):
-    return os.path.join(app.config["DATA_DIR"], "datasets")
+    return os.path.join(data_dir(app), "datasets")
 
 
 def put(client, name, data, content_type="text/plain"):
@@ -41,7 +45,7 @@ def test_upload_text_creates_then_replaces(client, app, root):
     assert body["sha256"] == hashlib.sha256(data).hexdigest()
     assert body["size_bytes"] == len(data) and body["lines"] == 3
     assert resp.headers["Location"].endswith("/datasets/corpus")
-    assert resolve_dataset("corpus", app.config["DATA_DIR"]).read_bytes() == data
+    assert resolve_dataset("corpus", data_dir(app)).read_bytes() == data
     assert client.get("/datasets/corpus").get_json() == body
 
     again = put(client, "corpus", b"v2\n")
@@ -56,7 +60,7 @@ def test_upload_jsonl_by_content_type_or_suffix(client, app, root):
         assert resp.status_code in (200, 201) and resp.get_json()["format"] == "jsonl"
     resp = put(client, "more.jsonl", lines, "application/octet-stream")
     assert resp.status_code == 201 and resp.get_json()["name"] == "more"
-    assert resolve_dataset("more", app.config["DATA_DIR"]).name == "more.jsonl"
+    assert resolve_dataset("more", data_dir(app)).name == "more.jsonl"
     # Switching format replaces the other file, so the name never means two datasets.
     assert put(client, "docs", b"plain\n").get_json()["format"] == "txt"
     assert visible(root) == ["docs.txt", "more.jsonl"]
@@ -81,7 +85,7 @@ def test_bad_jsonl_names_the_line_and_keeps_the_old_version(client, app, root):
     for data, where in bad.items():
         body = error(put(client, "d", data, "application/jsonl"), 422)
         assert where in body["message"]
-    assert resolve_dataset("d", app.config["DATA_DIR"]).read_bytes() == b'{"text": "ok"}\n'
+    assert resolve_dataset("d", data_dir(app)).read_bytes() == b'{"text": "ok"}\n'
     assert sorted(os.listdir(root)) == [".meta", "d.jsonl"]  # no temporary file left
 
 
@@ -170,7 +174,7 @@ def test_impossible_names_are_422_on_put_and_404_otherwise(client, app, root, ra
     error(client.get(f"/datasets/{raw}"), 404)
     error(client.delete(f"/datasets/{raw}"), 404)
     assert not os.path.exists(root) or visible(root) == []
-    assert not os.path.exists(os.path.join(app.config["DATA_DIR"], "escape"))
+    assert not os.path.exists(os.path.join(data_dir(app), "escape"))
 
 
 def test_symlink_leading_outside_is_not_a_dataset(client, app, root, tmp_path):

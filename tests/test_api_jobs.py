@@ -133,14 +133,15 @@ def test_unknown_field_is_422(client):
 
 
 def test_hyperparameters_bounded_in_depth_and_size(app, client):
+    settings = app.extensions["llm_train_api.runtime"].settings
     deep: dict = {}
     node = deep
-    for _ in range(app.config["MAX_HYPERPARAMETERS_DEPTH"] + 1):
+    for _ in range(settings.MAX_HYPERPARAMETERS_DEPTH + 1):
         node["x"] = {}
         node = node["x"]
     err = assert_error(create(client, hyperparameters=deep), 422)
     assert "deeply" in str(err["errors"])
-    big = {"blob": "x" * (app.config["MAX_HYPERPARAMETERS_BYTES"] + 1)}
+    big = {"blob": "x" * (settings.MAX_HYPERPARAMETERS_BYTES + 1)}
     err = assert_error(create(client, hyperparameters=big), 422)
     assert "Too large" in str(err["errors"])
     assert job_count(client) == 0
@@ -203,7 +204,7 @@ def test_non_json_content_type_is_415(client, ctype):
 
 
 def test_oversized_body_is_413(app, client):
-    limit = app.config["MAX_JSON_BYTES"]
+    limit = app.extensions["llm_train_api.runtime"].settings.MAX_JSON_BYTES
     raw = '{"model_name": "m", "dataset": "d", "hyperparameters": {"x": "%s"}}' % ("y" * limit)
     assert_error(client.post("/jobs", data=raw, content_type="application/json"), 413)
     assert job_count(client) == 0
@@ -501,8 +502,7 @@ def test_health_and_readiness(client):
 
 
 def test_readyz_is_503_when_the_schema_is_missing(app, client):
-    store = app.extensions["llm_train_api.store"]
-    with store._engine.begin() as conn:
+    with app.extensions["llm_train_api.runtime"].database.engine.begin() as conn:
         conn.exec_driver_sql("DROP TABLE schema_version")
     resp = client.get("/readyz")
     assert resp.status_code == 503
@@ -531,7 +531,7 @@ def test_lost_database_connection_is_503_and_the_next_request_recovers(tmp_path,
                       "EXECUTOR": "none"})
     client = admin_client(app)
     assert create(client).status_code == 201
-    store = app.extensions["llm_train_api.store"]
+    runtime = app.extensions["llm_train_api.runtime"]
     admin = create_engine(pg_server)
     with admin.connect() as conn:  # kill the app's pooled sessions, as a failover would
         killed = conn.exec_driver_sql(
@@ -545,11 +545,11 @@ def test_lost_database_connection_is_503_and_the_next_request_recovers(tmp_path,
     assert first.headers["Retry-After"] == "1"
     assert first.get_json()["code"] == 503
     assert client.get("/jobs/job-001").status_code == 200
-    store.close()
+    runtime.close()
 
 
 def test_an_unexpected_server_error_is_still_json(app, client, monkeypatch):
-    store = app.extensions["llm_train_api.store"]
+    store = app.extensions["llm_train_api.runtime"].jobs
 
     def broken(job_id):
         raise RuntimeError("bug")

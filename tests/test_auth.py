@@ -43,7 +43,7 @@ def world(tmp_path):
     assert clients["alice"].post("/jobs", json={**JOB, "job_id": "a1"}).status_code == 201
     assert clients["bob"].post("/jobs", json={**JOB, "job_id": "b1"}).status_code == 201
     yield app, clients
-    app.extensions["llm_train_api.store"].close()
+    app.extensions["llm_train_api.runtime"].close()
 
 
 def call(client, method: str, path: str, body=None):
@@ -169,8 +169,7 @@ def test_audit_trail_names_who_changed_cancelled_and_deleted(world):
     from sqlalchemy import select
 
     from llm_train_api.store.tables import job_events
-    store = app.extensions["llm_train_api.store"]
-    with store.reading() as conn:
+    with app.extensions["llm_train_api.runtime"].database.reading() as conn:
         rows = conn.execute(select(job_events.c.kind, job_events.c.actor)
                             .where(job_events.c.job_id == "a1")
                             .order_by(job_events.c.seq)).all()
@@ -182,7 +181,7 @@ def test_audit_trail_names_who_changed_cancelled_and_deleted(world):
 
 def test_revoked_and_unknown_tokens_are_refused_and_not_logged(world, caplog):
     app, c = world
-    tokens = app.extensions["llm_train_api.tokens"]
+    tokens = app.extensions["llm_train_api.runtime"].tokens
     info, secret = tokens.create("carol", "user")
     carol = app.test_client()
     carol.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {secret}"
@@ -251,7 +250,7 @@ def test_bootstrap_token_file_is_private_and_written_once(tmp_path):
     assert token.startswith("ltk_") and len(token) > 40
     create_app({"INSTANCE_PATH": str(instance), "EXECUTOR": "none"})  # a second start
     assert path.read_text().strip() == token
-    tokens = app.extensions["llm_train_api.tokens"].list()
+    tokens = app.extensions["llm_train_api.runtime"].tokens.list()
     assert [(t.name, t.role.value) for t in tokens] == [("admin", "admin")]
 
 

@@ -34,7 +34,9 @@ from llm_train_api.client import (
 )
 from llm_train_api.client.errors import error_for
 from llm_train_api.client.models import parse
-from llm_train_api.store.job_store import JobStore
+from llm_train_api.store.database import Database
+from llm_train_api.store.jobs import JobRepository
+from llm_train_api.store.queue import JobQueue
 from tests.servers import REPO_ROOT, TINY, GunicornServer, free_port
 
 FAST_RETRY = RetryPolicy(attempts=3, backoff_s=0.01, max_backoff_s=0.05)
@@ -107,13 +109,14 @@ def test_job_metrics_returns_a_curve_longer_than_one_page(gunicorn_factory, tmp_
     server = gunicorn_factory(workers=1, env={"LLM_TRAIN_API_DATABASE_URL": db})
     with api_for(server) as api:
         job = api.create_job("gpt-nano", "tiny", {"learning_rate": 0.001}, job_id="long")
-        store = JobStore.from_url(db)
+        database = Database.from_url(db)
         try:
-            assert store.claim("w1", 30).id == job.id
-            store.record_progress(job.id, "w1", {"step": 10_050},
+            queue = JobQueue(database, JobRepository(database))
+            assert queue.claim("w1", 30).id == job.id
+            queue.record_progress(job.id, "w1", {"step": 10_050},
                                   [{"step": s, "train_loss": 1.0} for s in range(1, 10_051)])
         finally:
-            store.close()
+            database.close()
         # The server answers at most 10,000 points a request; the client follows the Link.
         assert [p.step for p in api.job_metrics(job.id)] == list(range(1, 10_051))
         assert [p.step for p in api.job_metrics(job.id, after_step=10_040)] == list(

@@ -5,8 +5,10 @@ from __future__ import annotations
 from sqlalchemy import create_engine, text
 
 from llm_train_api.domain import JobStatus
-from llm_train_api.store.job_store import JobStore
+from llm_train_api.store.database import Database
+from llm_train_api.store.jobs import JobRepository
 from llm_train_api.store.migrations import LATEST_VERSION
+from llm_train_api.store.queue import JobQueue
 
 # The schema exactly as version 1 created it (frozen here on purpose).
 V1_DDL = [
@@ -42,18 +44,19 @@ def test_a_version_1_database_is_upgraded_and_keeps_its_jobs(tmp_path):
             conn.execute(text(statement))
     engine.dispose()
 
-    store = JobStore.from_url(url)
-    assert store.ping() == LATEST_VERSION >= 3
-    job = store.get_job("old")
+    database = Database.from_url(url)
+    assert database.ping() == LATEST_VERSION >= 3
+    jobs = JobRepository(database)
+    job = jobs.get_job("old")
     assert job.hyperparameters == {"lr": 0.1} and job.status is JobStatus.QUEUED
     assert (job.priority, job.attempts, job.max_attempts) == (0, 0, 3)
     assert job.owner is None  # made before auth: only admins and workers see it
-    claimed = store.claim("w", 30)
+    claimed = JobQueue(database, jobs).claim("w", 30)
     assert claimed.id == "old" and claimed.attempts == 1
-    events, _ = store.job_events("old")
+    events, _ = jobs.job_events("old")
     assert [(e.kind, e.attempt) for e in events] == [("created", None), ("claimed", 1)]
-    store.close()
+    database.close()
     # Opening it again is a no-op.
-    again = JobStore.from_url(url)
+    again = Database.from_url(url)
     assert again.ping() == LATEST_VERSION
     again.close()

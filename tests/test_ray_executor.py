@@ -204,21 +204,23 @@ def test_a_retried_submit_attaches_and_processes_reach_the_entrypoint(ray_head, 
     submit whose response was lost) yields one Ray job, and `resources.processes` turns the
     entrypoint into the torchrun launcher."""
     from llm_train_api.domain import NewJob
-    from llm_train_api.store.job_store import JobStore
+    from llm_train_api.store.database import Database
+    from llm_train_api.store.jobs import JobRepository
+    from llm_train_api.store.queue import JobQueue
     from llm_train_api.training.spec import RunSpec
     from llm_train_api.worker.ray_executor import RayExecutor, submission_id
 
-    store = JobStore.from_url(f"sqlite:///{tmp_path / 'jobs.sqlite3'}")
-    store.migrate()
+    database = Database.from_url(f"sqlite:///{tmp_path / 'jobs.sqlite3'}")
+    queue = JobQueue(database, JobRepository(database))
     try:
-        store.create_job(NewJob(
+        queue.jobs.create_job(NewJob(
             job_id="rtwice", model_name="gpt-nano", dataset="builtin:tinytext",
             hyperparameters={**TINY, "max_steps": 100_000},
             resources={"cpus": 1, "processes": 2}))
         executor = RayExecutor(ray_head.address, data_dir=str(tmp_path / "data"),
                                python=sys.executable)
         executor.check()
-        job = executor.claim(store, "w1", 30)
+        job = executor.claim(queue, "w1", 30)
         assert job is not None and job.attempts == 1
         folder = tmp_path / "data" / "jobs" / "rtwice"
         folder.mkdir(parents=True)
@@ -241,7 +243,7 @@ def test_a_retried_submit_attaches_and_processes_reach_the_entrypoint(ray_head, 
         first.release()
         second.release()
     finally:
-        store.close()
+        database.close()
 
 
 def ray_status_of(client, sid: str) -> str:

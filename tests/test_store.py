@@ -18,7 +18,8 @@ from llm_train_api.domain import (
     NewJob,
     PreconditionFailed,
 )
-from llm_train_api.store.job_store import JobStore
+from llm_train_api.store.database import Database
+from llm_train_api.store.jobs import JobRepository
 from llm_train_api.store.pagination import JobQuery
 
 S = JobStatus
@@ -30,125 +31,125 @@ def new(job_id: str, **kw) -> NewJob:
                   hyperparameters=kw.get("hyperparameters", {"lr": 0.001}))
 
 
-def walk(store: JobStore, limit: int, **filters) -> list[str]:
+def walk(jobs: JobRepository, limit: int, **filters) -> list[str]:
     ids, after = [], None
     while True:
-        page = store.list_jobs(JobQuery(limit=limit, after=after, **filters))
+        page = jobs.list_jobs(JobQuery(limit=limit, after=after, **filters))
         ids += [j.id for j in page.jobs]
         if page.next_key is None:
             return ids
         after = page.next_key
 
 
-def bring_to(store: JobStore, job_id: str, status: JobStatus) -> None:
+def bring_to(jobs: JobRepository, job_id: str, status: JobStatus) -> None:
     path = {S.QUEUED: [], S.RUNNING: [S.RUNNING], S.SUCCEEDED: [S.RUNNING, S.SUCCEEDED],
             S.FAILED: [S.FAILED], S.CANCELLED: [S.CANCELLED]}[status]
     for step in path:
-        store.transition(job_id, step)
+        jobs.transition(job_id, step)
 
 
-def test_create_get_roundtrip(store):
-    job, created = store.create_job(new("a", hyperparameters={"nested": {"x": [1, 2.5]}}))
+def test_create_get_roundtrip(jobs):
+    job, created = jobs.create_job(new("a", hyperparameters={"nested": {"x": [1, 2.5]}}))
     assert created and job.status is S.QUEUED and job.version == 1
-    assert store.get_job("a") == job
+    assert jobs.get_job("a") == job
     assert job.created_at.tzinfo is not None
 
 
-def test_idempotent_create_and_conflict(store):
-    job, _ = store.create_job(new("a"))
-    again, created = store.create_job(new("a"))
+def test_idempotent_create_and_conflict(jobs):
+    job, _ = jobs.create_job(new("a"))
+    again, created = jobs.create_job(new("a"))
     assert not created and again == job
     # Key order in hyperparameters does not make a different request.
-    store.create_job(new("b", hyperparameters={"x": 1, "y": 2}))
-    assert not store.create_job(new("b", hyperparameters={"y": 2, "x": 1}))[1]
+    jobs.create_job(new("b", hyperparameters={"x": 1, "y": 2}))
+    assert not jobs.create_job(new("b", hyperparameters={"y": 2, "x": 1}))[1]
     with pytest.raises(JobIdConflict):
-        store.create_job(new("a", dataset="other"))
+        jobs.create_job(new("a", dataset="other"))
 
 
-def test_unicode_survives(store):
-    job, _ = store.create_job(new("u", model_name="模型", hyperparameters={"提示": "ü"}))
-    assert store.get_job("u").model_name == "模型"
-    assert store.get_job("u").hyperparameters == {"提示": "ü"}
+def test_unicode_survives(jobs):
+    job, _ = jobs.create_job(new("u", model_name="模型", hyperparameters={"提示": "ü"}))
+    assert jobs.get_job("u").model_name == "模型"
+    assert jobs.get_job("u").hyperparameters == {"提示": "ü"}
     assert job.model_name == "模型"
 
 
-def test_missing_job_errors(store):
+def test_missing_job_errors(jobs):
     with pytest.raises(JobNotFound):
-        store.get_job("x")
+        jobs.get_job("x")
     with pytest.raises(JobNotFound):
-        store.transition("x", S.RUNNING)
+        jobs.transition("x", S.RUNNING)
     with pytest.raises(JobNotFound):
-        store.delete_job("x")
+        jobs.delete_job("x")
     with pytest.raises(JobNotFound):
-        store.job_events("x")
+        jobs.job_events("x")
 
 
 @pytest.mark.parametrize(
     "start,target", list(itertools.product(list(JobStatus), list(JobStatus)))
 )
-def test_full_transition_table(store, start, target):
-    store.create_job(new("t"))
-    bring_to(store, "t", start)
-    before = store.get_job("t")
+def test_full_transition_table(jobs, start, target):
+    jobs.create_job(new("t"))
+    bring_to(jobs, "t", start)
+    before = jobs.get_job("t")
     assert before.status is start
     if target is start:
-        job, changed = store.transition("t", target)
+        job, changed = jobs.transition("t", target)
         assert not changed and job == before
     elif target in ALLOWED_TRANSITIONS[start]:
-        job, changed = store.transition("t", target)
+        job, changed = jobs.transition("t", target)
         assert changed and job.status is target and job.version == before.version + 1
-        assert store.job_events("t")[0][-1].from_status is start
+        assert jobs.job_events("t")[0][-1].from_status is start
     else:
         with pytest.raises(IllegalTransition) as info:
-            store.transition("t", target)
+            jobs.transition("t", target)
         assert info.value.current is start
-        assert store.get_job("t") == before
+        assert jobs.get_job("t") == before
 
 
-def test_compare_and_set_on_revision(store):
-    job, _ = store.create_job(new("a"))
-    moved, _ = store.transition("a", S.RUNNING, expected=job.revision)
+def test_compare_and_set_on_revision(jobs):
+    job, _ = jobs.create_job(new("a"))
+    moved, _ = jobs.transition("a", S.RUNNING, expected=job.revision)
     with pytest.raises(PreconditionFailed):
-        store.transition("a", S.CANCELLED, expected=job.revision)
-    store.transition("a", S.SUCCEEDED, expected=moved.revision)
+        jobs.transition("a", S.CANCELLED, expected=job.revision)
+    jobs.transition("a", S.SUCCEEDED, expected=moved.revision)
 
 
-def test_delete_removes_job_and_events(store):
-    store.create_job(new("a"))
-    store.transition("a", S.RUNNING)
-    store.delete_job("a")
+def test_delete_removes_job_and_events(jobs):
+    jobs.create_job(new("a"))
+    jobs.transition("a", S.RUNNING)
+    jobs.delete_job("a")
     with pytest.raises(JobNotFound):
-        store.get_job("a")
+        jobs.get_job("a")
     # The id is free again, and the new job has a fresh timeline.
-    store.create_job(new("a", dataset="other"))
-    assert [e.kind for e in store.job_events("a")[0]] == ["created"]
+    jobs.create_job(new("a", dataset="other"))
+    assert [e.kind for e in jobs.job_events("a")[0]] == ["created"]
 
 
-def test_conditional_delete_is_a_compare_and_set(store):
-    job, _ = store.create_job(new("a"))
-    moved, _ = store.transition("a", S.RUNNING)
+def test_conditional_delete_is_a_compare_and_set(jobs):
+    job, _ = jobs.create_job(new("a"))
+    moved, _ = jobs.transition("a", S.RUNNING)
     with pytest.raises(PreconditionFailed) as info:
-        store.delete_job("a", expected=job.revision)
+        jobs.delete_job("a", expected=job.revision)
     assert info.value.current_etag == moved.etag
-    assert [e.kind for e in store.job_events("a")[0]] == ["created", "status"]
+    assert [e.kind for e in jobs.job_events("a")[0]] == ["created", "status"]
     with pytest.raises(JobNotFound):  # another owner's job: not found, not "changed"
-        store.delete_job("a", owner="someone-else", expected=moved.revision)
-    store.delete_job("a", expected=moved.revision)
+        jobs.delete_job("a", owner="someone-else", expected=moved.revision)
+    jobs.delete_job("a", expected=moved.revision)
     with pytest.raises(JobNotFound):
-        store.delete_job("a", expected=moved.revision)
+        jobs.delete_job("a", expected=moved.revision)
 
 
-def test_racing_threads_exactly_one_winner(store):
+def test_racing_threads_exactly_one_winner(jobs):
     """Final targets from `running` exclude each other: exactly one may win."""
-    store.create_job(new("race"))
-    store.transition("race", S.RUNNING)
+    jobs.create_job(new("race"))
+    jobs.transition("race", S.RUNNING)
     targets = [S.SUCCEEDED, S.FAILED, S.CANCELLED] * 6
     barrier = threading.Barrier(len(targets))
 
     def attempt(target):
         barrier.wait()
         try:
-            _, changed = store.transition("race", target)
+            _, changed = jobs.transition("race", target)
             return target if changed else None
         except IllegalTransition:
             return None
@@ -156,26 +157,26 @@ def test_racing_threads_exactly_one_winner(store):
     with ThreadPoolExecutor(len(targets)) as pool:
         winners = [w for w in pool.map(attempt, targets) if w is not None]
     assert len(winners) == 1
-    assert store.get_job("race").status is winners[0]
-    finals = [e for e in store.job_events("race")[0] if e.to_status in winners]
+    assert jobs.get_job("race").status is winners[0]
+    finals = [e for e in jobs.job_events("race")[0] if e.to_status in winners]
     assert len(finals) == 1
 
 
 def _race_in_process(url, target, start_evt, results):
-    store = JobStore.from_url(url, migrate=False)
+    jobs = JobRepository(Database.from_url(url, migrate=False))
     start_evt.wait()
     try:
-        _, changed = store.transition("race", JobStatus(target))
+        _, changed = jobs.transition("race", JobStatus(target))
         results.put(target if changed else "")
     except IllegalTransition:
         results.put("")
     finally:
-        store.close()
+        jobs.database.close()
 
 
-def test_racing_processes_exactly_one_winner(store, db_url):
-    store.create_job(new("race"))
-    store.transition("race", S.RUNNING)
+def test_racing_processes_exactly_one_winner(jobs, db_url):
+    jobs.create_job(new("race"))
+    jobs.transition("race", S.RUNNING)
     ctx = multiprocessing.get_context("spawn")
     start_evt, results = ctx.Event(), ctx.Queue()
     targets = ["succeeded", "failed", "cancelled", "succeeded", "failed", "cancelled"]
@@ -189,16 +190,16 @@ def test_racing_processes_exactly_one_winner(store, db_url):
         p.join(timeout=30)
     winners = [o for o in outcomes if o]
     assert len(winners) == 1, outcomes
-    assert store.get_job("race").status.value == winners[0]
+    assert jobs.get_job("race").status.value == winners[0]
 
 
-def test_racing_creates_same_id_one_job(store):
+def test_racing_creates_same_id_one_job(jobs):
     barrier = threading.Barrier(8)
 
     def attempt(i):
         barrier.wait()
         try:
-            return store.create_job(new("dup", dataset="d" if i % 2 else "e"))
+            return jobs.create_job(new("dup", dataset="d" if i % 2 else "e"))
         except JobIdConflict:
             return None
 
@@ -207,50 +208,50 @@ def test_racing_creates_same_id_one_job(store):
     created = [job for job, was_created in results if was_created]
     assert len(created) == 1
     # Everyone who got an answer got the one job that exists.
-    assert all(job == store.get_job("dup") for job, _ in results)
+    assert all(job == jobs.get_job("dup") for job, _ in results)
 
 
-def test_pagination_newest_first_and_complete(store):
-    store.insert_many(new(f"j{i:04d}") for i in range(250))
-    ids = walk(store, limit=40)
+def test_pagination_newest_first_and_complete(jobs):
+    jobs.insert_many(new(f"j{i:04d}") for i in range(250))
+    ids = walk(jobs, limit=40)
     assert ids == [f"j{i:04d}" for i in range(249, -1, -1)]
 
 
-def test_pagination_filters_each_and_multi_status(store):
+def test_pagination_filters_each_and_multi_status(jobs):
     for i in range(60):
-        store.create_job(new(f"j{i:02d}", model_name=f"m{i % 3}", dataset=f"d{i % 2}"))
+        jobs.create_job(new(f"j{i:02d}", model_name=f"m{i % 3}", dataset=f"d{i % 2}"))
     for i in range(0, 60, 4):
-        store.transition(f"j{i:02d}", S.RUNNING)
+        jobs.transition(f"j{i:02d}", S.RUNNING)
     for i in range(0, 60, 5):
-        store.transition(f"j{i:02d}", S.CANCELLED)
-    all_jobs = {j.id: j for j in (store.get_job(f"j{i:02d}") for i in range(60))}
+        jobs.transition(f"j{i:02d}", S.CANCELLED)
+    all_jobs = {j.id: j for j in (jobs.get_job(f"j{i:02d}") for i in range(60))}
 
     def expect(pred):
         return sorted((j for j in all_jobs.values() if pred(j)),
                       key=lambda j: j.created_at, reverse=True)
 
-    assert walk(store, 7, model_name="m1") == [j.id for j in expect(lambda j: j.model_name == "m1")]
-    assert walk(store, 7, dataset="d0") == [j.id for j in expect(lambda j: j.dataset == "d0")]
-    assert walk(store, 4, statuses=(S.RUNNING,)) == [
+    assert walk(jobs, 7, model_name="m1") == [j.id for j in expect(lambda j: j.model_name == "m1")]
+    assert walk(jobs, 7, dataset="d0") == [j.id for j in expect(lambda j: j.dataset == "d0")]
+    assert walk(jobs, 4, statuses=(S.RUNNING,)) == [
         j.id for j in expect(lambda j: j.status is S.RUNNING)]
-    multi = walk(store, 6, statuses=(S.RUNNING, S.CANCELLED))
+    multi = walk(jobs, 6, statuses=(S.RUNNING, S.CANCELLED))
     assert multi == [j.id for j in expect(lambda j: j.status in (S.RUNNING, S.CANCELLED))]
     pivot = all_jobs["j30"].created_at
-    assert walk(store, 9, created_after=pivot) == [
+    assert walk(jobs, 9, created_after=pivot) == [
         j.id for j in expect(lambda j: j.created_at > pivot)]
-    assert walk(store, 9, created_before=pivot) == [
+    assert walk(jobs, 9, created_before=pivot) == [
         j.id for j in expect(lambda j: j.created_at < pivot)]
 
 
-def test_pages_complete_and_disjoint_while_others_insert(store):
-    store.insert_many(new(f"old{i:04d}") for i in range(300))
+def test_pages_complete_and_disjoint_while_others_insert(jobs):
+    jobs.insert_many(new(f"old{i:04d}") for i in range(300))
     stop = threading.Event()
     inserted: list[str] = []
 
     def inserter():
         n = 0
         while not stop.is_set() and n < 400:
-            store.create_job(new(f"new{n:04d}"))
+            jobs.create_job(new(f"new{n:04d}"))
             inserted.append(f"new{n:04d}")
             n += 1
 
@@ -259,7 +260,7 @@ def test_pages_complete_and_disjoint_while_others_insert(store):
     try:
         seen, after = [], None
         while True:
-            page = store.list_jobs(JobQuery(limit=17, after=after))
+            page = jobs.list_jobs(JobQuery(limit=17, after=after))
             seen += [j.id for j in page.jobs]
             if page.next_key is None:
                 break
@@ -273,11 +274,11 @@ def test_pages_complete_and_disjoint_while_others_insert(store):
     assert inserted, "the inserter never ran concurrently"
 
 
-def test_page_query_plans_use_indexes(store):
+def test_page_query_plans_use_indexes(jobs):
     """No page is a full scan or a sort: each is an index range read, whatever the depth."""
-    store.insert_many(new(f"j{i}") for i in range(50))
-    engine = store._engine
-    key = store.list_jobs(JobQuery(limit=10)).next_key
+    jobs.insert_many(new(f"j{i}") for i in range(50))
+    engine = jobs.database.engine
+    key = jobs.list_jobs(JobQuery(limit=10)).next_key
     queries = {
         "unfiltered": JobQuery(limit=10, after=key),
         "status": JobQuery(limit=10, after=key, statuses=(S.QUEUED,)),
@@ -285,9 +286,9 @@ def test_page_query_plans_use_indexes(store):
         "dataset": JobQuery(limit=10, after=key, dataset="shakespeare"),
     }
     for name, q in queries.items():
-        stmt = _statement_for(store, q)
+        stmt = _statement_for(jobs, q)
         with engine.connect() as conn:
-            if store.dialect == "sqlite":
+            if jobs.database.dialect == "sqlite":
                 plan = " ".join(str(r) for r in conn.exec_driver_sql(
                     "EXPLAIN QUERY PLAN " + stmt[0], stmt[1]).all())
                 assert "USING INDEX ix_jobs_" in plan, (name, plan)
@@ -302,7 +303,7 @@ def test_page_query_plans_use_indexes(store):
                 assert "Index" in plan and "Sort" not in plan, (name, plan)
 
 
-def _statement_for(store, query):
+def _statement_for(jobs, query):
     """Compile the exact statement list_jobs runs, by capturing it."""
     from sqlalchemy import event
 
@@ -312,11 +313,11 @@ def _statement_for(store, query):
         if "FROM jobs" in statement:
             captured.append((statement, parameters))
 
-    event.listen(store._engine, "before_cursor_execute", grab)
+    event.listen(jobs.database.engine, "before_cursor_execute", grab)
     try:
-        store.list_jobs(query)
+        jobs.list_jobs(query)
     finally:
-        event.remove(store._engine, "before_cursor_execute", grab)
+        event.remove(jobs.database.engine, "before_cursor_execute", grab)
     return captured[-1]
 
 
@@ -328,10 +329,10 @@ def test_migrations_are_safe_when_many_processes_start_at_once(db_url):
     for p in procs:
         p.join(timeout=60)
     assert [p.exitcode for p in procs] == [0, 0, 0, 0]
-    store = JobStore.from_url(db_url)
-    assert store.ping() >= 1
-    store.close()
+    database = Database.from_url(db_url)
+    assert database.ping() >= 1
+    database.close()
 
 
 def _open_store(url):
-    JobStore.from_url(url).close()
+    Database.from_url(url).close()

@@ -49,7 +49,7 @@ from llm_train_api.domain import (
     Revision,
     sources_of,
 )
-from llm_train_api.store.job_store import build_engine
+from llm_train_api.store.database import build_engine
 from llm_train_api.store.tables import job_events, job_metrics, jobs
 
 ALLOWED_EDGES = {(src.value, dst.value) for src, dsts in ALLOWED_TRANSITIONS.items()
@@ -69,14 +69,14 @@ PROPERTY_SETTINGS = dict(
     deadline=None,
     derandomize=True,  # the same examples on every run, so CI is repeatable
     database=None,
-    # `store` is function-scoped on purpose: each example clears the tables itself.
+    # `queue` is function-scoped on purpose: each example clears the tables itself.
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                            HealthCheck.data_too_large],
 )
 
 
 @pytest.fixture
-def audit(db_url, store):
+def audit(db_url, queue):
     """A second engine on the store's database, for clearing tables and reading raw rows."""
     engine = build_engine(db_url)
     yield engine
@@ -181,9 +181,9 @@ class ModelJob:
 class JobLifecycle(RuleBasedStateMachine):
     """The store against a model of the transition table, one call at a time."""
 
-    def __init__(self, store, engine) -> None:
+    def __init__(self, queue, engine) -> None:
         super().__init__()
-        self.store = store
+        self.queue = queue
         self.engine = engine
         self.model: dict[str, ModelJob] = {}
         self.kinds: Counter = Counter()  # events the model expects, by kind
@@ -203,9 +203,9 @@ class JobLifecycle(RuleBasedStateMachine):
         known = self.model.get(job_id)
         if known is not None and known.priority != priority:
             with pytest.raises(JobIdConflict):
-                self.store.create_job(new)
+                self.queue.jobs.create_job(new)
             return
-        job, created = self.store.create_job(new)
+        job, created = self.queue.jobs.create_job(new)
         assert created is (known is None)
         if known is None:
             self.seq += 1
@@ -218,10 +218,10 @@ class JobLifecycle(RuleBasedStateMachine):
         known = self.model.pop(job_id, None)
         if known is None:
             with pytest.raises(JobNotFound):
-                self.store.delete_job(job_id)
+                self.queue.jobs.delete_job(job_id)
             return
         self.old_revisions.append((job_id, known.revision))
-        self.store.delete_job(job_id)
+        self.queue.jobs.delete_job(job_id)
         self.kinds["deleted"] += 1
 
     @rule(job_id=st.sampled_from(JOB_IDS), to=st.sampled_from(list(JobStatus)),
@@ -249,7 +249,7 @@ class JobLifecycle(RuleBasedStateMachine):
         elif precondition_kind == "namesake":
             olds = [rev for jid, rev in self.old_revisions if jid == job_id]
             expected = olds[-1] if olds else None
-        call = lambda: self.store.transition(job_id, target, error_message=message,  # noqa: E731
+        call = lambda: self.queue.jobs.transition(job_id, target, error_message=message,  # noqa: E731
                                              expected=expected)
         if known is None:
             with pytest.raises(JobNotFound):
@@ -283,7 +283,7 @@ class JobLifecycle(RuleBasedStateMachine):
     def claim(self, worker: str, lease_s: float) -> None:
         queued = [(-m.priority, m.created_us, m.seq, jid) for jid, m in self.model.items()
                   if m.status is JobStatus.QUEUED]
-        job = self.store.claim(worker, lease_s)
+        job = self.queue.claim(worker, lease_s)
         if not queued:
             assert job is None
             return
@@ -304,7 +304,7 @@ class JobLifecycle(RuleBasedStateMachine):
         target = to
         refund = refund and target is JobStatus.QUEUED
         known = self.model.get(job_id)
-        job = self.store.finish(job_id, worker, target, error_message="boom",
+        job = self.queue.finish(job_id, worker, target, error_message="boom",
                                 refund_attempt=refund)
         holds = (known is not None and known.status is JobStatus.RUNNING
                  and known.lease_owner == worker)
@@ -324,7 +324,7 @@ class JobLifecycle(RuleBasedStateMachine):
     def reap(self) -> None:
         due = {jid for jid, m in self.model.items()
                if m.status is JobStatus.RUNNING and m.lease_expired}
-        reaped = self.store.requeue_expired()
+        reaped = self.queue.requeue_expired()
         assert {j.id for j in reaped} == due
         for job in reaped:
             known = self.model[job.id]
@@ -350,10 +350,10 @@ class JobLifecycle(RuleBasedStateMachine):
             known = self.model.get(job_id)
             if known is None:
                 with pytest.raises(JobNotFound):
-                    self.store.get_job(job_id)
+                    self.queue.jobs.get_job(job_id)
             else:
-                self.compare(self.store.get_job(job_id))
-                events, _ = self.store.job_events(job_id)
+                self.compare(self.queue.jobs.get_job(job_id))
+                events, _ = self.queue.jobs.job_events(job_id)
                 timeline = [(e.kind, e.from_status and e.from_status.value,
                              e.to_status and e.to_status.value)
                             for e in events if e.kind in STATUS_KINDS]
@@ -365,9 +365,9 @@ class JobLifecycle(RuleBasedStateMachine):
         assert {k: kinds[k] for k in STATUS_KINDS} == {k: self.kinds[k] for k in STATUS_KINDS}
 
 
-def test_store_follows_the_transition_table(store, audit):
+def test_store_follows_the_transition_table(queue, audit):
     run_state_machine_as_test(
-        lambda: JobLifecycle(store, audit),
+        lambda: JobLifecycle(queue, audit),
         settings=settings(max_examples=40, stateful_step_count=40, **PROPERTY_SETTINGS),
     )
 
@@ -413,45 +413,45 @@ class Ledger:
             self.kinds["deleted"] += 1
 
 
-def _run_op(store, ledger: Ledger, op: tuple) -> None:
+def _run_op(queue, ledger: Ledger, op: tuple) -> None:
     name = op[0]
     try:
         if name == "transition":
             _, job_id, target, pre = op
             expected = None
             if pre != "none":
-                current = store.get_job(job_id)
+                current = queue.jobs.get_job(job_id)
                 expected = current.revision
                 if pre == "stale":
                     expected = Revision(expected.created_us, expected.version - 1)
-            job, changed = store.transition(job_id, target, expected=expected,
+            job, changed = queue.jobs.transition(job_id, target, expected=expected,
                                             error_message="why")
             if changed:
                 ledger.changed("status", job)
                 if pre == "stale":
                     ledger.stale_successes.append(f"{op} -> {job}")
         elif name == "cancel":
-            job, changed = store.transition(op[1], JobStatus.CANCELLED,
+            job, changed = queue.jobs.transition(op[1], JobStatus.CANCELLED,
                                             error_message="cancelled by request")
             if changed:
                 ledger.changed("status", job)
         elif name == "claim":
-            job = store.claim(op[1], op[2])
+            job = queue.claim(op[1], op[2])
             if job is not None:
                 ledger.changed("claimed", job)
         elif name == "finish":
             _, job_id, worker, target = op
-            job = store.finish(job_id, worker, target, error_message="boom")
+            job = queue.finish(job_id, worker, target, error_message="boom")
             if job is not None:
                 ledger.changed("requeued" if target is JobStatus.QUEUED else "status", job)
         elif name == "reap":
-            for job in store.requeue_expired():
+            for job in queue.requeue_expired():
                 ledger.changed("lease_expired", job)
         elif name == "delete":
-            store.delete_job(op[1])
+            queue.jobs.delete_job(op[1])
             ledger.deleted()
         elif name == "create":
-            job, created = store.create_job(_new_job(op[1]))
+            job, created = queue.jobs.create_job(_new_job(op[1]))
             if created:
                 ledger.changed("created", job)
     except _EXPECTED_ERRORS:
@@ -461,7 +461,7 @@ def _run_op(store, ledger: Ledger, op: tuple) -> None:
             ledger.unexpected.append(f"{op}: {type(exc).__name__}: {exc}")
 
 
-def _check_revisions(ledger: Ledger, store) -> None:
+def _check_revisions(ledger: Ledger, queue) -> None:
     """Per incarnation: versions 1..n each reported once, each step an allowed edge, and
     the live incarnation ends where the last reported change left it."""
     last: dict[str, tuple[int, int, str]] = {}
@@ -479,8 +479,8 @@ def _check_revisions(ledger: Ledger, store) -> None:
             last[job_id] = (created_us, versions[-1], seen[-1][1])
     for job_id in JOB_IDS:
         try:
-            job = store.get_job(job_id)
-            timeline, _ = store.job_events(job_id)
+            job = queue.jobs.get_job(job_id)
+            timeline, _ = queue.jobs.job_events(job_id)
         except JobNotFound:
             continue
         created_us, version, status = last[job_id]
@@ -498,19 +498,19 @@ def _check_revisions(ledger: Ledger, store) -> None:
             f"but the calls on this incarnation made {expected}")
 
 
-def _run_plans(store, audit, plans: list[list[tuple]]) -> None:
+def _run_plans(queue, audit, plans: list[list[tuple]]) -> None:
     """One example: the jobs exist, every thread runs its plan at once, then the audit."""
     clear_tables(audit)
     ledger = Ledger()
     for job_id in JOB_IDS:
-        job, _ = store.create_job(_new_job(job_id))
+        job, _ = queue.jobs.create_job(_new_job(job_id))
         ledger.changed("created", job)
     barrier = threading.Barrier(len(plans))
 
     def worker(plan: list[tuple]) -> None:
         barrier.wait(timeout=30)
         for op in plan:
-            _run_op(store, ledger, op)
+            _run_op(queue, ledger, op)
 
     with ThreadPoolExecutor(max_workers=len(plans)) as pool:
         for future in [pool.submit(worker, plan) for plan in plans]:
@@ -521,10 +521,10 @@ def _run_plans(store, audit, plans: list[list[tuple]]) -> None:
     kinds = check_event_streams(audit)
     assert {k: kinds[k] for k in STATUS_KINDS} == {k: ledger.kinds[k] for k in STATUS_KINDS}, (
         "events recorded != changes the calls reported")
-    _check_revisions(ledger, store)
+    _check_revisions(ledger, queue)
 
 
-def test_concurrent_transitions_never_break_the_table(store, audit):
+def test_concurrent_transitions_never_break_the_table(queue, audit):
     # Races do not replay deterministically, so hypothesis must not shrink or replay a
     # failing example (it would call it flaky): each example's failure is collected here
     # and the test fails at the end with every distinct one and the plans that hit it.
@@ -537,7 +537,7 @@ def test_concurrent_transitions_never_break_the_table(store, audit):
         nonlocal examples
         examples += 1
         try:
-            _run_plans(store, audit, plans)
+            _run_plans(queue, audit, plans)
         except AssertionError as exc:
             message = str(exc).split("\n")[0]
             count, first_plans = failures.get(message, (0, plans))

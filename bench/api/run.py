@@ -384,26 +384,25 @@ def seed_app(args, db_url: str, server: Server | None, names: list[str]) -> str:
     """Insert jobs with the given ids.  Returns how it was done (for the report)."""
     hp = CREATE_BODY["hyperparameters"]
     try:
-        from llm_train_api.store.job_store import JobStore, NewJob  # noqa: PLC0415
+        from llm_train_api.domain import NewJob  # noqa: PLC0415
+        from llm_train_api.store.database import Database  # noqa: PLC0415
+        from llm_train_api.store.jobs import JobRepository  # noqa: PLC0415
     except ImportError as e:
         if server is None:
             raise
         log(f"store API not importable ({e}); seeding over HTTP")
         _seed_http(server, names)
         return "HTTP POST /jobs (8 threads)"
-    store = JobStore.from_url(db_url)
+    database = Database.from_url(db_url)
+    jobs = JobRepository(database)
     batch = 10_000
     for i in range(0, len(names), batch):
-        store.insert_many(
+        jobs.insert_many(
             NewJob(job_id=n, model_name="gpt2", dataset="wikitext-2", hyperparameters=dict(hp))
             for n in names[i : i + batch]
         )
-    dispose = getattr(store, "dispose", None) or getattr(
-        getattr(store, "engine", None), "dispose", None
-    )
-    if callable(dispose):
-        dispose()
-    return "JobStore.insert_many"
+    database.close()
+    return "JobRepository.insert_many"
 
 
 def _seed_http(server: Server, names: list[str]) -> None:

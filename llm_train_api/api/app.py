@@ -14,7 +14,7 @@ from llm_train_api import ui
 from llm_train_api.api import artifacts, auth, datasets, health, jobs, models, whoami
 from llm_train_api.api import errors as http_errors
 from llm_train_api.api import metrics as observability
-from llm_train_api.api.base import RUNTIME_KEY, STORE_KEY
+from llm_train_api.api.base import RUNTIME_KEY
 from llm_train_api.api.json_provider import OrjsonProvider
 from llm_train_api.api.lingering import DrainUnreadBody
 from llm_train_api.config import Settings
@@ -32,8 +32,9 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     app = Flask(__name__, instance_path=str(runtime.instance_path),
                 instance_relative_config=True)
     app.json = OrjsonProvider(app)
+    # Flask's and flask-smorest's own keys only: the service reads its settings from
+    # `runtime.settings` (api.base.get_settings), never through app.config.
     app.config.from_mapping(
-        {name: getattr(settings, name) for name in Settings.__dataclass_fields__},
         MAX_CONTENT_LENGTH=settings.MAX_JSON_BYTES,
         API_TITLE=API_TITLE,
         API_VERSION=API_VERSION,
@@ -46,12 +47,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
         API_SPEC_OPTIONS={"info": {"description": _API_DESCRIPTION},
                           "security": [{"bearerAuth": []}]},
     )
-    if test_config:
-        app.config.update({k: v for k, v in test_config.items() if k.isupper()})
     logging.getLogger("llm_train_api").setLevel(settings.LOG_LEVEL.upper())
-    app.config["DATA_DIR"] = str(runtime.data_dir)
     app.extensions[RUNTIME_KEY] = runtime
-    app.extensions[STORE_KEY] = store = runtime.store
 
     # Innermost wrapper: it must see gunicorn's own wsgi.input once the response is sent.
     app.wsgi_app = DrainUnreadBody(app.wsgi_app)
@@ -62,13 +59,13 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
 
     api = http_errors.JsonErrorsApi(app)
     http_errors.register(app)
-    auth.init_app(app, store)  # first: nothing else runs for an unauthenticated caller
+    auth.init_app(app, runtime)  # first: nothing else runs for an unauthenticated caller
     app.before_request(http_errors.require_json_body)
     for blueprint in (jobs.blp, artifacts.blp, models.blp, datasets.blp, health.blp,
                       whoami.blp):
         api.register_blueprint(blueprint)
     _serve_swagger_assets(app)
-    observability.init_app(app)
+    observability.init_app(app, runtime)
     ui.init_app(app)
     auth.document(api, app)
     return app

@@ -19,12 +19,14 @@ import flask
 from flask import current_app, g, request
 from flask_smorest import Api, abort
 
+from llm_train_api.api.base import get_runtime, get_settings
 from llm_train_api.domain import ANONYMOUS, Job, JobNotFound, Principal, Role
-from llm_train_api.store.tokens import TokenStore
+from llm_train_api.runtime import Runtime
+from llm_train_api.store.tokens import TokenRepository
 
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("llm_train_api.auth")
-TOKENS_KEY = "llm_train_api.tokens"
+_CORS_KEY = "llm_train_api.cors_origins"
 _PUBLIC_ATTR = "_llm_train_api_public"
 _REALM = 'Bearer realm="llm_train_api"'
 # Flask's and flask-smorest's own endpoints that must stay open.
@@ -50,11 +52,11 @@ def _is_public(endpoint: str | None) -> bool:
 
 
 def auth_enabled() -> bool:
-    return current_app.config["AUTH"] != "disabled"
+    return get_settings().AUTH != "disabled"
 
 
-def token_store() -> TokenStore:
-    return current_app.extensions[TOKENS_KEY]
+def token_store() -> TokenRepository:
+    return get_runtime().tokens
 
 
 def current_principal() -> Principal:
@@ -128,7 +130,7 @@ def authorize_scrape() -> None:
     if token is None:
         _unauthorized("Authentication required: send the metrics token or an admin token.",
                       invalid=False)
-    configured = current_app.config["METRICS_TOKEN"]
+    configured = get_settings().METRICS_TOKEN
     if configured and hmac.compare_digest(token.encode(), configured.encode()):
         return
     principal = token_store().authenticate(token)
@@ -166,14 +168,13 @@ def security_headers(response: flask.Response) -> flask.Response:
     return response
 
 
-def _cors_origins(app: flask.Flask) -> frozenset[str]:
-    raw = app.config["CORS_ORIGINS"]
+def _cors_origins(raw: str) -> frozenset[str]:
     return frozenset(o.strip().rstrip("/") for o in raw.split(",") if o.strip())
 
 
 def cors_headers(response: flask.Response) -> flask.Response:
     """Off unless LLM_TRAIN_API_CORS_ORIGINS lists the page's origin (or is `*`)."""
-    origins = current_app.extensions["llm_train_api.cors_origins"]
+    origins = current_app.extensions[_CORS_KEY]
     origin = request.headers.get("Origin")
     if not origins or not origin or (origin not in origins and "*" not in origins):
         return response
@@ -194,17 +195,17 @@ BEARER_SCHEME = {"type": "http", "scheme": "bearer",
                  "with `llm-train-api tokens create`."}
 
 
-def init_app(app: flask.Flask, store: Any) -> None:
-    app.extensions[TOKENS_KEY] = tokens = app.extensions["llm_train_api.runtime"].tokens
-    app.extensions["llm_train_api.cors_origins"] = _cors_origins(app)
+def init_app(app: flask.Flask, runtime: Runtime) -> None:
+    settings = runtime.settings
+    app.extensions[_CORS_KEY] = _cors_origins(settings.CORS_ORIGINS)
     app.before_request(authenticate_request)
     app.after_request(cors_headers)
     app.after_request(security_headers)
-    if app.config["AUTH"] == "disabled":
+    if settings.AUTH == "disabled":
         log.warning("LLM_TRAIN_API_AUTH=disabled: anyone who can reach this port is an "
                     "admin. Use it only on loopback, for local experiments.")
-    elif app.config.get("BOOTSTRAP_TOKEN", True):
-        tokens.bootstrap(app.instance_path)
+    elif settings.BOOTSTRAP_TOKEN:
+        runtime.tokens.bootstrap(runtime.instance_path)
 
 
 def document(api: Api, app: flask.Flask) -> None:

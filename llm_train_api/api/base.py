@@ -1,4 +1,4 @@
-"""What every resource blueprint shares: strict JSON parsing and access to the store."""
+"""What every resource blueprint shares: strict JSON parsing and access to the runtime."""
 
 from __future__ import annotations
 
@@ -9,9 +9,8 @@ from flask_smorest.error_handler import ErrorSchema
 from llm_train_api.api.errors import StrictJSONParser
 from llm_train_api.config import Settings
 from llm_train_api.runtime import Runtime
-from llm_train_api.store.job_store import JobStore
+from llm_train_api.store.jobs import JobRepository
 
-STORE_KEY = "llm_train_api.store"
 RUNTIME_KEY = "llm_train_api.runtime"
 
 
@@ -23,18 +22,15 @@ class ApiBlueprint(Blueprint):
         return self.alt_response(status, schema=ErrorSchema, description=description)
 
 
-def get_store() -> JobStore:
-    return current_app.extensions[STORE_KEY]
-
-
-def get_jobs() -> JobStore:
-    """The job repository the views call."""
-    return current_app.extensions[RUNTIME_KEY].store
-
-
 def get_runtime() -> Runtime:
+    """The app's runtime (create_app builds it), for the request being served."""
     return current_app.extensions[RUNTIME_KEY]
 
 
 def get_settings() -> Settings:
-    return current_app.extensions[RUNTIME_KEY].settings
+    return get_runtime().settings
+
+
+def get_jobs() -> JobRepository:
+    """The job repository the views read and change jobs through."""
+    return get_runtime().jobs

@@ -6,7 +6,7 @@ from flask.views import MethodView
 from sqlalchemy.exc import SQLAlchemyError
 
 from llm_train_api.api.auth import public
-from llm_train_api.api.base import ApiBlueprint, get_store
+from llm_train_api.api.base import ApiBlueprint, get_runtime
 from llm_train_api.api.schemas import HealthSchema
 from llm_train_api.store.migrations import LATEST_VERSION
 
@@ -29,12 +29,12 @@ class Readiness(MethodView):
     @blp.error(503, "The database is unreachable or its schema is not current.")
     def get(self):
         """The database answers and its schema is current"""
-        store = get_store()
+        database = get_runtime().database
         try:
-            version = store.ping()
+            version = database.ping()
         except SQLAlchemyError as exc:
             return {"status": f"database unavailable: {type(exc).__name__}",
-                    "database": store.dialect}, 503
+                    "database": database.dialect}, 503
         status = "ok" if version == LATEST_VERSION else f"schema version {version}"
         code = 200 if version == LATEST_VERSION else 503
-        return {"status": status, "schema_version": version, "database": store.dialect}, code
+        return {"status": status, "schema_version": version, "database": database.dialect}, code

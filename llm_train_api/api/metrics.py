@@ -1,15 +1,13 @@
-"""Prometheus metrics at `/metrics` (issue 7), through the optional `prometheus_client`.
+"""Prometheus metrics at `/metrics`, through the optional `prometheus_client`.
 
 Two kinds of figures, measured where they are true:
 
-- **From the database, at scrape time** (a custom collector): jobs by status, queue depth,
-  the oldest queued job's age, and the dispatch latency of recent jobs. The database is
-  the one place that knows them across gunicorn workers and hosts; a counter kept in one
-  process would only know what that process saw. Dispatch latency is the time from a
-  job's creation to the first time it entered `running` (its first `claimed` event, or a
-  `status` event to `running` under `EXECUTOR=none`), over the last
-  `METRICS_DISPATCH_WINDOW` jobs that ever started, exposed as quantile gauges: a window
-  can shrink, so it cannot honestly be a cumulative histogram.
+- **From the database, at scrape time** (a custom collector over store/stats.py): jobs by
+  status, queue depth, the oldest queued job's age, and the dispatch latency of recent
+  jobs. The database is the one place that knows them across gunicorn workers and hosts; a
+  counter kept in one process would only know what that process saw. Dispatch latency
+  covers the last `METRICS_DISPATCH_WINDOW` jobs that ever started, exposed as quantile
+  gauges: a window can shrink, so it cannot honestly be a cumulative histogram.
 - **Per request, in the process that served it**: a histogram of request durations by
   endpoint name, method and status class. gunicorn runs several processes, so
   prometheus_client's multiprocess mode is used: each process writes its samples to
@@ -36,14 +34,13 @@ from pathlib import Path
 from typing import Any
 
 from flask import Flask, Response, jsonify, request, request_started
-from sqlalchemy import and_, func, or_, select
 from sqlalchemy.exc import SQLAlchemyError
 
 from llm_train_api.api import auth
-from llm_train_api.api.base import STORE_KEY
 from llm_train_api.config import ConfigError, Settings, default_instance_path
 from llm_train_api.domain import JobStatus
-from llm_train_api.store import tables
+from llm_train_api.runtime import Runtime
+from llm_train_api.store.stats import JobStats
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Under the instance folder unless PROMETHEUS_MULTIPROC_DIR says otherwise.
@@ -110,9 +107,9 @@ def process_exited(pid: int) -> None:
 # ----------------------------------------------------------------------------- the app
 
 
-def init_app(app: Flask) -> None:
+def init_app(app: Flask, runtime: Runtime) -> None:
     """Add `/metrics` and the request timing. One call from create_app()."""
-    window = int(app.config.get("METRICS_DISPATCH_WINDOW", 1000))
+    window = runtime.settings.METRICS_DISPATCH_WINDOW
     if window < 1:
         raise ConfigError("LLM_TRAIN_API_METRICS_DISPATCH_WINDOW must be at least 1")
     try:
@@ -139,7 +136,7 @@ def init_app(app: Flask) -> None:
         buckets=REQUEST_BUCKETS,
         registry=None if multiproc_path else registry,
     )
-    registry.register(DatabaseCollector(app, window))
+    registry.register(DatabaseCollector(runtime.stats, window))
 
     def start_timer(sender: Flask, **_: Any) -> None:
         # request_started comes before every before_request function, so requests that
@@ -187,8 +184,8 @@ def _add_route(app: Flask, registry: Any) -> None:
 class DatabaseCollector:
     """Reads the job figures from the database on every scrape (a few indexed queries)."""
 
-    def __init__(self, app: Flask, window: int) -> None:
-        self._app = app
+    def __init__(self, stats: JobStats, window: int) -> None:
+        self._stats = stats
         self._window = window
 
     def describe(self) -> list[Any]:
@@ -200,7 +197,7 @@ class DatabaseCollector:
         up = GaugeMetricFamily(PREFIX + "database_up", "1 if the job figures below could "
                                "be read from the database during this scrape, else 0.")
         try:
-            figures = self._read()
+            figures = self._stats.read(self._window)
         except SQLAlchemyError:
             up.add_metric([], 0)
             yield up
@@ -210,57 +207,25 @@ class DatabaseCollector:
         by_status = GaugeMetricFamily(PREFIX + "jobs", "Jobs in the database by status.",
                                       labels=["status"])
         for status in JobStatus:
-            by_status.add_metric([status.value], figures["counts"].get(status.value, 0))
+            by_status.add_metric([status.value], figures.counts.get(status.value, 0))
         yield by_status
+        queued = figures.counts.get(JobStatus.QUEUED.value, 0)
         yield GaugeMetricFamily(PREFIX + "queue_depth", "Jobs waiting for a worker "
-                                "(status queued).", value=figures["counts"].get("queued", 0))
+                                "(status queued).", value=queued)
         yield GaugeMetricFamily(PREFIX + "queue_oldest_age_seconds", "Age of the oldest "
                                 "queued job; 0 when the queue is empty.",
-                                value=figures["oldest_age_s"])
+                                value=figures.oldest_queued_age_s)
         latency = GaugeMetricFamily(
             PREFIX + "dispatch_latency_seconds",
             f"Creation to first start of the last {self._window} jobs that started (by "
             "creation time), as quantiles over that window; quantile 1 is the maximum.",
             labels=["quantile"])
-        delays = figures["delays"]
+        delays = figures.dispatch_delays_s
         for q in DISPATCH_QUANTILES:
             latency.add_metric([f"{q:g}"], _quantile(delays, q) if delays else float("nan"))
         yield latency
         yield GaugeMetricFamily(PREFIX + "dispatch_latency_window_jobs", "Jobs behind "
                                 f"{PREFIX}dispatch_latency_seconds.", value=len(delays))
-
-    def _read(self) -> dict[str, Any]:
-        jobs, events = tables.jobs, tables.job_events
-        store = self._app.extensions[STORE_KEY]
-        now_us = time.time_ns() // 1000
-        recent = (
-            select(jobs.c.id, jobs.c.created_us)
-            .where(jobs.c.started_us.is_not(None))
-            .order_by(jobs.c.created_us.desc(), jobs.c.seq.desc())
-            .limit(self._window)
-            .subquery()
-        )
-        # Indexed per job (job_events by job_id): a few rows each, never the whole table.
-        first_start = (
-            select(func.min(events.c.at_us))
-            .where(and_(events.c.job_id == recent.c.id, events.c.to_status == "running",
-                        # this incarnation's events only (a deleted namesake's are kept)
-                        or_(events.c.job_created_us == recent.c.created_us,
-                            events.c.job_created_us.is_(None))))
-            .scalar_subquery()
-        )
-        # The store's read path: no BEGIN/ROLLBACK round trips, never the write lock.
-        with store.reading() as conn:
-            counts = dict(conn.execute(
-                select(jobs.c.status, func.count()).group_by(jobs.c.status)).all())
-            oldest = conn.execute(
-                select(func.min(jobs.c.created_us)).where(jobs.c.status == "queued")
-            ).scalar()
-            rows = conn.execute(select(recent.c.created_us, first_start)).all()
-        delays = sorted(max(0, start - created) / 1e6 for created, start in rows
-                        if start is not None)
-        oldest_age = max(0.0, (now_us - oldest) / 1e6) if oldest is not None else 0.0
-        return {"counts": counts, "oldest_age_s": oldest_age, "delays": delays}
 
 
 def _quantile(ordered: list[float], q: float) -> float:

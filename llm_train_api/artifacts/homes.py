@@ -67,12 +67,3 @@ def resolve_owned_dataset(
             pass
     home = str(data_dir)
     return ResolvedDataset(name, home, resolve_dataset(name, home), None)
-
-
-def dataset_home(data_dir: str, owner: str | None, name: str) -> str:
-    """The data root in which `name` resolves for `owner`. Kept only until the worker calls
-    resolve_owned_dataset (delete with this commit)."""
-    try:
-        return resolve_owned_dataset(data_dir, owner, name).home
-    except DatasetError:
-        return str(data_dir)

@@ -1,8 +1,8 @@
 """`llm-train-api tokens`: issue, list and revoke API tokens.
 
-A server-side command: it opens the service's database directly (the same LLM_TRAIN_API_*
-settings as the service), so an operator can always mint an admin token, even when every
-token is lost or revoked.
+A server-side command: it opens the service's database directly, through a Runtime built
+from the same LLM_TRAIN_API_* settings as the service (no Flask app), so an operator can
+always mint an admin token, even when every token is lost or revoked.
 """
 
 from __future__ import annotations
@@ -12,14 +12,14 @@ import json
 import click
 
 from llm_train_api.domain import Role
-from llm_train_api.store.tokens import TokenError, TokenStore
+from llm_train_api.store.tokens import TokenError, TokenRepository
 
 
-def _tokens() -> TokenStore:
-    from llm_train_api import create_app
+def _tokens() -> TokenRepository:
+    from llm_train_api.config import Settings
+    from llm_train_api.runtime import Runtime
 
-    app = create_app({"BOOTSTRAP_TOKEN": False})
-    return app.extensions["llm_train_api.tokens"]
+    return Runtime.build(Settings.load()).tokens
 
 
 @click.group()

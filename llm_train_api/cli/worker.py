@@ -1,8 +1,7 @@
-"""`llm-train-api worker`: a process that claims queued jobs and runs them.
+"""`llm-train-api worker`: claim queued jobs and run them, until SIGTERM or Ctrl-C.
 
-A server-side command: it opens the service's database with the same LLM_TRAIN_API_*
-settings as the API. Loaded lazily by `llm_train_api.cli.main`, so client commands never
-import the worker, the store or torch.
+A server-side command: it opens the service's database through a Runtime built from the
+same LLM_TRAIN_API_* settings as the service, without building the Flask app.
 """
 
 from __future__ import annotations
@@ -32,34 +31,37 @@ def worker(concurrency: int, executor: str | None, ray_address: str | None) -> N
     the queue without spending an attempt; a second one kills them at once. Ray executor:
     a signal leaves the Ray jobs running and hands them to the next dispatcher.
     """
-    from llm_train_api import create_app
+    from llm_train_api.config import Settings
+    from llm_train_api.runtime import Runtime
     from llm_train_api.worker.executors import Executor, LocalExecutor
-    from llm_train_api.worker.service import Worker, WorkerConfig
+    from llm_train_api.worker.service import Worker, WorkerConfig, resolve_gpus
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    app = create_app({"BOOTSTRAP_TOKEN": False})  # a worker needs no API token
-    cfg = app.config
-    if cfg["EXECUTOR"] == "none":
+    settings = Settings.load()
+    logging.getLogger("llm_train_api").setLevel(settings.LOG_LEVEL.upper())
+    if settings.EXECUTOR == "none":
         raise click.UsageError("LLM_TRAIN_API_EXECUTOR=none: jobs are driven externally, "
                                "there is nothing for a worker to run.")
-    kind = executor or cfg["WORKER_EXECUTOR"]
-    gpus = _worker_gpus(app.extensions["llm_train_api.runtime"].settings.worker_gpus()) \
-        if kind == "local" else []
-    config = WorkerConfig.from_app_config(cfg, concurrency=concurrency, gpus=gpus)
+    runtime = Runtime.build(settings)
+    kind = executor or settings.WORKER_EXECUTOR
+    gpus = resolve_gpus(settings) if kind == "local" else []
+    config = WorkerConfig.from_settings(settings, data_dir=runtime.data_dir,
+                                        concurrency=concurrency, gpus=gpus)
     runner: Executor
     if kind == "ray":
         from llm_train_api.worker.ray_executor import RayExecutor
 
         try:
-            runner = RayExecutor(ray_address or cfg["RAY_ADDRESS"], data_dir=cfg["DATA_DIR"],
-                                 python=cfg["RAY_PYTHON"], threads=cfg["TRAINER_THREADS"],
-                                 shared=cfg["RAY_DATA_DIR_SHARED"])
+            runner = RayExecutor(ray_address or settings.RAY_ADDRESS,
+                                 data_dir=str(runtime.data_dir), python=settings.RAY_PYTHON,
+                                 threads=settings.TRAINER_THREADS,
+                                 shared=settings.RAY_DATA_DIR_SHARED)
             runner.check()
         except ConfigError as exc:
             raise click.ClickException(str(exc)) from None
     else:
-        runner = LocalExecutor(gpus=gpus, threads=cfg["TRAINER_THREADS"])
-    service = Worker(app.extensions["llm_train_api.store"], config, executor=runner)
+        runner = LocalExecutor(gpus=gpus, threads=settings.TRAINER_THREADS)
+    service = Worker(runtime.queue, config, executor=runner)
 
     def on_signal(signum: int, _frame: object) -> None:
         if service.stopping.is_set():
@@ -69,15 +71,7 @@ def worker(concurrency: int, executor: str | None, ray_address: str | None) -> N
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    service.run()
-
-
-def _worker_gpus(configured: list[int] | None) -> list[int]:
-    """The GPUs LLM_TRAIN_API_WORKER_GPUS names; for "auto", every GPU torch can see."""
-    if configured is not None:
-        return configured
     try:
-        import torch
-    except ImportError:
-        return []
-    return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+        service.run()
+    finally:
+        runtime.close()

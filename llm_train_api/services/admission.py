@@ -13,7 +13,6 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from llm_train_api.artifacts.datasets import dataset_sha256  # noqa: F401 - the worker's import until it calls resolve_owned_dataset (delete with this commit)
 from llm_train_api.artifacts.homes import ResolvedDataset, resolve_owned_dataset
 from llm_train_api.domain import GIB, InvalidRequest
 from llm_train_api.services.ray_capacity import admission_problem as ray_admission_problem

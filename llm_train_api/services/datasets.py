@@ -16,7 +16,7 @@ from llm_train_api.artifacts.datasets import DatasetInfo, UploadResult
 from llm_train_api.artifacts.homes import owner_home
 from llm_train_api.config import Settings
 from llm_train_api.domain import Principal, Role
-from llm_train_api.store.job_store import JobStore
+from llm_train_api.store.jobs import JobRepository
 
 Home = tuple[str, str | None]  # a data root, and the owner whose datasets it holds
 
@@ -59,7 +59,7 @@ def get_visible(data_dir: str | os.PathLike[str], principal: Principal,
     raise dataset_files.NotFound(f"Dataset {name!r} not found.")
 
 
-def in_use_by(jobs: JobStore, owner: str | None) -> Callable[[str], list[str]]:
+def in_use_by(jobs: JobRepository, owner: str | None) -> Callable[[str], list[str]]:
     """Queued or running jobs naming this dataset in any of its spellings: the owner's
     jobs for a user's own dataset, anyone's for a published one."""
 
@@ -79,7 +79,7 @@ def upload(
     fmt: str,
     chunks: Iterable[bytes],
     *,
-    jobs: JobStore,
+    jobs: JobRepository,
     settings: Settings,
 ) -> UploadResult:
     """Store an upload as the caller's dataset (a user's own, capped at
@@ -93,7 +93,7 @@ def upload(
 
 
 def delete(data_dir: str | os.PathLike[str], principal: Principal, name: str, *,
-           jobs: JobStore) -> None:
+           jobs: JobRepository) -> None:
     """Delete the caller's dataset `name`. A user asking to delete a published one is told
     it is read-only for them (ReadOnly), not that it does not exist."""
     home, owner = write_home(data_dir, principal)

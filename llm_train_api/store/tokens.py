@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import BigInteger, Connection, bindparam, func, select, update
+from sqlalchemy import Connection, bindparam, func, select, update
 
 from llm_train_api.domain import Principal, Role
-from llm_train_api.store.job_store import JobStore, _to_dt, now_us
+from llm_train_api.store.database import Database
+from llm_train_api.store.rows import from_us, now_us
 from llm_train_api.store.tables import api_tokens
 
 log = logging.getLogger("llm_train_api.auth")
@@ -37,6 +38,9 @@ _PG_BOOTSTRAP_LOCK = 0x6C6C6D5F626F  # "llm_bo"
 _LOOKUP = select(api_tokens.c.id, api_tokens.c.name, api_tokens.c.role,
                  api_tokens.c.token_hash).where(
     api_tokens.c.token_hash == bindparam("token_hash"), api_tokens.c.revoked_us.is_(None))
+_INSERT = api_tokens.insert().returning(api_tokens.c.id)
+_LIST = select(api_tokens).order_by(api_tokens.c.id)
+_COUNT = select(func.count()).select_from(api_tokens)
 
 
 class TokenError(ValueError):
@@ -77,43 +81,42 @@ def check_role(role: str) -> Role:
             f"Invalid role {role!r}: one of {', '.join(r.value for r in Role)}.") from None
 
 
-class TokenStore:
-    """Tokens live in the jobs database, written through the job store's write path."""
+class TokenRepository:
+    """Tokens live in the jobs database, written through its write path."""
 
-    def __init__(self, store: JobStore) -> None:
-        self._store = store
+    def __init__(self, database: Database) -> None:
+        self.database = database
 
     def create(self, name: str, role: str | Role) -> tuple[TokenInfo, str]:
         """Issue a token; returns its record and the secret, which is never stored."""
         name, role = check_name(name), check_role(str(getattr(role, "value", role)))
         secret = new_secret()
-        return self._store.run_write(lambda conn: self._insert(conn, name, role, secret)), secret
+        return self.database.write(lambda conn: self._insert(conn, name, role, secret)), secret
 
     def _insert(self, conn: Connection, name: str, role: Role, secret: str) -> TokenInfo:
         ts = now_us()
         prefix = secret[: len(TOKEN_PREFIX) + 6]
-        token_id = conn.execute(
-            api_tokens.insert().values(name=name, role=role.value, token_hash=hash_token(secret),
-                                       prefix=prefix, created_us=ts)
-            .returning(api_tokens.c.id)).scalar_one()
-        return TokenInfo(token_id, name, role, prefix, _to_dt(ts), None)
+        token_id = conn.execute(_INSERT, {
+            "name": name, "role": role.value, "token_hash": hash_token(secret),
+            "prefix": prefix, "created_us": ts}).scalar_one()
+        return TokenInfo(token_id, name, role, prefix, from_us(ts), None)
 
     def authenticate(self, secret: str) -> Principal | None:
         """The principal a presented token stands for; None if unknown or revoked."""
         if not secret.startswith(TOKEN_PREFIX) or len(secret) > 256:
             return None
         digest = hash_token(secret)
-        with self._store.reading() as conn:
+        with self.database.reading() as conn:
             row = conn.execute(_LOOKUP, {"token_hash": digest}).first()
         if row is None or not hmac.compare_digest(row.token_hash, digest):
             return None
         return Principal(row.name, Role(row.role), row.id)
 
     def list(self) -> list[TokenInfo]:
-        with self._store.reading() as conn:
-            rows = conn.execute(select(api_tokens).order_by(api_tokens.c.id)).all()
-        return [TokenInfo(r.id, r.name, Role(r.role), r.prefix, _to_dt(r.created_us),
-                          _to_dt(r.revoked_us)) for r in rows]
+        with self.database.reading() as conn:
+            rows = conn.execute(_LIST).all()
+        return [TokenInfo(r.id, r.name, Role(r.role), r.prefix, from_us(r.created_us),
+                          from_us(r.revoked_us)) for r in rows]
 
     def revoke(self, *, token_id: int | None = None, name: str | None = None) -> int:
         """Revoke one token by id, or every token of a name; returns how many."""
@@ -123,7 +126,7 @@ class TokenStore:
             else (api_tokens.c.name == name)
         stmt = (update(api_tokens).where(where, api_tokens.c.revoked_us.is_(None))
                 .values(revoked_us=now_us()))
-        count = self._store.run_write(lambda conn: conn.execute(stmt).rowcount)
+        count = self.database.write(lambda conn: conn.execute(stmt).rowcount)
         if not count:
             what = f"id {token_id}" if token_id is not None else f"name {name!r}"
             raise TokenError(f"No active token with {what}.")
@@ -141,17 +144,15 @@ class TokenStore:
         path = Path(instance_path) / BOOTSTRAP_FILENAME
 
         def work(conn: Connection) -> bool:
-            if self._store.dialect == "postgresql":
-                conn.execute(select(func.pg_advisory_xact_lock(
-                    bindparam("key", type_=BigInteger))), {"key": _PG_BOOTSTRAP_LOCK})
-            if conn.execute(select(func.count()).select_from(api_tokens)).scalar_one():
+            self.database.lock(conn, _PG_BOOTSTRAP_LOCK)
+            if conn.execute(_COUNT).scalar_one():
                 return False
             secret = new_secret()
             _write_private(path, secret + "\n")
             self._insert(conn, BOOTSTRAP_NAME, Role.ADMIN, secret)
             return True
 
-        if not self._store.run_write(work):
+        if not self.database.write(work):
             return None
         log.warning("No API token existed: wrote an admin token to %s (mode 0600). Use it "
                     "as `Authorization: Bearer <token>`; create others with `llm-train-api "

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_train_api.domain import Job, JobStatus
-from llm_train_api.store.job_store import JobStore
+from llm_train_api.store.queue import JobQueue
 from llm_train_api.training.spec import RunSpec
 from llm_train_api.worker.trainer_process import TrainerProcess
 
@@ -95,15 +95,15 @@ class Executor(ABC):
         """Refuse to start with a configuration that cannot work (raise ConfigError)."""
         return None
 
-    def claim(self, store: JobStore, worker_id: str, lease_s: float) -> Job | None:
-        return store.claim(worker_id, lease_s)
+    def claim(self, job_queue: JobQueue, worker_id: str, lease_s: float) -> Job | None:
+        return job_queue.claim(worker_id, lease_s)
 
     @abstractmethod
     def launch(self, job: Job, spec: RunSpec, folder: Path, log_file: Path,
                busy: list[Execution]) -> Execution:
         """Start (or attach to) the job's run; raise LaunchRefused to decline it."""
 
-    def housekeeping(self, store: JobStore) -> None:
+    def housekeeping(self, job_queue: JobQueue) -> None:
         """Called every tick: executor-side clean-up (Ray: stop orphaned runs)."""
         return None
 

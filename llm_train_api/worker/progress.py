@@ -11,7 +11,7 @@ METRIC_FIELDS = ("epoch", "train_loss", "val_loss", "lr", "tokens_per_s", "elaps
 
 @dataclass
 class ProgressTracker:
-    pid: int | None = None  # the local trainer's; `ident` generalises it (a Ray job id)
+    # What identifies the run (a local trainer's pid, a Ray submission id), see Execution.
     ident: dict[str, Any] = field(default_factory=dict)
     progress: dict[str, Any] = field(default_factory=dict)
     pending_metrics: list[dict[str, Any]] = field(default_factory=list)
@@ -21,8 +21,7 @@ class ProgressTracker:
     _started: float = field(default_factory=time.monotonic)
 
     def __post_init__(self) -> None:
-        pid = {} if self.pid is None else {"pid": self.pid}
-        self.progress = {"phase": "starting", **pid, **self.ident}
+        self.progress = {"phase": "starting", **self.ident}
 
     def note(self, state: dict[str, Any]) -> None:
         """Merge executor-side state (Ray's PENDING/RUNNING) into the progress."""

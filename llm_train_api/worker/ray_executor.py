@@ -28,16 +28,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from llm_train_api.config import ConfigError
-from llm_train_api.domain import Job, JobNotFound, JobStatus
+from llm_train_api.domain import GIB, Job, JobNotFound, JobStatus
 from llm_train_api.services.ray_capacity import capacity_problem, node_capacities
-from llm_train_api.store.job_store import JobStore
+from llm_train_api.store.queue import JobQueue
 from llm_train_api.training.events import parse_line
-from llm_train_api.training.spec import RunSpec, write_spec
+from llm_train_api.training.spec import RunSpec, run_command, write_spec
 from llm_train_api.worker.executors import Execution, Executor, LaunchRefused, job_processes
-from llm_train_api.worker.trainer_process import trainer_command
 
 log = logging.getLogger("llm_train_api.worker.ray")
-GIB = 1024**3
 # Filesystem types whose contents other machines see too (from /proc/mounts).
 NETWORK_FILESYSTEMS = frozenset({
     "nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "ceph", "cephfs", "beegfs",
@@ -316,18 +314,18 @@ class RayExecutor(Executor):
             raise ConfigError(f"cannot reach the Ray cluster at {self.address}: {exc}") from None
 
     # -- claims
-    def claim(self, store: JobStore, worker_id: str, lease_s: float) -> Job | None:
+    def claim(self, job_queue: JobQueue, worker_id: str, lease_s: float) -> Job | None:
         """Detached jobs first: their runs are going on without anyone watching them.
 
         Then a queued job. If it was requeued by the reaper after its dispatcher was lost,
         the previous attempt's run may still be going in Ray, or may have ended unwatched:
         then we adopt that run (its outcome is the job's) and take back the attempt our
         claim counted, rather than run the job twice."""
-        job = store.claim_detached(worker_id, lease_s)
+        job = job_queue.claim_detached(worker_id, lease_s)
         if job is not None:
             self._attaching[job.id] = submission_id(job)
             return job
-        job = store.claim(worker_id, lease_s)
+        job = job_queue.claim(worker_id, lease_s)
         if job is None or job.attempts < 2:
             return job
         previous = submission_id(job, job.attempts - 1)
@@ -339,9 +337,9 @@ class RayExecutor(Executor):
         if info is None:
             return job
         if str(getattr(info.status, "value", info.status)) not in _LIVE \
-                and not _orphaned(store, job.id):
+                and not _orphaned(job_queue, job.id):
             return job  # it ended and a dispatcher recorded that: this is a real retry
-        adopted = store.refund_attempt(job.id, worker_id,
+        adopted = job_queue.refund_attempt(job.id, worker_id,
                                        f"re-attached to the live Ray job {previous}")
         if adopted is None:
             return job
@@ -378,7 +376,7 @@ class RayExecutor(Executor):
         sid = submission_id(job)
         resources = job.resources or {}
         try:
-            argv = trainer_command(folder, self.python, job_processes(job))
+            argv = run_command(folder, python=self.python, processes=job_processes(job))
         except ValueError as exc:
             raise LaunchRefused(JobStatus.FAILED, str(exc)) from None
         write_spec(folder, spec)
@@ -423,7 +421,7 @@ class RayExecutor(Executor):
         return capacity_problem(resources, node_capacities(self.address))
 
     # -- orphans
-    def housekeeping(self, store: JobStore) -> None:
+    def housekeeping(self, job_queue: JobQueue) -> None:
         """Stop Ray jobs whose job ended or vanished in our database while no dispatcher
         held them (cancelled or deleted between a dispatcher's stop and the next one's
         attach; failed by the reaper after a lost dispatcher's last attempt)."""
@@ -442,7 +440,7 @@ class RayExecutor(Executor):
             if "llm_train_api_job" not in meta or status not in _LIVE:
                 continue
             try:
-                job = store.get_job(meta["llm_train_api_job"])
+                job = job_queue.jobs.get_job(meta["llm_train_api_job"])
                 ended = (job.status in _ENDED_IN_DB
                          or str(job.revision.created_us) != meta.get("created_us"))
             except JobNotFound:
@@ -456,12 +454,12 @@ class RayExecutor(Executor):
                     log.warning("could not stop %s: %s", info.submission_id, exc)
 
 
-def _orphaned(store: JobStore, job_id: str) -> bool:
+def _orphaned(job_queue: JobQueue, job_id: str) -> bool:
     """Whether the job came back to the queue because its dispatcher's lease expired (the
     event before our claim is `lease_expired`), not because a dispatcher saw its run end."""
     events, after = [], 0
     while True:
-        page, more = store.job_events(job_id, after_seq=after)
+        page, more = job_queue.jobs.job_events(job_id, after_seq=after)
         events += page
         if not more or not page:
             break

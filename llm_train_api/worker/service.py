@@ -3,7 +3,7 @@ shutdown. What actually runs a job is the worker's executor (executors.py: local
 processes, or Ray jobs for a dispatcher); this loop is the same for all of them.
 
 One thread (the main one) does all of it, ticking every `poll_s`: the database decides who
-runs what (claims and leases are conditional UPDATEs, see store.py), so a worker holds no
+runs what (claims and leases are conditional UPDATEs, see store/queue.py), so a worker holds no
 state that another process needs. The loop wakes early on a PostgreSQL NOTIFY for new jobs,
 cancels and deletes, and polls on SQLite; either way a cancelled trainer is gone within about
 `poll_s + cancel_grace_s`.
@@ -11,23 +11,21 @@ cancels and deletes, and polls on SQLite; either way a cancelled trainer is gone
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import socket
 import threading
 import time
 import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
 
-from llm_train_api.artifacts.homes import dataset_home
+from llm_train_api.artifacts.homes import ResolvedDataset, resolve_owned_dataset
 from llm_train_api.artifacts.jobs import job_dir, log_path
+from llm_train_api.config import Settings
 from llm_train_api.domain import IllegalTransition, Job, JobNotFound, JobStatus
-from llm_train_api.services.admission import dataset_sha256
-from llm_train_api.store.job_store import JobStore
-from llm_train_api.training.datasets import DatasetError, resolve_dataset
+from llm_train_api.store.queue import JobQueue
+from llm_train_api.training.datasets import DatasetError
 from llm_train_api.training.events import EXIT_OK, EXIT_PREEMPTED
 from llm_train_api.training.spec import RunSpec
 from llm_train_api.worker.executors import (
@@ -45,24 +43,29 @@ _FLUSH_S = 1.0  # progress is written at most this often per job
 
 @dataclass
 class WorkerConfig:
+    """What one worker process runs with. Build it with `from_settings`: the defaults live
+    in Settings (LLM_TRAIN_API_LEASE_S and the others), once."""
+
     data_dir: str
-    concurrency: int = 1
-    lease_s: float = 30.0
-    heartbeat_s: float = 5.0
-    poll_s: float = 0.5
-    cancel_grace_s: float = 0.5
-    shutdown_grace_s: float = 20.0
-    trainer_threads: int = 0
+    concurrency: int
+    lease_s: float
+    heartbeat_s: float
+    poll_s: float
+    cancel_grace_s: float
+    trainer_threads: int
     gpus: list[int] = field(default_factory=list)
+    # How long a stopping worker waits for its trainers to checkpoint before killing them.
+    shutdown_grace_s: float = 20.0
 
     @classmethod
-    def from_app_config(cls, config: Mapping[str, Any], *, concurrency: int,
-                        gpus: list[int]) -> WorkerConfig:
-        """The worker's settings from the same LLM_TRAIN_API_* values the service reads."""
-        return cls(data_dir=config["DATA_DIR"], concurrency=concurrency,
-                   lease_s=config["LEASE_S"], heartbeat_s=config["HEARTBEAT_S"],
-                   poll_s=config["POLL_S"], cancel_grace_s=config["CANCEL_GRACE_S"],
-                   trainer_threads=config["TRAINER_THREADS"], gpus=gpus)
+    def from_settings(cls, settings: Settings, *, data_dir: str | Path, concurrency: int = 1,
+                      gpus: list[int] | None = None) -> WorkerConfig:
+        """The worker's settings from the same LLM_TRAIN_API_* values the service reads;
+        `data_dir` is the runtime's (Settings.DATA_DIR may be empty: the default folder)."""
+        return cls(data_dir=str(data_dir), concurrency=concurrency,
+                   lease_s=settings.LEASE_S, heartbeat_s=settings.HEARTBEAT_S,
+                   poll_s=settings.POLL_S, cancel_grace_s=settings.CANCEL_GRACE_S,
+                   trainer_threads=settings.TRAINER_THREADS, gpus=list(gpus or []))
 
 
 @dataclass
@@ -80,9 +83,9 @@ def new_worker_id() -> str:
 
 
 class Worker:
-    def __init__(self, store: JobStore, config: WorkerConfig, worker_id: str | None = None,
+    def __init__(self, queue: JobQueue, config: WorkerConfig, worker_id: str | None = None,
                  executor: Executor | None = None):
-        self.store = store
+        self.queue = queue
         self.config = config
         self.id = worker_id or new_worker_id()
         self.executor = executor or LocalExecutor(gpus=config.gpus,
@@ -108,16 +111,16 @@ class Worker:
     def tick(self) -> None:
         now = time.monotonic()
         if now >= self._next_reap:
-            for job in self.store.requeue_expired(actor=f"reaper@{self.id}"):
+            for job in self.queue.requeue_expired(actor=f"reaper@{self.id}"):
                 log.warning("job %s: its worker's lease expired; now %s", job.id,
                             job.status.value)
             self._next_reap = now + max(self.config.lease_s / 4, self.config.poll_s)
-            self.executor.housekeeping(self.store)
+            self.executor.housekeeping(self.queue)
         if now >= self._next_heartbeat:
-            owned = self.store.renew_leases(self.id, self.config.lease_s)
+            owned = self.queue.renew_leases(self.id, self.config.lease_s)
             self._next_heartbeat = now + self.config.heartbeat_s
         else:
-            owned = self.store.running_jobs_of(self.id) if self.runs else set()
+            owned = self.queue.running_jobs_of(self.id) if self.runs else set()
         for job_id, run in list(self.runs.items()):
             if job_id not in owned and run.stop_reason is None:
                 # Cancelled, deleted or reaped: the job is not ours to run any more.
@@ -128,24 +131,22 @@ class Worker:
         for run in list(self.runs.values()):
             self._watch(run)
         while len(self.runs) < self.config.concurrency and not self.stopping.is_set():
-            job = self.executor.claim(self.store, self.id, self.config.lease_s)
+            job = self.executor.claim(self.queue, self.id, self.config.lease_s)
             if job is None or not self._launch(job):
                 break  # nothing queued, or we handed one back: not again in this tick
 
     # ------------------------------------------------------------------ one job
     def _launch(self, job: Job) -> bool:
         """Start the job's run; False when the job went back to the queue instead."""
-        problem = self._check_inputs(job)
-        if problem:
-            self.store.finish(job.id, self.id, JobStatus.FAILED, error_message=problem)
+        dataset = self._check_inputs(job)
+        if isinstance(dataset, str):
+            self.queue.finish(job.id, self.id, JobStatus.FAILED, error_message=dataset)
             return True
         hyperparameters = dict(job.hyperparameters)
         if self.config.trainer_threads and "num_threads" not in hyperparameters:
             hyperparameters["num_threads"] = self.config.trainer_threads
-        # The dataset as the job's owner sees it: their own first, then the published one.
-        home = dataset_home(self.config.data_dir, job.owner, job.dataset)
-        spec = RunSpec(job.model_name, job.dataset, hyperparameters, home,
-                       job.id, **_spec_processes(job))
+        spec = RunSpec(job.model_name, job.dataset, hyperparameters, dataset.home,
+                       job.id, processes=job_processes(job))
         folder = job_dir(self.config.data_dir, job)
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -154,11 +155,11 @@ class Worker:
         except LaunchRefused as refusal:
             log.warning("job %s: not started (%s): %s", job.id, refusal.target.value,
                         refusal.message)
-            self.store.finish(job.id, self.id, refusal.target, error_message=refusal.message,
+            self.queue.finish(job.id, self.id, refusal.target, error_message=refusal.message,
                               refund_attempt=refusal.refund_attempt)
             return refusal.target is not JobStatus.QUEUED
         except OSError as exc:  # a full disk: this job fails, we go on
-            self.store.finish(job.id, self.id, JobStatus.FAILED,
+            self.queue.finish(job.id, self.id, JobStatus.FAILED,
                               error_message=f"could not start the trainer: {exc}")
             return True
         deadline = (time.monotonic() + job.max_runtime_seconds
@@ -169,16 +170,17 @@ class Worker:
         self._flush(run, force=True)
         return True
 
-    def _check_inputs(self, job: Job) -> str | None:
+    def _check_inputs(self, job: Job) -> ResolvedDataset | str:
+        """The dataset as the job's owner sees it (their own first, then the published one),
+        or why the job cannot run: gone, or changed since the job was admitted."""
         try:
-            path = resolve_dataset(
-                job.dataset, dataset_home(self.config.data_dir, job.owner, job.dataset))
+            dataset = resolve_owned_dataset(self.config.data_dir, job.owner, job.dataset)
         except DatasetError as exc:
             return f"dataset unavailable: {exc}"
-        if job.dataset_sha256 and dataset_sha256(path) != job.dataset_sha256:
+        if job.dataset_sha256 and dataset.sha256 != job.dataset_sha256:
             return (f"dataset {job.dataset!r} changed since the job was created "
                     "(its sha256 differs); resubmit the job to train on the new data")
-        return None
+        return dataset
 
     def _watch(self, run: _Run) -> None:
         while not run.proc.events.empty():
@@ -208,7 +210,7 @@ class Worker:
             return
         progress, metrics, forget = run.tracker.take()
         run.last_flush = now
-        if not self.store.record_progress(run.job.id, self.id, progress, metrics,
+        if not self.queue.record_progress(run.job.id, self.id, progress, metrics,
                                           forget_metrics_after=forget):
             if run.stop_reason is None and run.proc.poll() is None:
                 run.stop_reason = "lease_lost"
@@ -221,32 +223,32 @@ class Worker:
             log.info("job %s: trainer stopped (%s)", job.id, reason)
             return
         if reason == "deadline":
-            self.store.finish(job.id, self.id, JobStatus.FAILED, error_message=(
+            self.queue.finish(job.id, self.id, JobStatus.FAILED, error_message=(
                 f"deadline exceeded: ran longer than max_runtime_seconds="
                 f"{job.max_runtime_seconds}"))
         elif reason == "shutdown":
-            self.store.finish(job.id, self.id, JobStatus.QUEUED, refund_attempt=True)
+            self.queue.finish(job.id, self.id, JobStatus.QUEUED, refund_attempt=True)
         elif run.proc.stopped_outside:
             # Stopped behind our back (Ray's dashboard, `ray job stop`): what a cancel does.
             try:
-                self.store.transition(job.id, JobStatus.CANCELLED, actor=self.id)
+                self.queue.jobs.transition(job.id, JobStatus.CANCELLED, actor=self.id)
             except (JobNotFound, IllegalTransition):
                 pass  # deleted or ended meanwhile: nothing left to record
         elif rc == EXIT_OK:
-            self.store.finish(job.id, self.id, JobStatus.SUCCEEDED)
+            self.queue.finish(job.id, self.id, JobStatus.SUCCEEDED)
         elif rc > 0 and rc != EXIT_PREEMPTED:
             # The trainer said why it failed; running it again would fail again.
-            self.store.finish(job.id, self.id, JobStatus.FAILED,
+            self.queue.finish(job.id, self.id, JobStatus.FAILED,
                               error_message=run.proc.failure_reason())
         else:
             # Killed by a signal we did not send (the OOM killer, an operator) or preempted
             # by someone else: worth another attempt, if any are left.
             cause = run.proc.lost_cause(rc)
             if job.attempts < job.max_attempts:
-                self.store.finish(job.id, self.id, JobStatus.QUEUED,
+                self.queue.finish(job.id, self.id, JobStatus.QUEUED,
                                   error_message=f"trainer {cause}; requeued")
             else:
-                self.store.finish(job.id, self.id, JobStatus.FAILED, error_message=(
+                self.queue.finish(job.id, self.id, JobStatus.FAILED, error_message=(
                     f"trainer {cause}; gave up after {job.attempts} attempt(s)"))
         log.info("job %s: run ended with %d", job.id, rc)
 
@@ -262,7 +264,7 @@ class Worker:
             for run in list(self.runs.values()):
                 if run.stop_reason is None:
                     self._flush(run, force=True)
-                    self.store.detach(run.job.id, self.id, self.config.lease_s)
+                    self.queue.detach(run.job.id, self.id, self.config.lease_s)
                     run.proc.release()
                     del self.runs[run.job.id]
         else:
@@ -281,7 +283,7 @@ class Worker:
             self._watch(run)
 
     def _start_listener(self) -> None:
-        if self.store.dialect != "postgresql":
+        if self.queue.dialect != "postgresql":
             return  # SQLite: the loop polls every poll_s
         thread = threading.Thread(target=self._listen, daemon=True, name="pg-listen")
         thread.start()
@@ -289,7 +291,7 @@ class Worker:
     def _listen(self) -> None:
         while not self.stopping.is_set():
             try:
-                with self.store.listen() as notifications:
+                with self.queue.listen() as notifications:
                     for _ in notifications:
                         self.wake.set()
                         if self.stopping.is_set():
@@ -299,17 +301,17 @@ class Worker:
                 time.sleep(self.config.poll_s)
 
 
-def _spec_processes(job: Job) -> dict[str, int]:
-    """`processes=` for RunSpec once the multi-process trainer has added that field."""
-    if any(f.name == "processes" for f in dataclasses.fields(RunSpec)):
-        return {"processes": job_processes(job)}
-    return {}
-
-
-def gpus_from_env(value: str | None) -> list[int]:
-    if not value:
+def resolve_gpus(settings: Settings) -> list[int]:
+    """LLM_TRAIN_API_WORKER_GPUS as device indices: "auto" is every GPU torch can see (none
+    without torch or CUDA), "" is none, "0,1" is those."""
+    configured = settings.worker_gpus()
+    if configured is not None:
+        return configured
+    try:
+        import torch
+    except ImportError:
         return []
-    return [int(part) for part in value.split(",") if part.strip()]
+    return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
 
 
-__all__ = ["Worker", "WorkerConfig", "gpus_from_env"]
+__all__ = ["Worker", "WorkerConfig", "resolve_gpus"]

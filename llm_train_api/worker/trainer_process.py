@@ -5,7 +5,6 @@ log, its protocol events parsed as they are printed, and a death tied to the wor
 from __future__ import annotations
 
 import ctypes
-import inspect
 import os
 import queue
 import signal
@@ -24,17 +23,6 @@ try:  # loaded in the parent: the child must not import or allocate between fork
     _prctl = ctypes.CDLL(None, use_errno=True).prctl
 except (OSError, AttributeError):  # pragma: no cover - not Linux
     _prctl = None
-
-
-def trainer_command(job_dir: Path | str, python: str, processes: int = 1) -> list[str]:
-    """The trainer's argv from `run_command`, with `processes` (torchrun when > 1) passed
-    only when the trainer supports it, so the executors work before and after the
-    multi-process trainer lands. Raises ValueError for processes > 1 without that support."""
-    if "processes" in inspect.signature(run_command).parameters:
-        return run_command(job_dir, python=python, processes=processes)  # type: ignore[call-arg]
-    if processes > 1:
-        raise ValueError("this version of the trainer cannot run several processes per job")
-    return run_command(job_dir, python=python)
 
 
 def die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
@@ -57,7 +45,8 @@ class TrainerProcess:
         extra_env: dict[str, str] | None = None,
         processes: int = 1,
     ) -> None:
-        argv = trainer_command(job_dir, sys.executable, processes)  # may refuse: before IO
+        argv = run_command(job_dir, python=sys.executable,  # may refuse: before any IO
+                           processes=processes)
         job_dir.mkdir(parents=True, exist_ok=True)
         write_spec(job_dir, spec)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}

@@ -1,0 +1,286 @@
+"""The connector: engines tuned per backend, and the two paths every statement takes.
+
+Correctness across gunicorn workers and hosts comes from the database, never from Python:
+the repositories (jobs.py, queue.py, tokens.py) write with single conditional statements,
+and each write that changes a job commits together with its event row
+(`Database.write_with_event`).
+
+Writes go through `Database.write`: on SQLite, concurrent writers of one process share one
+transaction and one fsync (group_commit.py), under a lock that guards only the committer's
+queue and is never held while the database works; on PostgreSQL each write is its own
+transaction. Reads go through `Database.reading`: single statements, or reads that tolerate
+a change between two statements, so they skip BEGIN/ROLLBACK round trips.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+from sqlalchemy import (
+    BigInteger,
+    Connection,
+    Engine,
+    Integer,
+    String,
+    Text,
+    bindparam,
+    create_engine,
+    event,
+    func,
+    insert,
+    literal,
+    null,
+    select,
+)
+from sqlalchemy.engine import make_url
+
+from llm_train_api.store import migrations
+from llm_train_api.store.group_commit import GroupCommitter
+from llm_train_api.store.tables import job_events
+
+T = TypeVar("T")
+
+NOTIFY_CHANNEL = "llm_train_api_jobs"
+INSERT_EVENT = job_events.insert()
+_NOTIFY = select(func.pg_notify(bindparam("channel"), bindparam("job_id")))
+# PostgreSQL advisory locks held until the end of the transaction: one database-wide key,
+# or a key and an owner (its hashtext()), so that different owners do not wait on each other.
+_PG_LOCK = select(func.pg_advisory_xact_lock(bindparam("key", type_=BigInteger)))
+_PG_OWNER_LOCK = select(func.pg_advisory_xact_lock(
+    bindparam("key", type_=Integer), func.hashtext(bindparam("owner", type_=String))))
+_EVENT_COLUMNS = ["job_id", "at_us", "kind", "from_status", "to_status", "actor", "message",
+                  "attempt", "job_created_us"]
+
+
+def sqlite_url_for(path: str) -> str:
+    return f"sqlite:///{path}"
+
+
+def build_engine(
+    url: str, *, durability: str = "full", pool_size: int = 5, busy_timeout_s: float = 10.0
+) -> Engine:
+    """An engine tuned per backend: WAL + explicit BEGIN on SQLite, pooled psycopg on PG."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return _sqlite_engine(url, durability=durability, busy_timeout_s=busy_timeout_s)
+    if backend == "postgresql":
+        if parsed.get_driver_name() != "psycopg":
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        # No pool_pre_ping: it costs a round trip per request. A connection found dead is
+        # invalidated by SQLAlchemy (and its whole pool with it), so only the request that
+        # met it fails, with a 503 (see api/errors.py), and the client may retry.
+        engine = create_engine(
+            parsed, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800,
+        )
+        if durability == "relaxed":
+            @event.listens_for(engine, "connect")
+            def _relax(dbapi_conn: Any, _record: Any) -> None:
+                with dbapi_conn.cursor() as cur:
+                    cur.execute("SET synchronous_commit TO off")
+                dbapi_conn.commit()
+        return engine
+    raise ValueError(
+        f"unsupported database URL {parsed.render_as_string()!r}: use sqlite or postgresql"
+    )
+
+
+def _sqlite_engine(url: str, *, durability: str, busy_timeout_s: float) -> Engine:
+    engine = create_engine(
+        url, connect_args={"timeout": busy_timeout_s, "check_same_thread": False}
+    )
+    synchronous = "FULL" if durability == "full" else "NORMAL"
+
+    @event.listens_for(engine, "connect")
+    def _configure(dbapi_conn: Any, _record: Any) -> None:
+        # Take transaction control away from the sqlite3 module so that BEGIN is ours.
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA synchronous={synchronous}")
+        cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        # Writers take the write lock up front: a deferred transaction that later upgrades
+        # can fail with SQLITE_BUSY without waiting, which would surface as a 500. Readers
+        # open no transaction at all: each SELECT reads one consistent WAL snapshot.
+        if not conn.get_execution_options().get("llm_read_only"):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+class Database:
+    """One database: its engine, the write and read paths, and what every table shares."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.dialect: str = engine.dialect.name
+        self.is_postgresql = self.dialect == "postgresql"
+        # Autocommit on PostgreSQL; on SQLite, reads are marked so that no BEGIN is sent.
+        self._read_engine = (
+            engine.execution_options(isolation_level="AUTOCOMMIT")
+            if self.is_postgresql else engine
+        )
+        self._group: GroupCommitter | None = None
+        if self.dialect == "sqlite":
+            database = engine.url.database
+            on_disk = database and database != ":memory:" and not database.startswith("file:")
+            self._group = GroupCommitter(
+                engine, lock_path=f"{database}-writelock" if on_disk else None
+            )
+        # Statements wrapped by `write_with_event`, keyed by the identity of the statement:
+        # those are built once and live as long as their repository.
+        self._event_stmts: dict[tuple[int, str], Any] = {}
+
+    @classmethod
+    def from_url(
+        cls,
+        url: str,
+        *,
+        durability: str = "full",
+        pool_size: int = 5,
+        busy_timeout_s: float = 10.0,
+        migrate: bool = True,
+    ) -> Database:
+        engine = build_engine(url, durability=durability, pool_size=pool_size,
+                              busy_timeout_s=busy_timeout_s)
+        database = cls(engine)
+        if migrate:
+            database.migrate()
+        return database
+
+    def migrate(self) -> int:
+        return migrations.migrate(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def ping(self) -> int:
+        """Schema version, read through a real round trip: the readiness probe."""
+        with self.reading() as conn:
+            return migrations.current_version(conn)
+
+    # ------------------------------------------------------------------ transactions
+    def write(self, work: Callable[[Connection], T]) -> T:
+        """Run `work` in a committed write transaction (grouped with others' on SQLite)."""
+        if self._group is not None:
+            return self._group.run(work)
+        with self.engine.begin() as conn:
+            return work(conn)
+
+    @contextlib.contextmanager
+    def reading(self) -> Iterator[Connection]:
+        """A connection for reads: no transaction round trips, never the write lock."""
+        with self._read_engine.connect() as conn:
+            yield conn.execution_options(llm_read_only=True)
+
+    def lock(self, conn: Connection, key: int, owner: str | None = None) -> None:
+        """PostgreSQL: serialise with every transaction that takes the same lock (per owner
+        when given). SQLite needs none: its write lock already serialises writers."""
+        if not self.is_postgresql:
+            return
+        if owner is None:
+            conn.execute(_PG_LOCK, {"key": key})
+        else:
+            conn.execute(_PG_OWNER_LOCK, {"key": key, "owner": owner})
+
+    # ------------------------------------------------------------------ events
+    def write_with_event(
+        self,
+        stmt: Any,
+        params: dict[str, Any],
+        kind: str,
+        at_us: int,
+        actor: str | None,
+        message: str | None,
+        *,
+        prelude: Callable[[Connection], None] | None = None,
+    ) -> Any:
+        """Run a write whose RETURNING row, if any, gets its event row atomically with it.
+
+        On PostgreSQL both go into one statement (a data-modifying CTE) run in autocommit:
+        one round trip and one implicit transaction instead of BEGIN, two statements and
+        COMMIT. SQLite has no data-modifying CTEs and no network, so there it is two
+        statements in one BEGIN IMMEDIATE transaction. A `prelude` (a lock, a quota check
+        that may raise) runs first in the same transaction, on both.
+        """
+        if self.is_postgresql and prelude is None:
+            event_params = {"ev_at": at_us, "ev_actor": actor, "ev_message": message}
+            with self._read_engine.connect() as conn:
+                return conn.execute(self._with_event(stmt, kind),
+                                    {**params, **event_params}).first()
+
+        def work(conn: Connection) -> Any:
+            if prelude is not None:
+                prelude(conn)
+            row = conn.execute(stmt, params).first()
+            if row is not None:
+                previous = row._mapping.get("previous_status")
+                conn.execute(INSERT_EVENT, {
+                    "job_id": row.id, "at_us": at_us, "kind": kind, "from_status": previous,
+                    "to_status": row.status, "actor": actor, "message": message,
+                    "attempt": row.attempts, "job_created_us": row.created_us,
+                })
+            return row
+
+        return self.write(work)
+
+    def _with_event(self, stmt: Any, kind: str) -> Any:
+        """`stmt` wrapped so that each row it returns also inserts a job_events row."""
+        key = (id(stmt), kind)
+        wrapped = self._event_stmts.get(key)
+        if wrapped is None:
+            changed = stmt.cte("changed")
+            previous = changed.c.previous_status if "previous_status" in changed.c else null()
+            event_row = insert(job_events).from_select(
+                _EVENT_COLUMNS,
+                select(changed.c.id, bindparam("ev_at", type_=BigInteger),
+                       literal(kind, String), previous, changed.c.status,
+                       bindparam("ev_actor", type_=String), bindparam("ev_message", type_=Text),
+                       changed.c.attempts, changed.c.created_us),
+            ).cte("event")
+            columns = list(changed.c)
+            if kind == "created":  # wake idle workers now rather than at their next poll
+                columns.append(func.pg_notify(NOTIFY_CHANNEL, changed.c.id))
+            wrapped = select(*columns).add_cte(event_row)
+            self._event_stmts[key] = wrapped
+        return wrapped
+
+    # ------------------------------------------------------------------ notifications
+    def notify(self, job_id: str, conn: Connection | None = None) -> None:
+        """Wake the workers now (PostgreSQL), inside `conn`'s transaction when given; on
+        SQLite they poll."""
+        if not self.is_postgresql:
+            return
+        if conn is not None:
+            conn.execute(_NOTIFY, {"channel": NOTIFY_CHANNEL, "job_id": job_id})
+            return
+        with self._read_engine.connect() as own:
+            own.execute(_NOTIFY, {"channel": NOTIFY_CHANNEL, "job_id": job_id})
+
+    @contextlib.contextmanager
+    def listen(self) -> Iterator[Iterator[Any]]:
+        """PostgreSQL: iterate over notifications about new, cancelled and deleted jobs."""
+        if not self.is_postgresql:
+            raise RuntimeError("LISTEN needs PostgreSQL")
+        with self.engine.connect() as conn:
+            raw = conn.connection.driver_connection
+            raw.rollback()
+            raw.autocommit = True
+            raw.execute(f"LISTEN {NOTIFY_CHANNEL}")
+
+            def notifications() -> Iterator[Any]:
+                while True:
+                    yield from raw.notifies(timeout=1.0)
+
+            try:
+                yield notifications()
+            finally:
+                raw.execute(f"UNLISTEN {NOTIFY_CHANNEL}")
+                raw.autocommit = False
