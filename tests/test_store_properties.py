@@ -463,8 +463,11 @@ def _run_op(queue, ledger: Ledger, op: tuple) -> None:
 
 def _check_revisions(ledger: Ledger, queue) -> None:
     """Per incarnation: versions 1..n each reported once, each step an allowed edge, and
-    the live incarnation ends where the last reported change left it."""
-    last: dict[str, tuple[int, int, str]] = {}
+    the live incarnation ends where the last reported change left it.
+
+    Which incarnation is live is read from the store, not guessed from creation times: a
+    create's timestamp is taken before its INSERT commits, so under load a create that
+    started earlier can commit after a later one was deleted."""
     for (job_id, created_us), seen in ledger.versions.items():
         seen.sort()
         versions = [v for v, _ in seen]
@@ -474,20 +477,17 @@ def _check_revisions(ledger: Ledger, queue) -> None:
         assert seen[0][1] == "queued", seen
         for (_, src), (_, dst) in zip(seen, seen[1:], strict=False):
             assert (src, dst) in ALLOWED_EDGES, f"job {job_id!r}: {src}->{dst} in {seen}"
-        prev = last.get(job_id)
-        if prev is None or created_us > prev[0]:
-            last[job_id] = (created_us, versions[-1], seen[-1][1])
     for job_id in JOB_IDS:
         try:
             job = queue.jobs.get_job(job_id)
             timeline, _ = queue.jobs.job_events(job_id)
         except JobNotFound:
             continue
-        created_us, version, status = last[job_id]
-        assert (job.revision.created_us, job.version, job.status.value) == (
-            created_us, version, status), f"job {job_id!r}: stored {job}, reported {last}"
+        seen = ledger.versions.get((job_id, job.revision.created_us))
+        assert seen is not None, f"job {job_id!r}: stored {job}, an incarnation no call made"
+        assert (job.version, job.status.value) == seen[-1], (
+            f"job {job_id!r}: stored {job}, but the last reported change made {seen[-1]}")
         # The API's timeline of this incarnation: its own changes, all of them, in order.
-        seen = ledger.versions[(job_id, created_us)]
         changes = [(e.kind, e.from_status and e.from_status.value,
                     e.to_status and e.to_status.value) for e in timeline
                    if e.kind in STATUS_KINDS]
