@@ -15,7 +15,8 @@ from click.testing import CliRunner, Result
 from llm_train_api.cli.main import main
 from llm_train_api.cli.progress import describe, wait
 from llm_train_api.client import Client, Job
-from tests.servers import TINY, free_port
+from tests.helpers.cli import one_error_line
+from tests.helpers.servers import TINY, free_port
 
 
 def cli(server, *args: str, env: dict[str, str] | None = None) -> Result:
@@ -28,32 +29,6 @@ def cli(server, *args: str, env: dict[str, str] | None = None) -> Result:
 def ok(result: Result) -> str:
     assert result.exit_code == 0, (result.exit_code, result.output, result.stderr)
     return result.stdout
-
-
-def one_error_line(result: Result, code: int = 1) -> str:
-    """The failure contract: a non-zero exit and exactly one line on stderr, no traceback."""
-    assert result.exit_code == code, (result.exit_code, result.stdout, result.stderr)
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    return lines[0]
-
-
-def test_progress_line_with_and_without_a_bar():
-    job = Job("j", status="running", progress={
-        "phase": "training", "step": 120, "total_steps": 300, "fraction": 0.4, "eta_s": 63.2,
-        "train_loss": 2.41234, "tokens_per_s": 52000.0})
-    assert describe(job, bar=False) == (
-        "j: step 120/300  40%  loss 2.4123  52.0k tok/s  ETA 1:03")
-    assert describe(job, bar=True).startswith("j: [##########--------------]  step 120/300")
-    assert describe(Job("j", status="queued"), bar=True) == "j: queued"
-    failed = Job("j", status="failed", error_message="boom")
-    assert describe(failed, bar=False) == "j: failed: boom"
-
-
-def test_sample_without_torch_says_so_in_one_line(monkeypatch):
-    monkeypatch.setitem(sys.modules, "torch", None)  # as if it were not installed
-    result = CliRunner().invoke(main, ["sample", "any", "--url", "http://127.0.0.1:9"])
-    assert "needs torch" in one_error_line(result)
 
 
 def test_registry_commands_tables_json_and_errors(gunicorn_factory, tmp_path):

@@ -12,10 +12,10 @@ import sys
 import pytest
 from ray.job_submission import JobSubmissionClient
 
-from tests.ray_cluster import RayHead, ray_head  # noqa: F401 - the session fixture
-from tests.servers import FAST, REPO_ROOT, TINY, WorkerProcess
-from tests.test_worker import events, get, wait_for
-from tests.test_worker import wait_status as wait_for_status
+from tests.helpers.ray_cluster import RayHead, ray_head  # noqa: F401 - the session fixture
+from tests.helpers.servers import FAST, REPO_ROOT, TINY, WorkerProcess
+from tests.helpers.live import events, get, wait_for
+from tests.helpers.live import wait_status as wait_for_status
 
 pytestmark = pytest.mark.slow
 

@@ -17,8 +17,8 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from llm_train_api.ui import CONTENT_SECURITY_POLICY
-from tests.clients import admin_client
-from tests.servers import REPO_ROOT, TINY
+from tests.helpers.clients import admin_client
+from tests.helpers.servers import REPO_ROOT, TINY
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"

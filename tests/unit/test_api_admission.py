@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from llm_train_api import create_app
-from tests.clients import admin_client
+from tests.helpers.clients import admin_client
 
 
 @pytest.fixture

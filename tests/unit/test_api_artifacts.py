@@ -11,7 +11,7 @@ import pytest
 from llm_train_api import create_app
 from llm_train_api.api import artifacts
 from llm_train_api.artifacts import jobs as jobfiles
-from tests.clients import admin_client
+from tests.helpers.clients import admin_client
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-from tests.training.conftest import REPO_ROOT, cli_env
+from tests.helpers.training import REPO_ROOT, cli_env
 
 CODE = r"""
 import sys

@@ -10,7 +10,7 @@ from urllib.parse import quote
 
 import pytest
 
-from tests.clients import admin_client
+from tests.helpers.clients import admin_client
 
 SEED_JOB = {
     "job_id": "job-001",

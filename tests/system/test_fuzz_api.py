@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 import requests
 
-from tests.fuzzing import FuzzRun, fuzz, unique
+from tests.helpers.fuzzing import FuzzRun, fuzz, unique
 
 pytestmark = pytest.mark.slow
 

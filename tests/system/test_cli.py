@@ -10,7 +10,7 @@ import time
 
 import requests
 
-from tests.servers import REPO_ROOT, free_port
+from tests.helpers.servers import REPO_ROOT, free_port
 
 
 def descendants(pid: int) -> set[int]:

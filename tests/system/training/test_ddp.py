@@ -30,7 +30,7 @@ from llm_train_api.training.data import BatchSampler
 from llm_train_api.training.events import EventWriter, parse_line
 from llm_train_api.training.spec import RunSpec, SpecError, run_command, write_spec
 from llm_train_api.training.trainer import FAULT_ENV, execute
-from tests.training.conftest import REPO_ROOT, cli_env, events_of, make_spec, read_metrics
+from tests.helpers.training import REPO_ROOT, cli_env, events_of, make_spec, read_metrics
 
 REL_TOL = 1e-3  # per-step relative difference allowed between 1 and 2 processes
 

@@ -1,4 +1,4 @@
-"""Fixtures for the trainer tests: tiny corpora, spec builders and a CLI runner.
+"""Helpers for the trainer tests: tiny corpora, spec builders and a CLI runner.
 
 Every run uses ``num_threads=1`` (and ``OMP_NUM_THREADS=1`` for subprocesses) so several
 test suites can share the CI machine's two cores.
@@ -12,8 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,14 +39,6 @@ def tiny_hp(**overrides: Any) -> dict[str, Any]:
     }
     hp.update(overrides)
     return hp
-
-
-@pytest.fixture
-def data_dir(tmp_path: Path) -> Path:
-    root = tmp_path / "data"
-    (root / "datasets").mkdir(parents=True)
-    (root / "datasets" / "repeat.txt").write_text(PARAGRAPH * 30, encoding="utf-8")
-    return root
 
 
 def make_spec(data_dir: Path, dataset: str = "repeat", model: str = "gpt-nano",

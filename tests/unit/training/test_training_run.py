@@ -17,7 +17,7 @@ from llm_train_api.training.events import EventWriter, parse_line
 from llm_train_api.training.sample import sample
 from llm_train_api.training.spec import RunSpec, run_command, write_spec
 from llm_train_api.training.trainer import execute, learning_rate_at, total_steps_for
-from tests.training.conftest import (
+from tests.helpers.training import (
     REPO_ROOT,
     cli_env,
     events_of,

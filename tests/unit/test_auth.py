@@ -16,7 +16,7 @@ import stat
 import pytest
 
 from llm_train_api import create_app
-from tests.clients import admin_client, client_as
+from tests.helpers.clients import admin_client, client_as
 
 JOB = {"model_name": "gpt-nano", "dataset": "hamlet", "hyperparameters": {"lr": 0.1}}
 

@@ -18,7 +18,7 @@ from sqlalchemy import create_engine, func, select
 
 from llm_train_api.api.metrics import MULTIPROC_SUBDIR
 from llm_train_api.store import tables
-from tests.servers import REPO_ROOT, GunicornServer
+from tests.helpers.servers import REPO_ROOT, GunicornServer
 
 WORKERS = 3
 METRICS_TOKEN = "scrape-me-0123456789"

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.servers import free_port
+from tests.helpers.servers import free_port
 
 RAY = Path(sys.executable).with_name("ray")
 _PORT_OPTIONS = ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
