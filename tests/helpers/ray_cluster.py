@@ -15,10 +15,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import requests
 
 from tests.helpers.servers import free_port
@@ -146,11 +144,3 @@ def _kill(pid: int, sig: int) -> None:
         os.kill(pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
-
-
-@pytest.fixture(scope="session")
-def ray_head() -> Iterator[RayHead]:
-    head = RayHead()
-    head.start()
-    yield head
-    head.stop()

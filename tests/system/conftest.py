@@ -1,4 +1,5 @@
-"""Fixtures of the system tier: real `gunicorn wsgi:app` processes and worker processes."""
+"""Fixtures of the system tier: real `gunicorn wsgi:app` processes, worker processes and a
+private Ray head."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.helpers.ray_cluster import RayHead
 from tests.helpers.servers import FAST, GunicornServer, WorkerProcess
 
 
@@ -53,3 +55,12 @@ def service(request, tmp_path, gunicorn_factory):
     yield server
     for w in workers:
         w.stop(signal.SIGKILL)
+
+
+@pytest.fixture(scope="session")
+def ray_head() -> Iterator[RayHead]:
+    """One private Ray head for the session (starting one takes seconds)."""
+    head = RayHead()
+    head.start()
+    yield head
+    head.stop()

@@ -6,15 +6,11 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
 from sqlalchemy import create_engine, func, select
 
-from llm_train_api.domain import JobStatus, NewJob
-from llm_train_api.store.job_store import JobStore
 from llm_train_api.store.tables import api_tokens
 from tests.helpers.servers import REPO_ROOT
 

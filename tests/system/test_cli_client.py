@@ -7,14 +7,13 @@ from __future__ import annotations
 import io
 import json
 import re
-import sys
 
 import pytest
 from click.testing import CliRunner, Result
 
 from llm_train_api.cli.main import main
-from llm_train_api.cli.progress import describe, wait
-from llm_train_api.client import Client, Job
+from llm_train_api.cli.progress import wait
+from llm_train_api.client import Client
 from tests.helpers.cli import one_error_line
 from tests.helpers.servers import TINY, free_port
 

@@ -17,25 +17,20 @@ import pytest
 
 from llm_train_api.client import (
     ApiConnectionError,
-    ApiError,
     BadRequest,
     Client,
     Conflict,
     Forbidden,
-    Job,
     NotFound,
     PreconditionFailed,
     RetryPolicy,
     ServiceUnavailable,
     TooManyRequests,
     Unauthorized,
-    UnsupportedMediaType,
     ValidationError,
 )
-from llm_train_api.client.errors import error_for
-from llm_train_api.client.models import parse
 from llm_train_api.store.job_store import JobStore
-from tests.helpers.servers import REPO_ROOT, TINY, GunicornServer, free_port
+from tests.helpers.servers import REPO_ROOT, TINY, GunicornServer
 
 FAST_RETRY = RetryPolicy(attempts=3, backoff_s=0.01, max_backoff_s=0.05)
 
@@ -54,6 +49,24 @@ def test_the_client_imports_without_flask_or_torch():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_job_metrics_returns_a_curve_longer_than_one_page(gunicorn_factory, tmp_path):
+    db = f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
+    server = gunicorn_factory(workers=1, env={"LLM_TRAIN_API_DATABASE_URL": db})
+    with api_for(server) as api:
+        job = api.create_job("gpt-nano", "tiny", {"learning_rate": 0.001}, job_id="long")
+        store = JobStore.from_url(db)
+        try:
+            assert store.claim("w1", 30).id == job.id
+            store.record_progress(job.id, "w1", {"step": 10_050},
+                                  [{"step": s, "train_loss": 1.0} for s in range(1, 10_051)])
+        finally:
+            store.close()
+        # The server answers at most 10,000 points a request; the client follows the Link.
+        assert [p.step for p in api.job_metrics(job.id)] == list(range(1, 10_051))
+        assert [p.step for p in api.job_metrics(job.id, after_step=10_040)] == list(
+            range(10_041, 10_051))
 
 
 # ----------------------------------------------------------------------------- registry

@@ -12,16 +12,16 @@ import sys
 import pytest
 from ray.job_submission import JobSubmissionClient
 
-from tests.helpers.ray_cluster import RayHead, ray_head  # noqa: F401 - the session fixture
-from tests.helpers.servers import FAST, REPO_ROOT, TINY, WorkerProcess
 from tests.helpers.live import events, get, wait_for
 from tests.helpers.live import wait_status as wait_for_status
+from tests.helpers.ray_cluster import RayHead
+from tests.helpers.servers import FAST, REPO_ROOT, TINY, WorkerProcess
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def ray_service(ray_head: RayHead, gunicorn_factory, tmp_path):  # noqa: F811
+def ray_service(ray_head: RayHead, gunicorn_factory, tmp_path):
     """An API (built-in executor, SQLite) and a factory of Ray dispatchers for it."""
     env = {"LLM_TRAIN_API_DATABASE_URL": f"sqlite:///{tmp_path / 'jobs.sqlite3'}",
            "LLM_TRAIN_API_EXECUTOR": "local",
@@ -162,7 +162,7 @@ def test_a_job_too_big_for_the_cluster_is_refused(ray_service):
 
 
 def test_an_api_that_knows_the_cluster_refuses_a_too_big_job_with_422(
-        ray_head, gunicorn_factory, tmp_path):  # noqa: F811
+        ray_head, gunicorn_factory, tmp_path):
     """LLM_TRAIN_API_RAY_ADDRESS on the API host: capacity is checked at creation."""
     server = gunicorn_factory(workers=1, env={
         "LLM_TRAIN_API_DATABASE_URL": f"sqlite:///{tmp_path / 'jobs.sqlite3'}",
@@ -199,7 +199,7 @@ def test_a_private_data_dir_with_a_remote_ray_is_refused_at_start(tmp_path):
     assert ok.returncode != 0 and "cannot reach the Ray cluster" in ok.stderr
 
 
-def test_a_retried_submit_attaches_and_processes_reach_the_entrypoint(ray_head, tmp_path):  # noqa: F811
+def test_a_retried_submit_attaches_and_processes_reach_the_entrypoint(ray_head, tmp_path):
     """The executor in-process against the real head: launching the same claim twice (a
     submit whose response was lost) yields one Ray job, and `resources.processes` turns the
     entrypoint into the torchrun launcher."""

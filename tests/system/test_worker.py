@@ -11,7 +11,7 @@ import sys
 import time
 
 from tests.helpers.live import alive, events, get, submit, wait_for, wait_progress, wait_status
-from tests.helpers.servers import REPO_ROOT
+from tests.helpers.servers import REPO_ROOT, TINY
 
 
 def test_a_job_trains_to_success(service):

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.servers import TINY
 from tests.helpers.live import alive, get, wait_for, wait_progress, wait_status
+from tests.helpers.servers import TINY
 
 pytestmark = pytest.mark.slow
 

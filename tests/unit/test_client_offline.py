@@ -75,21 +75,3 @@ def test_connection_refused_is_an_api_connection_error_after_bounded_retries():
         api.healthz()
     assert time.monotonic() - t0 < 5
     assert info.value.status == 0 and "refused" in str(info.value).lower()
-
-
-def test_job_metrics_returns_a_curve_longer_than_one_page(gunicorn_factory, tmp_path):
-    db = f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
-    server = gunicorn_factory(workers=1, env={"LLM_TRAIN_API_DATABASE_URL": db})
-    with api_for(server) as api:
-        job = api.create_job("gpt-nano", "tiny", {"learning_rate": 0.001}, job_id="long")
-        store = JobStore.from_url(db)
-        try:
-            assert store.claim("w1", 30).id == job.id
-            store.record_progress(job.id, "w1", {"step": 10_050},
-                                  [{"step": s, "train_loss": 1.0} for s in range(1, 10_051)])
-        finally:
-            store.close()
-        # The server answers at most 10,000 points a request; the client follows the Link.
-        assert [p.step for p in api.job_metrics(job.id)] == list(range(1, 10_051))
-        assert [p.step for p in api.job_metrics(job.id, after_step=10_040)] == list(
-            range(10_041, 10_051))
