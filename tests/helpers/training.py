@@ -6,6 +6,7 @@ test suites can share the CI machine's two cores.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -71,3 +72,14 @@ def events_of(stdout: str) -> list[dict[str, Any]]:
 def read_metrics(job_dir: Path) -> list[dict[str, Any]]:
     lines = (job_dir / "metrics.jsonl").read_text().splitlines()
     return [json.loads(line) for line in lines]
+
+
+def run_inprocess(spec: dict[str, Any], job_dir: Any, **kwargs: Any
+                  ) -> tuple[int, list[dict[str, Any]]]:
+    """Run the trainer in this process; its exit code and the events it printed."""
+    from llm_train_api.training.events import EventWriter
+    from llm_train_api.training.trainer import execute
+
+    out = io.StringIO()
+    code = execute(spec, job_dir, EventWriter(out), **kwargs)
+    return code, events_of(out.getvalue())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import multiprocessing
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -161,37 +160,6 @@ def test_racing_threads_exactly_one_winner(store):
     assert len(finals) == 1
 
 
-def _race_in_process(url, target, start_evt, results):
-    store = JobStore.from_url(url, migrate=False)
-    start_evt.wait()
-    try:
-        _, changed = store.transition("race", JobStatus(target))
-        results.put(target if changed else "")
-    except IllegalTransition:
-        results.put("")
-    finally:
-        store.close()
-
-
-def test_racing_processes_exactly_one_winner(store, db_url):
-    store.create_job(new("race"))
-    store.transition("race", S.RUNNING)
-    ctx = multiprocessing.get_context("spawn")
-    start_evt, results = ctx.Event(), ctx.Queue()
-    targets = ["succeeded", "failed", "cancelled", "succeeded", "failed", "cancelled"]
-    procs = [ctx.Process(target=_race_in_process, args=(db_url, t, start_evt, results))
-             for t in targets]
-    for p in procs:
-        p.start()
-    start_evt.set()
-    outcomes = [results.get(timeout=60) for _ in procs]
-    for p in procs:
-        p.join(timeout=30)
-    winners = [o for o in outcomes if o]
-    assert len(winners) == 1, outcomes
-    assert store.get_job("race").status.value == winners[0]
-
-
 def test_racing_creates_same_id_one_job(store):
     barrier = threading.Barrier(8)
 
@@ -318,20 +286,3 @@ def _statement_for(store, query):
     finally:
         event.remove(store._engine, "before_cursor_execute", grab)
     return captured[-1]
-
-
-def test_migrations_are_safe_when_many_processes_start_at_once(db_url):
-    ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_open_store, args=(db_url,)) for _ in range(4)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=60)
-    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
-    store = JobStore.from_url(db_url)
-    assert store.ping() >= 1
-    store.close()
-
-
-def _open_store(url):
-    JobStore.from_url(url).close()

@@ -3,13 +3,12 @@ PostgreSQL."""
 
 from __future__ import annotations
 
-import multiprocessing
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 from llm_train_api.domain import JobStatus, NewJob
-from llm_train_api.store.job_store import LEASE_LOST_MESSAGE, JobStore
+from llm_train_api.store.job_store import LEASE_LOST_MESSAGE
 
 S = JobStatus
 
@@ -49,29 +48,6 @@ def test_concurrent_claimers_never_take_the_same_job(store):
     with ThreadPoolExecutor(6) as pool:
         list(pool.map(worker, range(6)))
     assert sorted(claimed) == sorted(f"j{i}" for i in range(40))
-
-
-def _claim_all(url, name, out):
-    store = JobStore.from_url(url, migrate=False)
-    mine = []
-    while (job := store.claim(name, 30)) is not None:
-        mine.append(job.id)
-    out.put(mine)
-    store.close()
-
-
-def test_claimers_in_separate_processes_partition_the_queue(store, db_url):
-    store.insert_many(new(f"p{i}") for i in range(60))
-    ctx = multiprocessing.get_context("spawn")
-    out = ctx.Queue()
-    procs = [ctx.Process(target=_claim_all, args=(db_url, f"w{n}", out)) for n in range(3)]
-    for p in procs:
-        p.start()
-    results = [out.get(timeout=60) for _ in procs]
-    for p in procs:
-        p.join(timeout=30)
-    flat = [j for r in results for j in r]
-    assert sorted(flat) == sorted(f"p{i}" for i in range(60))
 
 
 def test_lease_guards_every_worker_write(store):
