@@ -133,19 +133,6 @@ def imports_of(path: Path, source: str | None = None) -> list[Import]:
     found: list[Import] = []
 
     def visit(node: ast.AST, lazy: bool, type_only: bool) -> None:
-        for child in ast.iter_child_nodes(node):
-            child_lazy = lazy or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef,
-                                                    ast.Lambda))
-            if isinstance(child, ast.If) and _is_type_checking(child.test):
-                for stmt in child.body:
-                    visit_one(stmt, lazy, True)
-                for stmt in child.orelse:
-                    visit_one(stmt, lazy, type_only)
-                continue
-            visit_one(child, child_lazy, type_only, recurse=False)
-            visit(child, child_lazy, type_only)
-
-    def visit_one(node: ast.AST, lazy: bool, type_only: bool, recurse: bool = True) -> None:
         if isinstance(node, ast.Import):
             for alias in node.names:
                 found.append(Import(name, node.lineno, alias.name, lazy, type_only))
@@ -158,13 +145,18 @@ def imports_of(path: Path, source: str | None = None) -> list[Import]:
                 prefix = node.module or ""
             for alias in node.names:
                 sub = f"{prefix}.{alias.name}"
-                inner = sub.removeprefix(PACKAGE + ".")
-                is_ours = sub.startswith(PACKAGE + ".") and is_module(inner)
-                found.append(Import(name, node.lineno, sub if is_ours else prefix,
-                                    lazy, type_only))
-        if recurse:
-            inner_lazy = lazy or isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
-            visit(node, inner_lazy, type_only)
+                ours = sub.startswith(PACKAGE + ".") and is_module(sub[len(PACKAGE) + 1:])
+                found.append(Import(name, node.lineno, sub if ours else prefix, lazy,
+                                    type_only))
+        elif isinstance(node, ast.If) and _is_type_checking(node.test):
+            for stmt in node.body:
+                visit(stmt, lazy, True)
+            for stmt in node.orelse:
+                visit(stmt, lazy, type_only)
+            return
+        lazy = lazy or isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))
+        for child in ast.iter_child_nodes(node):
+            visit(child, lazy, type_only)
 
     if source is None:
         source = path.read_text(encoding="utf-8")
