@@ -1,4 +1,5 @@
-"""A real gunicorn process for tests that cross process boundaries."""
+"""Servers for tests: real gunicorn and worker processes for the system tier, and the app
+served from a thread for unit tests of HTTP clients."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import requests
 
@@ -121,3 +124,28 @@ class WorkerProcess:
                 self.proc.wait()
         self._out.close()
         return self.proc.returncode
+
+
+class ThreadedServer:
+    """The Flask app served by werkzeug from a thread of this process: a real socket for
+    clients that speak HTTP (the Python client, the CLI's client commands) without
+    starting gunicorn. Unit tests use it; behaviour that depends on gunicorn stays with
+    GunicornServer."""
+
+    def __init__(self, app: Any) -> None:
+        from werkzeug.serving import make_server
+
+        self._server = make_server("127.0.0.1", 0, app, threaded=True)
+        self.url = f"http://127.0.0.1:{self._server.server_port}"
+        # A short poll interval: shutdown() waits for the loop to notice, once per test.
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.02,),
+                                        daemon=True, name="threaded-server")
+
+    def __enter__(self) -> ThreadedServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._thread.join(timeout=10)
+        self._server.server_close()
