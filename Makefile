@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 # extra itself only asks for a range, so GPU hosts keep their own CUDA build.
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: run test browser lint bench bench-api bench-trainer clean
+.PHONY: run test test-unit browser lint bench bench-api bench-trainer clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ browser:
 test: $(STAMP) browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The in-process tier (tests/unit) alone: the quick check while changing code. `make test`
+# runs both tiers and stays the CI command.
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
 # Benchmarks (not part of `make test`): results go to docs/benchmarks.md.
 bench: $(STAMP)

@@ -1,13 +1,15 @@
-"""Shared fixtures: the app on a temporary database, real PostgreSQL schemas, and real
-gunicorn processes. Tests that need PostgreSQL fail loudly when it is unreachable.
+"""Fixtures both tiers share: the app on a temporary database, real PostgreSQL schemas and
+a trainer data folder. Tests that need PostgreSQL fail loudly when it is unreachable.
+
+The process fixtures (gunicorn, worker processes) live in tests/system/conftest.py.
 """
 
 from __future__ import annotations
 
 import os
-import signal
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import quote
 
 import pytest
@@ -18,8 +20,8 @@ from llm_train_api import create_app
 from llm_train_api.store.database import Database
 from llm_train_api.store.jobs import JobRepository
 from llm_train_api.store.queue import JobQueue
-from tests.clients import admin_client
-from tests.servers import FAST, GunicornServer, WorkerProcess
+from tests.helpers.clients import admin_client
+from tests.helpers.training import PARAGRAPH
 
 PG_SERVER_URL = os.environ.get(
     "LLM_TRAIN_API_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -98,45 +100,9 @@ def client(app):
 
 
 @pytest.fixture
-def gunicorn_factory(tmp_path) -> Iterator:
-    """Start real `gunicorn wsgi:app` processes; all are stopped at teardown."""
-    started: list[GunicornServer] = []
-
-    def start(workers: int = 3, env: dict[str, str] | None = None) -> GunicornServer:
-        server = GunicornServer(
-            workers=workers,
-            env={"LLM_TRAIN_API_INSTANCE_PATH": str(tmp_path / "instance"),
-                 "LLM_TRAIN_API_EXECUTOR": "none", **(env or {})},
-            log_path=tmp_path / f"gunicorn-{len(started)}.log",
-        )
-        started.append(server)
-        server.start()
-        return server
-
-    yield start
-    for server in started:
-        server.stop()
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def service(request, tmp_path, gunicorn_factory):
-    """A gunicorn API with the built-in executor, and a factory of worker processes."""
-    if request.param == "sqlite":
-        db = f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
-    else:
-        db = request.getfixturevalue("pg_url")
-    env = {"LLM_TRAIN_API_DATABASE_URL": db, "LLM_TRAIN_API_EXECUTOR": "local",
-           "LLM_TRAIN_API_INSTANCE_PATH": str(tmp_path / "instance"), **FAST}
-    server = gunicorn_factory(workers=2, env=env)
-    workers: list[WorkerProcess] = []
-
-    def start_worker(**extra: str) -> WorkerProcess:
-        w = WorkerProcess({**env, **extra}, tmp_path / f"worker-{len(workers)}.log")
-        workers.append(w)
-        return w
-
-    server.start_worker = start_worker
-    server.data_dir = tmp_path / "instance" / "data"
-    yield server
-    for w in workers:
-        w.stop(signal.SIGKILL)
+def data_dir(tmp_path: Path) -> Path:
+    """A trainer data folder with one small, repetitive corpus (`repeat`)."""
+    root = tmp_path / "data"
+    (root / "datasets").mkdir(parents=True)
+    (root / "datasets" / "repeat.txt").write_text(PARAGRAPH * 30, encoding="utf-8")
+    return root

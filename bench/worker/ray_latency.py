@@ -31,7 +31,7 @@ sys.path[:0] = [str(REPO), str(Path(__file__).resolve().parent)]
 
 from run import alive, free_port, percentile, wait_ready  # noqa: E402 - bench/worker/run.py
 
-from tests.ray_cluster import RayHead  # noqa: E402 - the same private head as the tests
+from tests.helpers.ray_cluster import RayHead  # noqa: E402 - the same private head as the tests
 
 
 def measure(executor: str, jobs: int, head: RayHead | None) -> dict[str, list[float]]:

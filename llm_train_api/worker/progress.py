@@ -1,8 +1,14 @@
-"""Turn the trainer's protocol events into the job's progress and metric rows."""
+"""Turn the trainer's protocol events into the job's progress and metric rows.
+
+The tracker is pure bookkeeping: the worker loop feeds it events and executor state, and
+takes what changed when it writes to the store. Its only input besides those is a clock
+(for the ETA), which tests replace.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,17 +17,20 @@ METRIC_FIELDS = ("epoch", "train_loss", "val_loss", "lr", "tokens_per_s", "elaps
 
 @dataclass
 class ProgressTracker:
-    # What identifies the run (a local trainer's pid, a Ray submission id), see Execution.
+    # What identifies the run (a local pid, a Ray submission id); shown in `progress`.
     ident: dict[str, Any] = field(default_factory=dict)
+    # Seconds from an arbitrary origin; only differences are used (the ETA's rate).
+    clock: Callable[[], float] = time.monotonic
     progress: dict[str, Any] = field(default_factory=dict)
     pending_metrics: list[dict[str, Any]] = field(default_factory=list)
     forget_after: int | None = None  # set by a `start` event: metrics after it are rewritten
     dirty: bool = True
     _first_step: int = 0
-    _started: float = field(default_factory=time.monotonic)
+    _started: float = 0.0
 
     def __post_init__(self) -> None:
         self.progress = {"phase": "starting", **self.ident}
+        self._started = self.clock()
 
     def note(self, state: dict[str, Any]) -> None:
         """Merge executor-side state (Ray's PENDING/RUNNING) into the progress."""
@@ -30,13 +39,14 @@ class ProgressTracker:
             self.dirty = True
 
     def apply(self, event: dict[str, Any]) -> None:
+        """Fold one protocol event in; unknown kinds are ignored (newer trainers)."""
         kind = event.get("event")
         if kind == "prepare":
             self.progress["phase"] = "preparing data"
         elif kind == "start":
             resumed = int(event.get("resumed_from_step") or 0)
             self._first_step = resumed
-            self._started = time.monotonic()
+            self._started = self.clock()
             self.forget_after = resumed
             self.progress.update(phase="training", step=resumed,
                                  total_steps=event.get("total_steps"),
@@ -52,9 +62,11 @@ class ProgressTracker:
                     self.progress[key] = event[key]
             if total:
                 self.progress["fraction"] = round(step / total, 4)
+                # The ETA counts only the steps of this run: a resumed run's rate starts
+                # at its `start` event, not at step 0.
                 done = step - self._first_step
                 if done > 0:
-                    rate = (time.monotonic() - self._started) / done
+                    rate = (self.clock() - self._started) / done
                     self.progress["eta_s"] = round(rate * (total - step), 1)
         elif kind == "checkpoint":
             self.progress["last_checkpoint_step"] = event.get("step")
@@ -65,6 +77,8 @@ class ProgressTracker:
         self.dirty = True
 
     def take(self) -> tuple[dict[str, Any], list[dict[str, Any]], int | None]:
+        """What to write now: the progress, the new metric rows, and the step after which
+        stored metrics are to be forgotten (a resumed run); resets the dirty state."""
         metrics, self.pending_metrics = self.pending_metrics, []
         forget, self.forget_after = self.forget_after, None
         self.dirty = False

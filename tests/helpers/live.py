@@ -1,0 +1,57 @@
+"""Polling helpers for tests against a live service (a gunicorn API and worker
+processes): submit a job, read it back, and wait for a state with a deadline."""
+
+from __future__ import annotations
+
+import os
+import time
+
+from tests.helpers.servers import TINY
+
+
+def submit(server, job_id: str, **hp) -> dict:
+    body = {"job_id": job_id, "model_name": "gpt-nano", "dataset": "builtin:tinytext",
+            "hyperparameters": {**TINY, **hp}}
+    resp = server.http.post(server.url + "/jobs", json=body, timeout=10)
+    assert resp.status_code == 201, resp.text
+    return resp.json()
+
+
+def get(server, job_id: str) -> dict:
+    return server.http.get(f"{server.url}/jobs/{job_id}", timeout=10).json()
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def wait_status(server, job_id, statuses, timeout=120.0) -> dict:
+    return wait_for(lambda: (j := get(server, job_id))["status"] in statuses and j,
+                    timeout, f"{job_id} to reach {statuses}")
+
+
+def wait_progress(server, job_id: str, key: str, minimum: int) -> dict:
+    """Wait until the running job's progress[key] reaches `minimum`; return the job."""
+    return wait_for(lambda: (j := get(server, job_id))["progress"]
+                    and (j["progress"].get(key) or 0) >= minimum and j,
+                    120, f"{job_id}: progress {key} >= {minimum}")
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purposes.
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split(")")[-1].split()[0] != "Z"
+
+
+def events(server, job_id):
+    return server.http.get(f"{server.url}/jobs/{job_id}/events", timeout=10).json()

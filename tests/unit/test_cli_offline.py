@@ -1,0 +1,31 @@
+"""Client commands of `llm-train-api` that need no server: the progress line, and `sample`
+without torch; through click's CliRunner."""
+
+from __future__ import annotations
+
+import sys
+
+from click.testing import CliRunner
+
+from llm_train_api.cli.main import main
+from llm_train_api.cli.progress import describe
+from llm_train_api.client import Job
+from tests.helpers.cli import one_error_line
+
+
+def test_progress_line_with_and_without_a_bar():
+    job = Job("j", status="running", progress={
+        "phase": "training", "step": 120, "total_steps": 300, "fraction": 0.4, "eta_s": 63.2,
+        "train_loss": 2.41234, "tokens_per_s": 52000.0})
+    assert describe(job, bar=False) == (
+        "j: step 120/300  40%  loss 2.4123  52.0k tok/s  ETA 1:03")
+    assert describe(job, bar=True).startswith("j: [##########--------------]  step 120/300")
+    assert describe(Job("j", status="queued"), bar=True) == "j: queued"
+    failed = Job("j", status="failed", error_message="boom")
+    assert describe(failed, bar=False) == "j: failed: boom"
+
+
+def test_sample_without_torch_says_so_in_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # as if it were not installed
+    result = CliRunner().invoke(main, ["sample", "any", "--url", "http://127.0.0.1:9"])
+    assert "needs torch" in one_error_line(result)
