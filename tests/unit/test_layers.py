@@ -61,8 +61,9 @@ ALLOWED: dict[str, set[str]] = {
                "training-light", "runtime"},
     # The Python client ships alone (`llm-train-api[client]`): nothing from the package.
     "client": set(),
-    # Client commands, at module level: click and the client only.
-    "cli": {"client"},
+    # Client commands, at module level: click, the client, and the settings' ConfigError
+    # (config is standard library only, see FORBIDDEN_EXTERNAL).
+    "cli": {"client", "config"},
     # Server commands (serve, up, worker, tokens) wire the whole service together.
     "cli-server": EVERY_LAYER,
     # The package's __init__: `create_app` only, which imports the API lazily.
