@@ -16,6 +16,7 @@ import json
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -35,7 +36,7 @@ def main() -> int:
     p.add_argument("--top", type=int, default=25)
     opts = p.parse_args()
     args = R.parse_args(["--no-doc"])
-    scratch = Path(f"/tmp/bench_api_prof_{int(time.time())}")
+    scratch = Path(tempfile.mkdtemp(prefix="bench_api_prof_"))
     (scratch / "instance").mkdir(parents=True)
     db = None
     server = None

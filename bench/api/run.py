@@ -29,6 +29,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -1174,7 +1175,7 @@ def main(argv=None) -> int:
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _interrupt)
     dbs = ["sqlite", "postgres"] if args.db == "both" else [args.db]
-    scratch_root = Path(f"/tmp/bench_api_{os.getpid()}")
+    scratch_root = Path(tempfile.mkdtemp(prefix="bench_api_"))
     scratch_root.mkdir(parents=True, exist_ok=True)
     info = machine_info()  # before the run: the git state the servers start from
     t0 = time.monotonic()

@@ -1,12 +1,12 @@
 """Tokens/s of the built-in trainer vs nanoGPT's train.py on identical CPU configs.
 
-    .venv/bin/python bench/trainer/run.py --nanogpt /tmp/nanogpt [--pairs 5]
+    .venv/bin/python bench/trainer/run.py --nanogpt PATH/TO/nanoGPT [--pairs 5]
 
-nanoGPT is never copied into this repository: pass a checkout made outside it, e.g.
-``git --git-dir=/work/.mirror/karpathy+nanoGPT/repo archive HEAD | tar -x -C /tmp/nanogpt``
-(or set ``NANOGPT_DIR``). The script writes ``data/bench_bytes/{train,val}.bin`` (uint16
-byte tokens of ``builtin:tinytext``) and ``meta.pkl`` (vocab_size 256) inside that
-checkout, because nanoGPT reads ``data/<dataset>/`` relative to its working directory.
+nanoGPT is never copied into this repository: pass a checkout of
+https://github.com/karpathy/nanoGPT made outside it (or set ``NANOGPT_DIR``). The script
+writes ``data/bench_bytes/{train,val}.bin`` (uint16 byte tokens of ``builtin:tinytext``) and
+``meta.pkl`` (vocab_size 256) inside that checkout, because nanoGPT reads
+``data/<dataset>/`` relative to its working directory.
 
 Both trainers run as fresh subprocesses with the same Python, torch, thread count
 (``OMP_NUM_THREADS`` and ``torch.set_num_threads``), model shape (bias on, dropout 0),
@@ -142,8 +142,10 @@ def machine_info() -> dict[str, str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--nanogpt", type=Path,
-                        default=Path(os.environ.get("NANOGPT_DIR", "/tmp/nanogpt")))
+    default = os.environ.get("NANOGPT_DIR")
+    parser.add_argument("--nanogpt", type=Path, required=default is None,
+                        default=Path(default) if default else None,
+                        help="a nanoGPT checkout outside this repository (or NANOGPT_DIR)")
     parser.add_argument("--models", default="gpt-nano,gpt-micro,gpt-mini")
     parser.add_argument("--pairs", type=int, default=5)
     parser.add_argument("--batch-size", type=int, default=8)
