@@ -38,7 +38,8 @@ test-unit: $(STAMP)
 
 # Benchmarks (not part of `make test`): results go to docs/benchmarks.md.
 bench: $(STAMP)
-	bench/run all
+	$(if $(NANOGPT_DIR),,$(error bench needs NANOGPT_DIR for its trainer part: make bench NANOGPT_DIR=/path/to/nanoGPT))
+	NANOGPT_DIR="$(NANOGPT_DIR)" bench/run all
 
 bench-api: $(STAMP)
 	bench/run api

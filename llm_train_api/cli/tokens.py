@@ -8,6 +8,8 @@ always mint an admin token, even when every token is lost or revoked.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import click
 
@@ -15,11 +17,17 @@ from llm_train_api.domain import Role
 from llm_train_api.store.tokens import TokenError, TokenRepository
 
 
-def _tokens() -> TokenRepository:
+@contextmanager
+def _tokens() -> Iterator[TokenRepository]:
+    """The token repository of the service's database, closed when the command is done."""
     from llm_train_api.config import Settings
     from llm_train_api.runtime import Runtime
 
-    return Runtime.build(Settings.load()).tokens
+    runtime = Runtime.build(Settings.load())
+    try:
+        yield runtime.tokens
+    finally:
+        runtime.close()
 
 
 @click.group()
@@ -37,7 +45,8 @@ def tokens() -> None:
 def create(name: str, role: str) -> None:
     """Create a token and print it. It is shown this once: only its hash is stored."""
     try:
-        info, secret = _tokens().create(name, role)
+        with _tokens() as repository:
+            info, secret = repository.create(name, role)
     except TokenError as exc:
         raise click.UsageError(str(exc)) from None
     click.echo(f"created token {info.id} for {info.name!r} (role {info.role.value}); "
@@ -49,7 +58,8 @@ def create(name: str, role: str) -> None:
 @click.option("--json", "as_json", is_flag=True, help="JSON lines instead of a table.")
 def list_tokens(as_json: bool) -> None:
     """List tokens (never the secrets: a prefix tells them apart)."""
-    rows = _tokens().list()
+    with _tokens() as repository:
+        rows = repository.list()
     if as_json:
         for t in rows:
             click.echo(json.dumps({"id": t.id, "name": t.name, "role": t.role.value,
@@ -70,7 +80,8 @@ def list_tokens(as_json: bool) -> None:
 def revoke(token_id: int | None, name: str | None) -> None:
     """Revoke a token by id (see `tokens list`), or all of a name. Takes effect at once."""
     try:
-        count = _tokens().revoke(token_id=token_id, name=name)
+        with _tokens() as repository:
+            count = repository.revoke(token_id=token_id, name=name)
     except TokenError as exc:
         raise click.UsageError(str(exc)) from None
     click.echo(f"revoked {count} token(s)")

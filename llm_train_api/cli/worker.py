@@ -42,8 +42,11 @@ def worker(concurrency: int, executor: str | None, ray_address: str | None) -> N
     if settings.EXECUTOR == "none":
         raise click.UsageError("LLM_TRAIN_API_EXECUTOR=none: jobs are driven externally, "
                                "there is nothing for a worker to run.")
-    runtime = Runtime.build(settings)
     kind = executor or settings.WORKER_EXECUTOR
+    if ray_address and kind != "ray":
+        raise click.UsageError("--ray-address is for the Ray executor: add --executor ray "
+                               "(or set LLM_TRAIN_API_WORKER_EXECUTOR=ray).")
+    runtime = Runtime.build(settings)
     gpus = resolve_gpus(settings) if kind == "local" else []
     config = WorkerConfig.from_settings(settings, data_dir=runtime.data_dir,
                                         concurrency=concurrency, gpus=gpus)

@@ -29,3 +29,28 @@ def test_sample_without_torch_says_so_in_one_line(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)  # as if it were not installed
     result = CliRunner().invoke(main, ["sample", "any", "--url", "http://127.0.0.1:9"])
     assert "needs torch" in one_error_line(result)
+
+
+def test_a_ray_address_without_the_ray_executor_is_refused_before_the_database(tmp_path,
+                                                                               monkeypatch):
+    instance = tmp_path / "instance"
+    monkeypatch.setenv("LLM_TRAIN_API_INSTANCE_PATH", str(instance))
+    monkeypatch.delenv("LLM_TRAIN_API_WORKER_EXECUTOR", raising=False)
+    result = CliRunner().invoke(main, ["worker", "--ray-address", "http://127.0.0.1:9"])
+    assert result.exit_code == 2, result.output
+    assert "--ray-address is for the Ray executor" in result.output
+    assert not instance.exists()  # nothing opened, nothing written
+
+
+def test_tokens_commands_close_their_database(tmp_path, monkeypatch):
+    from llm_train_api.store.database import Database
+
+    monkeypatch.setenv("LLM_TRAIN_API_INSTANCE_PATH", str(tmp_path))
+    closed: list[Database] = []
+    close = Database.close
+    monkeypatch.setattr(Database, "close", lambda self: (closed.append(self), close(self)))
+    result = CliRunner().invoke(main, ["tokens", "create", "--name", "alice"])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(main, ["tokens", "list", "--json"])
+    assert result.exit_code == 0 and '"name": "alice"' in result.output
+    assert len(closed) == 2
