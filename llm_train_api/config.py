@@ -173,6 +173,9 @@ class Settings:
                      "MAX_HYPERPARAMETERS_DEPTH"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{PREFIX}{name} must be at least 1")
+        # Request bodies nest at most 64 levels (api/errors.py), the job's own two included.
+        if self.MAX_HYPERPARAMETERS_DEPTH > 32:
+            raise ConfigError(f"{PREFIX}MAX_HYPERPARAMETERS_DEPTH must be at most 32")
         if min(self.LEASE_S, self.HEARTBEAT_S, self.POLL_S, self.LOG_FOLLOW_MAX_S) <= 0:
             raise ConfigError("LEASE_S, HEARTBEAT_S, POLL_S and LOG_FOLLOW_MAX_S must be > 0")
         if self.HEARTBEAT_S * 2 > self.LEASE_S:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from http import HTTPStatus
 from typing import Any, NoReturn
 
@@ -71,6 +72,10 @@ class _UnrepresentableNumber(ValueError):
     pass
 
 
+class _TooDeep(ValueError):
+    pass
+
+
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
@@ -98,17 +103,53 @@ def _int64(text: str) -> int:
     return int(text)
 
 
+# How deep a request body's arrays and objects may nest. Deeper documents are refused
+# before parsing: the standard library's parser recurses once per level, and so would
+# every schema and serialiser after it.
+MAX_JSON_DEPTH = 64
+# A JSON string, escapes included (unrolled so that long strings do not backtrack).
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+
+
+def _too_deep(text: str, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether the arrays and objects of `text` nest more than `limit` levels deep.
+
+    Linear in the body's size; a body with fewer brackets than the limit is answered by
+    counting alone. Brackets inside strings do not count.
+    """
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    depth = 0
+    for char in _NOT_BRACKET.sub("", _JSON_STRING.sub("", text)):
+        if char in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
 class StrictJSONParser(FlaskParser):
-    """webargs' Flask parser, minus Python's JSON extensions (NaN, Infinity), and minus
-    numbers that cannot be stored exactly (beyond 64-bit integers or double range)."""
+    """webargs' Flask parser, minus Python's JSON extensions (NaN, Infinity), minus
+    numbers that cannot be stored exactly (beyond 64-bit integers or double range), and
+    minus documents nested deeper than MAX_JSON_DEPTH."""
 
     def _raw_load_json(self, req: flask.Request) -> Any:
         if not is_json_request(req):
             return core.missing
         raw = req.get_data(cache=True)
         try:
-            return json.loads(raw.decode("utf-8"), parse_constant=_reject_constant,
+            text = raw.decode("utf-8")
+            if _too_deep(text):
+                raise _TooDeep
+            return json.loads(text, parse_constant=_reject_constant,
                               parse_float=_finite_float, parse_int=_int64)
+        except (_TooDeep, RecursionError):
+            detail = (f"Request body is nested too deeply: at most {MAX_JSON_DEPTH} levels "
+                      "of arrays and objects.")
+            abort(400, message=detail, errors={"json": [detail]})
         except _UnrepresentableNumber as exc:
             abort(400, message=str(exc), errors={"json": [str(exc)]})
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
