@@ -211,9 +211,10 @@ class JobStatusResource(MethodView):
         queued. succeeded, failed and cancelled are final. Asking for the current status
         again is a 200 that changes nothing. Send `If-Match` to make the change conditional.
 
-        Roles: a `worker` (an external executor) may make any legal change to any job; an
-        `admin` too, except that with the built-in executor only cancelling is left to
-        clients; a `user` may only cancel its own jobs (other targets: 403).
+        Roles: a `worker` (an external executor) may make any legal change to any job
+        (with the built-in executor, all but `running`: only a worker's claim starts a
+        run); an `admin` too, except that with the built-in executor only cancelling is
+        left to clients; a `user` may only cancel its own jobs (other targets: 403).
         """
         principal = current_principal()
         message = status_changes.check_status_change(

@@ -4,7 +4,9 @@ and of cancelling, as plain functions that raise domain errors.
 The store decides whether a transition is legal (a compare-and-set); this module decides
 whether the caller may ask for it at all:
 
-- a `worker` (an external executor) may make any legal change to any job;
+- a `worker` (an external executor) may make any legal change to any job, except that
+  with the built-in executor only a claim starts a run: `running` comes with a lease that
+  a built-in worker holds and renews, so no client may set it;
 - an `admin` too, except that with the built-in executor the workers drive the statuses
   and clients may only cancel;
 - a `user` may only cancel, and only its own jobs.
@@ -55,6 +57,14 @@ def check_status_change(
             f"Status {target.value!r} is managed by the workers of the built-in executor; "
             f"clients may only cancel (status 'cancelled' or POST /jobs/{job_id}/cancel). "
             "Run with LLM_TRAIN_API_EXECUTOR=none to drive statuses from an external system.")
+    if (builtin_executor and target is JobStatus.RUNNING
+            and visible_job().status is not target):
+        # A job set `running` from outside would have no lease: no worker would run it,
+        # and no reaper would ever requeue it.
+        raise StatusManagedByWorkers(
+            "Status 'running' is set by the built-in executor's workers when they claim a "
+            "job (with a lease they renew); a worker token may not set it. Run with "
+            "LLM_TRAIN_API_EXECUTOR=none to drive statuses from an external system.")
     return error_message_for(target, error_message)
 
 

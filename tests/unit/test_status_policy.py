@@ -76,6 +76,15 @@ def test_workers_and_external_executors_make_any_change_without_a_read():
     assert reads.calls == 0
 
 
+def test_with_the_builtin_executor_no_one_sets_running_without_a_claim():
+    with pytest.raises(StatusManagedByWorkers, match="claim"):
+        check(WORKER, JobStatus.RUNNING, reads=Reads(JobStatus.QUEUED))
+    # Already running (a retry of the same request): no change, no refusal.
+    assert check(WORKER, JobStatus.RUNNING, reads=Reads(JobStatus.RUNNING)) is None
+    # An external executor owns the statuses.
+    assert check(WORKER, JobStatus.RUNNING, builtin=False) is None
+
+
 def test_error_message_only_with_failed_or_cancelled():
     assert error_message_for(JobStatus.FAILED, "  ") is None
     assert error_message_for(JobStatus.SUCCEEDED, "") is None
