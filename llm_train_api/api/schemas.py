@@ -21,7 +21,7 @@ from marshmallow import (
 
 from llm_train_api.api.base import get_settings
 from llm_train_api.domain import JOB_ID_PATTERN, JobStatus
-from llm_train_api.store.pagination import DEFAULT_LIMIT, MAX_LIMIT
+from llm_train_api.store.pagination import CURSOR_PATTERN, DEFAULT_LIMIT, MAX_LIMIT
 
 NAME_MAX_LENGTH = 256
 ERROR_MESSAGE_MAX_LENGTH = 8192
@@ -293,7 +293,9 @@ class JobListQuerySchema(Schema):
     )
     cursor = fields.String(
         validate=validate.Length(max=200),
-        metadata={"description": "Opaque; copy it from the `Link: rel=\"next\"` header."},
+        metadata={"description": "Copy it from the `Link: rel=\"next\"` header. Any value "
+                  "of this pattern is accepted (the page starts after that position); "
+                  "another is a 400.", "pattern": CURSOR_PATTERN},
     )
 
 
@@ -314,7 +316,9 @@ class PageQuerySchema(Schema):
     limit = fields.Integer(load_default=DEFAULT_LIMIT, validate=validate.Range(min=1,
                                                                               max=MAX_LIMIT))
     cursor = fields.String(validate=validate.Length(max=200),
-                           metadata={"description": "Opaque; from the `Link` header."})
+                           metadata={"description": "From the `Link` header; another "
+                                     "value of this pattern is accepted, others are a 400.",
+                                     "pattern": CURSOR_PATTERN})
 
 
 METRICS_PAGE_MAX = 10_000

@@ -3,6 +3,8 @@ mismatches between the OpenAPI document and what the service does."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from llm_train_api import create_app
@@ -41,3 +43,38 @@ def test_an_external_executor_still_sets_running(app):
     assert admin.post("/jobs", json=JOB).status_code == 201
     resp = worker.patch("/jobs/j/status", json={"status": "running"})
     assert resp.status_code == 200 and resp.get_json()["status"] == "running"
+
+
+def _param(spec: dict, path: str, name: str) -> dict:
+    return next(p for p in spec["paths"][path]["get"]["parameters"] if p["name"] == name)
+
+
+@pytest.mark.parametrize("path", ["/jobs", "/jobs/j/events"])
+def test_every_cursor_the_document_allows_is_accepted(client, path):
+    assert client.post("/jobs", json=JOB).status_code == 201
+    spec = client.get("/openapi.json").get_json()
+    pattern = _param(spec, path.replace("/j/", "/{job_id}/"), "cursor")["schema"]["pattern"]
+    for cursor in ["1.0.0", "1.7fffffffffffffff.7fffffffffffffff", "1.abc.1", "1.0.ffff"]:
+        assert re.search(pattern, cursor), cursor
+        resp = client.get(f"{path}?cursor={cursor}")
+        assert resp.status_code == 200, (cursor, resp.get_json())
+    # The oldest possible position: nothing after it.
+    assert client.get("/jobs?cursor=1.0.0").get_json() == []
+    assert [j["id"] for j in client.get(
+        "/jobs?cursor=1.7fffffffffffffff.7fffffffffffffff").get_json()] == ["j"]
+    for cursor in ["0" * 200, "1.8000000000000000.0", "2.1.1", "1.1", "1.-1.1", "1.A.1"]:
+        assert not re.search(pattern, cursor), cursor
+        resp = client.get(f"{path}?cursor={cursor}")
+        assert resp.status_code == 400 and "cursor" in resp.get_json()["message"], cursor
+
+
+def test_cursors_from_link_headers_walk_the_whole_list(client):
+    for i in range(5):
+        assert client.post("/jobs", json={**JOB, "job_id": f"p{i}"}).status_code == 201
+    seen, url = [], "/jobs?limit=2"
+    while url:
+        resp = client.get(url)
+        seen += [j["id"] for j in resp.get_json()]
+        link = resp.headers.get("Link")
+        url = link[link.index("/jobs"):link.index(">")] if link else None
+    assert seen == [f"p{i}" for i in reversed(range(5))]
