@@ -33,6 +33,7 @@ BOOTSTRAP_FILENAME = "admin-token"
 BOOTSTRAP_NAME = "admin"
 # Principal names become folder names (a user's datasets) and appear in events.
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
+# Serialises issuing tokens (the bootstrap, a name's role) across processes and hosts.
 _PG_BOOTSTRAP_LOCK = 0x6C6C6D5F626F  # "llm_bo"
 
 _LOOKUP = select(api_tokens.c.id, api_tokens.c.name, api_tokens.c.role,
@@ -41,10 +42,17 @@ _LOOKUP = select(api_tokens.c.id, api_tokens.c.name, api_tokens.c.role,
 _INSERT = api_tokens.insert().returning(api_tokens.c.id)
 _LIST = select(api_tokens).order_by(api_tokens.c.id)
 _COUNT = select(func.count()).select_from(api_tokens)
+# The roles a name already has, revoked tokens included: their jobs and datasets still
+# belong to the name.
+_ROLES_OF = select(api_tokens.c.role).where(api_tokens.c.name == bindparam("name")).distinct()
 
 
 class TokenError(ValueError):
     """A token operation that cannot be done as asked (bad name or role, unknown token)."""
+
+
+class NameTaken(TokenError):
+    """The name belongs to a principal of another role."""
 
 
 @dataclass(frozen=True)
@@ -88,10 +96,29 @@ class TokenRepository:
         self.database = database
 
     def create(self, name: str, role: str | Role) -> tuple[TokenInfo, str]:
-        """Issue a token; returns its record and the secret, which is never stored."""
+        """Issue a token; returns its record and the secret, which is never stored.
+
+        A principal is its name: jobs and datasets belong to the name, whatever token made
+        them. Another token for a name is another key of the same principal (rotation),
+        so its role must be the one the name already has (NameTaken otherwise), whether
+        the earlier tokens are active or revoked. The check and the insert share one
+        transaction under the database's lock (SQLite's write lock, an advisory lock on
+        PostgreSQL), so two processes cannot give one name two roles.
+        """
         name, role = check_name(name), check_role(str(getattr(role, "value", role)))
         secret = new_secret()
-        return self.database.write(lambda conn: self._insert(conn, name, role, secret)), secret
+
+        def work(conn: Connection) -> TokenInfo:
+            self.database.lock(conn, _PG_BOOTSTRAP_LOCK)
+            roles = set(conn.execute(_ROLES_OF, {"name": name}).scalars()) - {role.value}
+            if roles:
+                raise NameTaken(
+                    f"The name {name!r} already belongs to a principal with role "
+                    f"{', '.join(sorted(roles))}; a token for it must have that role. "
+                    "Choose another name.")
+            return self._insert(conn, name, role, secret)
+
+        return self.database.write(work), secret
 
     def _insert(self, conn: Connection, name: str, role: Role, secret: str) -> TokenInfo:
         ts = now_us()
