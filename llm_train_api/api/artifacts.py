@@ -73,12 +73,19 @@ def _job(job_id: str) -> Job:
     return ensure_visible(get_jobs().get_job(job_id))
 
 
+# A response's `content` given with @blp.doc replaces the whole response object, so the
+# description goes in both places.
+_LOG_200 = ("The log as text/plain; with `follow=true`, a `text/event-stream`. Empty when the "
+            "job has not logged anything yet.")
+_ARTIFACT_200 = ("The file, as an attachment (`application/octet-stream` for checkpoints). "
+                 "Supports conditional and range requests.")
+
+
 @blp.route("/<job_id>/logs")
 class JobLogs(MethodView):
     @blp.arguments(LogQuerySchema, location="query", unknown=RAISE)
-    @blp.response(200, description="The log as text/plain; with `follow=true`, a "
-                  "`text/event-stream`. Empty when the job has not logged anything yet.")
-    @blp.doc(responses={"200": {"content": {
+    @blp.response(200, description=_LOG_200)
+    @blp.doc(responses={"200": {"description": _LOG_200, "content": {
         "text/plain": {"schema": {"type": "string"}},
         # One Server-Sent Event: a log line (`data`, with its byte offset as `id`), or
         # `event: end` / `event: timeout` (reconnect with Last-Event-ID).
@@ -179,9 +186,8 @@ class JobArtifacts(MethodView):
 
 @blp.route("/<job_id>/artifacts/<name>")
 class JobArtifact(MethodView):
-    @blp.response(200, description="The file, as an attachment (`application/octet-stream` "
-                  "for checkpoints). Supports conditional and range requests.")
-    @blp.doc(responses={"200": {"content": {
+    @blp.response(200, description=_ARTIFACT_200)
+    @blp.doc(responses={"200": {"description": _ARTIFACT_200, "content": {
         "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}}})
     @blp.error(404, "No such job, or no such plain file in its folder (names with path "
                "separators, '..', a leading dot, or symlinks leading outside are refused).")

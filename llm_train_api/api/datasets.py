@@ -94,8 +94,9 @@ class DatasetResource(MethodView):
     @blp.doc(requestBody={
         "required": True,
         "description": "The raw dataset, streamed to disk (chunked transfer encoding is "
-        "fine). UTF-8 text, or JSON Lines whose objects have a string `text` field.",
-        "content": {t: {"schema": {"type": "string", "format": "binary"}}
+        "fine). UTF-8 text, or JSON Lines whose objects have a string `text` field; not "
+        "empty.",
+        "content": {t: {"schema": {"type": "string", "format": "binary", "minLength": 1}}
                     for t in ("text/plain", *sorted(JSONL_TYPES))},
     })
     def put(self, name: str):

@@ -128,7 +128,9 @@ class Jobs(MethodView):
                               "schema": {"type": "string"}}, **_ETAG_HEADER},
     )
     @blp.alt_response(200, schema=JobSchema, description="An identical request with this "
-                      "job_id was already accepted; this is that job (safe client retries).")
+                      "job_id was already accepted; this is that job (safe client retries). "
+                      "With `dry_run=true`: the job as it would be created, which does not "
+                      "exist (no `Location`, no `ETag`).")
     @blp.error(400, "Malformed JSON, or NaN/Infinity in it.")
     @blp.error(409, "job_id is already taken by a job with a different body.")
     @blp.error(413, "Body larger than LLM_TRAIN_API_MAX_JSON_BYTES.")

@@ -67,16 +67,17 @@ class UTCDateTime(fields.DateTime):
 
 
 class ResourcesSchema(Schema):
-    cpus = fields.Integer(load_default=1, validate=validate.Range(min=1, max=1024),
+    cpus = fields.Integer(strict=True, load_default=1, validate=validate.Range(min=1, max=1024),
                           metadata={"description": "CPU cores for the trainer."})
-    gpus = fields.Integer(load_default=0, validate=validate.Range(min=0, max=64),
+    gpus = fields.Integer(strict=True, load_default=0, validate=validate.Range(min=0, max=64),
                           metadata={"description": "GPUs for the trainer."})
     memory_gb = fields.Float(allow_none=True, load_default=None,
                              validate=validate.Range(min=0, min_inclusive=False, max=65536),
-                             metadata={"description": "Memory the job may use, GiB."})
+                             metadata={"description": "Memory the job may use, GiB (more "
+                                       "than 0).", "exclusiveMinimum": True})
     # No load_default: an absent `processes` stays absent (stored resources of single-process
     # jobs are unchanged); post_load fills it in only where it is not 1.
-    processes = fields.Integer(validate=validate.Range(min=1, max=64), metadata={
+    processes = fields.Integer(strict=True, validate=validate.Range(min=1, max=64), metadata={
         "default": 1,
         "description": "Trainer processes (data-parallel ranks) on one node, run under "
         "torchrun when above 1; hyperparameters.batch_size stays the global batch and is "
@@ -137,16 +138,18 @@ class JobCreateSchema(Schema):
         },
     )
 
+    # strict: a fractional number is a 422, not silently truncated.
     priority = fields.Integer(
-        load_default=0, validate=validate.Range(min=-1000, max=1000),
+        strict=True, load_default=0, validate=validate.Range(min=-1000, max=1000),
         metadata={"description": "Workers claim higher priorities first, then older jobs."},
     )
     max_attempts = fields.Integer(
-        load_default=3, validate=validate.Range(min=1, max=100),
+        strict=True, load_default=3, validate=validate.Range(min=1, max=100),
         metadata={"description": "Runs allowed before a job whose worker keeps dying fails."},
     )
     max_runtime_seconds = fields.Integer(
-        allow_none=True, load_default=None, validate=validate.Range(min=1, max=31_536_000),
+        strict=True, allow_none=True, load_default=None,
+        validate=validate.Range(min=1, max=31_536_000),
         metadata={"description": "A run longer than this ends `failed`, 'deadline exceeded'."},
     )
     resources = fields.Nested(ResourcesSchema, allow_none=True, load_default=None)

@@ -78,3 +78,44 @@ def test_cursors_from_link_headers_walk_the_whole_list(client):
         link = resp.headers.get("Link")
         url = link[link.index("/jobs"):link.index(">")] if link else None
     assert seen == [f"p{i}" for i in reversed(range(5))]
+
+
+@pytest.mark.parametrize("field", ["priority", "max_attempts", "max_runtime_seconds"])
+def test_a_fractional_integer_is_a_422(client, field):
+    resp = client.post("/jobs", json={**JOB, field: 1.5})
+    assert resp.status_code == 422
+    assert field in resp.get_json()["errors"]["json"]
+    assert client.get("/jobs/j").status_code == 404
+    resp = client.post("/jobs", json={**JOB, "resources": {"cpus": 1.5}})
+    assert resp.status_code == 422
+
+
+def test_memory_gb_must_be_positive_in_the_document_and_the_check(client):
+    spec = client.get("/openapi.json").get_json()
+    memory = spec["components"]["schemas"]["Resources"]["properties"]["memory_gb"]
+    assert memory["minimum"] == 0 and memory["exclusiveMinimum"] is True
+    resp = client.post("/jobs", json={**JOB, "resources": {"memory_gb": 0}})
+    assert resp.status_code == 422
+    assert "memory_gb" in resp.get_json()["errors"]["json"]["resources"]
+    assert client.post("/jobs", json={**JOB, "resources": {"memory_gb": 0.5}}).status_code \
+        == 201
+
+
+def test_an_empty_dataset_upload_is_a_declared_422(client):
+    spec = client.get("/openapi.json").get_json()
+    put = spec["paths"]["/datasets/{name}"]["put"]
+    assert "empty dataset" in put["responses"]["422"]["description"]
+    for media in put["requestBody"]["content"].values():
+        assert media["schema"]["minLength"] == 1
+    resp = client.put("/datasets/empty", data=b"", headers={"Content-Type": "text/plain"})
+    assert resp.status_code == 422 and "empty" in resp.get_json()["message"]
+    assert client.get("/datasets/empty").status_code == 404
+
+
+def test_a_dry_run_is_a_documented_200_without_location(client):
+    resp = client.post("/jobs?dry_run=true", json=JOB)
+    assert resp.status_code == 200 and resp.get_json()["id"] == "j"
+    assert "Location" not in resp.headers and "ETag" not in resp.headers
+    assert client.get("/jobs/j").status_code == 404
+    spec = client.get("/openapi.json").get_json()
+    assert "dry_run=true" in spec["paths"]["/jobs"]["post"]["responses"]["200"]["description"]

@@ -94,3 +94,20 @@ def test_swagger_ui_is_served_without_internet(client):
         assert resp.status_code == 200, asset
         assert len(resp.data) > 1000
     assert '"/openapi.json"' in html
+
+
+@pytest.mark.parametrize("executor", ["none", "local"])
+def test_the_document_is_valid_openapi(tmp_path, executor):
+    from openapi_spec_validator import OpenAPIV30SpecValidator
+
+    from llm_train_api import create_app
+    from tests.helpers.clients import admin_client
+
+    app = create_app({"INSTANCE_PATH": str(tmp_path / "i"), "EXECUTOR": executor})
+    try:
+        document = admin_client(app).get("/openapi.json").get_json()
+    finally:
+        app.extensions["llm_train_api.runtime"].close()
+    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"[:400]
+              for e in OpenAPIV30SpecValidator(document).iter_errors()]
+    assert errors == []
