@@ -8,6 +8,7 @@ Flask and the worker are imported inside the commands: loading this module is ch
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import signal
@@ -122,6 +123,10 @@ def up(bind: str | None, concurrency: int) -> None:
         click.echo(f"Error: {name} {_how_it_ended(dead)}; stopping "
                    f"{' and '.join(n for n in _CHILD_NAMES if n != name)}", err=True)
         stop(signal.SIGTERM, None)
+        # What it leaves in its session (gunicorn's workers, when the master was killed)
+        # goes too, rather than lingering until it notices its parent is gone.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(dead.pid, signal.SIGTERM)
         _reap(children)
         # Its status as a shell reports it (128+N for signal N), and never 0: `up` did not
         # stop because it was asked to.

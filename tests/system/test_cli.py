@@ -214,7 +214,7 @@ def test_up_says_which_child_died_and_exits_non_zero(tmp_path, victim):
                     for pid in children}
         worker = next(pid for pid, argv in commands.items() if b"worker" in argv)
         api = next(pid for pid, argv in commands.items() if b"gunicorn" in argv)
-        family = descendants(proc.pid)
+        family = {pid: started(pid) for pid in descendants(proc.pid)}
         os.kill(worker if victim == "worker" else api, signal.SIGKILL)
         output, _ = proc.communicate(timeout=60)
     finally:
@@ -228,20 +228,22 @@ def test_up_says_which_child_died_and_exits_non_zero(tmp_path, victim):
     assert proc.returncode == 128 + signal.SIGKILL, output
     # Nothing left running: the other child and the gunicorn workers are gone too (a
     # gunicorn worker whose master was killed notices within a second or so).
-    deadline = time.monotonic() + 10
-    while left := processes_with(f"LLM_TRAIN_API_INSTANCE_PATH={tmp_path}"):
+    deadline = time.monotonic() + 15
+    while left := (processes_with(f"LLM_TRAIN_API_INSTANCE_PATH={tmp_path}")
+                   + [pid for pid, start in family.items() if started(pid) == start]):
         assert time.monotonic() < deadline, f"left running after the {victim} died: {left}"
         time.sleep(0.2)
-    assert not {pid for pid in family if alive(pid)}
 
 
-def alive(pid: int) -> bool:
-    """Whether `pid` runs (a zombie whose new parent has not reaped it yet does not)."""
+def started(pid: int) -> int | None:
+    """When `pid` started (clock ticks since boot), so that a reused pid is not taken for
+    the process it once was; None once it is gone or a zombie not yet reaped."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+            fields = f.read().rsplit(")", 1)[1].split()
     except OSError:
-        return False
+        return None
+    return None if fields[0] == "Z" else int(fields[19])
 
 
 def processes_with(env_entry: str) -> list[int]:
