@@ -19,6 +19,7 @@ from typing import Any
 
 PREFIX = "LLM_TRAIN_API_"
 _URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+_PUBLIC_URL = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+(/[^?#\s]*)?$")
 
 
 class ConfigError(ValueError):
@@ -64,6 +65,11 @@ class Settings:
     ACCESS_LOG: str = "-"
     # Number of reverse proxies in front of the service whose X-Forwarded-* to trust.
     TRUSTED_PROXIES: int = 0
+    # The URL clients reach the API at (e.g. https://train.example.com), for the absolute
+    # URLs of Location and Link headers. Empty: those URLs are relative, unless
+    # TRUSTED_PROXIES is set (then the forwarded host and scheme are used). The request's
+    # own Host header is never trusted for them.
+    PUBLIC_URL: str = ""
     LOG_LEVEL: str = "INFO"
 
     # Request limits.
@@ -185,6 +191,10 @@ class Settings:
             raise ConfigError("the per-user caps must be 0 (no cap) or positive")
         if self.TRUSTED_PROXIES < 0 or self.DB_BUSY_TIMEOUT_S < 0:
             raise ConfigError("negative values are not allowed")
+        if self.PUBLIC_URL and not _PUBLIC_URL.match(self.PUBLIC_URL):
+            raise ConfigError(f"{PREFIX}PUBLIC_URL must be empty or an http(s) URL with a "
+                              "host and no query, such as https://train.example.com, "
+                              f"got {self.PUBLIC_URL!r}")
         if not self.BIND.strip():
             raise ConfigError(f"{PREFIX}BIND must be host:port or unix:/path, got {self.BIND!r}")
         if self.WORKERS < 0:

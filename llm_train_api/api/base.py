@@ -1,8 +1,9 @@
-"""What every resource blueprint shares: strict JSON parsing and access to the runtime."""
+"""What every resource blueprint shares: strict JSON parsing, access to the runtime, and the
+URLs of Location and Link headers."""
 
 from __future__ import annotations
 
-from flask import current_app
+from flask import current_app, request, url_for
 from flask_smorest import Blueprint
 from flask_smorest.error_handler import ErrorSchema
 
@@ -34,3 +35,24 @@ def get_settings() -> Settings:
 def get_jobs() -> JobRepository:
     """The job repository the views read and change jobs through."""
     return get_runtime().jobs
+
+
+def public_url(path: str) -> str:
+    """The URL of `path` (from the app's root, with its query) for a Location or Link header.
+
+    PUBLIC_URL when it is set; the request's own host when TRUSTED_PROXIES is set (ProxyFix
+    has replaced it with the forwarded one, which the proxy vouches for); otherwise a
+    relative reference, which RFC 7231 allows for Location and RFC 8288 for Link. The Host
+    header a client sends is never copied into a URL the service hands out.
+    """
+    settings = get_settings()
+    if settings.PUBLIC_URL:
+        return settings.PUBLIC_URL.rstrip("/") + path
+    if settings.TRUSTED_PROXIES:
+        return request.url_root.rstrip("/") + path
+    return request.script_root + path
+
+
+def public_url_for(endpoint: str, **values: str) -> str:
+    """public_url for a view's URL."""
+    return public_url(url_for(endpoint, **values)[len(request.script_root):])

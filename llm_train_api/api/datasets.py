@@ -9,13 +9,19 @@ Who reads and writes which is services.datasets; these views parse and serialise
 
 from __future__ import annotations
 
-from flask import Response, request, url_for
+from flask import Response, request
 from flask.views import MethodView
 from flask_smorest import abort
 from marshmallow import Schema, fields
 
 from llm_train_api.api.auth import Role, current_principal, require_role
-from llm_train_api.api.base import ApiBlueprint, get_jobs, get_runtime, get_settings
+from llm_train_api.api.base import (
+    ApiBlueprint,
+    get_jobs,
+    get_runtime,
+    get_settings,
+    public_url_for,
+)
 from llm_train_api.api.schemas import UTCDateTime
 from llm_train_api.artifacts import datasets as dataset_files
 from llm_train_api.services import datasets as dataset_access
@@ -118,7 +124,7 @@ class DatasetResource(MethodView):
                                        jobs=get_jobs(), settings=get_settings())
         info = result.info
         if result.created:
-            location = url_for("datasets.DatasetResource", name=stem, _external=True)
+            location = public_url_for("datasets.DatasetResource", name=stem)
             return info, 201, {"Location": location}
         return info, 200
 

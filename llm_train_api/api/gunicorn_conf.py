@@ -15,8 +15,8 @@ from llm_train_api.config import Settings
 
 __all__ = [
     "accesslog", "bind", "child_exit", "errorlog", "graceful_timeout", "keepalive",
-    "limit_request_fields", "limit_request_line", "on_starting", "preload_app", "threads",
-    "timeout", "worker_class", "workers",
+    "limit_request_fields", "limit_request_line", "logger_class", "on_starting", "preload_app",
+    "threads", "timeout", "worker_class", "workers",
 ]
 
 _settings = Settings.load()
@@ -26,7 +26,9 @@ bind = _settings.BIND
 # each worker process serves a few requests at once on threads: the CPU does other requests'
 # work during those waits.
 workers = _settings.gunicorn_workers()
-worker_class = "gthread"
+# gunicorn's gthread worker, whose own error answers (a request line or headers too large,
+# a malformed request) are the service's JSON error shape instead of an HTML page.
+worker_class = "llm_train_api.api.gunicorn_worker.JsonErrorWorker"
 threads = _settings.THREADS
 timeout = 60
 graceful_timeout = 30
@@ -34,6 +36,8 @@ keepalive = 5
 # Each worker builds its own app (and database pool) after fork: never share connections.
 preload_app = False
 accesslog = _settings.ACCESS_LOG or None
+# The access log never shows an API token, even one sent in a query string.
+logger_class = "llm_train_api.api.gunicorn_worker.RedactingLogger"
 errorlog = "-"
 # Drop absurd request lines and headers before Flask sees them.
 limit_request_line = 8190

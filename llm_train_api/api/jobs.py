@@ -4,9 +4,9 @@ and the loss curve. HTTP only: what a job may be and who may change what is in s
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
-from flask import Response, request, url_for
+from flask import Response, request
 from flask.views import MethodView
 from marshmallow import RAISE
 
@@ -17,7 +17,14 @@ from llm_train_api.api.auth import (
     owner_scope,
     require_role,
 )
-from llm_train_api.api.base import ApiBlueprint, get_jobs, get_runtime, get_settings
+from llm_train_api.api.base import (
+    ApiBlueprint,
+    get_jobs,
+    get_runtime,
+    get_settings,
+    public_url,
+    public_url_for,
+)
 from llm_train_api.api.schemas import (
     CreateQuerySchema,
     JobCreateSchema,
@@ -162,7 +169,7 @@ class Jobs(MethodView):
                                              max_queued=queued_cap(settings, principal))
         if not created:
             return _with_etag(job, 200)
-        location = url_for("jobs.JobResource", job_id=job.id, _external=True)
+        location = public_url_for("jobs.JobResource", job_id=job.id)
         return _with_etag(job, 201, {"Location": location})
 
 
@@ -311,4 +318,4 @@ def _next_link(**position: str) -> str:
     """This URL with its other query parameters kept and the page position replaced."""
     params = request.args.to_dict(flat=False)
     params.update({name: [value] for name, value in position.items()})
-    return f'<{request.base_url}?{urlencode(params, doseq=True)}>; rel="next"'
+    return f'<{public_url(quote(request.path))}?{urlencode(params, doseq=True)}>; rel="next"'

@@ -8,6 +8,7 @@ Flask and the worker are imported inside the commands: loading this module is ch
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import signal
@@ -28,6 +29,8 @@ GUNICORN_CONF = "python:llm_train_api.api.gunicorn_conf"
 # How long `up` waits for the API to answer /healthz before it gives up: migrations and
 # the first import of each gunicorn worker happen in that time.
 READY_TIMEOUT_S = 60.0
+# The children of `up`, in the order it starts them.
+_CHILD_NAMES = ("the API server (gunicorn)", "the worker")
 _BIND_HELP = "host:port (default: LLM_TRAIN_API_BIND, 127.0.0.1:8000)"
 
 
@@ -64,7 +67,9 @@ def up(bind: str | None, concurrency: int) -> None:
 
     It says where the API listens only once the API answers there, with the lines that
     point the CLI at it; if the API server exits first (a port already in use), `up` exits
-    with its status. Ctrl-C stops both and leaves no process behind.
+    with its status. If either child dies later, `up` says which and how, stops the other
+    and exits with the dead child's status (never 0). Ctrl-C stops both and leaves no
+    process behind.
     """
     settings = Settings.load()
     bind = bind or settings.BIND
@@ -111,10 +116,21 @@ def up(bind: str | None, concurrency: int) -> None:
         sys.exit(_exit_status(api) or 1)
     while not stopping and all(child.poll() is None for child in children):
         time.sleep(0.2)
-    if not stopping:  # one died on its own: take the other down too
+    if not stopping:  # one died on its own: say which, take the other down too
+        name, dead = next((name, child) for name, child in zip(_CHILD_NAMES, children,
+                                                                strict=True)
+                          if child.poll() is not None)
+        click.echo(f"Error: {name} {_how_it_ended(dead)}; stopping "
+                   f"{' and '.join(n for n in _CHILD_NAMES if n != name)}", err=True)
         stop(signal.SIGTERM, None)
+        # What it leaves in its session (gunicorn's workers, when the master was killed)
+        # goes too, rather than lingering until it notices its parent is gone.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(dead.pid, signal.SIGTERM)
         _reap(children)
-        sys.exit(max(_exit_status(child) for child in children) or 1)
+        # Its status as a shell reports it (128+N for signal N), and never 0: `up` did not
+        # stop because it was asked to.
+        sys.exit(_exit_status(dead) or 1)
     _reap(children)
 
 
@@ -123,11 +139,10 @@ def _wait_until_answering(bind: str, children: list[subprocess.Popen[bytes]],
     """None once the API answers /healthz at `bind`; else why not (a child exited, or the
     timeout passed). Returns None at once too when a signal is stopping `up`."""
     deadline = time.monotonic() + READY_TIMEOUT_S
-    names = ("the API server (gunicorn)", "the worker")
     while not stopping():
-        for name, child in zip(names, children, strict=True):
+        for name, child in zip(_CHILD_NAMES, children, strict=True):
             if child.poll() is not None:
-                return (f"{name} exited with status {child.returncode} before the API "
+                return (f"{name} {_how_it_ended(child)} before the API "
                         f"answered on {bind} (is the address already in use?)")
         if _answers(bind):
             return None
@@ -135,6 +150,17 @@ def _wait_until_answering(bind: str, children: list[subprocess.Popen[bytes]],
             return f"the API did not answer on {bind} within {READY_TIMEOUT_S:.0f} s"
         time.sleep(0.2)
     return None
+
+
+def _how_it_ended(child: subprocess.Popen[bytes]) -> str:
+    """How a child that ended did: `exited with status N` or `was killed by SIGNAME`."""
+    code = child.returncode or 0
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with status {code}"
 
 
 def _reap(children: list[subprocess.Popen[bytes]]) -> None:

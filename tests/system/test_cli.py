@@ -194,6 +194,58 @@ def test_up_on_a_port_in_use_fails_without_saying_listening(tmp_path):
     assert not processes_with(f"LLM_TRAIN_API_INSTANCE_PATH={tmp_path}")
 
 
+@pytest.mark.parametrize("victim", ["worker", "api"])
+def test_up_says_which_child_died_and_exits_non_zero(tmp_path, victim):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llm_train_api.cli", "up", "--bind", f"127.0.0.1:{port}"],
+        cwd=REPO_ROOT, env=up_env(tmp_path), stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        lines: list[str] = []
+        while not any(f"listening on {url}" in line for line in lines):
+            line = proc.stdout.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+        children = {int(p) for p in subprocess.run(
+            ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()}
+        commands = {pid: open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+                    for pid in children}
+        worker = next(pid for pid, argv in commands.items() if b"worker" in argv)
+        api = next(pid for pid, argv in commands.items() if b"gunicorn" in argv)
+        family = {pid: started(pid) for pid in descendants(proc.pid)}
+        os.kill(worker if victim == "worker" else api, signal.SIGKILL)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    said = {"worker": "Error: the worker was killed by SIGKILL; stopping the API server",
+            "api": "Error: the API server (gunicorn) was killed by SIGKILL; stopping the "
+                   "worker"}[victim]
+    assert said in output, output
+    assert proc.returncode == 128 + signal.SIGKILL, output
+    # Nothing left running: the other child and the gunicorn workers are gone too (a
+    # gunicorn worker whose master was killed notices within a second or so).
+    deadline = time.monotonic() + 15
+    while left := (processes_with(f"LLM_TRAIN_API_INSTANCE_PATH={tmp_path}")
+                   + [pid for pid, start in family.items() if started(pid) == start]):
+        assert time.monotonic() < deadline, f"left running after the {victim} died: {left}"
+        time.sleep(0.2)
+
+
+def started(pid: int) -> int | None:
+    """When `pid` started (clock ticks since boot), so that a reused pid is not taken for
+    the process it once was; None once it is gone or a zombie not yet reaped."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] == "Z" else int(fields[19])
+
+
 def processes_with(env_entry: str) -> list[int]:
     """Live processes whose environment holds `env_entry` (those this test started)."""
     found = []

@@ -240,7 +240,10 @@ def test_serve_gets_the_package_configuration_anywhere_and_the_checkout_the_same
     # `llm-train-api serve` from a folder that is not the checkout (as from a wheel).
     served = effective_gunicorn_settings(gunicorn_argv(None, None)[3:], tmp_path, env)
     assert served["workers"] == 3 and served["threads"] == 5
-    assert served["worker_class"] == "gthread" and served["bind"] == ["127.0.0.1:8123"]
+    # gunicorn's gthread worker with JSON error answers, and an access log without tokens.
+    assert served["worker_class"] == "llm_train_api.api.gunicorn_worker.JsonErrorWorker"
+    assert served["logger_class"] == "llm_train_api.api.gunicorn_worker.RedactingLogger"
+    assert served["bind"] == ["127.0.0.1:8123"]
     assert served["accesslog"] is None and served["preload_app"] is False
     assert served["on_starting"] == "llm_train_api.api.gunicorn_conf.on_starting"
     assert served["child_exit"] == "llm_train_api.api.gunicorn_conf.child_exit"
@@ -296,3 +299,78 @@ def test_a_real_serve_outside_the_checkout_runs_the_package_configuration(tmp_pa
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
         log.close()
+
+
+def raw_exchange(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send `request` as is on a new connection; the status, headers and body of the answer
+    (gunicorn closes the connection after its own error answers)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        data = b""
+        try:
+            while chunk := sock.recv(65536):
+                data += chunk
+        except ConnectionResetError:
+            pass
+    head, _, content = data.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in header_lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(status_line.split()[1]), headers, content
+
+
+@pytest.mark.parametrize(("request_bytes", "statuses"), [
+    pytest.param(b"GET /jobs?x=" + b"a" * 10_000 + b" HTTP/1.1\r\nHost: api\r\n\r\n",
+                 {414}, id="10 KB request line"),
+    pytest.param(b"GET /healthz HTTP/1.1\r\nHost: api\r\nX-Big: " + b"b" * 20_000
+                 + b"\r\n\r\n", {400, 431}, id="20 KB header"),
+    pytest.param(b"GET /healthz HTTP/1.1\r\nHost: api\r\n"
+                 + b"".join(b"X-F%d: v\r\n" % i for i in range(200)) + b"\r\n",
+                 {400, 431}, id="200 header fields"),
+    pytest.param(b"NOT A REQUEST LINE\r\n\r\n", {400}, id="bad request line"),
+])
+def test_the_servers_own_4xx_answers_are_the_json_error_shape(gunicorn_factory, request_bytes,
+                                                              statuses):
+    server = gunicorn_factory(workers=1)
+    for _ in range(3):
+        status, headers, content = raw_exchange(server.port, request_bytes)
+        assert status in statuses, content
+        assert headers["content-type"] == "application/json"
+        assert int(headers["content-length"]) == len(content)
+        error = json.loads(content)
+        assert set(error) == {"code", "status", "message"} and error["code"] == status
+        assert error["message"] and "<" not in error["message"]
+    # And it keeps serving.
+    assert server.http.get(server.url + "/healthz", timeout=10).status_code == 200
+    assert server.http.get(server.url + "/jobs", timeout=10).json() == []
+
+
+def test_tokens_never_reach_the_access_log(gunicorn_factory, tmp_path):
+    access_log = tmp_path / "access.log"
+    server = gunicorn_factory(workers=1, env={"LLM_TRAIN_API_ACCESS_LOG": str(access_log)})
+    token = server.token
+    assert token and token.startswith("ltk_")
+    requests.get(f"{server.url}/jobs?access_token={token}", timeout=10)
+    requests.get(f"{server.url}/jobs?limit=5&token=s3cret-value&status=queued", timeout=10)
+    requests.get(f"{server.url}/jobs?api_key=another-secret", timeout=10)
+    requests.get(f"{server.url}/jobs?whatever={token}", timeout=10)
+    requests.get(f"{server.url}/jobs/{token}", timeout=10)
+    raw_exchange(server.port, b"GET /jobs?access_token=" + token.encode()
+                 + b" HTTP/1.1\r\nHost: api\r\n" + b"".join(b"X-F%d: v\r\n" % i
+                                                           for i in range(200)) + b"\r\n")
+    server.http.get(f"{server.url}/jobs?limit=1", timeout=10)
+    deadline = time.monotonic() + 10
+    while "limit=1 " not in (text := access_log.read_text() if access_log.exists() else ""):
+        assert time.monotonic() < deadline, text
+        time.sleep(0.1)
+    assert text.count("\n") >= 6, text
+    assert token not in text and token[4:20] not in text
+    for secret in ("s3cret-value", "another-secret"):
+        assert secret not in text
+    assert "access_token=[redacted]" in text and "token=[redacted]" in text
+    assert "api_key=[redacted]" in text and "whatever=[redacted]" in text
+    assert "/jobs/[redacted]" in text
+    # Other parameters stay readable.
+    assert "limit=5" in text and "status=queued" in text
