@@ -109,6 +109,9 @@ class Settings:
     POLL_S: float = 0.5
     # SIGTERM-to-SIGKILL grace for a cancelled job's process group.
     CANCEL_GRACE_S: float = 0.5
+    # How often a worker removes the folders of deleted jobs under DATA_DIR/jobs (those of
+    # jobs deleted while running, which the API leaves to their worker). 0 = never.
+    JOB_DIR_SWEEP_S: float = 300.0
     # Torch CPU threads per trainer (0 = torch's default).
     TRAINER_THREADS: int = 0
     # GPUs a local worker hands out to jobs: "auto" = every GPU torch sees, "" = none,
@@ -180,6 +183,8 @@ class Settings:
         if min(self.MAX_QUEUED_PER_USER, self.MAX_RUNNING_PER_USER,
                self.MAX_DATASETS_PER_USER) < 0:
             raise ConfigError("the per-user caps must be 0 (no cap) or positive")
+        if self.JOB_DIR_SWEEP_S < 0:
+            raise ConfigError(f"{PREFIX}JOB_DIR_SWEEP_S must be 0 (never) or positive")
         if self.TRUSTED_PROXIES < 0 or self.DB_BUSY_TIMEOUT_S < 0:
             raise ConfigError("negative values are not allowed")
         if not self.BIND.strip():

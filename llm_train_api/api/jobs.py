@@ -30,9 +30,11 @@ from llm_train_api.api.schemas import (
     StatusUpdateSchema,
     TransitionErrorSchema,
 )
+from llm_train_api.artifacts.jobs import remove_job_dir
 from llm_train_api.domain import (
     Job,
     JobNotFound,
+    JobStatus,
     PreconditionFailed,
     Revision,
     is_valid_job_id,
@@ -176,7 +178,9 @@ class JobResource(MethodView):
             return Response(status=304, headers={"ETag": f'"{job.etag}"'})
         return _with_etag(job)
 
-    @blp.response(204, description="Deleted. A running job is stopped by its worker.")
+    @blp.response(204, description="Deleted, with its folder (logs, checkpoints). A running "
+                  "job is stopped by its worker, and its folder removed by a worker's sweep "
+                  "soon after.")
     @blp.error(404, "No such job.")
     @blp.error(412, "If-Match did not match the job's current ETag: nothing was deleted.")
     def delete(self, job_id: str):
@@ -188,8 +192,12 @@ class JobResource(MethodView):
         """
         principal = require_role(Role.ADMIN, Role.USER)
         job_id = _checked_id(job_id)
-        get_jobs().delete_job(job_id, owner=owner_scope(), actor=principal.actor,
-                               expected=_expected_revision(job_id))
+        gone = get_jobs().delete_job(job_id, owner=owner_scope(), actor=principal.actor,
+                                      expected=_expected_revision(job_id))
+        if gone.status is not JobStatus.RUNNING:
+            # Nobody runs it, and nobody can start it now that the delete committed. A
+            # running job's trainer may still be writing: its worker's sweep removes that.
+            remove_job_dir(get_runtime().data_dir, gone.id, gone.created_us)
         return Response(status=204)
 
 
