@@ -93,6 +93,10 @@ class Settings:
     MAX_QUEUED_PER_USER: int = 100
     MAX_RUNNING_PER_USER: int = 0
     MAX_DATASETS_PER_USER: int = 100
+    # Storage per user, in GiB: their own datasets plus their jobs' folders (checkpoints,
+    # logs). An upload that would exceed it is refused (413), and so is a new job once the
+    # user is over it (429). 0 = no cap.
+    MAX_STORAGE_GB_PER_USER: float = 100.0
 
     # Running jobs.
     # "local": built-in workers run jobs, and jobs are validated against the trainer at
@@ -183,8 +187,9 @@ class Settings:
         if min(self.MAX_QUEUED_PER_USER, self.MAX_RUNNING_PER_USER,
                self.MAX_DATASETS_PER_USER) < 0:
             raise ConfigError("the per-user caps must be 0 (no cap) or positive")
-        if self.JOB_DIR_SWEEP_S < 0:
-            raise ConfigError(f"{PREFIX}JOB_DIR_SWEEP_S must be 0 (never) or positive")
+        if self.MAX_STORAGE_GB_PER_USER < 0 or self.JOB_DIR_SWEEP_S < 0:
+            raise ConfigError(f"{PREFIX}MAX_STORAGE_GB_PER_USER and {PREFIX}JOB_DIR_SWEEP_S "
+                              "must be 0 (off) or positive")
         if self.TRUSTED_PROXIES < 0 or self.DB_BUSY_TIMEOUT_S < 0:
             raise ConfigError("negative values are not allowed")
         if not self.BIND.strip():

@@ -28,6 +28,7 @@ from llm_train_api.api.schemas import (
     MetricsQuerySchema,
     PageQuerySchema,
     StatusUpdateSchema,
+    StorageErrorSchema,
     TransitionErrorSchema,
 )
 from llm_train_api.artifacts.jobs import remove_job_dir
@@ -39,7 +40,7 @@ from llm_train_api.domain import (
     Revision,
     is_valid_job_id,
 )
-from llm_train_api.services import status_changes
+from llm_train_api.services import status_changes, storage
 from llm_train_api.services.job_creation import (
     builtin_executor,
     prepare_job,
@@ -135,6 +136,11 @@ class Jobs(MethodView):
     @blp.error(409, "job_id is already taken by a job with a different body.")
     @blp.error(413, "Body larger than LLM_TRAIN_API_MAX_JSON_BYTES.")
     @blp.error(415, "Content-Type is not application/json.")
+    @blp.alt_response(429, schema=StorageErrorSchema, description="A per-user limit is "
+                      "reached; the message names it: LLM_TRAIN_API_MAX_QUEUED_PER_USER "
+                      "queued jobs, or LLM_TRAIN_API_MAX_STORAGE_GB_PER_USER of storage "
+                      "(then also `reason: storage_quota_exceeded`, `usage_bytes` and "
+                      "`limit_bytes`).")
     @blp.error(422, "Invalid fields (wrong types, unknown fields, a bad `job_id`, oversized "
                "or too deep `hyperparameters`), under `errors.json.<field>`. With the "
                "built-in executor also: a model not in the catalog (`model_name`), a "
@@ -156,6 +162,8 @@ class Jobs(MethodView):
         settings = get_settings()
         new = prepare_job(body, owner=principal.owner, settings=settings,
                           data_dir=get_runtime().data_dir)
+        storage.check_room_for_job(get_runtime().data_dir, principal, get_jobs(), settings,
+                                   new.job_id)
         if query["dry_run"]:
             return preview(new), 200
         job, created = get_jobs().create_job(new, actor=principal.actor,
