@@ -90,8 +90,8 @@ def save_checkpoint(storage: JobStorage, name: str, checkpoint: dict[str, Any]) 
         if _disk_full(exc):
             raise CheckpointDiskFull(
                 f"disk full while writing checkpoint to {storage.uri(name)}: free space on "
-                "that filesystem (or delete jobs you no longer need), then resubmit the "
-                "job; it resumes from its last checkpoint") from exc
+                "that filesystem (or delete jobs you no longer need), then submit the job "
+                "again") from exc
         raise
     return storage.uri(name)
 
