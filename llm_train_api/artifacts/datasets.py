@@ -462,8 +462,8 @@ def store_upload(
                 if size > max_bytes:
                     raise TooLarge(f"Dataset is larger than {max_bytes} bytes "
                                    "(LLM_TRAIN_API_MAX_DATASET_BYTES).")
-                if size > room:
-                    _quota_room(data_dir, stem, quota, size)  # raises OverQuota
+                if size > room:  # measure again: OverQuota unless space was freed
+                    room = _quota_room(data_dir, stem, quota, size)
                 validator.feed(chunk)
                 digest.update(chunk)
                 newlines += chunk.count(b"\n")
