@@ -147,3 +147,22 @@ def test_a_full_disk_after_the_dataset_is_stored_still_answers_201(client, app,
     got = client.get("/datasets/corpus")
     assert got.status_code == 200 and got.get_json()["size_bytes"] == len(data)
     assert got.get_json()["sha256"] == resp.get_json()["sha256"]
+
+
+def test_concurrent_uploads_cannot_overshoot_the_quota(tmp_path):
+    """Each upload fits alone; the one that commits second is refused under the lock."""
+    quota = dataset_files.StorageQuota(LIMIT, f"{SETTING}=x", lambda: 0)
+
+    def upload(stem, chunks):
+        return dataset_files.store_upload(tmp_path, stem, "txt", chunks, max_bytes=10**6,
+                                          in_use=lambda _stem: [], quota=quota)
+
+    def first_chunks():
+        yield b"a" * 300
+        upload("second", [b"b" * 600])  # streams and commits while the first streams
+        yield b"a" * 300
+
+    with pytest.raises(dataset_files.OverQuota):
+        upload("first", first_chunks())
+    assert sorted(p.name for p in (tmp_path / "datasets").iterdir()
+                  if not p.name.startswith(".")) == ["second.txt"]
