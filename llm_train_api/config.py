@@ -99,6 +99,10 @@ class Settings:
     MAX_QUEUED_PER_USER: int = 100
     MAX_RUNNING_PER_USER: int = 0
     MAX_DATASETS_PER_USER: int = 100
+    # Storage per user, in GiB: their own datasets plus their jobs' folders (checkpoints,
+    # logs). An upload that would exceed it is refused (413), and so is a new job once the
+    # user is over it (429). 0 = no cap.
+    MAX_STORAGE_GB_PER_USER: float = 100.0
 
     # Running jobs.
     # "local": built-in workers run jobs, and jobs are validated against the trainer at
@@ -115,6 +119,9 @@ class Settings:
     POLL_S: float = 0.5
     # SIGTERM-to-SIGKILL grace for a cancelled job's process group.
     CANCEL_GRACE_S: float = 0.5
+    # How often a worker removes the folders of deleted jobs under DATA_DIR/jobs (those of
+    # jobs deleted while running, which the API leaves to their worker). 0 = never.
+    JOB_DIR_SWEEP_S: float = 300.0
     # Torch CPU threads per trainer (0 = torch's default).
     TRAINER_THREADS: int = 0
     # GPUs a local worker hands out to jobs: "auto" = every GPU torch sees, "" = none,
@@ -189,6 +196,9 @@ class Settings:
         if min(self.MAX_QUEUED_PER_USER, self.MAX_RUNNING_PER_USER,
                self.MAX_DATASETS_PER_USER) < 0:
             raise ConfigError("the per-user caps must be 0 (no cap) or positive")
+        if self.MAX_STORAGE_GB_PER_USER < 0 or self.JOB_DIR_SWEEP_S < 0:
+            raise ConfigError(f"{PREFIX}MAX_STORAGE_GB_PER_USER and {PREFIX}JOB_DIR_SWEEP_S "
+                              "must be 0 (off) or positive")
         if self.TRUSTED_PROXIES < 0 or self.DB_BUSY_TIMEOUT_S < 0:
             raise ConfigError("negative values are not allowed")
         if self.PUBLIC_URL and not _PUBLIC_URL.match(self.PUBLIC_URL):

@@ -22,7 +22,7 @@ from llm_train_api.api.base import (
     get_settings,
     public_url_for,
 )
-from llm_train_api.api.schemas import UTCDateTime
+from llm_train_api.api.schemas import StorageErrorSchema, UTCDateTime
 from llm_train_api.artifacts import datasets as dataset_files
 from llm_train_api.services import datasets as dataset_access
 
@@ -90,7 +90,15 @@ class DatasetResource(MethodView):
     @blp.error(404, "Not a dataset URL (a path separator in the name, such as '%2F').")
     @blp.error(409, "The dataset is used by queued or running jobs (named in the message), "
                "or it is a folder managed on disk.")
-    @blp.error(413, "Body larger than LLM_TRAIN_API_MAX_DATASET_BYTES.")
+    @blp.alt_response(413, schema=StorageErrorSchema, description="Body larger than "
+                      "LLM_TRAIN_API_MAX_DATASET_BYTES; or, for a user, an upload that would "
+                      "take their storage (own datasets plus job folders) over "
+                      "LLM_TRAIN_API_MAX_STORAGE_GB_PER_USER: then `reason` is "
+                      "`storage_quota_exceeded`, with `usage_bytes` and `limit_bytes`. "
+                      "Nothing was stored.")
+    @blp.alt_response(507, schema=StorageErrorSchema, description="The disk is full: "
+                      "nothing was stored. (A dataset is stored once it is renamed into "
+                      "place; a full disk after that still answers 201 or 200.)")
     @blp.error(429, "The user already has LLM_TRAIN_API_MAX_DATASETS_PER_USER datasets.")
     @blp.error(415, "Content-Type is not text/plain or JSON Lines, and the name has no "
                ".txt/.jsonl suffix; or the two disagree.")

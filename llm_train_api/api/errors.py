@@ -29,6 +29,8 @@ from llm_train_api.domain import (
     StatusChangeForbidden,
     StatusManagedByWorkers,
 )
+from llm_train_api.services.storage import REASON as STORAGE_QUOTA_REASON
+from llm_train_api.services.storage import StorageQuotaExceeded
 from llm_train_api.store.pagination import InvalidCursor
 
 # The one table from the errors a client can cause to HTTP statuses (the body's `code`).
@@ -50,6 +52,8 @@ ERROR_STATUS: dict[type[Exception], int] = {
     dataset_files.InvalidName: 422,
     dataset_files.InvalidContent: 422,
     dataset_files.TooMany: 429,
+    dataset_files.OverQuota: 413,
+    dataset_files.DiskFull: 507,
 }
 
 
@@ -230,6 +234,9 @@ def _errors_of(error: Exception) -> Any:
 def _extra_fields(error: Exception) -> dict[str, Any]:
     if isinstance(error, IllegalTransition):
         return {"current_status": error.current.value, "allowed_targets": error.allowed}
+    if isinstance(error, (dataset_files.OverQuota, StorageQuotaExceeded)):
+        return {"reason": STORAGE_QUOTA_REASON, "usage_bytes": error.usage_bytes,
+                "limit_bytes": error.limit_bytes}
     return {}
 
 

@@ -35,16 +35,19 @@ from llm_train_api.api.schemas import (
     MetricsQuerySchema,
     PageQuerySchema,
     StatusUpdateSchema,
+    StorageErrorSchema,
     TransitionErrorSchema,
 )
+from llm_train_api.artifacts.jobs import remove_job_dir
 from llm_train_api.domain import (
     Job,
     JobNotFound,
+    JobStatus,
     PreconditionFailed,
     Revision,
     is_valid_job_id,
 )
-from llm_train_api.services import status_changes
+from llm_train_api.services import status_changes, storage
 from llm_train_api.services.job_creation import (
     builtin_executor,
     prepare_job,
@@ -142,6 +145,11 @@ class Jobs(MethodView):
     @blp.error(409, "job_id is already taken by a job with a different body.")
     @blp.error(413, "Body larger than LLM_TRAIN_API_MAX_JSON_BYTES.")
     @blp.error(415, "Content-Type is not application/json.")
+    @blp.alt_response(429, schema=StorageErrorSchema, description="A per-user limit is "
+                      "reached; the message names it: LLM_TRAIN_API_MAX_QUEUED_PER_USER "
+                      "queued jobs, or LLM_TRAIN_API_MAX_STORAGE_GB_PER_USER of storage "
+                      "(then also `reason: storage_quota_exceeded`, `usage_bytes` and "
+                      "`limit_bytes`).")
     @blp.error(422, "Invalid fields (wrong types, unknown fields, a bad `job_id`, oversized "
                "or too deep `hyperparameters`), under `errors.json.<field>`. With the "
                "built-in executor also: a model not in the catalog (`model_name`), a "
@@ -163,6 +171,8 @@ class Jobs(MethodView):
         settings = get_settings()
         new = prepare_job(body, owner=principal.owner, settings=settings,
                           data_dir=get_runtime().data_dir)
+        storage.check_room_for_job(get_runtime().data_dir, principal, get_jobs(), settings,
+                                   new.job_id)
         if query["dry_run"]:
             return preview(new), 200
         job, created = get_jobs().create_job(new, actor=principal.actor,
@@ -185,7 +195,9 @@ class JobResource(MethodView):
             return Response(status=304, headers={"ETag": f'"{job.etag}"'})
         return _with_etag(job)
 
-    @blp.response(204, description="Deleted. A running job is stopped by its worker.")
+    @blp.response(204, description="Deleted, with its folder (logs, checkpoints). A running "
+                  "job is stopped by its worker, and its folder removed by a worker's sweep "
+                  "soon after.")
     @blp.error(404, "No such job.")
     @blp.error(412, "If-Match did not match the job's current ETag: nothing was deleted.")
     def delete(self, job_id: str):
@@ -197,8 +209,12 @@ class JobResource(MethodView):
         """
         principal = require_role(Role.ADMIN, Role.USER)
         job_id = _checked_id(job_id)
-        get_jobs().delete_job(job_id, owner=owner_scope(), actor=principal.actor,
-                               expected=_expected_revision(job_id))
+        gone = get_jobs().delete_job(job_id, owner=owner_scope(), actor=principal.actor,
+                                      expected=_expected_revision(job_id))
+        if gone.status is not JobStatus.RUNNING:
+            # Nobody runs it, and nobody can start it now that the delete committed. A
+            # running job's trainer may still be writing: its worker's sweep removes that.
+            remove_job_dir(get_runtime().data_dir, gone.id, gone.created_us)
         return Response(status=204)
 
 

@@ -358,6 +358,15 @@ class TransitionErrorSchema(ErrorSchema):
     allowed_targets = fields.List(fields.Enum(JobStatus, by_value=True))
 
 
+class StorageErrorSchema(ErrorSchema):
+    """A refusal for lack of storage. Over the per-user storage quota, also `reason`
+    (`storage_quota_exceeded`), what the user stores and the cap, in bytes."""
+
+    reason = fields.String(metadata={"enum": ["storage_quota_exceeded"]})
+    usage_bytes = fields.Integer()
+    limit_bytes = fields.Integer()
+
+
 class HealthSchema(Schema):
     status = fields.String(metadata={"example": "ok"})
     schema_version = fields.Integer()

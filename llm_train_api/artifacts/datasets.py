@@ -24,9 +24,12 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import errno
 import fcntl
 import hashlib
+import logging
 import os
+import sys
 import threading
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -38,7 +41,20 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from llm_train_api.domain import DomainError
+# The errors live in dataset_errors.py; callers name them through this module too.
+from llm_train_api.artifacts.dataset_errors import (
+    Conflict,
+    DatasetFileError,
+    DiskFull,
+    InvalidContent,
+    InvalidName,
+    NotFound,
+    OverQuota,
+    ReadOnly,
+    TooLarge,
+    TooMany,
+)
+from llm_train_api.artifacts.jobs import tree_bytes
 from llm_train_api.training.datasets import (
     BUILTIN_DATASETS,
     BUILTIN_PREFIX,
@@ -59,42 +75,64 @@ CHUNK_BYTES = 1024 * 1024
 MAX_JSONL_LINE_BYTES = 16 * 1024 * 1024
 FORMATS = {"txt": ".txt", "jsonl": ".jsonl"}
 
-
-class DatasetFileError(DomainError):
-    """A refused dataset operation. Each subclass is one reason; the API's error table
-    decides what a client sees for it, so this module never speaks HTTP."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
+log = logging.getLogger("llm_train_api.artifacts")
 
 
-class InvalidName(DatasetFileError):
-    """Not a name a dataset could ever have."""
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
 
-class ReadOnly(DatasetFileError):
-    """Built in (or, for a user, published): not theirs to replace or delete."""
+@dataclass(frozen=True)
+class StorageQuota:
+    """A cap on what one owner stores: the datasets in the home being uploaded to, plus
+    `elsewhere()` bytes they hold outside it (their jobs' folders). `setting` names the
+    cap in refusals ("NAME=value")."""
+
+    limit_bytes: int
+    setting: str
+    elsewhere: Callable[[], int]
 
 
-class NotFound(DatasetFileError):
-    """No dataset of that name where the caller looked."""
+def stored_bytes(data_dir: str | os.PathLike[str], except_stem: str | None = None) -> int:
+    """Bytes of the datasets stored under this data root, without uploads in progress and
+    metadata; without the dataset `except_stem` (the one an upload replaces)."""
+    root = datasets_root(data_dir)
+    skip = set(aliases(except_stem)) if except_stem is not None else set()
+    total = 0
+    try:
+        entries = list(os.scandir(root))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        if entry.name.startswith(".") or entry.name in skip:
+            continue
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                total += tree_bytes(entry.path)
+            elif entry.is_file(follow_symlinks=False):
+                total += entry.stat(follow_symlinks=False).st_size
+        except OSError:
+            continue  # removed while we looked
+    return total
 
 
-class Conflict(DatasetFileError):
-    """Queued or running jobs still need it, or it is a folder managed on disk."""
-
-
-class TooLarge(DatasetFileError):
-    """The upload is over LLM_TRAIN_API_MAX_DATASET_BYTES."""
-
-
-class InvalidContent(DatasetFileError):
-    """Not UTF-8 text, or not JSON Lines records with a `text` field, or empty."""
-
-
-class TooMany(DatasetFileError):
-    """A new dataset over LLM_TRAIN_API_MAX_DATASETS_PER_USER."""
+def _quota_room(data_dir: str | os.PathLike[str], stem: str, quota: StorageQuota | None,
+                size: int = 0) -> int:
+    """How many bytes the upload of `stem` may have under `quota` (OverQuota once `size`
+    is over it). Replacing a dataset frees its old version, so that one is not counted."""
+    if quota is None:
+        return sys.maxsize
+    datasets, elsewhere = stored_bytes(data_dir, stem), quota.elsewhere()
+    room = quota.limit_bytes - datasets - elsewhere
+    if size > room or room <= 0:
+        gib = 1024**3
+        raise OverQuota(
+            f"Storage quota exceeded: this upload would bring your storage to at least "
+            f"{(datasets + elsewhere + max(size, 1)) / gib:.3f} GiB, over "
+            f"{quota.setting} GiB (your other datasets take {datasets / gib:.3f} GiB, "
+            f"your jobs' folders {elsewhere / gib:.3f} GiB). Nothing was stored: delete "
+            "datasets or jobs you no longer need, then retry.",
+            usage_bytes=datasets + elsewhere, limit_bytes=quota.limit_bytes)
+    return room
 
 
 def count_stored(data_dir: str | os.PathLike[str]) -> int:
@@ -392,23 +430,30 @@ def store_upload(
     max_bytes: int,
     in_use: Callable[[str], list[str]],
     max_count: int = 0,
+    quota: StorageQuota | None = None,
 ) -> UploadResult:
     """Stream `chunks` into the dataset `stem` (format `fmt`), replacing any older version.
 
     `in_use(stem)` lists the jobs that still need the current version (Conflict if any).
-    With `max_count`, a new dataset beyond that many is refused (TooMany), checked before
-    streaming and again under the commit lock, so concurrent uploads cannot overshoot.
-    Nothing is left behind on failure: the temporary file is removed.
+    With `max_count`, a new dataset beyond that many is refused (TooMany); with `quota`,
+    an upload that would take the owner over it (OverQuota). Both are checked before
+    streaming (the quota also while streaming) and again under the commit lock, so
+    concurrent uploads cannot overshoot. Nothing is left behind on failure: the temporary
+    file is removed.
+
+    The rename into place is the commit: a full disk before it is DiskFull with nothing
+    stored; after it the dataset is stored whatever happens to its metadata, which is a
+    cache recomputed from the file when missing or stale.
     """
     root = datasets_root(data_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    _refuse_if_unreplaceable(root, stem, in_use)
-    _refuse_if_too_many(data_dir, root, stem, max_count)
-
-    validator = _JsonlValidator() if fmt == "jsonl" else _TextValidator()
     tmp = root / f"{TMP_PREFIX}{uuid.uuid4().hex}.tmp"
-    digest, size, newlines, last = hashlib.sha256(), 0, 0, b""
     try:
+        root.mkdir(parents=True, exist_ok=True)
+        _refuse_if_unreplaceable(root, stem, in_use)
+        _refuse_if_too_many(data_dir, root, stem, max_count)
+        room = _quota_room(data_dir, stem, quota)
+        validator = _JsonlValidator() if fmt == "jsonl" else _TextValidator()
+        digest, size, newlines, last = hashlib.sha256(), 0, 0, b""
         with open(tmp, "xb") as f:
             for chunk in chunks:
                 if not chunk:
@@ -417,6 +462,8 @@ def store_upload(
                 if size > max_bytes:
                     raise TooLarge(f"Dataset is larger than {max_bytes} bytes "
                                    "(LLM_TRAIN_API_MAX_DATASET_BYTES).")
+                if size > room:  # measure again: OverQuota unless space was freed
+                    room = _quota_room(data_dir, stem, quota, size)
                 validator.feed(chunk)
                 digest.update(chunk)
                 newlines += chunk.count(b"\n")
@@ -432,23 +479,43 @@ def store_upload(
         with _commit_lock(root):
             _refuse_if_unreplaceable(root, stem, in_use)
             _refuse_if_too_many(data_dir, root, stem, max_count)
+            _quota_room(data_dir, stem, quota, size)
             created = _stored(root, stem) is None
             os.replace(tmp, final)
-            # Another format of the same name would shadow or duplicate this one.
-            for other in FORMATS.values():
-                if other != FORMATS[fmt]:
-                    with contextlib.suppress(FileNotFoundError):
-                        (root / f"{stem}{other}").unlink()
-            info = DatasetInfo(name=stem, format=fmt, sha256=digest.hexdigest(),
-                               size_bytes=size, lines=lines, created_at=_now())
-            _write_json_atomic(_meta_path(root, stem),
-                               {**info.to_json(), "signature": _signature(final.stat())})
-            fsync_dir(root)
-            fsync_dir(_meta_dir(root))
-        return UploadResult(info=info, created=created)
+            return UploadResult(info=_after_commit(root, stem, fmt, final, digest.hexdigest(),
+                                                   size, lines), created=created)
+    except OSError as exc:
+        if exc.errno in DISK_FULL_ERRNOS:
+            raise DiskFull(f"The disk holding the datasets is full ({exc.strerror}): "
+                           f"dataset {stem!r} was not stored. Free some space (or ask an "
+                           "operator to), then retry.") from exc
+        raise
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def _after_commit(root: Path, stem: str, fmt: str, final: Path, sha256: str, size: int,
+                  lines: int) -> DatasetInfo:
+    """What follows the rename, under the commit lock: the dataset is stored from here on."""
+    # Another format of the same name would shadow or duplicate this one.
+    for other in FORMATS.values():
+        if other != FORMATS[fmt]:
+            with contextlib.suppress(FileNotFoundError):
+                (root / f"{stem}{other}").unlink()
+    info = DatasetInfo(name=stem, format=fmt, sha256=sha256, size_bytes=size, lines=lines,
+                       created_at=_now())
+    try:
+        _write_json_atomic(_meta_path(root, stem),
+                           {**info.to_json(), "signature": _signature(final.stat())})
+    except OSError as exc:
+        if exc.errno not in DISK_FULL_ERRNOS:
+            raise
+        # A cache: the next read finds it stale or missing and recomputes it.
+        log.warning("dataset %s stored, but not its metadata (disk full): %s", final, exc)
+    fsync_dir(root)
+    fsync_dir(_meta_dir(root))
+    return info
 
 
 def _refuse_if_too_many(data_dir: str | os.PathLike[str], root: Path, stem: str,
@@ -506,3 +573,4 @@ def delete_dataset(
 def read_chunks(stream: BinaryIO, size: int = CHUNK_BYTES) -> Iterator[bytes]:
     while chunk := stream.read(size):
         yield chunk
+

@@ -16,6 +16,7 @@ from llm_train_api.artifacts.datasets import DatasetInfo, UploadResult
 from llm_train_api.artifacts.homes import owner_home
 from llm_train_api.config import Settings
 from llm_train_api.domain import Principal, Role
+from llm_train_api.services import storage
 from llm_train_api.store.jobs import JobRepository
 
 Home = tuple[str, str | None]  # a data root, and the owner whose datasets it holds
@@ -83,12 +84,14 @@ def upload(
     settings: Settings,
 ) -> UploadResult:
     """Store an upload as the caller's dataset (a user's own, capped at
-    MAX_DATASETS_PER_USER; an admin's published)."""
+    MAX_DATASETS_PER_USER and by their storage quota; an admin's published)."""
     home, owner = write_home(data_dir, principal)
     cap = settings.MAX_DATASETS_PER_USER if owner is not None else 0
+    quota = storage.upload_quota(data_dir, principal, jobs, settings)
     result = dataset_files.store_upload(home, stem, fmt, chunks,
                                         max_bytes=settings.MAX_DATASET_BYTES,
-                                        in_use=in_use_by(jobs, owner), max_count=cap)
+                                        in_use=in_use_by(jobs, owner), max_count=cap,
+                                        quota=quota)
     return replace(result, info=_owned(result.info, owner))
 
 

@@ -8,7 +8,7 @@ version when the client sent If-Match), and each write commits together with its
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import (
     Connection,
@@ -54,6 +54,15 @@ from llm_train_api.store.rows import (
 )
 from llm_train_api.store.tables import job_events, job_metrics, jobs
 
+
+class DeletedJob(NamedTuple):
+    """A job as its delete found it."""
+
+    id: str
+    status: JobStatus
+    created_us: int
+
+
 # Serialises the queued-jobs quota check per owner (PostgreSQL), see `create_job`.
 _PG_QUOTA_LOCK = 0x6C6C6D71  # "llmq"
 
@@ -72,6 +81,11 @@ _DELETE_OWNED_JOB = (delete(jobs)
                      .where(jobs.c.id == bindparam("job_id"),
                             jobs.c.owner == bindparam("owner_is"))
                      .returning(jobs.c.id, jobs.c.status, jobs.c.attempts, jobs.c.created_us))
+_SELECT_INCARNATIONS = select(jobs.c.id, jobs.c.created_us).where(
+    jobs.c.id.in_(bindparam("ids", expanding=True)))
+_SELECT_OWNER_INCARNATIONS = select(jobs.c.id, jobs.c.created_us).where(
+    jobs.c.owner == bindparam("owner"))
+_IN_CHUNK = 500  # ids per IN (...) list, well under SQLite's bound-parameter limit
 _DELETE_METRICS = delete(job_metrics).where(job_metrics.c.job_id == bindparam("job_id"))
 
 
@@ -368,8 +382,12 @@ class JobRepository:
         raise IllegalTransition(job_id, job.status, target)
 
     def delete_job(self, job_id: str, *, owner: str | None = None,
-                   actor: str | None = None, expected: Revision | None = None) -> None:
+                   actor: str | None = None, expected: Revision | None = None) -> DeletedJob:
         """Delete the job and its metrics; its worker, if any, stops it.
+
+        Returns what the job was when the delete committed: its status then (a job that
+        was `running` may still have a trainer writing to its folder) and its creation
+        time (which names its folder).
 
         The events stay, with a `deleted` event naming `actor`: the audit trail outlives
         the job (a job re-created under the same id starts a timeline of its own, see
@@ -378,7 +396,7 @@ class JobRepository:
         has changed since.
         """
 
-        def work(conn: Connection) -> None:
+        def work(conn: Connection) -> DeletedJob:
             stmt = _DELETE_OWNED_JOB if owner is not None else _DELETE_JOB
             if expected is not None:
                 stmt = stmt.where(jobs.c.created_us == expected.created_us,
@@ -396,8 +414,31 @@ class JobRepository:
                 "job_created_us": gone.created_us})
             conn.execute(_DELETE_METRICS, {"job_id": job_id})
             self.database.notify(job_id, conn)
+            return DeletedJob(gone.id, JobStatus(gone.status), gone.created_us)
 
-        self.database.write(work)
+        return self.database.write(work)
+
+    # ------------------------------------------------------------------ incarnations
+    def existing_incarnations(
+        self, keys: Iterable[tuple[str, int]]
+    ) -> set[tuple[str, int]]:
+        """Which of these (job id, created_us) pairs are jobs in the database now: the
+        folder sweeper's question (a job folder is named after both)."""
+        wanted = set(keys)
+        ids = sorted({job_id for job_id, _ in wanted})
+        found: set[tuple[str, int]] = set()
+        with self.database.reading() as conn:
+            for start in range(0, len(ids), _IN_CHUNK):
+                rows = conn.execute(_SELECT_INCARNATIONS,
+                                    {"ids": ids[start:start + _IN_CHUNK]})
+                found.update((r.id, r.created_us) for r in rows)
+        return found & wanted
+
+    def owner_incarnations(self, owner: str) -> list[tuple[str, int]]:
+        """(job id, created_us) of every job `owner` has: where their job folders are."""
+        with self.database.reading() as conn:
+            return [(r.id, r.created_us)
+                    for r in conn.execute(_SELECT_OWNER_INCARNATIONS, {"owner": owner})]
 
 
 def _filters(query: JobQuery, *, status: JobStatus | None) -> list[Any]:

@@ -12,6 +12,7 @@ Only plain containers and tensors go in, so checkpoints load with
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import random
@@ -57,10 +58,41 @@ def build_checkpoint(**fields: Any) -> dict[str, Any]:
     return {"format": CHECKPOINT_FORMAT, "torch_version": str(torch.__version__), **fields}
 
 
+class CheckpointDiskFull(RuntimeError):
+    """The disk (or a filesystem quota) ran out while a checkpoint was written."""
+
+
+_DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """Whether `exc`, or what it was raised from (torch may wrap the OSError), is an
+    out-of-space error."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, OSError) and current.errno in _DISK_FULL_ERRNOS:
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
 def save_checkpoint(storage: JobStorage, name: str, checkpoint: dict[str, Any]) -> str:
-    """Write atomically (temp file + rename); return the checkpoint's URI."""
-    with storage.open_atomic(name) as f:
-        torch.save(checkpoint, f)
+    """Write atomically (temp file + rename); return the checkpoint's URI.
+
+    A full disk is CheckpointDiskFull, naming where it was writing; the previous
+    checkpoint of that name is left as it was (the temporary file is removed)."""
+    try:
+        with storage.open_atomic(name) as f:
+            torch.save(checkpoint, f)
+    except (OSError, RuntimeError) as exc:
+        if _disk_full(exc):
+            raise CheckpointDiskFull(
+                f"disk full while writing checkpoint to {storage.uri(name)}: free space on "
+                "that filesystem (or delete jobs you no longer need), then submit the job "
+                "again") from exc
+        raise
     return storage.uri(name)
 
 

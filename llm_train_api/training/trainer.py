@@ -536,6 +536,8 @@ def execute(
         result = run_training(run_spec, job_dir, events, stop, stop_at_step, chunk_size)
     except (SpecError, HyperparameterError, UnknownModel, DatasetError) as exc:
         return _fail(events, exc, EXIT_USAGE, str(exc))
+    except ckpt.CheckpointDiskFull as exc:
+        return _fail(events, exc, EXIT_FAILED, str(exc))
     except torch.cuda.OutOfMemoryError as exc:
         message = (f"CUDA out of memory: {str(exc).splitlines()[0]} Reduce batch_size or "
                    "block_size, or use gradient_accumulation_steps.")

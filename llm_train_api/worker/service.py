@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from llm_train_api.artifacts.homes import ResolvedDataset, resolve_owned_dataset
-from llm_train_api.artifacts.jobs import job_dir, log_path
+from llm_train_api.artifacts.jobs import job_dir, log_path, sweep_job_dirs
 from llm_train_api.config import Settings
 from llm_train_api.domain import IllegalTransition, Job, JobNotFound, JobStatus
 from llm_train_api.store.queue import JobQueue
@@ -56,6 +56,8 @@ class WorkerConfig:
     gpus: list[int] = field(default_factory=list)
     # How long a stopping worker waits for its trainers to checkpoint before killing them.
     shutdown_grace_s: float = 20.0
+    # How often the folders of deleted jobs are swept (0: never).
+    sweep_s: float = 300.0
 
     @classmethod
     def from_settings(cls, settings: Settings, *, data_dir: str | Path, concurrency: int = 1,
@@ -65,7 +67,8 @@ class WorkerConfig:
         return cls(data_dir=str(data_dir), concurrency=concurrency,
                    lease_s=settings.LEASE_S, heartbeat_s=settings.HEARTBEAT_S,
                    poll_s=settings.POLL_S, cancel_grace_s=settings.CANCEL_GRACE_S,
-                   trainer_threads=settings.TRAINER_THREADS, gpus=list(gpus or []))
+                   trainer_threads=settings.TRAINER_THREADS, gpus=list(gpus or []),
+                   sweep_s=settings.JOB_DIR_SWEEP_S)
 
 
 @dataclass
@@ -96,6 +99,7 @@ class Worker:
         self.hard_stop = threading.Event()  # set on a second signal: kill and leave
         self._next_heartbeat = 0.0
         self._next_reap = 0.0
+        self._next_sweep = 0.0
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> None:
@@ -116,6 +120,9 @@ class Worker:
                             job.status.value)
             self._next_reap = now + max(self.config.lease_s / 4, self.config.poll_s)
             self.executor.housekeeping(self.queue)
+        if self.config.sweep_s and now >= self._next_sweep:
+            self._next_sweep = now + self.config.sweep_s
+            self.sweep_job_dirs()
         if now >= self._next_heartbeat:
             owned = self.queue.renew_leases(self.id, self.config.lease_s)
             self._next_heartbeat = now + self.config.heartbeat_s
@@ -134,6 +141,16 @@ class Worker:
             job = self.executor.claim(self.queue, self.id, self.config.lease_s)
             if job is None or not self._launch(job):
                 break  # nothing queued, or we handed one back: not again in this tick
+
+    def sweep_job_dirs(self) -> list[str]:
+        """Remove the folders of jobs that no longer exist (deleted while running: the API
+        leaves those to us, their trainer may still have been writing). A failure is
+        logged and retried at the next sweep."""
+        try:
+            return sweep_job_dirs(self.config.data_dir, self.queue.jobs.existing_incarnations)
+        except Exception:  # noqa: BLE001 - housekeeping must not stop the loop
+            log.warning("sweeping the folders of deleted jobs failed", exc_info=True)
+            return []
 
     # ------------------------------------------------------------------ one job
     def _launch(self, job: Job) -> bool:
