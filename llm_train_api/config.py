@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 PREFIX = "LLM_TRAIN_API_"
@@ -141,6 +141,12 @@ class Settings:
     # network or FUSE filesystem, or a Ray head on loopback). "yes": the operator
     # vouches that DATA_DIR is the same shared folder on every Ray node.
     RAY_DATA_DIR_SHARED: str = "auto"
+    # Token for a Ray cluster started with token authentication (RAY_AUTH_MODE=token, Ray
+    # 2.52+), sent as a bearer token on every request to its dashboard and Job Submission
+    # API. Empty = Ray's own RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH / ~/.ray/auth_token, read
+    # as Ray's clients read them (only with RAY_AUTH_MODE=token). A secret: kept out of
+    # repr, logs and error messages.
+    RAY_TOKEN: str = field(default="", repr=False)
 
     # Monitoring.
     # /metrics: the dispatch latency quantiles cover the last N jobs that started.

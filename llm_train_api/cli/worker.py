@@ -58,7 +58,8 @@ def worker(concurrency: int, executor: str | None, ray_address: str | None) -> N
             runner = RayExecutor(ray_address or settings.RAY_ADDRESS,
                                  data_dir=str(runtime.data_dir), python=settings.RAY_PYTHON,
                                  threads=settings.TRAINER_THREADS,
-                                 shared=settings.RAY_DATA_DIR_SHARED)
+                                 shared=settings.RAY_DATA_DIR_SHARED,
+                                 token=settings.RAY_TOKEN)
             runner.check()
         except ConfigError as exc:
             raise click.ClickException(str(exc)) from None

@@ -53,12 +53,14 @@ def admit(
     memory_limit_bytes: int,
     resources: Mapping[str, Any] | None = None,
     ray_address: str = "",
+    ray_token: str = "",
 ) -> ResolvedDataset:
     """Check that the job can run; return its dataset, resolved for `owner`, whose sha256
     the new job records.
 
     The dataset is resolved here, once per job (see artifacts.homes). With `ray_address`
-    (LLM_TRAIN_API_RAY_ADDRESS) a job that no node of that cluster can hold is refused.
+    (LLM_TRAIN_API_RAY_ADDRESS; `ray_token`, LLM_TRAIN_API_RAY_TOKEN, for a cluster with
+    token authentication) a job that no node of that cluster can hold is refused.
 
     With ``resources`` asking for several processes (DDP), ``batch_size`` - the global
     batch - must split evenly over them, and on CPU the ranks' memory adds up on one host.
@@ -102,7 +104,7 @@ def admit(
                 + (", or fewer processes." if sharing > 1 else ".")
             ]
     # A job that no Ray node can hold would wait forever.
-    too_big = ray_admission_problem(resources, ray_address)
+    too_big = ray_admission_problem(resources, ray_address, ray_token)
     if too_big:
         errors["resources"] = [too_big]
     if errors:

@@ -46,6 +46,7 @@ def prepare_job(
             data_dir=data_dir, owner=owner,
             memory_limit_bytes=memory_limit_bytes(settings.WORKER_MEMORY_GB),
             resources=body["resources"], ray_address=settings.RAY_ADDRESS,
+            ray_token=settings.RAY_TOKEN,
         )
         dataset_sha256 = dataset.sha256
     return NewJob(

@@ -4,48 +4,74 @@ for every node is refused instead: with a 422 at creation when the API host know
 (LLM_TRAIN_API_RAY_ADDRESS is set there), else `failed` at dispatch.
 
 Plain HTTP to the dashboard's state API (`/api/v0/nodes`), standard library only: API hosts
-need neither ray nor torch installed. Answers are cached per process for `TTL_S`, failures
-too, so a slow or unreachable dashboard costs one short timeout per TTL, never every POST.
+need neither ray nor torch installed. With token authentication on the cluster, the request
+carries the token (ray_auth.py). Answers are cached per process for `TTL_S`, failures too,
+so a slow or unreachable dashboard costs one short timeout per TTL, never every POST; a
+refused token is logged (naming the setting, never the token) once per TTL.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from typing import Any
 
+from llm_train_api.config import ConfigError
 from llm_train_api.domain import GIB
+from llm_train_api.services import ray_auth
+
+log = logging.getLogger("llm_train_api.ray")
 
 TTL_S = 30.0
 TIMEOUT_S = 2.0
 
-_cache: dict[str, tuple[float, list[dict[str, float]]]] = {}
+_cache: dict[tuple[str, str], tuple[float, list[dict[str, float]]]] = {}
 _lock = threading.Lock()
 
 
-def node_capacities(address: str) -> list[dict[str, float]]:
-    """`resources_total` of every ALIVE node ({"CPU", "GPU", "memory", ...}); [] if unknown."""
+def node_capacities(address: str, token: str = "") -> list[dict[str, float]]:
+    """`resources_total` of every ALIVE node ({"CPU", "GPU", "memory", ...}); [] if unknown.
+
+    `token` is LLM_TRAIN_API_RAY_TOKEN (empty: Ray's own token variables, if any)."""
     now = time.monotonic()
+    key = (address, token)
     with _lock:
-        hit = _cache.get(address)
+        hit = _cache.get(key)
     if hit is not None and now - hit[0] < TTL_S:
         return hit[1]
+    nodes = _fetch(address, token)
+    with _lock:
+        _cache[key] = (now, nodes)
+    return nodes
+
+
+def _fetch(address: str, token: str) -> list[dict[str, float]]:
     base = address if "://" in address else f"http://{address}"
     try:
-        with urllib.request.urlopen(f"{base.rstrip('/')}/api/v0/nodes?detail=1&limit=10000",
-                                    timeout=TIMEOUT_S) as resp:
+        resolved = ray_auth.resolve(token)
+    except ConfigError as exc:
+        log.warning("Ray cluster capacity unknown: %s", exc)
+        return []
+    request = urllib.request.Request(
+        f"{base.rstrip('/')}/api/v0/nodes?detail=1&limit=10000", headers=resolved.headers())
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as resp:
             body = json.load(resp)
         rows = body["data"]["result"]["result"]
-        nodes = [{k: float(v) for k, v in (row.get("resources_total") or {}).items()}
-                 for row in rows if row.get("state") == "ALIVE"]
+        return [{k: float(v) for k, v in (row.get("resources_total") or {}).items()}
+                for row in rows if row.get("state") == "ALIVE"]
+    except urllib.error.HTTPError as exc:
+        if exc.code in (401, 403):
+            log.warning("Ray cluster capacity unknown: %s",
+                        ray_auth.refusal(address, exc.code, resolved))
+        return []
     except (OSError, ValueError, KeyError, TypeError):
-        nodes = []
-    with _lock:
-        _cache[address] = (now, nodes)
-    return nodes
+        return []
 
 
 def capacity_problem(resources: Mapping[str, Any] | None,
@@ -67,7 +93,8 @@ def capacity_problem(resources: Mapping[str, Any] | None,
             f"{most['CPU']:g} CPU(s), {most['GPU']:g} GPU(s) and {most['memory'] / GIB:.1f} GiB")
 
 
-def admission_problem(resources: Mapping[str, Any] | None, address: str) -> str | None:
+def admission_problem(resources: Mapping[str, Any] | None, address: str,
+                      token: str = "") -> str | None:
     """For admission.admit: the refusal, when this API host knows a Ray cluster (`address`
-    is LLM_TRAIN_API_RAY_ADDRESS; empty when it does not)."""
-    return capacity_problem(resources, node_capacities(address)) if address else None
+    is LLM_TRAIN_API_RAY_ADDRESS, empty when it does not; `token` LLM_TRAIN_API_RAY_TOKEN)."""
+    return capacity_problem(resources, node_capacities(address, token)) if address else None

@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 
 from llm_train_api.config import ConfigError
 from llm_train_api.domain import GIB, Job, JobNotFound, JobStatus
+from llm_train_api.services import ray_auth
 from llm_train_api.services.ray_capacity import capacity_problem, node_capacities
 from llm_train_api.store.queue import JobQueue
 from llm_train_api.training.events import parse_line
@@ -284,7 +285,7 @@ class RayExecutor(Executor):
     runs_outlive_worker = True
 
     def __init__(self, address: str, *, data_dir: str, python: str = "python",
-                 threads: int = 0, shared: str = "auto") -> None:
+                 threads: int = 0, shared: str = "auto", token: str = "") -> None:
         if not address:
             raise ConfigError("the Ray executor needs LLM_TRAIN_API_RAY_ADDRESS "
                               "(or --ray-address), e.g. http://ray-head:8265")
@@ -293,6 +294,7 @@ class RayExecutor(Executor):
         self.python = python
         self.threads = threads
         self.shared = shared
+        self.token = token  # LLM_TRAIN_API_RAY_TOKEN; empty: Ray's own, as ray_auth reads it
         self._client: Any = None
         self._attaching: dict[str, str] = {}  # job id -> Ray job to attach to
         self._next_sweep = 0.0
@@ -302,16 +304,26 @@ class RayExecutor(Executor):
         if self._client is None:
             from ray.job_submission import JobSubmissionClient
 
-            self._client = JobSubmissionClient(self.address)
+            # Our own Authorization header, when we have a token, is one Ray's client keeps
+            # (it adds its own only to requests without one); it goes on every request.
+            self._client = JobSubmissionClient(
+                self.address, headers=ray_auth.resolve(self.token).headers())
         return self._client
 
     def check(self) -> None:
         why = check_shared_data_dir(self.data_dir, self.address, self.shared)
         log.info("Ray at %s; artifact store shared because %s", self.address, why)
+        token = ray_auth.resolve(self.token)  # ConfigError: an unreadable RAY_AUTH_TOKEN_PATH
         try:
-            self.client  # noqa: B018 - connects and checks the version
+            # Connects and checks the version: /api/version is behind token authentication,
+            # so a missing or wrong token is refused here, before any job is claimed.
+            self.client  # noqa: B018
         except Exception as exc:  # noqa: BLE001 - unreachable, wrong URL, too old a Ray
+            if type(exc).__name__ == "AuthenticationError":  # ray.exceptions: a 401 or 403
+                status = 401 if str(exc).startswith("Authentication required") else 403
+                raise ConfigError(ray_auth.refusal(self.address, status, token)) from None
             raise ConfigError(f"cannot reach the Ray cluster at {self.address}: {exc}") from None
+        log.info("Ray token: %s", f"from {token.source}" if token.value else "none")
 
     # -- claims
     def claim(self, job_queue: JobQueue, worker_id: str, lease_s: float) -> Job | None:
@@ -418,7 +430,7 @@ class RayExecutor(Executor):
     # -- admission at dispatch
     def _capacity_problem(self, resources: dict[str, Any]) -> str | None:
         """Ray leaves a request no node can satisfy PENDING forever: refuse it instead."""
-        return capacity_problem(resources, node_capacities(self.address))
+        return capacity_problem(resources, node_capacities(self.address, self.token))
 
     # -- orphans
     def housekeeping(self, job_queue: JobQueue) -> None:
