@@ -4,6 +4,11 @@ Private means: its own free ports (never 6379, where Redis runs), its own temp d
 modest object store, and a teardown that kills only the processes this head started (found
 by the temp dir in their command lines and by process group), never a blanket `ray stop`
 that would take down another engineer's cluster on the same machine.
+
+With `token`, the head requires it (Ray token authentication, RAY_AUTH_MODE=token): its
+dashboard and Job Submission API answer 401 without it and 403 with another. Without, the
+head is started with RAY_AUTH_MODE=disabled, so that a token lying in ~/.ray/auth_token (which
+`ray start` would otherwise take as a wish for authentication) changes nothing.
 """
 
 from __future__ import annotations
@@ -30,8 +35,9 @@ _PORT_OPTIONS = ("dashboard-agent-listen-port", "dashboard-agent-grpc-port",
 class RayHead:
     """`ray start --head` with everything private; `address` is the dashboard URL."""
 
-    def __init__(self, num_cpus: int = 2) -> None:
+    def __init__(self, num_cpus: int = 2, token: str | None = None) -> None:
         self.num_cpus = num_cpus
+        self.token = token
         # Short path: Ray's socket paths must stay under the 107-byte AF_UNIX limit.
         self.temp_dir = Path(tempfile.mkdtemp(prefix="rayt_", dir="/tmp"))
         self.port = self._port()
@@ -47,7 +53,12 @@ class RayHead:
                 return port
 
     def start(self, timeout: float = 120.0) -> None:
-        env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH_")}
+        env["RAY_USAGE_STATS_ENABLED"] = "0"
+        if self.token:
+            env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=self.token)
+        else:
+            env["RAY_AUTH_MODE"] = "disabled"
         with open(self.log_path, "ab") as out:
             rc = subprocess.run(
                 [str(RAY), "start", "--head", f"--port={self.port}",
@@ -77,11 +88,10 @@ class RayHead:
         """Ready means a job really runs: the dashboard answers a while before its job
         agent takes submissions ("No available agent to submit job")."""
         try:
-            if requests.get(f"{self.address}/api/version", timeout=2).status_code != 200:
+            if requests.get(f"{self.address}/api/version", headers=self.headers(),
+                            timeout=2).status_code != 200:
                 return False
-            from ray.job_submission import JobSubmissionClient
-
-            client = JobSubmissionClient(self.address)
+            client = self.client()
             sid = client.submit_job(entrypoint="true", entrypoint_num_cpus=1)
         except (requests.RequestException, RuntimeError, ConnectionError):
             return False
@@ -93,6 +103,15 @@ class RayHead:
                 return status == "SUCCEEDED"
             time.sleep(0.2)
         return False
+
+    def headers(self) -> dict[str, str]:
+        """What a client of this head sends: its token, if it has one."""
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def client(self):  # noqa: ANN201 - a ray.job_submission.JobSubmissionClient
+        from ray.job_submission import JobSubmissionClient
+
+        return JobSubmissionClient(self.address, headers=self.headers())
 
     def pids(self) -> list[int]:
         """Every process whose command line names our temp dir (raylet, GCS, dashboard,
