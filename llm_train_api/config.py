@@ -103,6 +103,13 @@ class Settings:
     # logs). An upload that would exceed it is refused (413), and so is a new job once the
     # user is over it (429). 0 = no cap.
     MAX_STORAGE_GB_PER_USER: float = 100.0
+    # The highest `priority` a user's job may ask for (422 above it); admins and workers
+    # keep the schema's whole range, -1000 to 1000. Users may always lower theirs.
+    MAX_USER_PRIORITY: int = 10
+    # How workers pick the next job. "fair": the user with the fewest running jobs first,
+    # then priority and age inside that user's queue. "priority": priority, then age, over
+    # every user's jobs at once (one user's high priorities can take every worker).
+    SCHEDULING: str = "fair"
 
     # Running jobs.
     # "local": built-in workers run jobs, and jobs are validated against the trainer at
@@ -188,6 +195,12 @@ class Settings:
             raise ConfigError(
                 f"{PREFIX}DURABILITY must be 'full' or 'relaxed', got {self.DURABILITY!r}"
             )
+        if self.SCHEDULING not in ("fair", "priority"):
+            raise ConfigError(
+                f"{PREFIX}SCHEDULING must be 'fair' or 'priority', got {self.SCHEDULING!r}"
+            )
+        if not -1000 <= self.MAX_USER_PRIORITY <= 1000:
+            raise ConfigError(f"{PREFIX}MAX_USER_PRIORITY must be between -1000 and 1000")
         for name in ("DB_POOL_SIZE", "MAX_JSON_BYTES", "MAX_HYPERPARAMETERS_BYTES",
                      "MAX_HYPERPARAMETERS_DEPTH"):
             if getattr(self, name) < 1:

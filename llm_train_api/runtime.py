@@ -48,7 +48,8 @@ class Runtime:
                                      pool_size=settings.DB_POOL_SIZE,
                                      busy_timeout_s=settings.DB_BUSY_TIMEOUT_S)
         jobs = JobRepository(database)
-        queue = JobQueue(database, jobs, max_running_per_user=settings.MAX_RUNNING_PER_USER)
+        queue = JobQueue(database, jobs, max_running_per_user=settings.MAX_RUNNING_PER_USER,
+                         scheduling=settings.SCHEDULING)
         return cls(settings=settings, instance_path=instance, data_dir=data_dir,
                    database=database, jobs=jobs, queue=queue,
                    tokens=TokenRepository(database), stats=JobStats(database))

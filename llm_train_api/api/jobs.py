@@ -50,6 +50,7 @@ from llm_train_api.domain import (
 from llm_train_api.services import status_changes, storage
 from llm_train_api.services.job_creation import (
     builtin_executor,
+    check_priority,
     prepare_job,
     preview,
     queued_cap,
@@ -151,7 +152,8 @@ class Jobs(MethodView):
                       "(then also `reason: storage_quota_exceeded`, `usage_bytes` and "
                       "`limit_bytes`).")
     @blp.error(422, "Invalid fields (wrong types, unknown fields, a bad `job_id`, oversized "
-               "or too deep `hyperparameters`), under `errors.json.<field>`. With the "
+               "or too deep `hyperparameters`, a user's `priority` above "
+               "LLM_TRAIN_API_MAX_USER_PRIORITY), under `errors.json.<field>`. With the "
                "built-in executor also: a model not in the catalog (`model_name`), a "
                "dataset the caller cannot see (`dataset`), hyperparameters the model's "
                "schema refuses (`hyperparameters.<name>`), a memory estimate over the "
@@ -169,6 +171,7 @@ class Jobs(MethodView):
         """
         principal = require_role(Role.ADMIN, Role.USER)
         settings = get_settings()
+        check_priority(body["priority"], settings, principal)
         new = prepare_job(body, owner=principal.owner, settings=settings,
                           data_dir=get_runtime().data_dir)
         storage.check_room_for_job(get_runtime().data_dir, principal, get_jobs(), settings,

@@ -141,7 +141,10 @@ class JobCreateSchema(Schema):
     # strict: a fractional number is a 422, not silently truncated.
     priority = fields.Integer(
         strict=True, load_default=0, validate=validate.Range(min=-1000, max=1000),
-        metadata={"description": "Workers claim higher priorities first, then older jobs."},
+        metadata={"description": (
+            "Order inside the owner's own queue: workers claim higher priorities first, "
+            "then older jobs. A user may set at most LLM_TRAIN_API_MAX_USER_PRIORITY "
+            "(default 10).")},
     )
     max_attempts = fields.Integer(
         strict=True, load_default=3, validate=validate.Range(min=1, max=100),

@@ -11,8 +11,8 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
-from llm_train_api.config import Settings
-from llm_train_api.domain import Job, JobStatus, NewJob, Principal, Role
+from llm_train_api.config import PREFIX, Settings
+from llm_train_api.domain import InvalidRequest, Job, JobStatus, NewJob, Principal, Role
 from llm_train_api.services.admission import admit, memory_limit_bytes
 
 
@@ -61,6 +61,18 @@ def prepare_job(
         dataset_sha256=dataset_sha256,
         owner=owner,
     )
+
+
+def check_priority(priority: int, settings: Settings, principal: Principal) -> None:
+    """Refuse a user's priority above MAX_USER_PRIORITY (InvalidRequest). Only users are
+    bounded by it: admins and workers act for the whole service."""
+    limit = settings.MAX_USER_PRIORITY
+    if principal.role is Role.USER and priority > limit:
+        raise InvalidRequest(
+            f"priority {priority} is above {PREFIX}MAX_USER_PRIORITY ({limit}), the highest "
+            "a user may set.",
+            {"json": {"priority": [f"Must be at most {limit} ({PREFIX}MAX_USER_PRIORITY) "
+                                   "for the user role."]}})
 
 
 def queued_cap(settings: Settings, principal: Principal) -> int:

@@ -47,10 +47,19 @@ def _v3_auth(conn: Connection) -> None:
     tables.metadata.create_all(conn, tables=[tables.api_tokens], checkfirst=True)
 
 
+def _v4_fair_claims(conn: Connection) -> None:
+    """The indexes the fair claim probes: owners of queued jobs, each one's queue in
+    order, and each one's latest start."""
+    for index in tables.jobs.indexes:
+        if index.name in ("ix_jobs_owner_claim", "ix_jobs_owner_started"):
+            index.create(conn)
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1_initial),
     (2, _v2_workers),
     (3, _v3_auth),
+    (4, _v4_fair_claims),
 ]
 LATEST_VERSION = MIGRATIONS[-1][0]
 

@@ -18,7 +18,18 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, case, delete, func, or_, select, update
+from sqlalchemy import (
+    Connection,
+    String,
+    bindparam,
+    case,
+    delete,
+    func,
+    literal,
+    or_,
+    select,
+    update,
+)
 
 from llm_train_api.domain import Job, JobStatus
 from llm_train_api.store.database import INSERT_EVENT, Database
@@ -35,7 +46,96 @@ _QUEUED = JobStatus.QUEUED.value
 _STARTING = '{"phase":"starting"}'
 
 
-def _claim_statement(*, skip_locked: bool, capped: bool) -> Any:
+SCHEDULINGS = ("fair", "priority")
+
+
+def _running_count(owned: Any, alias: str) -> Any:
+    """How many running jobs pass `owned` (a condition on their owner column)."""
+    running = jobs.alias(alias)
+    return (select(func.count()).select_from(running)
+            .where(owned(running.c.owner), running.c.status == _RUNNING).scalar_subquery())
+
+
+def _priority_pick(*, capped: bool) -> Any:
+    """The next queued job in global order: priority, then age."""
+    conditions = [jobs.c.status == _QUEUED]
+    if capped:
+        conditions.append(or_(jobs.c.owner.is_(None),
+                              _running_count(lambda owner: owner == jobs.c.owner,
+                                             "running_of_owner")
+                              < bindparam("cap")))
+    return (select(jobs.c.seq).where(*conditions)
+            .order_by(jobs.c.priority.desc(), jobs.c.created_us, jobs.c.seq).limit(1))
+
+
+def _fair_pick(*, skip_locked: bool, capped: bool) -> Any:
+    """The next queued job in fair order: the owner with the fewest running jobs first;
+    between owners who run as many, the one served least recently (whose latest run
+    started first, or never); then priority and age inside that owner's own queue. The
+    unowned jobs count as one owner.
+
+    With one worker slot everyone runs nothing at each claim, so the owners take turns;
+    a user's priorities only order that user's own jobs.
+
+    It costs a few index probes per owner with queued jobs, whatever the queue's depth:
+    a recursive CTE walks the distinct owners of queued jobs through ix_jobs_owner_claim
+    (a loose index scan), and for each one counts its running jobs (ix_jobs_owner_status),
+    finds its latest start (ix_jobs_owner_started) and takes the head of its queue
+    (ix_jobs_owner_claim again). On PostgreSQL the head is taken FOR UPDATE SKIP LOCKED,
+    so a concurrent claimer passes over a head another one is taking and gets that
+    owner's next job.
+    """
+    step = jobs.alias("next_owner")
+    owners = (select(func.min(jobs.c.owner).label("owner"))
+              .where(jobs.c.status == _QUEUED)
+              .cte("queued_owners", recursive=True, nesting=True))
+    owners = owners.union_all(
+        select(select(func.min(step.c.owner))
+               .where(step.c.status == _QUEUED, step.c.owner > owners.c.owner)
+               .scalar_subquery())
+        .where(owners.c.owner.is_not(None)))
+
+    def head(owned: Any) -> Any:
+        queued = jobs.alias("head")
+        pick = (select(queued.c.seq)
+                .where(queued.c.status == _QUEUED, owned(queued.c.owner))
+                .order_by(queued.c.priority.desc(), queued.c.created_us, queued.c.seq)
+                .limit(1))
+        if skip_locked:
+            pick = pick.with_for_update(skip_locked=True)
+        return pick.scalar_subquery()
+
+    def last_start(owned: Any) -> Any:
+        started = jobs.alias("started")
+        return func.coalesce(select(func.max(started.c.started_us))
+                             .where(owned(started.c.owner)).scalar_subquery(), 0)
+
+    def candidate(owned: Any) -> list[Any]:
+        return [_running_count(owned, "running_of_owner").label("running"),
+                last_start(owned).label("served_us"), head(owned).label("seq")]
+
+    owned_heads = (select(owners.c.owner, *candidate(lambda owner: owner == owners.c.owner))
+                   .where(owners.c.owner.is_not(None)))
+    unowned_head = select(literal(None, String).label("owner"),
+                          *candidate(lambda owner: owner.is_(None)))
+    heads = owned_heads.union_all(unowned_head).subquery("heads")
+    conditions = []
+    if capped:
+        conditions.append(or_(heads.c.owner.is_(None), heads.c.running < bindparam("cap")))
+
+    def of_head(column: str) -> Any:  # a primary-key probe, no join over the table
+        job = jobs.alias(f"head_{column}")
+        return select(job.c[column]).where(job.c.seq == heads.c.seq).scalar_subquery()
+
+    # A NULL head (no unowned jobs, or a head locked by another claimer) sorts last, and
+    # the UPDATE matches nothing when every head is NULL.
+    return (select(heads.c.seq).where(*conditions)
+            .order_by(heads.c.seq.is_(None), heads.c.running, heads.c.served_us,
+                      of_head("priority").desc(), of_head("created_us"), heads.c.seq)
+            .limit(1))
+
+
+def _claim_statement(*, skip_locked: bool, capped: bool, scheduling: str = "fair") -> Any:
     """UPDATE the next queued job to running, as one statement.
 
     On PostgreSQL the subquery locks its row with FOR UPDATE SKIP LOCKED, so concurrent
@@ -43,28 +143,19 @@ def _claim_statement(*, skip_locked: bool, capped: bool) -> Any:
     runs under the database's single write lock, and the repeated `status = 'queued'`
     guard makes it a compare-and-set either way.
 
+    `scheduling` is the order: "fair" (see `_fair_pick`) or "priority" (priority, then
+    age, over every owner's jobs at once).
+
     `capped` skips the jobs of owners who already run `:cap` jobs: their jobs wait in the
     queue while everyone else's are claimed. (The caller serialises capped claims, or two
     claimers could both see an owner one below the cap.)
     """
-    conditions = [jobs.c.status == _QUEUED]
-    if capped:
-        running = jobs.alias("running_of_owner")
-        owner_running = (
-            select(func.count())
-            .select_from(running)
-            .where(running.c.owner == jobs.c.owner, running.c.status == _RUNNING)
-            .scalar_subquery()
-        )
-        conditions.append(or_(jobs.c.owner.is_(None), owner_running < bindparam("cap")))
-    next_job = (
-        select(jobs.c.seq)
-        .where(*conditions)
-        .order_by(jobs.c.priority.desc(), jobs.c.created_us, jobs.c.seq)
-        .limit(1)
-    )
-    if skip_locked:
-        next_job = next_job.with_for_update(skip_locked=True)
+    if scheduling == "fair":
+        next_job = _fair_pick(skip_locked=skip_locked, capped=capped)
+    else:
+        next_job = _priority_pick(capped=capped)
+        if skip_locked:
+            next_job = next_job.with_for_update(skip_locked=True)
     now = bindparam("now")
     return (
         update(jobs)
@@ -138,8 +229,10 @@ def _reap_statement() -> Any:
 # Named queries, built once with bind parameters: the hot paths skip statement
 # construction and cache-key generation on every call. Keyed by "PostgreSQL?" where the
 # two backends differ (SKIP LOCKED).
-_CLAIM = {pg: _claim_statement(skip_locked=pg, capped=False) for pg in (False, True)}
-_CAPPED_CLAIM = {pg: _claim_statement(skip_locked=pg, capped=True) for pg in (False, True)}
+# Claims are keyed by (scheduling, capped, PostgreSQL?).
+_CLAIM = {(scheduling, capped, pg): _claim_statement(skip_locked=pg, capped=capped,
+                                                     scheduling=scheduling)
+          for scheduling in SCHEDULINGS for capped in (False, True) for pg in (False, True)}
 _CLAIM_DETACHED = {pg: _claim_detached_statement(skip_locked=pg) for pg in (False, True)}
 _FINISH = {(target, refund): _finish_statement(target, refund)
            for target in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.QUEUED)
@@ -186,14 +279,18 @@ class JobQueue:
 
     `jobs` is the repository a worker reads jobs through (a dispatcher looks up the job a
     cluster run belongs to) and cancels with (a run stopped from outside ends `cancelled`).
-    `max_running_per_user` (0 = no cap) is enforced by the claim itself.
+    `max_running_per_user` (0 = no cap) is enforced by the claim itself, and so is
+    `scheduling`, the order of claims (see `_claim_statement`).
     """
 
     def __init__(self, database: Database, jobs: JobRepository, *,
-                 max_running_per_user: int = 0) -> None:
+                 max_running_per_user: int = 0, scheduling: str = "fair") -> None:
+        if scheduling not in SCHEDULINGS:
+            raise ValueError(f"scheduling must be one of {SCHEDULINGS}, got {scheduling!r}")
         self.database = database
         self.jobs = jobs
         self.max_running_per_user = max_running_per_user
+        self.scheduling = scheduling
         self._pg = database.is_postgresql
 
     @property
@@ -206,13 +303,13 @@ class JobQueue:
 
     # ------------------------------------------------------------------ claims
     def claim(self, worker_id: str, lease_s: float) -> Job | None:
-        """Atomically take the next queued job (priority, then age) and lease it."""
+        """Atomically take the next queued job (in `scheduling` order) and lease it."""
         ts = now_us()
         params = {"worker": worker_id, "now": ts, "expires": ts + int(lease_s * 1e6),
                   "new_progress": _STARTING}
         if not self.max_running_per_user:
-            row = self.database.write_with_event(_CLAIM[self._pg], params, "claimed", ts,
-                                                 worker_id, None)
+            row = self.database.write_with_event(_CLAIM[self.scheduling, False, self._pg],
+                                                 params, "claimed", ts, worker_id, None)
             return None if row is None else row_to_job(row)
         # Capped: claims take turns (an advisory lock on PostgreSQL; SQLite's write lock),
         # so the count in the claim's WHERE sees every claim committed before it.
@@ -221,8 +318,8 @@ class JobQueue:
         def take_turn(conn: Connection) -> None:
             self.database.lock(conn, _PG_CLAIM_LOCK)
 
-        row = self.database.write_with_event(_CAPPED_CLAIM[self._pg], params, "claimed", ts,
-                                             worker_id, None, prelude=take_turn)
+        row = self.database.write_with_event(_CLAIM[self.scheduling, True, self._pg], params,
+                                             "claimed", ts, worker_id, None, prelude=take_turn)
         return None if row is None else row_to_job(row)
 
     def claim_detached(self, worker_id: str, lease_s: float) -> Job | None:

@@ -74,6 +74,11 @@ Index("ix_jobs_lease", jobs.c.status, jobs.c.lease_expires_us)
 # v3: a user's own listing (same shape as the others), and the per-user quota counts.
 Index("ix_jobs_owner_created", jobs.c.owner, jobs.c.created_us, jobs.c.seq)
 Index("ix_jobs_owner_status", jobs.c.owner, jobs.c.status)
+# v4: the fair claim's walk over the owners of queued jobs and each one's queue in claim
+# order (priority, then age), and each owner's latest start.
+Index("ix_jobs_owner_claim", jobs.c.status, jobs.c.owner, jobs.c.priority.desc(),
+      jobs.c.created_us, jobs.c.seq)
+Index("ix_jobs_owner_started", jobs.c.owner, jobs.c.started_us)
 
 job_events = Table(
     "job_events",
