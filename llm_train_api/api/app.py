@@ -11,7 +11,7 @@ from flask import Flask, send_from_directory
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from llm_train_api import ui
-from llm_train_api.api import artifacts, auth, datasets, health, jobs, models, whoami
+from llm_train_api.api import artifacts, auth, datasets, health, jobs, models, openapi, whoami
 from llm_train_api.api import errors as http_errors
 from llm_train_api.api import metrics as observability
 from llm_train_api.api.base import RUNTIME_KEY
@@ -68,6 +68,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     observability.init_app(app, runtime)
     ui.init_app(app)
     auth.document(api, app)
+    openapi.amend(api)
     return app
 
 

@@ -110,8 +110,11 @@ class DatasetResource(MethodView):
         "description": "The raw dataset, streamed to disk (chunked transfer encoding is "
         "fine). UTF-8 text, or JSON Lines whose objects have a string `text` field; not "
         "empty.",
-        "content": {t: {"schema": {"type": "string", "format": "binary", "minLength": 1}}
-                    for t in ("text/plain", *sorted(JSONL_TYPES))},
+        # Text is a non-empty string; JSON Lines stays binary, since a string schema cannot
+        # state its per-line shape (the 422 says which line is wrong).
+        "content": {"text/plain": {"schema": {"type": "string", "minLength": 1}},
+                    **{t: {"schema": {"type": "string", "format": "binary", "minLength": 1}}
+                       for t in sorted(JSONL_TYPES)}},
     })
     def put(self, name: str):
         """Upload or replace a dataset

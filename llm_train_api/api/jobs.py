@@ -142,7 +142,7 @@ class Jobs(MethodView):
                       "job_id was already accepted; this is that job (safe client retries). "
                       "With `dry_run=true`: the job as it would be created, which does not "
                       "exist (no `Location`, no `ETag`).")
-    @blp.error(400, "Malformed JSON, or NaN/Infinity in it.")
+    @blp.error(400, "Malformed JSON, NaN/Infinity in it, or an integer outside 64 bits.")
     @blp.error(409, "job_id is already taken by a job with a different body.")
     @blp.error(413, "Body larger than LLM_TRAIN_API_MAX_JSON_BYTES.")
     @blp.error(415, "Content-Type is not application/json.")

@@ -37,10 +37,29 @@ def _reject_unstorable(value: str) -> None:
         raise ValidationError("Invalid unicode (lone surrogate).") from None
 
 
+# What str.strip() removes, as a regular expression class that Python and ECMA-262 (the
+# OpenAPI document's dialect) read alike.
+WHITESPACE_CLASS = (r"[\t-\r\u001c-\u001f \u0085\u00a0\u1680\u2000-\u200a\u2028\u2029"
+                    r"\u202f\u205f\u3000]")
+NO_NUL_PATTERN = r"^[^\u0000]*$"
+# At least one character that is neither whitespace nor NUL (NonBlank, and no NUL).
+NON_BLANK_PATTERN = (r"^[^\u0000]*[^\u0000\t-\r\u001c-\u001f \u0085\u00a0\u1680"
+                     r"\u2000-\u200a\u2028\u2029\u202f\u205f\u3000][^\u0000]*$")
+
+
 class Text(fields.String):
     """A string that every supported database can store as given: NUL characters and lone
     surrogates are refused with a 422 (PostgreSQL text cannot hold the first, UTF-8 cannot
-    encode the second)."""
+    encode the second). The OpenAPI document states the first as a `pattern` (lone
+    surrogates are not characters a JSON Schema string can hold), and, with NonBlank,
+    that some character is not whitespace; a field with its own Regexp keeps that one."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not any(isinstance(v, validate.Regexp) for v in self.validators):
+            blank = any(isinstance(v, NonBlank) for v in self.validators)
+            self.metadata = {"pattern": NON_BLANK_PATTERN if blank else NO_NUL_PATTERN,
+                             **self.metadata}
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
         result = super()._deserialize(value, attr, data, **kwargs)
@@ -127,7 +146,7 @@ class JobCreateSchema(Schema):
     dataset = Text(
         required=True,
         validate=[validate.Length(min=1, max=NAME_MAX_LENGTH), NonBlank()],
-        metadata={"example": "dataset-v1"},
+        metadata={"example": "builtin:tinytext"},
     )
     hyperparameters = fields.Dict(
         keys=fields.String(),
@@ -232,7 +251,7 @@ class LeanDumpSchema(Schema):
 class JobSchema(LeanDumpSchema):
     id = fields.String(metadata={"example": "job-001"})
     model_name = fields.String(metadata={"example": "gpt-mini"})
-    dataset = fields.String(metadata={"example": "dataset-v1"})
+    dataset = fields.String(metadata={"example": "builtin:tinytext"})
     hyperparameters = fields.Dict(metadata={"example": {"learning_rate": 0.001, "epochs": 5}})
     status = fields.Enum(JobStatus, by_value=True)
     created_at = UTCDateTime(metadata={"description": "ISO 8601, UTC, with offset."})
@@ -275,7 +294,7 @@ class StatusUpdateSchema(Schema):
         metadata={
             "description": "Kept with `failed` and `cancelled` (the reason). With any other "
             "target a non-empty value is rejected (422), and the transition clears the old "
-            "one. An empty string counts as null."
+            "one. An empty or blank string counts as null."
         },
     )
 
