@@ -116,18 +116,7 @@ class RayHead:
     def pids(self) -> list[int]:
         """Every process whose command line names our temp dir (raylet, GCS, dashboard,
         workers, log monitor...), plus the members of their process groups."""
-        found: set[int] = set()
-        marker = str(self.temp_dir)
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            except OSError:
-                continue
-            if marker in cmdline:
-                found.add(int(entry.name))
-        return sorted(found - {os.getpid()})
+        return processes_naming(str(self.temp_dir))
 
     def stop(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -148,6 +137,30 @@ class RayHead:
                 break
         shutil.rmtree(self.temp_dir, ignore_errors=True)
         self.log_path.unlink(missing_ok=True)
+
+
+def processes_naming(marker: str) -> list[int]:
+    """Every process but this one whose command line contains `marker` (a temp folder that
+    only the processes a test started name)."""
+    found: set[int] = set()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if marker in cmdline:
+            found.add(int(entry.name))
+    return sorted(found - {os.getpid()})
+
+
+def kill_processes_naming(marker: str) -> list[int]:
+    """SIGKILL what `processes_naming` finds; returns the pids it killed."""
+    pids = processes_naming(marker)
+    for pid in pids:
+        _kill(pid, signal.SIGKILL)
+    return pids
 
 
 def _exists(pid: int) -> bool:
