@@ -141,7 +141,8 @@ class RayHead:
 
 def processes_naming(marker: str) -> list[int]:
     """Every process but this one whose command line contains `marker` (a temp folder that
-    only the processes a test started name)."""
+    only the processes a test started name), or that holds a file under it open: Ray's
+    agents rename themselves (`ray::DashboardAgent`) but keep their logs in the folder."""
     found: set[int] = set()
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -150,9 +151,16 @@ def processes_naming(marker: str) -> list[int]:
             cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
         except OSError:
             continue
-        if marker in cmdline:
+        if marker in cmdline or _holds_open_under(entry, marker):
             found.add(int(entry.name))
     return sorted(found - {os.getpid()})
+
+
+def _holds_open_under(proc: Path, marker: str) -> bool:
+    try:
+        return any(os.readlink(fd).startswith(marker) for fd in (proc / "fd").iterdir())
+    except OSError:
+        return False
 
 
 def kill_processes_naming(marker: str) -> list[int]:
