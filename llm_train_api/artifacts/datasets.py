@@ -449,7 +449,7 @@ def store_upload(
     tmp = root / f"{TMP_PREFIX}{uuid.uuid4().hex}.tmp"
     try:
         root.mkdir(parents=True, exist_ok=True)
-        _refuse_if_unreplaceable(root, stem, in_use)
+        _stored_unless_in_use(root, stem, in_use)
         _refuse_if_too_many(data_dir, root, stem, max_count)
         room = _quota_room(data_dir, stem, quota)
         validator = _JsonlValidator() if fmt == "jsonl" else _TextValidator()
@@ -477,7 +477,7 @@ def store_upload(
         lines = newlines + (1 if last != b"\n" else 0)
         final = root / f"{stem}{FORMATS[fmt]}"
         with _commit_lock(root):
-            _refuse_if_unreplaceable(root, stem, in_use)
+            _stored_unless_in_use(root, stem, in_use)
             _refuse_if_too_many(data_dir, root, stem, max_count)
             _quota_room(data_dir, stem, quota, size)
             created = _stored(root, stem) is None
@@ -525,17 +525,21 @@ def _refuse_if_too_many(data_dir: str | os.PathLike[str], root: Path, stem: str,
                       f"(LLM_TRAIN_API_MAX_DATASETS_PER_USER={max_count}). Delete one first.")
 
 
-def _refuse_if_unreplaceable(root: Path, stem: str, in_use: Callable[[str], list[str]]):
+def _stored_unless_in_use(root: Path, stem: str, in_use: Callable[[str], list[str]],
+                             action: str = "replaced") -> tuple[Path, str] | None:
+    """What is stored under `stem`, unless it may not be `action`ed through the API: a
+    folder managed on disk, or a dataset that queued or running jobs still read."""
     found = _stored(root, stem)
     if found is None:
-        return
+        return None
     if found[1] == "folder":
-        raise Conflict(f"Dataset {stem!r} is a folder managed on disk; it cannot be replaced "
+        raise Conflict(f"Dataset {stem!r} is a folder managed on disk; it cannot be {action} "
                        "through the API.")
     jobs = in_use(stem)
     if jobs:
         raise Conflict(f"Dataset {stem!r} is used by queued or running jobs: "
                        f"{', '.join(jobs)}. Wait for them to finish or cancel them.")
+    return found
 
 
 def delete_dataset(
@@ -552,16 +556,8 @@ def delete_dataset(
     if not root.is_dir() or _stored(root, stem) is None:
         raise NotFound(f"Dataset {name!r} not found.")
     with _commit_lock(root):
-        found = _stored(root, stem)
-        if found is None:
+        if _stored_unless_in_use(root, stem, in_use, "deleted") is None:
             raise NotFound(f"Dataset {name!r} not found.")
-        if found[1] == "folder":
-            raise Conflict(f"Dataset {stem!r} is a folder managed on disk; it cannot be "
-                           "deleted through the API.")
-        jobs = in_use(stem)
-        if jobs:
-            raise Conflict(f"Dataset {stem!r} is used by queued or running jobs: "
-                           f"{', '.join(jobs)}. Wait for them to finish or cancel them.")
         for suffix in FORMATS.values():
             with contextlib.suppress(FileNotFoundError):
                 (root / f"{stem}{suffix}").unlink()
