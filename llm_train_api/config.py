@@ -58,9 +58,19 @@ class Settings:
     BIND: str = "127.0.0.1:8000"
     # gunicorn worker processes. 0 = two per core plus one, at most 9 (see gunicorn_workers).
     WORKERS: int = 0
-    # Threads per gunicorn worker: requests mostly wait on the database, and each followed
-    # log holds one thread for up to LOG_FOLLOW_MAX_S.
+    # Threads per gunicorn worker: requests mostly wait on the database. Followed logs and
+    # clients still sending their request do not hold one (see api/gunicorn_worker.py).
     THREADS: int = 4
+    # Connections one gunicorn worker holds at once: requests being read, kept-alive
+    # idle connections and open log streams.
+    WORKER_CONNECTIONS: int = 4096
+    # A client must send its whole request head (and a body of up to 1 MiB) within this
+    # many seconds of connecting, or of its previous request: else a 408 and the socket
+    # is closed. Slow senders wait in the server's event loop, not on a thread.
+    REQUEST_HEAD_TIMEOUT_S: float = 10.0
+    # Once a request is on a thread, the longest wait for the client's next bytes (a large
+    # upload's body) or for it to take the response's bytes.
+    REQUEST_READ_TIMEOUT_S: float = 30.0
     # Where gunicorn writes its access log: "-" = stdout, a file path, empty = off.
     ACCESS_LOG: str = "-"
     # Number of reverse proxies in front of the service whose X-Forwarded-* to trust.
@@ -82,6 +92,10 @@ class Settings:
     MAX_DATASET_BYTES: int = 1024 * 1024 * 1024
     # How long one `logs?follow=true` stream may stay open before the client reconnects.
     LOG_FOLLOW_MAX_S: float = 60.0
+    # Open log streams one API process holds, in all and per user (0 = no per-user cap);
+    # beyond them a follow request is a 429 with Retry-After.
+    LOG_STREAMS_PER_PROCESS: int = 1000
+    LOG_STREAMS_PER_USER: int = 20
 
     # Security.
     # "required": every API call needs `Authorization: Bearer <token>`. "disabled": anyone
@@ -230,6 +244,13 @@ class Settings:
             raise ConfigError(f"{PREFIX}WORKERS must be 0 (two per core plus one) or positive")
         if self.THREADS < 1:
             raise ConfigError(f"{PREFIX}THREADS must be at least 1")
+        if self.WORKER_CONNECTIONS < self.THREADS + 1:
+            raise ConfigError(f"{PREFIX}WORKER_CONNECTIONS must be more than THREADS")
+        if min(self.REQUEST_HEAD_TIMEOUT_S, self.REQUEST_READ_TIMEOUT_S) <= 0:
+            raise ConfigError("REQUEST_HEAD_TIMEOUT_S and REQUEST_READ_TIMEOUT_S must be > 0")
+        if self.LOG_STREAMS_PER_PROCESS < 1 or self.LOG_STREAMS_PER_USER < 0:
+            raise ConfigError("LOG_STREAMS_PER_PROCESS must be at least 1 and "
+                              "LOG_STREAMS_PER_USER at least 0")
         if self.METRICS_DISPATCH_WINDOW < 1:
             raise ConfigError(f"{PREFIX}METRICS_DISPATCH_WINDOW must be at least 1")
         if self.WORKER_GPUS.strip() != "auto":

@@ -18,9 +18,22 @@ from flask.views import MethodView
 from flask_smorest import abort
 from marshmallow import RAISE, Schema, fields, validate
 
-from llm_train_api.api.auth import ensure_visible
-from llm_train_api.api.base import ApiBlueprint, get_jobs, get_runtime, get_settings
+from llm_train_api.api.auth import current_principal, ensure_visible
+from llm_train_api.api.base import (
+    RUNTIME_KEY,
+    ApiBlueprint,
+    get_jobs,
+    get_runtime,
+    get_settings,
+)
 from llm_train_api.api.schemas import UTCDateTime
+from llm_train_api.api.streams import (
+    DETACHED_STREAM_KEY,
+    SLOTS_KEY,
+    STREAM_HUB_KEY,
+    DetachedStream,
+    StreamSlots,
+)
 from llm_train_api.artifacts import jobs as jobfiles
 from llm_train_api.artifacts import logs
 from llm_train_api.domain import Job, JobNotFound, is_valid_job_id
@@ -34,7 +47,6 @@ blp = ApiBlueprint(
 )
 
 MAX_TAIL = 100_000
-FOLLOWERS_KEY = "llm_train_api.log_followers"
 # A plain file name as the trainer writes them: no separators, no leading dot (temporary
 # files are hidden), nothing that needs decoding.
 _ARTIFACT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$")
@@ -43,13 +55,15 @@ _MIMETYPES = {".log": "text/plain", ".txt": "text/plain", ".json": "application/
 
 
 @blp.record_once
-def _count_followers(state: BlueprintSetupState) -> None:
-    state.app.extensions[FOLLOWERS_KEY] = logs.FollowerCount()
+def _count_streams(state: BlueprintSetupState) -> None:
+    settings = state.app.extensions[RUNTIME_KEY].settings
+    state.app.extensions[SLOTS_KEY] = StreamSlots(
+        per_process=settings.LOG_STREAMS_PER_PROCESS, per_owner=settings.LOG_STREAMS_PER_USER)
 
 
 def active_followers(app: Flask) -> int:
-    """Log streams open in this app (each holds one gthread worker thread)."""
-    return app.extensions[FOLLOWERS_KEY].active
+    """Log streams open in this process."""
+    return app.extensions[SLOTS_KEY].active
 
 
 class LogQuerySchema(Schema):
@@ -95,6 +109,9 @@ class JobLogs(MethodView):
     }}})
     @blp.error(404, "No such job.")
     @blp.error(422, "Bad `tail` (1 to 100000) or `follow`, or an unknown parameter.")
+    @blp.error(429, "With `follow`: this server process already holds "
+               "LLM_TRAIN_API_LOG_STREAMS_PER_PROCESS streams, or the caller "
+               "LLM_TRAIN_API_LOG_STREAMS_PER_USER; `Retry-After` says when to try again.")
     def get(self, args: dict[str, Any], job_id: str):
         """A job's training log
 
@@ -110,26 +127,38 @@ class JobLogs(MethodView):
         resume exactly where it stopped (EventSource does this by itself). Without `tail`
         or `Last-Event-ID` the stream starts at the beginning of the log.
 
-        Each follower holds one gunicorn gthread worker thread for at most
-        LOG_FOLLOW_MAX_S seconds; size LLM_TRAIN_API_THREADS for the expected followers.
+        Streams are served off the request threads, one thread per server process for
+        all of them; each process holds at most LLM_TRAIN_API_LOG_STREAMS_PER_PROCESS
+        streams, and LLM_TRAIN_API_LOG_STREAMS_PER_USER for one user (429 beyond).
         """
         job = _job(job_id)
         path = jobfiles.log_path(get_runtime().data_dir, job)
         if args["follow"]:
-            start = logs.resume_offset(path, request.headers.get("Last-Event-ID"),
-                                       args.get("tail"))
-            # The stream outlives the request context: it gets the store, not get_jobs().
-            stream = logs.follow(path, start,
-                                 final_status=logs.final_status_of(get_jobs().get_job, job),
-                                 max_s=float(get_settings().LOG_FOLLOW_MAX_S),
-                                 followers=current_app.extensions[FOLLOWERS_KEY])
-            return Response(stream, mimetype="text/event-stream",
-                            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            return _follow(job, path, args.get("tail"))
         log = logs.snapshot(path, args.get("tail"))
         if log is None:
             return Response(b"", mimetype="text/plain")
         return Response(log.chunks(), mimetype="text/plain",
                         headers={"Content-Length": str(log.size)})
+
+
+def _follow(job: Job, path: Path, tail: int | None) -> Response:
+    """The log as Server-Sent Events: handed to the server's stream hub where the server
+    offers one (api.gunicorn_worker), else streamed from this thread."""
+    start = logs.resume_offset(path, request.headers.get("Last-Event-ID"), tail)
+    release = current_app.extensions[SLOTS_KEY].acquire(current_principal().name)
+    max_s = float(get_settings().LOG_FOLLOW_MAX_S)
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    # The stream outlives the request context: it gets the store, not get_jobs().
+    jobs = get_jobs()
+    if request.environ.get(STREAM_HUB_KEY) is not None:
+        follower = logs.LogFollower(path, start, max_s=max_s)
+        request.environ[DETACHED_STREAM_KEY] = DetachedStream(
+            follower, job.id, job.revision.created_us, jobs.job_states, release)
+        return Response(iter(()), mimetype="text/event-stream", headers=headers)
+    stream = logs.follow(path, start, final_status=logs.final_status_of(jobs.get_job, job),
+                         max_s=max_s, on_close=release)
+    return Response(stream, mimetype="text/event-stream", headers=headers)
 
 
 def _kind(name: str) -> str:

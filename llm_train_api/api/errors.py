@@ -17,6 +17,7 @@ from webargs import core
 from webargs.flaskparser import FlaskParser, is_json_request
 from werkzeug.exceptions import HTTPException
 
+from llm_train_api.api.streams import TooManyStreams
 from llm_train_api.artifacts import datasets as dataset_files
 from llm_train_api.domain import (
     DomainError,
@@ -45,6 +46,7 @@ ERROR_STATUS: dict[type[Exception], int] = {
     PreconditionFailed: 412,
     InvalidRequest: 422,
     QuotaExceeded: 429,
+    TooManyStreams: 429,
     dataset_files.ReadOnly: 403,
     dataset_files.NotFound: 404,
     dataset_files.Conflict: 409,
@@ -209,8 +211,11 @@ def register(app: flask.Flask) -> None:
     @app.errorhandler(DomainError)
     @app.errorhandler(InvalidCursor)
     def _client_error(error: Exception):  # noqa: ANN202 - Flask handler
-        return _json_error(status_of(error), str(error), errors=_errors_of(error),
-                           extra=_extra_fields(error))
+        response, status = _json_error(status_of(error), str(error),
+                                       errors=_errors_of(error), extra=_extra_fields(error))
+        if isinstance(error, TooManyStreams):
+            response.headers["Retry-After"] = str(error.retry_after)
+        return response, status
 
     @app.errorhandler(OperationalError)
     def _database_unavailable(error: OperationalError):  # noqa: ANN202

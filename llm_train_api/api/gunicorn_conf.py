@@ -16,7 +16,7 @@ from llm_train_api.config import Settings
 __all__ = [
     "accesslog", "bind", "child_exit", "errorlog", "graceful_timeout", "keepalive",
     "limit_request_fields", "limit_request_line", "logger_class", "on_starting", "preload_app",
-    "threads", "timeout", "worker_class", "workers",
+    "threads", "timeout", "worker_class", "worker_connections", "workers",
 ]
 
 _settings = Settings.load()
@@ -26,10 +26,11 @@ bind = _settings.BIND
 # each worker process serves a few requests at once on threads: the CPU does other requests'
 # work during those waits.
 workers = _settings.gunicorn_workers()
-# gunicorn's gthread worker, whose own error answers (a request line or headers too large,
-# a malformed request) are the service's JSON error shape instead of an HTML page.
-worker_class = "llm_train_api.api.gunicorn_worker.JsonErrorWorker"
+# gunicorn's gthread worker, changed so that slow clients and log streams hold no thread,
+# and so that its own error answers are the service's JSON error shape (see the module).
+worker_class = "llm_train_api.api.gunicorn_worker.ServiceWorker"
 threads = _settings.THREADS
+worker_connections = _settings.WORKER_CONNECTIONS
 timeout = 60
 graceful_timeout = 30
 keepalive = 5
@@ -37,7 +38,7 @@ keepalive = 5
 preload_app = False
 accesslog = _settings.ACCESS_LOG or None
 # The access log never shows an API token, even one sent in a query string.
-logger_class = "llm_train_api.api.gunicorn_worker.RedactingLogger"
+logger_class = "llm_train_api.api.gunicorn_logging.RedactingLogger"
 errorlog = "-"
 # Drop absurd request lines and headers before Flask sees them.
 limit_request_line = 8190

@@ -1,57 +1,64 @@
-"""gunicorn's worker and access logger for the service (named in gunicorn_conf.py).
+"""The service's gunicorn worker (named in gunicorn_conf.py): gunicorn's gthread worker,
+changed so that neither slow clients nor long-lived responses hold its few threads.
 
-`JsonErrorWorker` is gunicorn's gthread worker whose own error pages are the service's JSON
-error shape. A request line too long (414), header fields too large or too many (431 or
-400) or a malformed request never reach Flask: gunicorn answers them itself, with an HTML
-page. Here gunicorn still decides the status and logs as usual; only the body it writes is
-replaced by `{"code", "status", "message"}`. Server errors (5xx) are left as gunicorn
-writes them.
+gthread gives each request a thread from the moment its first byte arrives until its
+response is written. A client sending one header byte per second, or a log follow stream
+open for a minute, therefore holds a thread, and a handful of them stall every request of
+the process, `/healthz` included. Here:
 
-`RedactingLogger` is gunicorn's logger with API tokens removed from every access-log field:
-a token sent in a query string or a header must not land in a log file.
+- **Requests are read in the event loop.** A connection's request head, and a body of up
+  to BUFFERED_BODY_BYTES, are read by the worker's main loop without blocking; only a
+  complete request goes to a thread. A client that has not sent it within
+  REQUEST_HEAD_TIMEOUT_S gets a 408 and is closed, at no thread's cost. Larger bodies
+  (uploads) stream on the thread, each read bounded by REQUEST_READ_TIMEOUT_S, as is each
+  write of a response to a client that does not read.
+- **Streams leave the thread.** A view that answers with a detachable stream (see
+  api.streams) gets its response head written by the StreamHub of this process, which
+  serves every such stream from one thread (api.stream_hub); the request thread moves on.
+- **gunicorn's own error pages are JSON.** A request line too long (414), header fields too
+  large or too many (431 or 400) or a malformed request never reach Flask: gunicorn answers
+  them itself. gunicorn still decides the status and logs as usual; only the body it
+  writes is replaced by the service's `{"code", "status", "message"}`.
+
+TLS connections (gunicorn's `certfile`) keep gthread's own handling; the service expects
+TLS to end at a proxy in front (docs/deployment.md).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import re
+import resource
+import selectors
+import socket
+import time
+from collections import deque
+from datetime import datetime
+from functools import partial
 from http import HTTPStatus
 from typing import Any
 
-from gunicorn import util
-from gunicorn.glogging import Logger
-from gunicorn.workers.gthread import ThreadWorker
+from gunicorn import http, util
+from gunicorn.http import wsgi
+from gunicorn.workers.gthread import TConn, ThreadWorker
 
-REDACTED = "[redacted]"
-# The service's tokens (store/tokens.py: "ltk_" and URL-safe base64), wherever they appear.
-_TOKEN = re.compile(r"ltk_[A-Za-z0-9_-]+")
-# The values of query parameters that commonly carry credentials, whatever they look like.
-_SECRET_PARAM = re.compile(r"(?i)(^|[?&;])((?:access_)?token|api_key)=[^&;#\s\"]*")
-# Request headers whose whole value is a credential.
-_SECRET_HEADERS = ("{authorization}i", "{cookie}i", "{proxy-authorization}i")
+from llm_train_api.api.gunicorn_logging import redact
+from llm_train_api.api.stream_hub import StreamHub
+from llm_train_api.api.streams import DETACHED_STREAM_KEY, STREAM_HUB_KEY, DetachedStream
+from llm_train_api.config import Settings
+
+# A body up to this size is read with its head in the event loop (every JSON request).
+BUFFERED_BODY_BYTES = 1024 * 1024
+# A request head longer than this goes to gunicorn's parser, which answers 431 or 414.
+_MAX_HEAD_BYTES = 128 * 1024
+_RECV_BYTES = 64 * 1024
 # The longest message taken from gunicorn's parser (it may quote the offending input).
 _MAX_MESSAGE = 200
-
-
-def redact(text: str) -> str:
-    """`text` with tokens and the values of token-like query parameters replaced."""
-    text = _TOKEN.sub(REDACTED, text)
-    return _SECRET_PARAM.sub(lambda m: f"{m.group(1)}{m.group(2)}={REDACTED}", text)
-
-
-class RedactingLogger(Logger):
-    """gunicorn's logger; every string the access log format can name is redacted."""
-
-    def atoms(self, resp: Any, req: Any, environ: dict[str, Any],
-              request_time: Any) -> dict[str, Any]:
-        atoms = super().atoms(resp, req, environ, request_time)
-        for name, value in atoms.items():
-            if name in _SECRET_HEADERS or name.lower() in ("{http_authorization}e",
-                                                           "{http_cookie}e"):
-                atoms[name] = REDACTED
-            elif isinstance(value, str):
-                atoms[name] = redact(value)
-        return atoms
+_CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d{1,19})[ \t]*\r\n", re.IGNORECASE)
+_CHUNKED = re.compile(rb"\r\ntransfer-encoding:", re.IGNORECASE)
+# What a request thread returns when the socket now belongs to the stream hub.
+_DETACHED = object()
 
 
 class _Captured:
@@ -102,8 +109,235 @@ def _message(status: int, exc: BaseException) -> str:
     return f"The request could not be parsed: {detail}" if detail else "Bad request."
 
 
-class JsonErrorWorker(ThreadWorker):
-    """gunicorn's gthread worker; its own 4xx answers are JSON."""
+def request_is_buffered(data: bytes | bytearray) -> bool:
+    """Whether `data`, the bytes received so far on a connection, holds enough for a
+    thread: a whole request head and, unless the body is chunked or larger than
+    BUFFERED_BODY_BYTES (it then streams on the thread), the whole body. A head too long
+    to be valid counts as enough: gunicorn's parser then answers the error."""
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return len(data) > _MAX_HEAD_BYTES
+    head = b"\r\n" + bytes(data[:end + 2])
+    if _CHUNKED.search(head):
+        return True
+    match = _CONTENT_LENGTH.search(head)
+    length = int(match.group(1)) if match else 0
+    return length > BUFFERED_BODY_BYTES or len(data) >= end + 4 + length
+
+
+class _Conn(TConn):
+    """gthread's connection, with the bytes read so far in the event loop."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.received = bytearray()
+        self.read_deadline = 0.0
+        self.reading = False
+
+
+class ServiceWorker(ThreadWorker):
+    """gunicorn's gthread worker; see the module's docstring for what it changes."""
+
+    def init_process(self) -> None:
+        settings = Settings.load()
+        self.head_timeout = settings.REQUEST_HEAD_TIMEOUT_S
+        self.read_timeout = settings.REQUEST_READ_TIMEOUT_S
+        self.stream_hub = StreamHub()
+        _raise_open_files_limit()
+        # (deadline, connection) in the order reading began: the deadlines ascend.
+        self.reading_conns: deque[tuple[float, _Conn]] = deque()
+        super().init_process()  # loads the app, then runs the loop until the worker stops
+
+    # ------------------------------------------------------------ the event loop
+    def accept(self, listener: socket.socket) -> None:
+        try:
+            client_sock, client_addr = listener.accept()
+        except OSError as e:
+            if e.errno in (errno.EMFILE, errno.ENFILE):
+                # Out of file descriptors: the connection waits in the backlog; pause a
+                # moment rather than spin on a listener that stays readable.
+                self.log.warning("Out of file descriptors; raise `ulimit -n` or lower "
+                                 "LLM_TRAIN_API_WORKER_CONNECTIONS.")
+                time.sleep(0.05)
+            elif e.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                raise
+            return
+        self.nr_conns += 1
+        conn = _Conn(self.cfg, client_sock, client_addr, listener.getsockname())
+        if self.cfg.is_ssl:
+            self.enqueue_req(conn)  # the TLS handshake happens on the thread, as in gthread
+        else:
+            self._read_request(conn)
+
+    def on_client_socket_readable(self, conn: _Conn, client: socket.socket) -> None:
+        """A kept-alive connection has its next request coming: read it here too."""
+        self.poller.unregister(client)
+        self.keepalived_conns.remove(conn)
+        if self.cfg.is_ssl:
+            self.enqueue_req(conn)
+        else:
+            self._read_request(conn)
+
+    def _read_request(self, conn: _Conn) -> None:
+        conn.sock.setblocking(False)
+        conn.reading = True
+        conn.read_deadline = time.monotonic() + self.head_timeout
+        self.reading_conns.append((conn.read_deadline, conn))
+        self.poller.register(conn.sock, selectors.EVENT_READ,
+                             partial(self._on_request_bytes, conn))
+
+    def _on_request_bytes(self, conn: _Conn, client: socket.socket) -> None:
+        try:
+            data = conn.sock.recv(_RECV_BYTES)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:  # the client closed the connection, or reset it
+            self._stop_reading(conn)
+            self.nr_conns -= 1
+            conn.close()
+            return
+        conn.received += data
+        if request_is_buffered(conn.received):
+            self._stop_reading(conn)
+            conn.data_ready = True
+            self.enqueue_req(conn)
+
+    def _stop_reading(self, conn: _Conn) -> None:
+        conn.reading = False
+        try:
+            self.poller.unregister(conn.sock)
+        except (KeyError, ValueError):
+            pass
+
+    def murder_pending(self) -> None:
+        """Close connections whose request did not arrive in time (gthread's own pending
+        connections too)."""
+        super().murder_pending()
+        now = time.monotonic()
+        while self.reading_conns and self.reading_conns[0][0] <= now:
+            deadline, conn = self.reading_conns.popleft()
+            if not conn.reading or conn.read_deadline != deadline:
+                continue  # handed to a thread, or closed, meanwhile
+            self._stop_reading(conn)
+            self.nr_conns -= 1
+            if conn.received:  # a client that started a request gets told why it ends
+                try:
+                    util.write_nonblock(conn.sock, json_error(
+                        408, f"The request was not received within "
+                             f"{self.head_timeout:g} seconds."))
+                except OSError:
+                    pass
+            conn.close()
+
+    def finish_request(self, conn: _Conn, fs: Any) -> None:
+        if not fs.cancelled() and fs.exception() is None and fs.result() is _DETACHED:
+            self.nr_conns -= 1  # the stream hub owns the socket now
+            return
+        super().finish_request(conn, fs)
+
+    def run(self) -> None:
+        try:
+            super().run()
+        finally:
+            self.stream_hub.stop()
+
+    # ------------------------------------------------------------ on a thread
+    def handle(self, conn: _Conn) -> Any:
+        if self.cfg.is_ssl:
+            return super().handle(conn)
+        req = None
+        try:
+            conn.sock.setblocking(True)
+            conn.init()
+            if conn.received:
+                conn.parser.unreader.unread(bytes(conn.received))
+                conn.received = bytearray()
+            conn.sock.settimeout(self.read_timeout)
+            req = next(conn.parser)
+            if not req:
+                return False
+            return self._keepalive_after(conn, self.handle_request(req, conn))
+        except TimeoutError:
+            self.log.debug("Closing a connection whose client stalled for %ss.",
+                           self.read_timeout)
+        except http.errors.NoMoreData as e:
+            self.log.debug("Ignored premature client disconnection. %s", e)
+        except StopIteration as e:
+            self.log.debug("Closing connection. %s", e)
+        except OSError as e:
+            if e.errno not in (errno.EPIPE, errno.ECONNRESET, errno.ENOTCONN):
+                self.log.exception("Socket error processing request.")
+        except Exception as e:
+            self.handle_error(req, conn.sock, conn.client, e)
+        return False
+
+    def _keepalive_after(self, conn: _Conn, keepalive: Any) -> Any:
+        if keepalive is _DETACHED:
+            return _DETACHED
+        return super()._keepalive_after(conn, keepalive)
+
+    def handle_request(self, req: Any, conn: _Conn) -> Any:
+        """gthread's handle_request, plus: a response the view made detachable is handed
+        to the stream hub instead of being written here."""
+        environ: dict[str, Any] = {}
+        resp = None
+        try:
+            self.cfg.pre_request(self, req)
+            request_start = datetime.now()
+            resp, environ = wsgi.create(req, conn.sock, conn.client, conn.server, self.cfg)
+            environ["wsgi.multithread"] = True
+            environ[STREAM_HUB_KEY] = self.stream_hub
+            self.nr += 1
+            if self.nr >= self.max_requests:
+                if self.alive:
+                    self.log.info("Autorestarting worker after current request.")
+                    self.alive = False
+                resp.force_close()
+            if not self.alive or not self.cfg.keepalive:
+                resp.force_close()
+            elif len(self.keepalived_conns) >= self.max_keepalived:
+                resp.force_close()
+
+            respiter = self.wsgi(environ, resp.start_response)
+            detached: DetachedStream | None = environ.pop(DETACHED_STREAM_KEY, None)
+            try:
+                if detached is not None and resp.status_code == 200:
+                    head = _detached_head(resp)
+                    self.stream_hub.adopt(conn.sock, head, detached)
+                    detached = None
+                    return _DETACHED
+                if isinstance(respiter, environ["wsgi.file_wrapper"]):
+                    resp.write_file(respiter)
+                else:
+                    for item in respiter:
+                        resp.write(item)
+                resp.close()
+            finally:
+                if detached is not None:
+                    detached.discard()
+                self.log.access(resp, req, environ, datetime.now() - request_start)
+                if hasattr(respiter, "close"):
+                    respiter.close()
+            if resp.should_close():
+                self.log.debug("Closing connection.")
+                return False
+        except OSError:
+            raise
+        except (Exception, SystemExit):
+            if resp and resp.headers_sent:
+                # A response already begun cannot become a 500: cut the connection.
+                self.log.exception("Error handling request")
+                util.close_graceful(conn.sock)
+                raise StopIteration() from None
+            raise
+        finally:
+            try:
+                self.cfg.post_request(self, req, environ, resp)
+            except Exception:
+                self.log.exception("Exception in post_request hook")
+        return True
 
     def handle_error(self, req: Any, client: Any, addr: Any, exc: BaseException) -> None:
         captured = _Captured()
@@ -121,3 +355,24 @@ class JsonErrorWorker(ThreadWorker):
             util.write_nonblock(client, payload)
         except Exception:
             self.log.debug("Failed to send error message.")
+
+
+def _raise_open_files_limit() -> None:
+    """Every open stream and waiting client is a file descriptor: take the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
+
+
+def _detached_head(resp: Any) -> bytes:
+    """The response head gunicorn would write, for a body that ends when the connection
+    closes: no chunked framing, `Connection: close`."""
+    resp.chunked = False
+    resp.force_close()
+    lines = resp.default_headers()
+    lines.extend(f"{name}: {value}\r\n" for name, value in resp.headers)
+    resp.headers_sent = True
+    return ("".join(lines) + "\r\n").encode("latin-1")

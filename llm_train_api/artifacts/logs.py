@@ -9,14 +9,13 @@ temporary file, a fake status and a fake clock.
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from llm_train_api.domain import Job, JobNotFound
+from llm_train_api.domain import Job, JobNotFound, JobStatus
 
 READ_BLOCK = 64 * 1024
 POLL_S = 0.5
@@ -24,23 +23,8 @@ KEEPALIVE_S = 5.0
 RETRY_MS = 1000
 # Last-Event-ID values are byte offsets; longer ones than this are not (and would not fit).
 MAX_OFFSET_DIGITS = 19
-
-
-class FollowerCount:
-    """How many log streams are open. Each holds a server thread for up to
-    LOG_FOLLOW_MAX_S, so operators size the thread pool by it."""
-
-    def __init__(self) -> None:
-        self._count = 0
-        self._lock = threading.Lock()
-
-    @property
-    def active(self) -> int:
-        return self._count
-
-    def add(self, delta: int) -> None:
-        with self._lock:
-            self._count += delta
+# The most log bytes one step of a follower reads: a huge backlog goes out in pieces.
+STEP_BYTES = 1024 * 1024
 
 
 def read_range(f: BinaryIO, start: int, end: int) -> Iterator[bytes]:
@@ -135,20 +119,122 @@ def sse_event(data: bytes, offset: int) -> bytes:
     return f"id: {offset}\n{body}\n".encode()
 
 
+def final_status(state: tuple[str, int] | None, created_us: int) -> str | None:
+    """What ends a follow stream: the job's final status, `deleted`, or None while it may
+    still log. `state` is the job's (status, created_us) now, None when it is gone."""
+    if state is None:
+        return "deleted"
+    status, current_created_us = state
+    if current_created_us != created_us:
+        return "deleted"  # deleted and re-created under the same id: another log
+    return status if JobStatus(status).is_final else None
+
+
 def final_status_of(get_job: Callable[[str], Job], job: Job) -> Callable[[], str | None]:
     """For `follow`: a callable giving the job's final status, `deleted`, or None while the
     job may still log. `get_job` reads the job afresh (JobNotFound once it is gone)."""
 
-    def final_status() -> str | None:
+    def read() -> str | None:
         try:
             current = get_job(job.id)
         except JobNotFound:
-            return "deleted"
-        if current.revision.created_us != job.revision.created_us:
-            return "deleted"  # deleted and re-created under the same id: another log
-        return current.status.value if current.status.is_final else None
+            return final_status(None, job.revision.created_us)
+        return final_status((current.status.value, current.revision.created_us),
+                            job.revision.created_us)
 
-    return final_status
+    return read
+
+
+class LogFollower:
+    """One follow stream's state, advanced a step at a time by whoever serves it.
+
+    A step reads what the trainer appended since the last one and turns complete lines
+    into Server-Sent Events (see sse_event). It is told the job's final status as read
+    *before* the step, so the lines logged before the job ended are always sent before
+    `event: end`. When nothing was sent for `keepalive_s`, a step gives a keepalive
+    comment; after `max_s`, `event: timeout` (the client reconnects with Last-Event-ID).
+    A truncated log is started over. A step reads at most STEP_BYTES; `more` then says
+    that the next step has lines waiting and should not wait for the poll interval.
+
+    The same engine serves a thread that sleeps between steps (`follow`) and a server
+    loop that steps thousands of streams in one thread (api.stream_hub).
+    """
+
+    def __init__(self, path: Path, offset: int, *, max_s: float,
+                 keepalive_s: float = KEEPALIVE_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.path = path
+        self.offset = offset
+        self.done = False
+        self.more = False
+        self._clock = clock
+        self._deadline = clock() + max_s
+        self._keepalive_s = keepalive_s
+        self._last_sent = clock()
+        self._partial = b""
+        self._final: str | None = None
+        self._file: BinaryIO | None = None
+
+    @staticmethod
+    def opening() -> bytes:
+        """What a stream starts with: how long a client waits before it reconnects."""
+        return f"retry: {RETRY_MS}\n\n".encode()
+
+    def step(self, final: str | None) -> bytes:
+        """The stream's next bytes, given the job's final status (None while it runs)."""
+        if self.done:
+            return b""
+        if self._final is None:
+            self._final = final
+        out = self._read_lines()
+        now = self._clock()
+        if out:
+            self._last_sent = now
+        if self.more:
+            return out
+        if self._final is not None:
+            if self._partial:  # the last line had no newline: the job is over, send it
+                out += sse_event(self._partial, self.offset)
+            self.done = True
+            return out + f"event: end\ndata: {self._final}\n\n".encode()
+        if now >= self._deadline:
+            self.done = True
+            return out + b"event: timeout\ndata: reconnect\n\n"
+        if not out and now - self._last_sent >= self._keepalive_s:
+            self._last_sent = now
+            return b": keepalive\n\n"
+        return out
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def _read_lines(self) -> bytes:
+        self.more = False
+        if self._file is None:
+            try:
+                self._file = open(self.path, "rb")  # noqa: SIM115 - closed by close()
+            except FileNotFoundError:
+                return b""
+        if os.fstat(self._file.fileno()).st_size < self.offset:
+            self.offset, self._partial = 0, b""  # the log was truncated: start over
+        self._file.seek(self.offset)
+        out: list[bytes] = []
+        budget = STEP_BYTES
+        while budget > 0 and (block := self._file.read(min(READ_BLOCK, budget))):
+            budget -= len(block)
+            data = self._partial + block
+            cut = data.rfind(b"\n") + 1
+            self._partial = data[cut:]
+            start = self.offset - (len(data) - len(block))
+            self.offset += len(block)
+            pos = 0
+            for line in data[:cut].split(b"\n")[:-1]:
+                pos += len(line) + 1
+                out.append(sse_event(line, start + pos))
+        self.more = budget <= 0
+        return b"".join(out)
 
 
 def follow(
@@ -157,67 +243,30 @@ def follow(
     *,
     final_status: Callable[[], str | None],
     max_s: float,
-    followers: FollowerCount,
     poll_s: float = POLL_S,
     keepalive_s: float = KEEPALIVE_S,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    on_close: Callable[[], None] | None = None,
 ) -> Iterator[bytes]:
-    """The log from byte `offset` on, as Server-Sent Events, until the job ends.
+    """The log from byte `offset` on, as Server-Sent Events, until the job ends: a
+    LogFollower stepped by this thread, which sleeps `poll_s` between steps.
 
-    `retry:` first; then each complete line as an event (see sse_event), a keepalive
-    comment when nothing was sent for `keepalive_s`, and `event: end` with the final status
-    once `final_status()` reports one and the lines written before it are out. After
-    `max_s` seconds, `event: timeout` instead: the client reconnects with Last-Event-ID.
-    A truncated log is started over. The stream counts in `followers` while it is open,
-    also when the client goes away mid-stream (GeneratorExit).
+    `on_close` runs when the stream ends, also when the client goes away mid-stream
+    (GeneratorExit): the caller's count of open streams.
     """
-    followers.add(+1)
-    f: BinaryIO | None = None
-    partial = b""
-    deadline = clock() + max_s
-    last_sent = clock()
+    follower = LogFollower(path, offset, max_s=max_s, keepalive_s=keepalive_s, clock=clock)
     try:
-        yield f"retry: {RETRY_MS}\n\n".encode()
+        yield follower.opening()
         while True:
-            final = final_status()  # before reading: lines logged before the end are sent
-            if f is None:
-                try:
-                    f = open(path, "rb")  # noqa: SIM115 - closed in finally
-                except FileNotFoundError:
-                    pass
-            if f is not None:
-                if os.fstat(f.fileno()).st_size < offset:
-                    offset, partial = 0, b""  # the log was truncated: start over
-                f.seek(offset)
-                while block := f.read(READ_BLOCK):
-                    data = partial + block
-                    cut = data.rfind(b"\n") + 1
-                    partial = data[cut:]
-                    start = offset - (len(data) - len(block))
-                    offset += len(block)
-                    out = []
-                    pos = 0
-                    for line in data[:cut].split(b"\n")[:-1]:
-                        pos += len(line) + 1
-                        out.append(sse_event(line, start + pos))
-                    if out:
-                        last_sent = clock()
-                        yield b"".join(out)
-            if final is not None:
-                if partial:  # the last line had no newline: the job is over, send it
-                    yield sse_event(partial, offset)
-                yield f"event: end\ndata: {final}\n\n".encode()
+            out = follower.step(final_status())  # before reading: see LogFollower
+            if out:
+                yield out
+            if follower.done:
                 return
-            now = clock()
-            if now >= deadline:
-                yield b"event: timeout\ndata: reconnect\n\n"
-                return
-            if now - last_sent >= keepalive_s:
-                last_sent = now
-                yield b": keepalive\n\n"
-            sleep(poll_s)
+            if not follower.more:
+                sleep(poll_s)
     finally:  # also on GeneratorExit, when the client went away
-        if f is not None:
-            f.close()
-        followers.add(-1)
+        follower.close()
+        if on_close is not None:
+            on_close()

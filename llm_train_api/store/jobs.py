@@ -83,6 +83,8 @@ _DELETE_OWNED_JOB = (delete(jobs)
                      .returning(jobs.c.id, jobs.c.status, jobs.c.attempts, jobs.c.created_us))
 _SELECT_INCARNATIONS = select(jobs.c.id, jobs.c.created_us).where(
     jobs.c.id.in_(bindparam("ids", expanding=True)))
+_SELECT_STATES = select(jobs.c.id, jobs.c.status, jobs.c.created_us).where(
+    jobs.c.id.in_(bindparam("ids", expanding=True)))
 _SELECT_OWNER_INCARNATIONS = select(jobs.c.id, jobs.c.created_us).where(
     jobs.c.owner == bindparam("owner"))
 _IN_CHUNK = 500  # ids per IN (...) list, well under SQLite's bound-parameter limit
@@ -433,6 +435,18 @@ class JobRepository:
                                     {"ids": ids[start:start + _IN_CHUNK]})
                 found.update((r.id, r.created_us) for r in rows)
         return found & wanted
+
+    def job_states(self, ids: Iterable[str]) -> dict[str, tuple[str, int]]:
+        """The status and created_us of each of these jobs that exists, in a few queries
+        however many: what the log streams of one server process watch to know when to
+        end (a job that is gone, or re-created under its id, ends its stream too)."""
+        wanted = sorted(set(ids))
+        states: dict[str, tuple[str, int]] = {}
+        with self.database.reading() as conn:
+            for start in range(0, len(wanted), _IN_CHUNK):
+                rows = conn.execute(_SELECT_STATES, {"ids": wanted[start:start + _IN_CHUNK]})
+                states.update((r.id, (r.status, r.created_us)) for r in rows)
+        return states
 
     def owner_incarnations(self, owner: str) -> list[tuple[str, int]]:
         """(job id, created_us) of every job `owner` has: where their job folders are."""

@@ -241,8 +241,8 @@ def test_serve_gets_the_package_configuration_anywhere_and_the_checkout_the_same
     served = effective_gunicorn_settings(gunicorn_argv(None, None)[3:], tmp_path, env)
     assert served["workers"] == 3 and served["threads"] == 5
     # gunicorn's gthread worker with JSON error answers, and an access log without tokens.
-    assert served["worker_class"] == "llm_train_api.api.gunicorn_worker.JsonErrorWorker"
-    assert served["logger_class"] == "llm_train_api.api.gunicorn_worker.RedactingLogger"
+    assert served["worker_class"] == "llm_train_api.api.gunicorn_worker.ServiceWorker"
+    assert served["logger_class"] == "llm_train_api.api.gunicorn_logging.RedactingLogger"
     assert served["bind"] == ["127.0.0.1:8123"]
     assert served["accesslog"] is None and served["preload_app"] is False
     assert served["on_starting"] == "llm_train_api.api.gunicorn_conf.on_starting"

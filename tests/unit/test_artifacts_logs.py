@@ -26,12 +26,12 @@ class Clock:
         self.now += seconds
 
 
-def run(path, statuses, *, offset=0, max_s=60.0, followers=None, keepalive_s=5.0):
+def run(path, statuses, *, offset=0, max_s=60.0, keepalive_s=5.0):
     """Follow until the stream ends; `statuses` are what final_status() says, one per poll."""
     answers = iter(statuses)
     clock = Clock()
     return b"".join(logs.follow(path, offset, final_status=lambda: next(answers, None),
-                                max_s=max_s, followers=followers or logs.FollowerCount(),
+                                max_s=max_s,
                                 keepalive_s=keepalive_s, clock=clock, sleep=clock.sleep))
 
 
@@ -81,14 +81,41 @@ def test_follow_times_out_and_keeps_idle_connections_alive(tmp_path):
     assert out.endswith(b"event: timeout\ndata: reconnect\n\n")
 
 
-def test_follow_counts_open_streams_also_when_the_client_leaves(tmp_path):
-    followers = logs.FollowerCount()
+def test_follow_reports_its_end_also_when_the_client_leaves(tmp_path):
+    closed = []
     stream = logs.follow(tmp_path / "log", 0, final_status=lambda: None, max_s=60,
-                         followers=followers, sleep=lambda s: None)
+                         sleep=lambda s: None, on_close=lambda: closed.append(True))
     assert next(stream).startswith(b"retry:")
-    assert followers.active == 1
+    assert closed == []
     stream.close()  # GeneratorExit, as when the socket breaks
-    assert followers.active == 0
+    assert closed == [True]
+
+
+def test_a_follower_sends_a_large_backlog_in_bounded_steps(tmp_path, monkeypatch):
+    monkeypatch.setattr(logs, "STEP_BYTES", 64 * 1024)
+    path = tmp_path / "log"
+    lines = [b"x" * 99 for _ in range(3000)]  # 300 kB: five steps' worth
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    follower = logs.LogFollower(path, 0, max_s=60)
+    pieces = []
+    while True:
+        out = follower.step("succeeded")  # the job has ended: all lines, then the end
+        pieces.append(out)
+        if follower.done:
+            break
+        assert follower.more  # stopped at the budget, not at the end of the file
+    follower.close()
+    assert len(pieces) >= 5 and all(len(p) <= 64 * 1024 * 2 for p in pieces)
+    events = b"".join(pieces)
+    assert events.count(b"data: " + b"x" * 99) == 3000
+    assert events.endswith(b"event: end\ndata: succeeded\n\n")
+
+
+def test_final_status_from_a_job_state():
+    assert logs.final_status(("running", 5), 5) is None
+    assert logs.final_status(("succeeded", 5), 5) == "succeeded"
+    assert logs.final_status(None, 5) == "deleted"
+    assert logs.final_status(("queued", 6), 5) == "deleted"  # re-created under its id
 
 
 def test_final_status_of_reports_end_deletion_and_recreation():

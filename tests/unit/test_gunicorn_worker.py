@@ -10,7 +10,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from llm_train_api.api.gunicorn_worker import RedactingLogger, json_error, redact
+from llm_train_api.api.gunicorn_logging import RedactingLogger, redact
+from llm_train_api.api.gunicorn_worker import json_error
 
 TOKEN = "ltk_" + "A1b2-C3d4_" * 4 + "xyz"
 
