@@ -54,7 +54,11 @@ def build_model(folder: Path, *, chat_template: str | None = CHAT_TEMPLATE,
     config = LlamaConfig(vocab_size=len(VOCAB), hidden_size=32, intermediate_size=64,
                          num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
                          max_position_embeddings=256, bos_token_id=2, eos_token_id=3,
-                         pad_token_id=1, tie_word_embeddings=False)
+                         pad_token_id=1, tie_word_embeddings=False,
+                         # Under LoRA the output head and the final norm stay frozen, so
+                         # their scale bounds the logits: at the usual 0.02 the loss of a
+                         # random model of width 32 cannot fall far below log(vocab).
+                         initializer_range=0.3)
     torch.manual_seed(0)
     model = LlamaForCausalLM(config)
     if pickle_only:
