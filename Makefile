@@ -13,7 +13,7 @@ TORCH_PIN ?= torch==2.13.0
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q $(TORCH_PIN)
-	$(BIN)/python -m pip install -q -e '.[dev,postgres,train,ray,metrics]'
+	$(BIN)/python -m pip install -q -e '.[dev,postgres,train,ray,metrics,finetune]'
 	touch $(STAMP)
 
 # The API (gunicorn) and one worker, on the SQLite default; Ctrl-C stops both.

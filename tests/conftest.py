@@ -106,3 +106,24 @@ def data_dir(tmp_path: Path) -> Path:
     (root / "datasets").mkdir(parents=True)
     (root / "datasets" / "repeat.txt").write_text(PARAGRAPH * 30, encoding="utf-8")
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer random Llama with a word-level tokenizer and a chat template, saved in
+    Hugging Face format (safetensors) once per session; see tests/helpers/tiny_hf.py."""
+    from tests.helpers.tiny_hf import build_model
+
+    return build_model(tmp_path_factory.mktemp("tiny-hf") / "model")
+
+
+@pytest.fixture
+def chat_data_dir(tmp_path: Path) -> Path:
+    """A data folder with a small chat dataset (`chat`) and an instruction one (`qa`)."""
+    from tests.helpers.tiny_hf import QA, chat_records, write_jsonl
+
+    root = tmp_path / "data"
+    write_jsonl(root / "datasets" / "chat.jsonl", chat_records(32))
+    write_jsonl(root / "datasets" / "qa.jsonl",
+                [{"prompt": q + " ?", "completion": a} for q, a in QA * 4])
+    return root

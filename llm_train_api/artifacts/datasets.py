@@ -22,7 +22,6 @@ part of either.
 
 from __future__ import annotations
 
-import codecs
 import contextlib
 import errno
 import fcntl
@@ -54,6 +53,7 @@ from llm_train_api.artifacts.dataset_errors import (
     TooLarge,
     TooMany,
 )
+from llm_train_api.artifacts.dataset_validation import JsonlValidator, TextValidator
 from llm_train_api.artifacts.jobs import tree_bytes
 from llm_train_api.training.datasets import (
     BUILTIN_DATASETS,
@@ -66,13 +66,13 @@ from llm_train_api.training.datasets import (
     resolve_dataset,
     source_files,
 )
+from llm_train_api.training.formats import TEXT
 from llm_train_api.training.storage import fsync_dir
 
 META_FOLDER = ".meta"
 LOCK_NAME = ".lock"
 TMP_PREFIX = ".upload-"
 CHUNK_BYTES = 1024 * 1024
-MAX_JSONL_LINE_BYTES = 16 * 1024 * 1024
 FORMATS = {"txt": ".txt", "jsonl": ".jsonl"}
 
 log = logging.getLogger("llm_train_api.artifacts")
@@ -150,6 +150,9 @@ class DatasetInfo:
     created_at: datetime
     builtin: bool = False
     owner: str | None = None  # None: built in or published, usable by everyone
+    # What the records are (training.formats: chat | instruction | text); a .txt file is
+    # text; None for folders and for a file that no longer validates.
+    kind: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -220,16 +223,30 @@ def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
             tmp.unlink()
 
 
-def _scan(file: Path) -> tuple[str, int, int]:
-    """sha256, size and line count of a file, streaming."""
+def _scan(file: Path) -> tuple[str, int, int, str | None]:
+    """sha256, size, line count and record kind of a file, streaming. The kind is None
+    when the file (put there behind the API's back) does not validate."""
     digest, size, newlines, last = hashlib.sha256(), 0, 0, b""
+    validator: JsonlValidator | None = JsonlValidator() if file.suffix == ".jsonl" else None
     with open(file, "rb") as f:
         while chunk := f.read(CHUNK_BYTES):
             digest.update(chunk)
             size += len(chunk)
             newlines += chunk.count(b"\n")
             last = chunk[-1:]
-    return digest.hexdigest(), size, newlines + (1 if size and last != b"\n" else 0)
+            if validator is not None:
+                try:
+                    validator.feed(chunk)
+                except InvalidContent:
+                    validator = None
+    kind: str | None = TEXT
+    if file.suffix == ".jsonl":
+        kind = None
+        if validator is not None:
+            with contextlib.suppress(InvalidContent):
+                validator.feed(b"", final=True)
+                kind = validator.kind
+    return digest.hexdigest(), size, newlines + (1 if size and last != b"\n" else 0), kind
 
 
 _hash_cache: dict[tuple[tuple[str, int, int], ...], str] = {}
@@ -263,17 +280,25 @@ def _file_info(root: Path, stem: str, file: Path, fmt: str) -> DatasetInfo:
     """Metadata of a stored file, from its sidecar when that still describes the file."""
     st = file.stat()
     meta_file = _meta_path(root, stem)
+    meta: Any = {}
     try:
         meta = orjson.loads(meta_file.read_bytes())
-        if meta.get("signature") == _signature(st) and meta.get("format") == fmt:
+        # Metadata written before kinds existed has no "kind": it is recomputed once.
+        if (meta.get("signature") == _signature(st) and meta.get("format") == fmt
+                and "kind" in meta):
             return DatasetInfo(name=stem, format=fmt, sha256=meta["sha256"],
                                size_bytes=meta["size_bytes"], lines=meta["lines"],
-                               created_at=datetime.fromisoformat(meta["created_at"]))
+                               created_at=datetime.fromisoformat(meta["created_at"]),
+                               kind=meta["kind"])
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    sha, size, lines = _scan(file)
+    sha, size, lines, kind = _scan(file)
+    created = datetime.fromtimestamp(st.st_mtime, timezone.utc)
+    with contextlib.suppress(AttributeError, ValueError, KeyError, TypeError):
+        if meta.get("signature") == _signature(st):  # the same file: keep its upload date
+            created = datetime.fromisoformat(meta["created_at"])
     info = DatasetInfo(name=stem, format=fmt, sha256=sha, size_bytes=size, lines=lines,
-                       created_at=datetime.fromtimestamp(st.st_mtime, timezone.utc))
+                       created_at=created, kind=kind)
     with contextlib.suppress(OSError):  # a cache: failing to write it changes nothing
         _meta_dir(root).mkdir(parents=True, exist_ok=True)
         _write_json_atomic(meta_file, {**info.to_json(), "signature": _signature(st)})
@@ -283,9 +308,9 @@ def _file_info(root: Path, stem: str, file: Path, fmt: str) -> DatasetInfo:
 @cache
 def _builtin_info(key: str) -> DatasetInfo:
     file = builtin_dir() / BUILTIN_DATASETS[key]
-    sha, size, lines = _scan(file)
+    sha, size, lines, kind = _scan(file)
     return DatasetInfo(name=BUILTIN_PREFIX + key, format=file.suffix[1:], sha256=sha,
-                       size_bytes=size, lines=lines,
+                       size_bytes=size, lines=lines, kind=kind,
                        created_at=datetime.fromtimestamp(file.stat().st_mtime, timezone.utc),
                        builtin=True)
 
@@ -365,56 +390,6 @@ def _commit_lock(root: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-class _TextValidator:
-    def __init__(self) -> None:
-        self._decoder = codecs.getincrementaldecoder("utf-8")("strict")
-        self._line = 1
-
-    def feed(self, chunk: bytes, final: bool = False) -> None:
-        try:
-            self._decoder.decode(chunk, final)
-        except UnicodeDecodeError as exc:
-            pending = exc.object[: max(exc.start, 0)]
-            line = self._line + pending.count(b"\n")
-            raise InvalidContent(f"Line {line} is not valid UTF-8 ({exc.reason}).") from None
-        self._line += chunk.count(b"\n")
-
-
-class _JsonlValidator:
-    def __init__(self) -> None:
-        self._partial = b""
-        self._line = 0
-        self.records = 0
-
-    def _check(self, line: bytes) -> None:
-        self._line += 1
-        if not line.strip():
-            return
-        try:
-            record = orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            raise InvalidContent(f"Line {self._line} is not valid JSON: {exc}") from None
-        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-            raise InvalidContent(
-                f"Line {self._line} must be a JSON object with a string 'text' field.")
-        self.records += 1
-
-    def feed(self, chunk: bytes, final: bool = False) -> None:
-        data = self._partial + chunk
-        lines = data.split(b"\n")
-        self._partial = lines.pop()
-        for line in lines:
-            self._check(line)
-        if len(self._partial) > MAX_JSONL_LINE_BYTES:
-            raise InvalidContent(f"Line {self._line + 1} is longer than "
-                                 f"{MAX_JSONL_LINE_BYTES} bytes.")
-        if final:
-            if self._partial:
-                self._check(self._partial)
-            if not self.records:
-                raise InvalidContent("A .jsonl dataset needs at least one record.")
-
-
 @dataclass(frozen=True)
 class UploadResult:
     info: DatasetInfo
@@ -452,7 +427,7 @@ def store_upload(
         _stored_unless_in_use(root, stem, in_use)
         _refuse_if_too_many(data_dir, root, stem, max_count)
         room = _quota_room(data_dir, stem, quota)
-        validator = _JsonlValidator() if fmt == "jsonl" else _TextValidator()
+        validator = JsonlValidator() if fmt == "jsonl" else TextValidator()
         digest, size, newlines, last = hashlib.sha256(), 0, 0, b""
         with open(tmp, "xb") as f:
             for chunk in chunks:
@@ -482,8 +457,9 @@ def store_upload(
             _quota_room(data_dir, stem, quota, size)
             created = _stored(root, stem) is None
             os.replace(tmp, final)
+            kind = validator.kind if isinstance(validator, JsonlValidator) else TEXT
             return UploadResult(info=_after_commit(root, stem, fmt, final, digest.hexdigest(),
-                                                   size, lines), created=created)
+                                                   size, lines, kind), created=created)
     except OSError as exc:
         if exc.errno in DISK_FULL_ERRNOS:
             raise DiskFull(f"The disk holding the datasets is full ({exc.strerror}): "
@@ -496,7 +472,7 @@ def store_upload(
 
 
 def _after_commit(root: Path, stem: str, fmt: str, final: Path, sha256: str, size: int,
-                  lines: int) -> DatasetInfo:
+                  lines: int, kind: str | None) -> DatasetInfo:
     """What follows the rename, under the commit lock: the dataset is stored from here on."""
     # Another format of the same name would shadow or duplicate this one.
     for other in FORMATS.values():
@@ -504,7 +480,7 @@ def _after_commit(root: Path, stem: str, fmt: str, final: Path, sha256: str, siz
             with contextlib.suppress(FileNotFoundError):
                 (root / f"{stem}{other}").unlink()
     info = DatasetInfo(name=stem, format=fmt, sha256=sha256, size_bytes=size, lines=lines,
-                       created_at=_now())
+                       created_at=_now(), kind=kind)
     try:
         _write_json_atomic(_meta_path(root, stem),
                            {**info.to_json(), "signature": _signature(final.stat())})

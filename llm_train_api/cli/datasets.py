@@ -28,7 +28,7 @@ def upload(api: Client, path: str, name: str | None, fmt: str | None, as_json: b
     if as_json:
         print_json(info)
     else:
-        click.echo(f"{info.name}: uploaded ({info.format}, {size(info.size_bytes)}, "
+        click.echo(f"{info.name}: uploaded ({info.format}, {info.kind}, {size(info.size_bytes)}, "
                    f"{info.lines} lines, sha256 {(info.sha256 or '')[:12]})")
 
 
@@ -39,8 +39,8 @@ def list_cmd(api: Client, as_json: bool) -> None:
     if as_json:
         print_json(items)
         return
-    table(["NAME", "FORMAT", "SIZE", "LINES", "BUILTIN", "CREATED (UTC)"],
-          [[d.name, d.format, size(d.size_bytes), d.lines, "yes" if d.builtin else "no",
+    table(["NAME", "FORMAT", "KIND", "SIZE", "LINES", "BUILTIN", "CREATED (UTC)"],
+          [[d.name, d.format, d.kind, size(d.size_bytes), d.lines, "yes" if d.builtin else "no",
             when(d.created_at)] for d in items])
 
 

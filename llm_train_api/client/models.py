@@ -157,6 +157,7 @@ class Dataset:
     lines: int | None = None
     created_at: datetime | None = None
     builtin: bool = False
+    kind: str | None = None  # chat | instruction | text; None for folders
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
 

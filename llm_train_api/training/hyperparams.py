@@ -128,7 +128,8 @@ def hyperparameter_schema(model_name: str | None = None) -> list[dict[str, Any]]
     return [p.to_dict(max_block) for p in SCHEMA]
 
 
-def _check_value(param: Param, value: Any) -> tuple[Any, str | None]:
+def check_value(param: Param, value: Any) -> tuple[Any, str | None]:
+    """``(normalised value, None)`` or ``(None, why)``; the fine-tuning schema uses it too."""
     if value is None:
         return (None, None) if param.nullable else (None, "Field may not be null.")
     if param.kind == "bool":
@@ -180,7 +181,7 @@ def validate_hyperparameters(
         if param is None:
             errors[str(key)] = ["Unknown hyperparameter."]
             continue
-        normalised, error = _check_value(param, value)
+        normalised, error = check_value(param, value)
         if error:
             errors[key] = [error]
         else:

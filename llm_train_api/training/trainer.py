@@ -183,7 +183,7 @@ def make_optimizer(model: GPT, hp: Mapping[str, Any], device: torch.device) -> t
     return torch.optim.AdamW(model.optimizer_groups(hp["weight_decay"]), **kwargs)
 
 
-class _MetricsLog:
+class MetricsLog:
     """``metrics.jsonl`` writer; buffered so object stores aren't rewritten every line."""
 
     def __init__(self, storage: JobStorage, resume_step: int) -> None:
@@ -352,7 +352,7 @@ def _train(
         del state
         resumed_from = step
         events.log(f"resumed from step {step}")
-    metrics_log = _MetricsLog(storage, step) if is_main else None
+    metrics_log = MetricsLog(storage, step) if is_main else None
 
     ddp_model: Any = None
     if ddp is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 
 import pytest
@@ -86,6 +87,57 @@ def test_bad_jsonl_names_the_line_and_keeps_the_old_version(client, app, root):
         assert where in body["message"]
     assert resolve_dataset("d", data_dir(app)).read_bytes() == b'{"text": "ok"}\n'
     assert sorted(os.listdir(root)) == [".meta", "d.jsonl"]  # no temporary file left
+
+
+CHAT_LINE = (b'{"messages": [{"role": "user", "content": "hi"}, '
+             b'{"role": "assistant", "content": "hello", "weight": 1}]}\n')
+
+
+@pytest.mark.parametrize(("data", "kind"), [
+    (CHAT_LINE * 2, "chat"),
+    (b'{"prompt": "2+2=", "completion": "4"}\n', "instruction"),
+    (b'{"text": "a", "messages": 1}\n', "text"),
+])
+def test_jsonl_kind_is_detected_and_described(client, app, root, data, kind):
+    body = put(client, "k", data, "application/jsonl").get_json()
+    assert body["kind"] == kind
+    assert client.get("/datasets/k").get_json()["kind"] == kind
+    assert {d["name"]: d["kind"] for d in client.get("/datasets").get_json()}["k"] == kind
+
+
+def test_text_files_and_builtins_are_of_kind_text(client):
+    assert put(client, "t", b"plain\n").get_json()["kind"] == "text"
+    assert client.get("/datasets/builtin:tinytext").get_json()["kind"] == "text"
+
+
+@pytest.mark.parametrize(("data", "where"), [
+    (CHAT_LINE + b'{"messages": [{"role": "user", "content": "only a question"}]}\n',
+     "Line 2: no assistant message"),
+    (CHAT_LINE + b"\n" + b'{"prompt": "a", "completion": "b"}\n',
+     "Line 3 is an instruction record, but the file is chat"),
+    (CHAT_LINE + b'{"messages": [{"role": "assistant", "content": "x", "weight": 0.5}]}\n',
+     "Line 2: messages[0].weight must be 0 or 1"),
+    (b'{"prompt": "a", "completion": 1}\n', "Line 1: an instruction record needs"),
+])
+def test_bad_chat_or_instruction_line_is_422_naming_it_and_changes_nothing(
+        client, app, root, data, where):
+    assert put(client, "d", CHAT_LINE, "application/jsonl").status_code == 201
+    body = error(put(client, "d", data, "application/jsonl"), 422)
+    assert where in body["message"]
+    assert resolve_dataset("d", data_dir(app)).read_bytes() == CHAT_LINE
+    assert client.get("/datasets/d").get_json()["kind"] == "chat"
+
+
+def test_metadata_without_a_kind_gets_one_and_keeps_its_date(client, root):
+    created = put(client, "old", CHAT_LINE, "application/jsonl").get_json()
+    meta = os.path.join(root, ".meta", "old.json")
+    with open(meta, "rb") as f:
+        stored = json.loads(f.read())
+    del stored["kind"]  # as written before datasets had kinds
+    with open(meta, "w") as f:
+        json.dump(stored, f)
+    body = client.get("/datasets/old").get_json()
+    assert body["kind"] == "chat" and body["created_at"] == created["created_at"]
 
 
 def test_invalid_utf8_and_empty_text_are_422(client, root):

@@ -46,7 +46,7 @@
     };
     const rows = datasets.map((d) => el("tr", { dataset: { name: d.name } },
       el("td", {}, d.name, ownerBadge(d)),
-      el("td", {}, d.format),
+      el("td", {}, d.format + (d.kind ? " · " + d.kind : "")),
       el("td", { title: d.size_bytes + " bytes" }, UI.bytes(d.size_bytes)),
       el("td", {}, d.lines === null ? "—" : d.lines),
       el("td", { className: "mono", title: d.sha256 || "" }, d.sha256 ? d.sha256.slice(0, 12) : "—"),

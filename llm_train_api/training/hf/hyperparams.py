@@ -1,0 +1,159 @@
+"""Hyperparameters of the fine-tuning trainer, validated without torch (the API may call it).
+
+Same conventions as :mod:`llm_train_api.training.hyperparams`: a complete, normalised dict
+comes back (defaults filled in), or :class:`HyperparameterError` whose ``errors`` names
+each offending key (``lora.r`` for a key of the ``lora`` object), unknown keys included.
+
+Run length: a step is one optimizer update over ``batch_size * gradient_accumulation_steps``
+sequences (examples, or packs of examples with ``packing``); an epoch is one pass over the
+training sequences. ``max_steps``, when given, decides the run length on its own (as in
+transformers' Trainer): the data is repeated as often as needed, or the run stops early.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from llm_train_api.training.hyperparams import HyperparameterError, Param, check_value
+
+METHODS = ("lora", "full", "qlora")
+ALL_LINEAR = "all-linear"
+
+SCHEMA: tuple[Param, ...] = (
+    Param("method", "choice", "lora",
+          "lora: train low-rank adapters on a frozen model; full: train every weight; "
+          "qlora: LoRA on a 4-bit model (needs CUDA and bitsandbytes).", choices=METHODS),
+    Param("max_seq_length", "int", 1024,
+          "Tokens per sequence; longer examples are truncated (and counted).",
+          minimum=8, maximum=131_072),
+    Param("packing", "bool", False,
+          "Pack several short examples into one sequence of up to max_seq_length."),
+    Param("learning_rate", "float", 2e-4,
+          "Peak AdamW learning rate (LoRA: ~1e-4..3e-4; full: ~1e-5..5e-5).",
+          minimum=0.0, maximum=1.0, exclusive_minimum=True),
+    Param("epochs", "int", 1, "Passes over the training sequences, unless max_steps is set.",
+          minimum=1, maximum=10_000),
+    Param("max_steps", "int", None, "Optimizer steps; when set it decides the run length.",
+          minimum=1, maximum=10_000_000, nullable=True),
+    Param("batch_size", "int", 4,
+          "Sequences per micro-batch, all processes together (N processes must divide it).",
+          minimum=1, maximum=4096),
+    Param("gradient_accumulation_steps", "int", 1, "Micro-batches per optimizer step.",
+          minimum=1, maximum=1024),
+    Param("warmup_steps", "int", 0, "Linear warmup steps from ~0 to learning_rate.",
+          minimum=0, maximum=10_000_000),
+    Param("lr_schedule", "choice", "cosine",
+          "After warmup: cosine decay to 10% of learning_rate, linear decay to 0, or constant.",
+          choices=("cosine", "linear", "constant")),
+    Param("weight_decay", "float", 0.0, "Decoupled AdamW decay on 2-D weights.",
+          minimum=0.0, maximum=10.0),
+    Param("grad_clip", "float", 1.0, "Max global gradient norm; 0 disables clipping.",
+          minimum=0.0, maximum=1e6),
+    Param("eval_interval", "int", 100, "Validation every N steps (and at the end); 0 = end only.",
+          minimum=0, maximum=10_000_000),
+    Param("eval_steps", "int", 20, "Validation batches per evaluation, at most.",
+          minimum=1, maximum=100_000),
+    Param("checkpoint_interval", "int", 100,
+          "A checkpoint every N steps (and at the end); 0 = end only.",
+          minimum=0, maximum=10_000_000),
+    Param("log_interval", "int", 10, "A metrics line every N steps.",
+          minimum=1, maximum=10_000_000),
+    Param("val_fraction", "float", 0.1,
+          "Examples held out for validation (a seeded draw) when the spec names no "
+          "validation_dataset; 0 = no validation.", minimum=0.0, maximum=0.5),
+    Param("seed", "int", 42, "Seeds LoRA initialisation, dropout, the split and the order.",
+          minimum=0, maximum=2**31 - 1),
+    Param("device", "choice", "auto", "auto = cuda when available, else cpu.",
+          choices=("auto", "cpu", "cuda")),
+    Param("dtype", "choice", "auto",
+          "Compute dtype. auto = bfloat16 on CUDA if supported (else float16 with a "
+          "GradScaler), float32 on CPU.", choices=("auto", "float32", "bfloat16", "float16")),
+    Param("gradient_checkpointing", "bool", False,
+          "Recompute activations in backward: less memory, about a third more compute."),
+    Param("merge_adapter", "bool", True,
+          "LoRA: also save the model with the adapter merged in (output/model)."),
+    Param("num_threads", "int", 0, "torch CPU threads; 0 keeps torch's default.",
+          minimum=0, maximum=1024),
+)
+LORA_SCHEMA: tuple[Param, ...] = (
+    Param("r", "int", 16, "Adapter rank.", minimum=1, maximum=4096),
+    Param("alpha", "float", 32.0, "Scaling numerator: updates are scaled by alpha / r.",
+          minimum=0.0, maximum=1e6, exclusive_minimum=True),
+    Param("dropout", "float", 0.05, "Dropout on the adapter's input.", minimum=0.0,
+          maximum=0.9),
+)
+LORA_DEFAULTS: dict[str, Any] = {p.name: p.default for p in LORA_SCHEMA}
+LORA_DEFAULTS["target_modules"] = ALL_LINEAR
+DEFAULTS: dict[str, Any] = {p.name: p.default for p in SCHEMA}
+DEFAULTS["lora"] = LORA_DEFAULTS
+
+
+def hyperparameter_schema() -> list[dict[str, Any]]:
+    """JSON-able schema; ``lora`` is an object whose keys are listed under ``properties``."""
+    lora = {"name": "lora", "type": "object", "default": dict(LORA_DEFAULTS),
+            "doc": "LoRA settings (method lora or qlora).", "nullable": False,
+            "properties": [p.to_dict() for p in LORA_SCHEMA] + [{
+                "name": "target_modules", "type": "string or array of strings",
+                "default": ALL_LINEAR, "nullable": False,
+                "doc": "Modules that get adapters: 'all-linear' (every linear layer but "
+                       "the output head) or a list of module names, e.g. [\"q_proj\", "
+                       "\"v_proj\"]."}]}
+    return [p.to_dict() for p in SCHEMA] + [lora]
+
+
+def _check_params(schema: tuple[Param, ...], values: Mapping[str, Any], prefix: str,
+                  result: dict[str, Any], errors: dict[str, list[str]],
+                  extra: frozenset[str] = frozenset()) -> None:
+    by_name = {p.name: p for p in schema}
+    for key, value in values.items():
+        if key in extra:
+            continue
+        param = by_name.get(key) if isinstance(key, str) else None
+        if param is None:
+            errors[f"{prefix}{key}"] = ["Unknown hyperparameter."]
+            continue
+        normalised, error = check_value(param, value)
+        if error:
+            errors[f"{prefix}{key}"] = [error]
+        else:
+            result[key] = normalised
+
+
+def _check_targets(value: Any) -> tuple[Any, str | None]:
+    if value == ALL_LINEAR:
+        return value, None
+    if (isinstance(value, list) and value
+            and all(isinstance(v, str) and v.strip() for v in value)):
+        return list(value), None
+    return None, f"Must be {ALL_LINEAR!r} or a non-empty list of module names."
+
+
+def validate_hyperparameters(hyperparameters: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Validate and normalise; raise :class:`HyperparameterError` naming every bad key."""
+    if hyperparameters is None:
+        hyperparameters = {}
+    if not isinstance(hyperparameters, Mapping):
+        raise HyperparameterError({"hyperparameters": ["Must be an object."]})
+    errors: dict[str, list[str]] = {}
+    result = dict(DEFAULTS)
+    result["lora"] = dict(LORA_DEFAULTS)
+    _check_params(SCHEMA, hyperparameters, "", result, errors, frozenset({"lora"}))
+    lora = hyperparameters.get("lora")
+    if lora is not None:
+        if not isinstance(lora, Mapping):
+            errors["lora"] = ["Must be an object."]
+        else:
+            _check_params(LORA_SCHEMA, lora, "lora.", result["lora"], errors,
+                          frozenset({"target_modules"}))
+            if "target_modules" in lora:
+                targets, error = _check_targets(lora["target_modules"])
+                if error:
+                    errors["lora.target_modules"] = [error]
+                else:
+                    result["lora"]["target_modules"] = targets
+    if lora is not None and result["method"] == "full" and "lora" not in errors:
+        errors["lora"] = ["Only for method lora or qlora."]
+    if errors:
+        raise HyperparameterError(errors)
+    return result

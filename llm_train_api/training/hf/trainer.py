@@ -1,0 +1,388 @@
+"""The fine-tuning run: spec in, checkpoints, metrics, stdout events and the model out.
+
+:func:`run_training` does one job and raises on failure; :func:`execute` wraps it in the
+built-in trainer's contract (``error``/``done`` events, exit codes 0/1/2/75).
+
+Loss: next-token cross entropy on the target tokens only (:mod:`.render` says which),
+averaged over every target token of the optimizer step (all micro-batches, all ranks),
+so a long example weighs by its tokens, not as one vote, whatever the accumulation or the
+rank count. Reported with it: token accuracy (argmax = target), the learning rate and
+tokens/s (non-pad tokens of the global batch).
+
+Resume: a job folder with ``checkpoints/latest.json`` continues at its step with the
+weights, optimizer, GradScaler and RNG states restored (:mod:`.state`); batches depend
+only on ``(seed, step)`` and the learning rate only on the step, so N steps + resume + N
+steps reproduce a 2N-step run. ``metrics.jsonl`` is cut back to the checkpoint's step.
+Stopping (``stop`` set on SIGTERM/SIGINT, or ``stop_at_step``) ends the run after the
+current step with a checkpoint, outcome ``preempted``, exit code 75.
+
+DDP (under torchrun): as the built-in trainer: ``batch_size`` is global, each rank trains
+on its slice of the one-process batch, DistributedDataParallel averages gradients once per
+optimizer step, only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import threading
+import time
+import traceback
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from llm_train_api.training import distributed
+from llm_train_api.training.datasets import DatasetError
+from llm_train_api.training.events import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_PREEMPTED,
+    EXIT_USAGE,
+    OUTCOME_PREEMPTED,
+    OUTCOME_SUCCEEDED,
+    EventWriter,
+    report_failure,
+)
+from llm_train_api.training.formats import FormatError
+from llm_train_api.training.hf import data as hfdata
+from llm_train_api.training.hf import modeling, state
+from llm_train_api.training.hf.spec import FineTuneSpec, ValidSpec, validate_spec
+from llm_train_api.training.hyperparams import HyperparameterError
+from llm_train_api.training.spec import SpecError, check_global_batch
+from llm_train_api.training.storage import LocalStorage
+from llm_train_api.training.trainer import (
+    METRICS_FILE,
+    SPEC_FILE,
+    MetricsLog,
+    TrainingDiverged,
+    resolve_device,
+    resolve_dtype,
+)
+
+OUTPUT_FOLDER = "output"
+ADAM_BETAS = (0.9, 0.999)
+MIN_LR_RATIO = 0.1
+#: Settings a resume must not change: they decide what the weights and batches are.
+FIXED_ON_RESUME = ("method", "lora", "max_seq_length", "packing", "seed", "batch_size",
+                   "gradient_accumulation_steps", "val_fraction")
+
+
+@dataclass
+class RunResult:
+    outcome: str
+    exit_code: int
+    step: int
+    best_val_loss: float | None
+
+
+def learning_rate_at(step: int, hp: Mapping[str, Any], total_steps: int) -> float:
+    """LR of the update at ``step`` (0-based): linear warmup, then cosine, linear or flat."""
+    peak, warmup = hp["learning_rate"], hp["warmup_steps"]
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+    if hp["lr_schedule"] == "constant":
+        return peak
+    if hp["lr_schedule"] == "linear":
+        return peak * (1.0 - progress)
+    floor = MIN_LR_RATIO * peak
+    return floor + 0.5 * (1.0 + math.cos(math.pi * progress)) * (peak - floor)
+
+
+def steps_per_epoch(n_sequences: int, hp: Mapping[str, Any]) -> int:
+    return max(1, math.ceil(n_sequences / (hp["batch_size"] * hp["gradient_accumulation_steps"])))
+
+
+def total_steps_for(n_sequences: int, hp: Mapping[str, Any]) -> int:
+    """``max_steps`` when set (it decides, as in transformers' Trainer), else epochs."""
+    return hp["max_steps"] or hp["epochs"] * steps_per_epoch(n_sequences, hp)
+
+
+def make_optimizer(params: dict[str, torch.nn.Parameter], hp: Mapping[str, Any]
+                   ) -> torch.optim.AdamW:
+    decay = [p for p in params.values() if p.dim() >= 2]
+    rest = [p for p in params.values() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": hp["weight_decay"]},
+              {"params": rest, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=hp["learning_rate"], betas=ADAM_BETAS, eps=1e-8)
+
+
+def local_job_dir(job_dir: str | os.PathLike[str]) -> Path:
+    text = os.fspath(job_dir)
+    if "://" in text and not text.startswith("file://"):
+        raise SpecError("The fine-tuning trainer needs a local job folder (or a mounted "
+                        f"one), not {text!r}.")
+    return Path(text.removeprefix("file://"))
+
+
+def _sums(model: Any, batch: dict[str, torch.Tensor], autocast: Any
+          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cross-entropy sum, correct predictions) over the batch's target tokens."""
+    with autocast:
+        logits = model(input_ids=batch["input_ids"],
+                       attention_mask=batch["attention_mask"]).logits
+    logits = logits[:, :-1].float()
+    labels = batch["labels"][:, 1:]
+    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1),
+                           ignore_index=hfdata.IGNORE, reduction="sum")
+    correct = ((logits.argmax(-1) == labels) & (labels != hfdata.IGNORE)).sum()
+    return loss, correct
+
+
+def run_training(spec: FineTuneSpec | Mapping[str, Any], job_dir: str | os.PathLike[str],
+                 events: EventWriter | None = None, stop: threading.Event | None = None,
+                 stop_at_step: int | None = None) -> RunResult:
+    events = events or EventWriter()
+    stop = stop or threading.Event()
+    valid = validate_spec(spec)
+    device = resolve_device(valid.hp["device"])
+    ddp, device = distributed.from_env(device)
+    try:
+        return _train(valid, device, ddp, local_job_dir(job_dir), events, stop, stop_at_step)
+    finally:
+        if ddp is not None:
+            ddp.close()
+
+
+def _train(valid: ValidSpec, device: torch.device, ddp: distributed.DistContext | None,
+           job_dir: Path, events: EventWriter, stop: threading.Event,
+           stop_at_step: int | None) -> RunResult:
+    spec, hp = valid.spec, valid.hp
+    is_main = ddp is None or ddp.is_main
+    world, rank = (ddp.world_size, ddp.rank) if ddp is not None else (1, 0)
+    local_batch = check_global_batch(hp["batch_size"], world)
+    storage = LocalStorage(job_dir)
+    if is_main:
+        storage.write_text_atomic(SPEC_FILE, json.dumps(spec.to_dict(), indent=2) + "\n")
+    dtype = resolve_dtype(hp["dtype"], device)
+    dtype_name = str(dtype).removeprefix("torch.")
+    if hp["num_threads"]:
+        torch.set_num_threads(hp["num_threads"])
+
+    tokenizer = modeling.load_tokenizer(valid.model_path)
+    events.log(f"rendering dataset {spec.dataset} ({valid.dataset_path})")
+    train_set = hfdata.prepare(tokenizer, valid.dataset_path, hp["max_seq_length"])
+    if valid.validation_path is not None:
+        val_set = hfdata.prepare(tokenizer, valid.validation_path, hp["max_seq_length"])
+        train_examples, val_examples = train_set.examples, val_set.examples
+    else:
+        train_examples, val_examples = hfdata.split(train_set.examples, hp["val_fraction"],
+                                                    hp["seed"])
+    events.emit("prepare", dataset=spec.dataset, sha256=None, n_tokens=train_set.tokens,
+                cached=False, kind=train_set.kind, records=train_set.records,
+                truncated=train_set.truncated, dropped=train_set.dropped)
+    if train_set.truncated or train_set.dropped:
+        events.log(f"{train_set.truncated} example(s) truncated to max_seq_length "
+                   f"{hp['max_seq_length']}, {train_set.dropped} dropped (nothing to learn "
+                   "left)")
+    train_seqs = hfdata.sequences(train_examples, hp["max_seq_length"], hp["packing"])
+    val_seqs = hfdata.sequences(val_examples, hp["max_seq_length"], hp["packing"])
+    batches = hfdata.StepBatches(train_seqs, hp["batch_size"],
+                                 hp["gradient_accumulation_steps"], hp["seed"], rank, world)
+    spe = steps_per_epoch(len(train_seqs), hp)
+    total_steps = total_steps_for(len(train_seqs), hp)
+
+    torch.manual_seed(hp["seed"])
+    model = modeling.load_model(valid.model_path, hp, device, dtype)
+    model = modeling.prepare_for_training(model, hp, hp["seed"])
+    if ddp is not None and rank:
+        torch.manual_seed(hp["seed"] * 1_000_003 + 7_919 * rank)  # dropout per rank
+    trainable = modeling.trainable_parameters(model)
+    optimizer = make_optimizer(trainable, hp)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    n_params = sum(p.numel() for p in model.parameters())
+    n_trainable = sum(p.numel() for p in trainable.values())
+
+    step, best_val, elapsed_before, resumed_from = 0, math.inf, 0.0, None
+    found = state.latest(job_dir)
+    if found is not None:
+        saved = state.load(found, trainable, optimizer, rank, world)
+        changed = [k for k in FIXED_ON_RESUME if saved["config"].get(k) != hp[k]]
+        if changed:
+            raise SpecError(f"The job folder's checkpoint was made with other "
+                            f"{', '.join(changed)}; use an empty job folder.")
+        if saved.get("scaler"):
+            scaler.load_state_dict(saved["scaler"])
+        step, best_val = int(saved["step"]), float(saved["best_val_loss"] or math.inf)
+        elapsed_before, resumed_from = float(saved["elapsed_s"]), step
+        events.log(f"resumed from step {step}")
+    metrics_log = MetricsLog(storage, step) if is_main else None
+
+    train_model: Any = model
+    if ddp is not None:
+        from torch.nn.parallel import DistributedDataParallel
+
+        train_model = DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    autocast = (torch.autocast(device.type, dtype=dtype) if dtype != torch.float32
+                else contextlib.nullcontext())
+    name = spec.model_name or valid.model_path.name
+    events.emit("start", job_id=spec.job_id, model_name=name, method=hp["method"],
+                n_params=n_params, trainable_params=n_trainable, dataset=spec.dataset,
+                train_tokens=sum(len(s.input_ids) for s in train_seqs),
+                val_tokens=sum(len(s.input_ids) for s in val_seqs),
+                train_sequences=len(train_seqs), val_sequences=len(val_seqs),
+                steps_per_epoch=spe, total_steps=total_steps,
+                tokens_per_step=hp["batch_size"] * hp["gradient_accumulation_steps"]
+                * hp["max_seq_length"], device=str(device), dtype=dtype_name,
+                resumed_from_step=resumed_from, estimated_memory_bytes=None,
+                processes=world, batch_size_per_process=local_batch)
+    events.log(f"fine-tuning {name} ({hp['method']}, {n_trainable:,} of {n_params:,} params "
+               f"trainable) on {device} {dtype_name}: {total_steps} steps")
+
+    def save(at_step: int, elapsed: float, val_loss: float | None) -> None:
+        rngs = (ddp.gather_objects(state.capture_rng()) if ddp is not None
+                else [state.capture_rng()])
+        if not is_main:
+            return
+        folder = state.save(job_dir, at_step, trainable, optimizer, rngs, {
+            "best_val_loss": None if math.isinf(best_val) else best_val,
+            "elapsed_s": elapsed, "scaler": scaler.state_dict() if scaler.is_enabled()
+            else None, "config": hp, "epoch": at_step / spe,
+            "data": {"kind": "seeded-per-step", "seed": hp["seed"], "next_step": at_step}})
+        events.emit("checkpoint", step=at_step, path=str(folder), is_best=False,
+                    val_loss=val_loss)
+
+    @torch.no_grad()
+    def evaluate() -> tuple[float, float]:
+        model.eval()
+        loss_sum = torch.zeros((), device=device)
+        counts = torch.zeros(2, device=device)  # targets, correct
+        for k in range(hp["eval_steps"]):
+            chunk = val_seqs[k * hp["batch_size"]:(k + 1) * hp["batch_size"]]
+            share = chunk[rank::world]
+            if not chunk:
+                break
+            if share:
+                loss, correct = _sums(model, hfdata.collate(
+                    share, tokenizer.pad_token_id, device), autocast)
+                loss_sum += loss
+                counts += torch.stack([torch.tensor(float(hfdata.targets(share)),
+                                                    device=device), correct.float()])
+        model.train()
+        if ddp is not None:
+            loss_sum, counts = ddp.mean(loss_sum) * world, ddp.mean(counts) * world
+        n = max(float(counts[0].item()), 1.0)
+        return float(loss_sum.item()) / n, float(counts[1].item()) / n
+
+    grad_clip = hp["grad_clip"]
+    model.train()
+    window = torch.zeros(3, device=device)  # loss sum, targets, correct (this rank)
+    window_tokens, window_start = 0, time.perf_counter()
+    run_start = time.perf_counter()
+    last_saved = step if resumed_from is not None else -1
+    preempted = False
+    while step < total_steps:
+        want_stop = stop.is_set() or step == stop_at_step
+        if ddp is not None:
+            want_stop = ddp.any(want_stop)
+        if want_stop:
+            preempted = True
+            break
+        lr = learning_rate_at(step, hp, total_steps)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        micro_batches = batches.step_sequences(step)
+        denom = max(sum(hfdata.targets(mb) for mb in micro_batches), 1)
+        for i, micro in enumerate(micro_batches):
+            window_tokens += sum(len(s.input_ids) for s in micro)
+            local = batches.local(micro)
+            skip_sync = ddp is not None and i < len(micro_batches) - 1
+            with train_model.no_sync() if skip_sync else contextlib.nullcontext():
+                loss, correct = _sums(train_model, hfdata.collate(
+                    local, tokenizer.pad_token_id, device), autocast)
+                # DDP averages gradients over ranks; the step's loss is a sum over them.
+                scaler.scale(loss * (world / denom)).backward()
+            window += torch.stack([loss.detach(), torch.tensor(
+                float(hfdata.targets(local)), device=device), correct.float()])
+        if grad_clip > 0:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(list(trainable.values()), grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+
+        last = step == total_steps
+        do_eval = bool(val_seqs) and (last or (hp["eval_interval"] > 0
+                                               and step % hp["eval_interval"] == 0))
+        do_ckpt = last or (hp["checkpoint_interval"] > 0
+                           and step % hp["checkpoint_interval"] == 0)
+        if not (do_eval or do_ckpt or step % hp["log_interval"] == 0):
+            continue
+        totals = ddp.mean(window) * world if ddp is not None else window
+        targets = max(float(totals[1].item()), 1.0)
+        train_loss = float(totals[0].item()) / targets
+        if not math.isfinite(train_loss):
+            raise TrainingDiverged(f"Training diverged: loss is {train_loss} at step {step}; "
+                                   "try a lower learning_rate.")
+        tokens_per_s = window_tokens / max(time.perf_counter() - window_start, 1e-9)
+        val_loss, val_acc = evaluate() if do_eval else (None, None)
+        elapsed = elapsed_before + time.perf_counter() - run_start
+        record: dict[str, Any] = {
+            "step": step, "epoch": round(step / spe, 4), "train_loss": train_loss,
+            "train_token_accuracy": float(totals[2].item()) / targets, "lr": lr,
+            "tokens_per_s": round(tokens_per_s, 1), "elapsed_s": round(elapsed, 6)}
+        if val_loss is not None:
+            record["val_loss"] = val_loss if math.isfinite(val_loss) else None
+            record["val_token_accuracy"] = val_acc
+            best_val = min(best_val, val_loss)
+        if metrics_log is not None:
+            metrics_log.add(record)
+            metrics_log.flush()
+        events.emit("metrics", total_steps=total_steps, **record)
+        events.log(f"step {step}/{total_steps} loss {train_loss:.4f}"
+                   + (f" val {val_loss:.4f}" if val_loss is not None else "")
+                   + f" lr {lr:.2e} {tokens_per_s:,.0f} tok/s")
+        if do_ckpt:
+            save(step, elapsed, val_loss)
+            last_saved = step
+        window.zero_()
+        window_tokens, window_start = 0, time.perf_counter()
+
+    best = None if math.isinf(best_val) else best_val
+    if preempted:
+        if last_saved != step:
+            save(step, elapsed_before + time.perf_counter() - run_start, None)
+        events.log(f"preempted at step {step}; rerun the same command to resume")
+        return RunResult(OUTCOME_PREEMPTED, EXIT_PREEMPTED, step, best)
+    if last_saved != step:  # resumed a finished run
+        save(step, elapsed_before + time.perf_counter() - run_start, None)
+    if is_main:
+        written = modeling.save_outputs(model, tokenizer, hp, job_dir / OUTPUT_FOLDER)
+        events.log(f"saved {', '.join(OUTPUT_FOLDER + '/' + w for w in written)}")
+    return RunResult(OUTCOME_SUCCEEDED, EXIT_OK, step, best)
+
+
+def execute(spec: FineTuneSpec | Mapping[str, Any], job_dir: str | os.PathLike[str],
+            events: EventWriter | None = None, stop: threading.Event | None = None,
+            stop_at_step: int | None = None) -> int:
+    """The run contract: never raises for training problems, returns the exit code."""
+    events = events or EventWriter()
+    try:
+        result = run_training(spec, job_dir, events, stop, stop_at_step)
+    except (SpecError, HyperparameterError, DatasetError, FormatError) as exc:
+        return report_failure(events, exc, EXIT_USAGE, str(exc))
+    except torch.cuda.OutOfMemoryError as exc:
+        return report_failure(events, exc, EXIT_FAILED, (
+            f"CUDA out of memory: {str(exc).splitlines()[0]} Reduce batch_size or "
+            "max_seq_length, or use gradient_accumulation_steps or gradient_checkpointing."))
+    except MemoryError as exc:
+        return report_failure(events, exc, EXIT_FAILED,
+                              "Out of host memory; reduce batch_size or max_seq_length.")
+    except Exception as exc:  # noqa: BLE001 - the contract is to report, not to crash
+        traceback.print_exc()
+        return report_failure(events, exc, EXIT_FAILED, f"{type(exc).__name__}: {exc}")
+    events.emit("done", outcome=result.outcome, exit_code=result.exit_code, step=result.step,
+                best_val_loss=result.best_val_loss)
+    return result.exit_code
+
+
+__all__ = ["METRICS_FILE", "RunResult", "execute", "run_training"]
