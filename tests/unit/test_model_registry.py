@@ -194,3 +194,11 @@ def test_model_roots_must_be_absolute_paths(tmp_path):
 
     with pytest.raises(ConfigError, match="MODEL_ROOTS"):
         create_app({"INSTANCE_PATH": str(tmp_path / "i"), "MODEL_ROOTS": "relative/path"})
+
+
+def test_the_dashboard_has_a_models_page(client):
+    page = client.get("/ui/models")
+    assert page.status_code == 200 and b"models.js" in page.data
+    assert b'href="/ui/models"' in client.get("/ui/datasets").data
+    script = client.get("/ui/static/models.js")
+    assert script.status_code == 200 and b'"/models/"' in script.data
