@@ -41,6 +41,10 @@ class Settings:
     # Artifacts: datasets, job folders (logs, metrics, checkpoints). Empty = INSTANCE_PATH/data.
     # A filesystem path (not a URL); several hosts need it on a shared filesystem.
     DATA_DIR: str = ""
+    # Read-only folders of Hugging Face-format models, colon-separated like PATH: each
+    # model folder under them (or Hugging Face cache entry) is listed as a published model,
+    # used in place, never copied or deleted through the API.
+    MODEL_ROOTS: str = ""
 
     # The database.
     # SQLAlchemy URL. Empty = sqlite file in INSTANCE_PATH.
@@ -90,6 +94,9 @@ class Settings:
     MAX_HYPERPARAMETERS_DEPTH: int = 8
     # Largest dataset upload (streamed to disk, separate from MAX_JSON_BYTES).
     MAX_DATASET_BYTES: int = 1024 * 1024 * 1024
+    # Largest model import (PUT /models/{name}), in GiB: the archive as sent, and again the
+    # files it unpacks to. Counted against the importing user's storage quota too.
+    MAX_MODEL_UPLOAD_GB: float = 100.0
     # How long one `logs?follow=true` stream may stay open before the client reconnects.
     LOG_FOLLOW_MAX_S: float = 60.0
     # Open log streams one API process holds, in all and per user (0 = no per-user cap);
@@ -232,6 +239,12 @@ class Settings:
         if self.MAX_STORAGE_GB_PER_USER < 0 or self.JOB_DIR_SWEEP_S < 0:
             raise ConfigError(f"{PREFIX}MAX_STORAGE_GB_PER_USER and {PREFIX}JOB_DIR_SWEEP_S "
                               "must be 0 (off) or positive")
+        if self.MAX_MODEL_UPLOAD_GB <= 0:
+            raise ConfigError(f"{PREFIX}MAX_MODEL_UPLOAD_GB must be positive")
+        for root in self.MODEL_ROOTS.split(os.pathsep):
+            if root.strip() and (_URL_SCHEME.match(root) or not os.path.isabs(root)):
+                raise ConfigError(f"{PREFIX}MODEL_ROOTS must be absolute folder paths "
+                                  f"separated by '{os.pathsep}', got {root!r}")
         if self.TRUSTED_PROXIES < 0 or self.DB_BUSY_TIMEOUT_S < 0:
             raise ConfigError("negative values are not allowed")
         if self.PUBLIC_URL and not _PUBLIC_URL.match(self.PUBLIC_URL):

@@ -19,6 +19,7 @@ from werkzeug.exceptions import HTTPException
 
 from llm_train_api.api.streams import TooManyStreams
 from llm_train_api.artifacts import datasets as dataset_files
+from llm_train_api.artifacts import model_errors
 from llm_train_api.domain import (
     DomainError,
     IllegalTransition,
@@ -56,6 +57,12 @@ ERROR_STATUS: dict[type[Exception], int] = {
     dataset_files.TooMany: 429,
     dataset_files.OverQuota: 413,
     dataset_files.DiskFull: 507,
+    model_errors.InvalidModelName: 422,
+    model_errors.ModelNotFound: 404,
+    model_errors.ModelConflict: 409,
+    model_errors.ModelReadOnly: 403,
+    model_errors.ModelTooLarge: 413,
+    model_errors.InvalidModel: 422,
 }
 
 
@@ -69,8 +76,9 @@ def status_of(error: Exception) -> int:
 
 
 JSON_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
-# Endpoints whose body is not JSON: they read and limit it themselves (dataset uploads).
-RAW_BODY_ENDPOINTS = frozenset({"datasets.DatasetResource"})
+# Endpoints whose body is not JSON: they read and limit it themselves (dataset uploads,
+# model imports).
+RAW_BODY_ENDPOINTS = frozenset({"datasets.DatasetResource", "models.ModelResource"})
 NO_BODY_ENDPOINTS = frozenset({"jobs.JobCancel"})
 
 

@@ -18,6 +18,14 @@ DATASET_NAME_SCHEMA = {
     "maxLength": 128,
     "pattern": r"^(builtin:[a-z0-9_-]+|[A-Za-z0-9](?:[A-Za-z0-9_-]|\.[A-Za-z0-9_-])*\.?)$",
 }
+# A model name as a path parameter (artifacts.models.NAME_PATTERN): the same characters,
+# without the optional trailing dot.
+MODEL_NAME_SCHEMA = {
+    "type": "string",
+    "minLength": 1,
+    "maxLength": 128,
+    "pattern": r"^[A-Za-z0-9](?:[A-Za-z0-9_-]|\.[A-Za-z0-9_-])*\.?$",
+}
 
 
 def amend(api: Api) -> None:
@@ -29,13 +37,15 @@ def amend(api: Api) -> None:
     # operations after flask-smorest registered them.
     paths = api.spec._paths
     _path_parameter(paths["/datasets/{name}"], "name", DATASET_NAME_SCHEMA)
+    _path_parameter(paths["/models/{name}"], "name", MODEL_NAME_SCHEMA)
     _links(paths)
 
 
 def _links(paths: dict[str, Any]) -> None:
     """OpenAPI links from what creates a resource to what reads or changes it: the job a
     201 of `POST /jobs` made (not its 200, which with `dry_run=true` describes a job that
-    does not exist), and the dataset a `PUT` stored, under its name without the suffix."""
+    does not exist), the dataset a `PUT` stored, under its name without the suffix, and
+    the model a `PUT` imported."""
     job_links = {}
     for path, operations in paths.items():
         if path.startswith("/jobs/{job_id}"):
@@ -48,8 +58,12 @@ def _links(paths: dict[str, Any]) -> None:
     dataset_links = {_link_name(method, "/datasets/{name}"): {
         "operationRef": _operation_ref("/datasets/{name}", method),
         "parameters": {"name": "$response.body#/name"}} for method in ("get", "delete")}
+    model_links = {_link_name(method, "/models/{name}"): {
+        "operationRef": _operation_ref("/models/{name}", method),
+        "parameters": {"name": "$response.body#/name"}} for method in ("get", "delete")}
     for status in ("200", "201"):
         paths["/datasets/{name}"]["put"]["responses"][status]["links"] = dict(dataset_links)
+        paths["/models/{name}"]["put"]["responses"][status]["links"] = dict(model_links)
 
 
 def _operation_ref(path: str, method: str) -> str:
@@ -61,7 +75,7 @@ def _link_name(method: str, path: str) -> str:
     words = [method.capitalize()]
     for part in path.strip("/").split("/"):
         if not part.startswith("{"):
-            word = part[:-1] if part in ("jobs", "datasets") else part
+            word = part[:-1] if part in ("jobs", "datasets", "models") else part
             words.append(word.capitalize())
     return "".join(words)
 

@@ -31,7 +31,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "datasets": ("llm_train_api.cli.datasets:datasets",
                  "Datasets on the service at --url (LLM_TRAIN_API_URL)."),
     "models": ("llm_train_api.cli.catalog:models",
-               "The model catalog, or one model in detail."),
+               "Models: the built-in catalog, and imported Hugging Face-format models."),
     "sample": ("llm_train_api.cli.sample:sample",
                "Generate text from a job's checkpoint (runs here, needs torch)."),
 }

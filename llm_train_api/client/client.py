@@ -11,7 +11,8 @@ Timeouts and retries (the defaults, see :data:`DEFAULT_TIMEOUT` and :class:`Retr
 * a request is retried only when retrying cannot do something twice: on a connection
   error, a timeout, or a 502/503/504, at most 4 tries in all, with exponential backoff
   (0.25 s, 0.5 s, 1 s, with jitter, or the server's ``Retry-After`` up to 10 s);
-* GET, DELETE, cancel and dataset uploads (PUT, re-read from the file) are retried;
+* GET, DELETE, cancel, dataset uploads and model imports (PUT, re-read from the files)
+  are retried;
   a job creation is retried because it always carries a ``job_id`` (the client makes one
   when the caller gives none) and the server answers an identical retry with the job it
   already created (200); a status change (PATCH) is retried only with ``if_match``, so a
@@ -34,6 +35,7 @@ from urllib.parse import parse_qs, quote, urlparse
 
 import requests
 
+from llm_train_api.client import model_archive
 from llm_train_api.client.errors import (
     ApiConnectionError,
     ApiError,
@@ -513,8 +515,30 @@ class Client:
     def list_models(self) -> list[Model]:
         return self._list(Model, "/models")
 
-    def get_model(self, name: str) -> Model:
-        return parse(Model, self._json("GET", f"/models/{_seg(name)}", retry=True))
+    def get_model(self, name: str, *, owner: str | None = None) -> Model:
+        """One model; `owner` (admins): that user's own import of that name."""
+        params = {"owner": owner} if owner else None
+        return parse(Model, self._json("GET", f"/models/{_seg(name)}", retry=True,
+                                       params=params))
+
+    def import_model(self, name: str, folder: str | os.PathLike[str], *, gzip: bool = False,
+                     progress: Callable[[int], None] | None = None) -> Model:
+        """Import (or replace) the Hugging Face-format model in `folder` as `name`: packed
+        into a tar stream as it is sent (gzip-compressed with `gzip`), re-packed on a retry.
+        `progress(n)` is told each n bytes of file data sent. ValueError, before sending
+        anything, for pickle weights or a folder without config.json."""
+        files = model_archive.model_files(folder)
+        ctype = "application/gzip" if gzip else "application/x-tar"
+        data = self._json("PUT", f"/models/{_seg(name)}", retry=True,
+                          body=lambda: model_archive.pack(files, compress=gzip,
+                                                          progress=progress),
+                          headers={"Content-Type": ctype})
+        return parse(Model, data)
+
+    def delete_model(self, name: str, *, owner: str | None = None) -> None:
+        """Delete an imported model (409 :class:`Conflict` while queued or running jobs
+        name it, or for built-in and MODEL_ROOTS models)."""
+        self._delete(f"/models/{_seg(name)}" + (f"?owner={_seg(owner)}" if owner else ""))
 
     # ------------------------------------------------------------------ datasets
 

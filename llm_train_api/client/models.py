@@ -163,16 +163,30 @@ class Dataset:
 
 @dataclass
 class Model:
+    """A model: `kind` ``builtin`` (a GPT the built-in trainer builds: the n_* fields,
+    block_size, hyperparameters) or ``hf`` (a Hugging Face-format folder, imported or
+    under the server's MODEL_ROOTS: architecture, context_length, sha256, ...)."""
+
     name: str
+    kind: str = "builtin"
+    param_count: int = 0
+    vocab_size: int | None = 0
     n_layer: int = 0
     n_head: int = 0
     n_embd: int = 0
-    vocab_size: int = 0
     block_size: int = 0
     bias: bool = False
-    param_count: int = 0
     description: str = ""
     hyperparameters: list[dict[str, Any]] = field(default_factory=list)
+    architecture: str | None = None
+    model_type: str | None = None
+    context_length: int | None = None
+    has_chat_template: bool | None = None
+    size_bytes: int | None = None
+    sha256: str | None = None
+    owner: str | None = None
+    created_at: datetime | None = None
+    source: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
 

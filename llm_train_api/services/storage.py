@@ -1,5 +1,5 @@
 """The per-user storage quota (LLM_TRAIN_API_MAX_STORAGE_GB_PER_USER): a user's own
-datasets plus their jobs' folders (checkpoints, logs, metrics).
+datasets and imported models plus their jobs' folders (checkpoints, logs, metrics).
 
 Usage is measured on the filesystem each time it is needed, never cached: a stale figure
 could only let a user past the cap. Finding a user's job folders takes one indexed query
@@ -7,7 +7,8 @@ for their jobs' ids and creation times (which name the folders), then a walk of 
 folders. Only users are capped: admins and workers act for the whole service.
 
 An upload is checked before, while and after it streams (artifacts.datasets.store_upload,
-under the home's commit lock, so concurrent uploads cannot overshoot). A new job is
+artifacts.models.store_import, under the commit lock of the home's datasets or models, so
+concurrent uploads of one kind cannot overshoot). A new job is
 refused once the user is over the cap; the job itself grows its folder later, so the cap
 is a soft one for checkpoints: a user's last job may take them past it, and then they can
 start no other until they free space.
@@ -18,6 +19,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from llm_train_api.artifacts import models as model_files
 from llm_train_api.artifacts.datasets import StorageQuota, stored_bytes
 from llm_train_api.artifacts.homes import owner_home
 from llm_train_api.artifacts.jobs import job_dirs_bytes
@@ -34,27 +36,28 @@ class StorageQuotaExceeded(QuotaExceeded):
     per-user caps."""
 
     def __init__(self, usage_bytes: int, limit_bytes: int, limit_gb: float,
-                 datasets_bytes: int, jobs_bytes: int) -> None:
+                 datasets_bytes: int, models_bytes: int, jobs_bytes: int) -> None:
         self.setting = SETTING
         self.cap = limit_bytes
         self.usage_bytes = usage_bytes
         self.limit_bytes = limit_bytes
         message = (
             f"Storage quota exceeded: you store {usage_bytes / GIB:.3f} GiB, at or over "
-            f"{SETTING}={limit_gb:g} GiB (datasets {datasets_bytes / GIB:.3f} GiB, job "
-            f"folders {jobs_bytes / GIB:.3f} GiB). Delete datasets or finished jobs, then "
-            "retry.")
+            f"{SETTING}={limit_gb:g} GiB (datasets {datasets_bytes / GIB:.3f} GiB, models "
+            f"{models_bytes / GIB:.3f} GiB, job folders {jobs_bytes / GIB:.3f} GiB). Delete "
+            "datasets, models or finished jobs, then retry.")
         super(QuotaExceeded, self).__init__(message)
 
 
 @dataclass(frozen=True)
 class Usage:
     datasets_bytes: int
+    models_bytes: int
     jobs_bytes: int
 
     @property
     def total(self) -> int:
-        return self.datasets_bytes + self.jobs_bytes
+        return self.datasets_bytes + self.models_bytes + self.jobs_bytes
 
 
 def limit_bytes(settings: Settings, principal: Principal) -> int:
@@ -69,18 +72,34 @@ def jobs_bytes(data_dir: str | os.PathLike[str], owner: str, jobs: JobRepository
 
 
 def usage(data_dir: str | os.PathLike[str], owner: str, jobs: JobRepository) -> Usage:
-    return Usage(stored_bytes(owner_home(data_dir, owner)), jobs_bytes(data_dir, owner, jobs))
+    home = owner_home(data_dir, owner)
+    return Usage(stored_bytes(home), model_files.stored_bytes(home),
+                 jobs_bytes(data_dir, owner, jobs))
 
 
 def upload_quota(data_dir: str | os.PathLike[str], principal: Principal, jobs: JobRepository,
                  settings: Settings) -> StorageQuota | None:
-    """The quota a user's upload is held to (None: not capped)."""
+    """The quota a user's dataset upload is held to (None: not capped); besides their
+    datasets, it counts their models and job folders."""
     cap = limit_bytes(settings, principal)
     if not cap:
         return None
-    owner = principal.name
+    home, owner = owner_home(data_dir, principal.name), principal.name
     return StorageQuota(cap, f"{SETTING}={settings.MAX_STORAGE_GB_PER_USER:g}",
-                        lambda: jobs_bytes(data_dir, owner, jobs))
+                        lambda: model_files.stored_bytes(home) + jobs_bytes(data_dir, owner,
+                                                                            jobs))
+
+
+def model_quota(data_dir: str | os.PathLike[str], principal: Principal, jobs: JobRepository,
+                settings: Settings) -> StorageQuota | None:
+    """The quota a user's model import is held to (None: not capped); besides their
+    models, it counts their datasets and job folders."""
+    cap = limit_bytes(settings, principal)
+    if not cap:
+        return None
+    home, owner = owner_home(data_dir, principal.name), principal.name
+    return StorageQuota(cap, f"{SETTING}={settings.MAX_STORAGE_GB_PER_USER:g}",
+                        lambda: stored_bytes(home) + jobs_bytes(data_dir, owner, jobs))
 
 
 def check_room_for_job(data_dir: str | os.PathLike[str], principal: Principal,
@@ -100,4 +119,4 @@ def check_room_for_job(data_dir: str | os.PathLike[str], principal: Principal,
     except JobNotFound:
         pass
     raise StorageQuotaExceeded(used.total, cap, settings.MAX_STORAGE_GB_PER_USER,
-                               used.datasets_bytes, used.jobs_bytes)
+                               used.datasets_bytes, used.models_bytes, used.jobs_bytes)

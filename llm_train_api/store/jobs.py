@@ -264,7 +264,15 @@ class JobRepository:
     def dataset_in_use(self, dataset: str, *, owner: str | None = None) -> list[str]:
         """Ids of queued or running jobs that train on `dataset` (at most 10, newest first);
         with `owner`, only that owner's jobs (a user's own datasets are theirs alone)."""
-        conditions = [jobs.c.dataset == dataset,
+        return self._active_naming(jobs.c.dataset, dataset, owner)
+
+    def model_in_use(self, model_name: str, *, owner: str | None = None) -> list[str]:
+        """Ids of queued or running jobs whose `model_name` is this (at most 10, newest
+        first); with `owner`, only that owner's jobs (a user's own models are theirs)."""
+        return self._active_naming(jobs.c.model_name, model_name, owner)
+
+    def _active_naming(self, column: Any, value: str, owner: str | None) -> list[str]:
+        conditions = [column == value,
                       jobs.c.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value])]
         if owner is not None:
             conditions.append(jobs.c.owner == owner)

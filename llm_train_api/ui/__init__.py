@@ -1,5 +1,5 @@
 """The web dashboard at `/ui`: jobs, a job's loss curve, events, log and
-checkpoints, and datasets.
+checkpoints, datasets and models.
 
 Server-rendered HTML shells and small vanilla JavaScript files, all shipped in the package:
 no CDN, so it works on a machine without internet access. The shells carry no data and
@@ -62,6 +62,13 @@ def job_page(job_id: str):
 def datasets_page():
     """Upload, list and delete datasets."""
     return render_template("ui_datasets.html", page="datasets")
+
+
+@bp.get("/models")
+@public
+def models_page():
+    """List, import and delete models."""
+    return render_template("ui_models.html", page="models")
 
 
 @bp.get("/static/<path:filename>")

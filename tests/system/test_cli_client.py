@@ -33,8 +33,8 @@ def ok(result: Result) -> str:
 def test_registry_commands_tables_json_and_errors(gunicorn_factory, tmp_path):
     server = gunicorn_factory(workers=2)
     out = ok(cli(server, "models"))
-    assert out.splitlines()[0].split() == ["NAME", "LAYERS", "HEADS", "WIDTH", "CONTEXT",
-                                           "PARAMETERS"]
+    assert out.splitlines()[0].split() == ["NAME", "KIND", "ARCHITECTURE", "CONTEXT",
+                                           "PARAMETERS", "SIZE", "ORIGIN"]
     assert "gpt-nano" in out and "146,352" in out
     assert json.loads(ok(cli(server, "models", "gpt-nano", "--json")))["n_layer"] == 3
     assert "learning_rate" in ok(cli(server, "models", "gpt-nano"))

@@ -80,24 +80,27 @@ WEB = {"flask", "flask_smorest", "werkzeug", "marshmallow", "webargs", "apispec"
        "gunicorn", "prometheus_client"}
 SQL = {"sqlalchemy", "psycopg", "psycopg2"}
 TORCH = {"torch", "numpy"}
+# The Hugging Face stack loads torch (or reads weights): the API describes Hugging
+# Face-format models from their files alone.
+HF = {"transformers", "peft", "safetensors", "accelerate", "tokenizers", "huggingface_hub"}
 # Third-party packages a layer must not load (the API process stays torch-free, the
 # trainer and the client never load the web stack, the CLI's client commands start fast).
 FORBIDDEN_EXTERNAL: dict[str, set[str]] = {
-    "domain": WEB | SQL | TORCH,
-    "config": WEB | SQL | TORCH,
+    "domain": WEB | SQL | TORCH | HF,
+    "config": WEB | SQL | TORCH | HF,
     "training": WEB | SQL,
-    "training-light": WEB | SQL | TORCH,
-    "store": WEB | TORCH,
-    "artifacts": WEB | TORCH,
-    "services": WEB | TORCH,
-    "runtime": WEB | TORCH,
-    "api": TORCH,
-    "ui": TORCH,
+    "training-light": WEB | SQL | TORCH | HF,
+    "store": WEB | TORCH | HF,
+    "artifacts": WEB | TORCH | HF,
+    "services": WEB | TORCH | HF,
+    "runtime": WEB | TORCH | HF,
+    "api": TORCH | HF,
+    "ui": TORCH | HF,
     "worker": WEB,
-    "client": WEB | SQL | TORCH,
-    "cli": WEB | SQL | TORCH,
+    "client": WEB | SQL | TORCH | HF,
+    "cli": WEB | SQL | TORCH | HF,
     "cli-server": set(),
-    "root": WEB | SQL | TORCH,
+    "root": WEB | SQL | TORCH | HF,
 }
 
 

@@ -1,0 +1,198 @@
+"""Which models a caller sees, imports and deletes: the ownership rules of `/models`.
+
+Models come from sources, each listing and finding models in its own place:
+
+- `builtin`: the GPT configurations the built-in trainer builds (training.catalog);
+- `imported`: Hugging Face-format folders imported through the API (artifacts.models),
+  a user's own in their home (only they and admins see them), an admin's published;
+- `roots`: folders under LLM_TRAIN_API_MODEL_ROOTS (artifacts.model_roots), published,
+  read-only.
+
+A name means, for a caller: the built-in model, else their own import, else a published
+import, else a root folder. Another source (fine-tuned results, say) is one more entry of
+SOURCES and one more step of that lookup.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
+from functools import cache
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from llm_train_api.artifacts import model_roots
+from llm_train_api.artifacts import models as model_files
+from llm_train_api.artifacts.homes import USERS_FOLDER, owner_home
+from llm_train_api.artifacts.model_errors import (
+    ModelConflict,
+    ModelNotFound,
+    ModelReadOnly,
+)
+from llm_train_api.artifacts.models import ImportResult, ModelInfo
+from llm_train_api.config import Settings
+from llm_train_api.domain import GIB, Principal, Role
+from llm_train_api.services import storage
+from llm_train_api.store.jobs import JobRepository
+from llm_train_api.training.catalog import MODELS, catalog_as_json
+
+Model = dict[str, Any]  # as the API serialises it
+
+
+@dataclass(frozen=True)
+class Place:
+    """Where the caller's models are looked for: the data dir and the model roots."""
+
+    data_dir: str
+    roots: list[Path]
+
+    @classmethod
+    def of(cls, data_dir: str | os.PathLike[str], settings: Settings) -> Place:
+        return cls(str(data_dir), model_roots.parse_roots(settings.MODEL_ROOTS))
+
+
+@cache
+def _builtins() -> dict[str, Model]:
+    return {m["name"]: {**m, "kind": "builtin"} for m in catalog_as_json()}
+
+
+def is_builtin(name: str) -> bool:
+    """Built-in names are reserved in any case: `GPT2` would read as `gpt2`."""
+    return name.lower() in MODELS
+
+
+def _as_model(info: ModelInfo) -> Model:
+    return asdict(info)
+
+
+def _user_homes(data_dir: str) -> list[tuple[str, str]]:
+    """(home, owner) of every user who has imported models, by name."""
+    users = Path(data_dir) / USERS_FOLDER
+    try:
+        names = sorted(e.name for e in os.scandir(users) if e.is_dir(follow_symlinks=False))
+    except FileNotFoundError:
+        return []
+    return [(str(users / n), n) for n in names if model_files.models_root(users / n).is_dir()]
+
+
+def _own(infos: list[ModelInfo], owner: str) -> list[ModelInfo]:
+    return [replace(info, owner=owner) for info in infos]
+
+
+# ---------------------------------------------------------------- sources
+
+
+def _builtin_list(place: Place, principal: Principal) -> list[Model]:
+    return list(_builtins().values())
+
+
+def _imported_list(place: Place, principal: Principal) -> list[Model]:
+    infos = model_files.list_infos(place.data_dir)
+    if principal.role is Role.USER:
+        homes = [(owner_home(place.data_dir, principal.name), principal.name)]
+    else:
+        homes = _user_homes(place.data_dir)
+    for home, owner in homes:
+        infos += _own(model_files.list_infos(home), owner)
+    return [_as_model(info) for info in infos]
+
+
+def _roots_list(place: Place, principal: Principal) -> list[Model]:
+    return [_as_model(info) for info in model_roots.list_infos(place.data_dir, place.roots)]
+
+
+SOURCES: tuple[Callable[[Place, Principal], list[Model]], ...] = (
+    _builtin_list, _imported_list, _roots_list)
+
+
+def list_visible(place: Place, principal: Principal) -> list[Model]:
+    """Built-in models first, then published imports, imports of users (the caller's own;
+    every user's for an admin), then root folders; by name within each."""
+    return [model for source in SOURCES for model in source(place, principal)]
+
+
+def _owner_for(principal: Principal, owner: str | None) -> str | None:
+    """Whose imports the caller addresses (None: the published ones). `owner` is the query
+    parameter: admins may name any user; a user has only their own."""
+    if principal.role is Role.USER:
+        if owner is not None and owner != principal.name:
+            raise ModelNotFound("Users see only their own models and published ones.")
+        return principal.name
+    return owner
+
+
+def get_visible(place: Place, principal: Principal, name: str,
+                owner: str | None = None) -> Model:
+    """The model `name` means for the caller (ModelNotFound when none). With `owner`
+    (admins), that user's import of that name."""
+    if owner is None and name in _builtins():
+        return _builtins()[name]
+    own = _owner_for(principal, owner)
+    if own is not None:
+        try:
+            return _as_model(replace(model_files.get_info(owner_home(place.data_dir, own),
+                                                          name), owner=own))
+        except ModelNotFound:
+            if owner is not None:
+                raise ModelNotFound(f"User {owner!r} has no model {name!r}.") from None
+    try:
+        return _as_model(model_files.get_info(place.data_dir, name))
+    except ModelNotFound:
+        pass
+    try:
+        return _as_model(model_roots.get_info(place.data_dir, place.roots, name))
+    except ModelNotFound:
+        raise ModelNotFound(f"Model {name!r} not found; built-in models: "
+                            f"{', '.join(MODELS)} (GET /models lists every model).") from None
+
+
+def _in_use(jobs: JobRepository, owner: str | None) -> Callable[[str], list[str]]:
+    """Queued or running jobs naming the model: the owner's for a user's own import,
+    anyone's for a published one."""
+    return lambda name: jobs.model_in_use(name, owner=owner)
+
+
+def _refuse_reserved(place: Place, name: str, *, action: str, roots_too: bool) -> None:
+    if is_builtin(name):
+        raise ModelConflict(f"{name!r} is the name of a built-in model, which cannot be "
+                            f"{action}; choose another name.")
+    if roots_too and name in model_roots.discover(place.roots):
+        raise ModelConflict(f"{name!r} is a model folder under LLM_TRAIN_API_MODEL_ROOTS, "
+                            f"managed on disk: it cannot be {action} through the API.")
+
+
+def import_model(place: Place, principal: Principal, name: str, stream: BinaryIO, *,
+                 jobs: JobRepository, settings: Settings) -> ImportResult:
+    """Store the archive in `stream` as the caller's model `name`: a user's own (held to
+    their storage quota), an admin's published."""
+    model_files.check_name(name)
+    owner = principal.name if principal.role is Role.USER else None
+    _refuse_reserved(place, name, action="replaced", roots_too=owner is None)
+    quota = storage.model_quota(place.data_dir, principal, jobs, settings)
+    result = model_files.store_import(
+        owner_home(place.data_dir, owner), name, stream,
+        max_bytes=int(settings.MAX_MODEL_UPLOAD_GB * GIB),
+        in_use=_in_use(jobs, owner), quota=quota, owner=owner)
+    return result
+
+
+def delete_model(place: Place, principal: Principal, name: str, *, jobs: JobRepository,
+                 owner: str | None = None) -> None:
+    """Delete the caller's import `name` (an admin's: the published one, or with `owner`
+    that user's). A user asking to delete a published model is told it is read-only for
+    them (ModelReadOnly); built-in and root models are never deleted (ModelConflict)."""
+    own = _owner_for(principal, owner)
+    if owner is None:
+        _refuse_reserved(place, name, action="deleted", roots_too=False)
+    home = owner_home(place.data_dir, own)
+    try:
+        model_files.delete_model(home, name, in_use=_in_use(jobs, own))
+        return
+    except ModelNotFound:
+        if owner is not None:
+            raise ModelNotFound(f"User {owner!r} has no model {name!r}.") from None
+    if own is not None and model_files.model_path(place.data_dir, name) is not None:
+        raise ModelReadOnly(f"Model {name!r} is published; only an admin can delete it.")
+    _refuse_reserved(place, name, action="deleted", roots_too=True)
+    raise ModelNotFound(f"Model {name!r} not found.")

@@ -1,0 +1,118 @@
+// Models: list (GET /models: built-in GPTs, imported and root Hugging Face-format models),
+// import a tar archive (PUT /models/{name}, XMLHttpRequest for its upload progress), delete
+// an imported one with a second click to confirm.
+"use strict";
+
+(() => {
+  const { el } = UI;
+  const $ = (name) => document.getElementById(name);
+
+  function deleteButton(model) {
+    const button = el("button", { type: "button", className: "danger delete" }, "Delete");
+    let armed = null;
+    button.addEventListener("click", async () => {
+      if (!armed) {
+        button.textContent = "Confirm delete";
+        armed = setTimeout(() => { armed = null; button.textContent = "Delete"; }, 5000);
+        return;
+      }
+      clearTimeout(armed);
+      button.disabled = true;
+      const query = model.owner ? "?owner=" + encodeURIComponent(model.owner) : "";
+      try {
+        await UI.api("/models/" + encodeURIComponent(model.name) + query, { method: "DELETE" });
+        UI.showBanner("Deleted model " + model.name + ".", "info", "models");
+      } catch (err) {
+        if (err instanceof UI.ApiError && err.status !== 401) {
+          UI.showBanner("Cannot delete " + model.name + ": " + err.message, "error", "models");
+        }
+      }
+      refresh();
+    });
+    return button;
+  }
+
+  function originBadge(m) {
+    if (m.kind === "builtin") return el("span", { className: "badge badge-builtin" }, "built-in");
+    if (m.source === "root") return el("span", { className: "badge badge-builtin" }, "root folder");
+    if (m.owner) return el("span", { className: "badge badge-owner" }, "owner: " + m.owner);
+    return el("span", { className: "badge badge-published" }, "published");
+  }
+
+  async function refresh() {
+    let models;
+    try {
+      models = await UI.json("/models");
+    } catch (err) {
+      return;
+    }
+    const dash = "—";
+    const rows = models.map((m) => el("tr", { dataset: { name: m.name } },
+      el("td", {}, m.name, originBadge(m)),
+      el("td", {}, m.kind),
+      el("td", {}, m.architecture || "GPT " + m.n_layer + "×" + m.n_embd),
+      el("td", { title: m.param_count + " parameters" }, m.param_count.toLocaleString()),
+      el("td", {}, m.kind === "builtin" ? m.block_size : (m.context_length ?? dash)),
+      el("td", {}, m.size_bytes === undefined ? dash : UI.bytes(m.size_bytes)),
+      el("td", { className: "mono", title: m.sha256 || "" }, m.sha256 ? m.sha256.slice(0, 12) : dash),
+      el("td", { title: m.created_at || "" }, m.created_at ? UI.time(m.created_at) : dash),
+      el("td", {}, m.source === "upload" ? deleteButton(m) : null)));
+    $("models-body").replaceChildren(...rows);
+  }
+
+  $("model-file").addEventListener("change", () => {
+    const file = $("model-file").files[0];
+    if (file && !$("model-name").value) {
+      $("model-name").value = file.name.replace(/\.(tar\.gz|tgz|tar)$/i, "");
+    }
+  });
+
+  $("import-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const file = $("model-file").files[0];
+    const name = $("model-name").value.trim();
+    if (!file || !name) return;
+    const type = /\.(gz|tgz)$/i.test(file.name) ? "application/gzip" : "application/x-tar";
+    const xhr = new XMLHttpRequest();
+    const bar = $("import-progress");
+    const result = $("import-result");
+    xhr.open("PUT", UI.root + "/models/" + encodeURIComponent(name));
+    xhr.setRequestHeader("Content-Type", type);
+    UI.authHeaders().forEach((value, key) => xhr.setRequestHeader(key, value));
+    xhr.upload.addEventListener("progress", (e) => {
+      if (e.lengthComputable) bar.value = e.loaded / e.total;
+    });
+    const done = () => { bar.hidden = true; $("import-button").disabled = false; };
+    xhr.addEventListener("load", () => {
+      done();
+      let body = null;
+      try { body = JSON.parse(xhr.responseText); } catch (err) { body = null; }
+      if (xhr.status === 200 || xhr.status === 201) {
+        result.className = "small ok-text";
+        result.textContent = (xhr.status === 201 ? "Imported " : "Replaced ") + body.name + ": "
+          + body.architecture + ", " + body.param_count.toLocaleString() + " parameters.";
+        $("import-form").reset();
+        refresh();
+        return;
+      }
+      const message = (body && body.message) || xhr.status + " " + xhr.statusText;
+      if (xhr.status === 401) UI.unauthorized(message);
+      result.className = "small error-text";
+      result.textContent = "Import failed: " + message;
+    });
+    xhr.addEventListener("error", () => {
+      done();
+      result.className = "small error-text";
+      result.textContent = "Import failed: the service cannot be reached.";
+    });
+    bar.value = 0;
+    bar.hidden = false;
+    $("import-button").disabled = true;
+    result.textContent = "";
+    xhr.send(file);
+  });
+
+  $("models-refresh").addEventListener("click", refresh);
+  document.addEventListener("ui:token", refresh);
+  refresh();
+})();
