@@ -24,7 +24,7 @@ MAX_LINES = 600
 # The trainer modules that need neither torch nor numpy (training/__init__.py lists them):
 # the API and the other light layers validate and describe jobs with these.
 TRAINING_LIGHT = {"training", "training.catalog", "training.datasets", "training.events",
-                  "training.hyperparams", "training.launch", "training.spec",
+                  "training.hyperparams", "training.launch", "training.lease", "training.spec",
                   "training.storage", "training.tinytext"}
 # CLI modules of the server side: they need the whole service, so the client commands
 # (everything else under cli/) load them lazily and stay fast and light.
