@@ -18,6 +18,9 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 PREFIX = "LLM_TRAIN_API_"
+# What a lease must keep between two renewals: a local trainer stops itself one second
+# before its lease would lapse, and a busy machine delays renewals.
+LEASE_FENCE_ROOM_S = 2.0
 _URL_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 _PUBLIC_URL = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+(/[^?#\s]*)?$")
 
@@ -231,6 +234,11 @@ class Settings:
             raise ConfigError(f"{PREFIX}MAX_HYPERPARAMETERS_DEPTH must be at most 32")
         if min(self.LEASE_S, self.HEARTBEAT_S, self.POLL_S, self.LOG_FOLLOW_MAX_S) <= 0:
             raise ConfigError("LEASE_S, HEARTBEAT_S, POLL_S and LOG_FOLLOW_MAX_S must be > 0")
+        if self.LEASE_S < self.HEARTBEAT_S + LEASE_FENCE_ROOM_S:
+            # A local trainer stops itself a second before its lease would lapse
+            # (training/lease.py): between two renewals the lease must keep more than that.
+            raise ConfigError(f"{PREFIX}LEASE_S must be at least {PREFIX}HEARTBEAT_S + "
+                              f"{LEASE_FENCE_ROOM_S:g} seconds")
         if self.HEARTBEAT_S * 2 > self.LEASE_S:
             raise ConfigError(f"{PREFIX}HEARTBEAT_S must be at most half of {PREFIX}LEASE_S")
         if min(self.MAX_QUEUED_PER_USER, self.MAX_RUNNING_PER_USER,

@@ -64,7 +64,8 @@ def worker(concurrency: int, executor: str | None, ray_address: str | None) -> N
         except ConfigError as exc:
             raise click.ClickException(str(exc)) from None
     else:
-        runner = LocalExecutor(gpus=gpus, threads=settings.TRAINER_THREADS)
+        runner = LocalExecutor(gpus=gpus, threads=settings.TRAINER_THREADS,
+                               lease_s=settings.LEASE_S)
     service = Worker(runtime.queue, config, executor=runner)
 
     def on_signal(signum: int, _frame: object) -> None:

@@ -133,8 +133,10 @@ def _run(args: argparse.Namespace) -> int:
     from llm_train_api.training.catalog import UnknownModel
     from llm_train_api.training.datasets import DatasetError
     from llm_train_api.training.hyperparams import HyperparameterError
+    from llm_train_api.training.lease import start_lease_watchdog
     from llm_train_api.training.spec import SpecError, validate_spec
 
+    start_lease_watchdog()  # first: a lapsing lease ends the run even during the imports
     rank = int(os.environ.get("RANK", "0") or 0)
     if "TORCHELASTIC_RUN_ID" in os.environ:  # a torchrun rank
         from llm_train_api.training.launch import die_with_parent

@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import queue
 import signal
+import tempfile
+import time
+import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +25,7 @@ from typing import Any
 
 from llm_train_api.domain import Job, JobStatus
 from llm_train_api.store.queue import JobQueue
+from llm_train_api.training.lease import write_lease
 from llm_train_api.training.spec import RunSpec
 from llm_train_api.worker.trainer_process import TrainerProcess
 
@@ -73,6 +77,11 @@ class Execution(ABC):
     def kill(self, grace_s: float) -> None:
         """Stop the run for good (cancel, delete, deadline, lost lease)."""
 
+    def renew(self, expires_at: float) -> None:
+        """The job's lease now runs until `expires_at` (epoch seconds): a run that must not
+        outlive the lease (local) learns its new end; a Ray run is left alone."""
+        return None
+
     def graceful_stop(self) -> None:
         """The worker stops: ask the run to checkpoint and exit (local), or leave it."""
         return None
@@ -112,6 +121,7 @@ class Executor(ABC):
 class LocalExecution(Execution):
     proc: TrainerProcess
     gpus: list[int]
+    lease_file: Path | None = None
 
     def __post_init__(self) -> None:
         self.events = self.proc.events
@@ -120,7 +130,14 @@ class LocalExecution(Execution):
         return {"pid": self.proc.pid}
 
     def poll(self) -> int | None:
-        return self.proc.poll()
+        rc = self.proc.poll()
+        if rc is not None and self.lease_file is not None:
+            self.lease_file.unlink(missing_ok=True)
+        return rc
+
+    def renew(self, expires_at: float) -> None:
+        if self.lease_file is not None and self.proc.poll() is None:
+            write_lease(self.lease_file, expires_at)
 
     def wait_output(self) -> None:
         self.proc.wait_output()
@@ -140,13 +157,32 @@ class LocalExecution(Execution):
 
 
 class LocalExecutor(Executor):
-    """Trainer child processes on this machine, GPUs handed out from `gpus`."""
+    """Trainer child processes on this machine, GPUs handed out from `gpus`.
+
+    With `lease_s`, each trainer is fenced by its job's lease (training/lease.py): the
+    worker writes the lease's expiry into a private file at launch and at every renewal,
+    and the trainer kills itself before that time passes unrenewed. The first expiry is
+    counted from the launch, a moment after the claim counted it in the database; the
+    trainer's margin (lease.MARGIN_S) covers that moment.
+    """
 
     name = "local"
 
-    def __init__(self, *, gpus: list[int], threads: int = 0) -> None:
+    def __init__(self, *, gpus: list[int], threads: int = 0,
+                 lease_s: float | None = None) -> None:
         self.gpus = gpus
         self.threads = threads
+        self.lease_s = lease_s
+        self._lease_dir: Path | None = None
+
+    def _new_lease_file(self, job: Job) -> Path | None:
+        if self.lease_s is None:
+            return None
+        if self._lease_dir is None:  # private to this worker: mode 0700
+            self._lease_dir = Path(tempfile.mkdtemp(prefix="llm-train-api-leases-"))
+        path = self._lease_dir / f"{job.id}-{uuid.uuid4().hex[:8]}"
+        write_lease(path, time.time() + self.lease_s)
+        return path
 
     def launch(self, job: Job, spec: RunSpec, folder: Path, log_file: Path,
                busy: list[Execution]) -> Execution:
@@ -158,15 +194,25 @@ class LocalExecutor(Executor):
                 f"the job asks for {wanted} GPU(s); this worker has {len(self.gpus)}"))
         if wanted > len(free):  # another job holds them: let someone else (or us) retry
             raise LaunchRefused(JobStatus.QUEUED, refund_attempt=True)
+        lease_file = None
         try:
+            lease_file = self._new_lease_file(job)
             proc = TrainerProcess(folder, spec, log_file, threads=self.threads,
-                                  gpus=free[:wanted], processes=job_processes(job))
+                                  gpus=free[:wanted], processes=job_processes(job),
+                                  lease_file=lease_file)
         except ValueError as exc:
+            _forget(lease_file)
             raise LaunchRefused(JobStatus.FAILED, str(exc)) from None
         except OSError as exc:  # a full disk, a missing interpreter: this job fails, we go on
+            _forget(lease_file)
             raise LaunchRefused(JobStatus.FAILED,
                                 f"could not start the trainer: {exc}") from None
-        return LocalExecution(proc, free[:wanted])
+        return LocalExecution(proc, free[:wanted], lease_file)
+
+
+def _forget(lease_file: Path | None) -> None:
+    if lease_file is not None:
+        lease_file.unlink(missing_ok=True)
 
 
 def job_processes(job: Job) -> int:

@@ -92,7 +92,8 @@ class Worker:
         self.config = config
         self.id = worker_id or new_worker_id()
         self.executor = executor or LocalExecutor(gpus=config.gpus,
-                                                  threads=config.trainer_threads)
+                                                  threads=config.trainer_threads,
+                                                  lease_s=config.lease_s)
         self.runs: dict[str, _Run] = {}
         self.wake = threading.Event()
         self.stopping = threading.Event()  # set once: finish gracefully
@@ -124,8 +125,7 @@ class Worker:
             self._next_sweep = now + self.config.sweep_s
             self.sweep_job_dirs()
         if now >= self._next_heartbeat:
-            owned = self.queue.renew_leases(self.id, self.config.lease_s)
-            self._next_heartbeat = now + self.config.heartbeat_s
+            owned = self._heartbeat()
         else:
             owned = self.queue.running_jobs_of(self.id) if self.runs else set()
         for job_id, run in list(self.runs.items()):
@@ -141,6 +141,17 @@ class Worker:
             job = self.executor.claim(self.queue, self.id, self.config.lease_s)
             if job is None or not self._launch(job):
                 break  # nothing queued, or we handed one back: not again in this tick
+
+    def _heartbeat(self) -> set[str]:
+        """Renew every lease this worker holds and tell each run its lease's new end; the
+        ids still held. The end is counted from before the renewal was sent, so it is never
+        later than the one the database keeps."""
+        sent_at = time.time()
+        owned = self.queue.renew_leases(self.id, self.config.lease_s)
+        self._next_heartbeat = time.monotonic() + self.config.heartbeat_s
+        for job_id in owned & self.runs.keys():
+            self.runs[job_id].proc.renew(sent_at + self.config.lease_s)
+        return owned
 
     def sweep_job_dirs(self) -> list[str]:
         """Remove the folders of jobs that no longer exist (deleted while running: the API
@@ -292,6 +303,8 @@ class Worker:
                 run.proc.graceful_stop()
         deadline = time.monotonic() + self.config.shutdown_grace_s
         while self.runs and time.monotonic() < deadline and not self.hard_stop.is_set():
+            if time.monotonic() >= self._next_heartbeat:
+                self._heartbeat()  # a slow checkpoint must not cost the job its lease
             for run in list(self.runs.values()):
                 self._watch(run)
             time.sleep(0.1)

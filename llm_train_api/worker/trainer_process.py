@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_train_api.training.events import parse_line
+from llm_train_api.training.lease import LEASE_FILE_ENV
 from llm_train_api.training.spec import RunSpec, run_command, write_spec
 
 _PR_SET_PDEATHSIG = 1
@@ -44,6 +45,7 @@ class TrainerProcess:
         gpus: list[int] | None = None,
         extra_env: dict[str, str] | None = None,
         processes: int = 1,
+        lease_file: Path | None = None,
     ) -> None:
         argv = run_command(job_dir, python=sys.executable,  # may refuse: before any IO
                            processes=processes)
@@ -54,6 +56,9 @@ class TrainerProcess:
             for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
                 env[name] = str(threads)
         env["CUDA_VISIBLE_DEVICES"] = ",".join(map(str, gpus or []))
+        env.pop(LEASE_FILE_ENV, None)
+        if lease_file is not None:  # the trainer dies before this lease lapses
+            env[LEASE_FILE_ENV] = str(lease_file)
         self.events: queue.SimpleQueue[dict[str, Any]] = queue.SimpleQueue()
         self.last_error: str | None = None
         self._last_line = ""

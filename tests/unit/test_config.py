@@ -24,6 +24,11 @@ def test_environment_values_are_typed():
     ({"LLM_TRAIN_API_AUTH": "off"}, "LLM_TRAIN_API_AUTH must be"),
     ({"LLM_TRAIN_API_EXECUTOR": "ray"}, "LLM_TRAIN_API_EXECUTOR must be"),
     ({"LLM_TRAIN_API_HEARTBEAT_S": "20"}, "HEARTBEAT_S must be at most half"),
+    ({"LLM_TRAIN_API_LEASE_S": "2", "LLM_TRAIN_API_HEARTBEAT_S": "0.5"},
+     "LEASE_S must be at least LLM_TRAIN_API_HEARTBEAT_S"),
+    ({"LLM_TRAIN_API_LOG_STREAMS_PER_PROCESS": "0"}, "LOG_STREAMS_PER_PROCESS must be"),
+    ({"LLM_TRAIN_API_REQUEST_HEAD_TIMEOUT_S": "0"}, "REQUEST_HEAD_TIMEOUT_S"),
+    ({"LLM_TRAIN_API_WORKER_CONNECTIONS": "2"}, "WORKER_CONNECTIONS must be more"),
     ({"LLM_TRAIN_API_MAX_QUEUED_PER_USER": "-1"}, "per-user caps"),
 ])
 def test_bad_values_are_refused_by_name(env, names):
