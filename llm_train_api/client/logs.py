@@ -15,7 +15,7 @@ from urllib.parse import quote
 
 import requests
 
-from llm_train_api.client.errors import ApiConnectionError
+from llm_train_api.client.errors import ApiConnectionError, TooManyRequests
 from llm_train_api.client.models import LogLine
 from llm_train_api.client.retry import TRANSIENT, failure_reason
 
@@ -83,8 +83,17 @@ class LogFollower:
                 headers["Last-Event-ID"] = str(self.offset)
             elif self.tail is not None:
                 params["tail"] = self.tail
-            resp = client._request("GET", path, retry=True, params=params, headers=headers,
-                                   stream=True)
+            try:
+                resp = client._request("GET", path, retry=True, params=params,
+                                       headers=headers, stream=True)
+            except TooManyRequests as busy:
+                # A stream cap of the server (per user or per process): a slot frees up
+                # when another stream ends, so wait as asked, as often as the policy allows.
+                failures += 1
+                if failures >= client.retry.attempts:
+                    raise
+                time.sleep(client.retry.delay(failures, busy.retry_after))
+                continue
             reason = "the log stream ended without an end event"
             try:
                 for event in _sse_events(resp):

@@ -5,6 +5,7 @@ tests/system/test_client.py."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -76,3 +77,28 @@ def test_a_missing_or_wrong_token_is_unauthorized(app):
             with Client(server.url, token=token, retry=NO_RETRY) as anonymous:
                 with pytest.raises(Unauthorized):
                     anonymous.list_jobs_page()
+
+
+def test_follow_logs_waits_for_a_stream_slot_then_gives_up(tmp_path):
+    from llm_train_api import create_app
+    from llm_train_api.client import TooManyRequests
+
+    app = create_app({"INSTANCE_PATH": str(tmp_path / "i"), "EXECUTOR": "none",
+                      "LOG_STREAMS_PER_USER": 1})
+    token = (tmp_path / "i" / "admin-token").read_text().strip()
+    patient = RetryPolicy(attempts=20, backoff_s=0.01, max_retry_after_s=0.05)
+    with ThreadedServer(app) as server, \
+            Client(server.url, token=token, retry=patient) as api:
+        api.create_job("gpt-nano", "d", job_id="busy")
+        held = api.session.get(server.url + "/jobs/busy/logs?follow=true", stream=True)
+        assert held.status_code == 200
+        api.cancel_job("busy")
+        impatient = Client(server.url, token=token, retry=RetryPolicy(
+            attempts=2, backoff_s=0.01, max_retry_after_s=0.05))
+        with pytest.raises(TooManyRequests, match="LOG_STREAMS_PER_USER"):
+            list(impatient.follow_logs("busy"))  # the one slot stays taken
+        impatient.close()
+        threading.Timer(0.3, held.close).start()  # the slot frees up meanwhile
+        follower = api.follow_logs("busy")
+        assert list(follower) == [] and follower.final_status == "cancelled"
+    app.extensions["llm_train_api.runtime"].close()
