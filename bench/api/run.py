@@ -258,21 +258,44 @@ def _group_alive(pgid: int) -> bool:
         return True
 
 
-def worker_flags(args) -> list[str]:
-    """Worker class (and threads) given identically to every server."""
-    flags = ["-k", args.worker_class]
-    if args.worker_class == "gthread":
+def shipped_worker_class() -> str:
+    """The worker class the service's gunicorn configuration names (`worker_class` in
+    llm_train_api/api/gunicorn_conf.py), read in a clean environment as a server sees it."""
+    env = base_env()
+    env["PYTHONPATH"] = str(REPO)
+    out = subprocess.run(
+        [
+            python_of(REPO / ".venv"),
+            "-c",
+            "from llm_train_api.api.gunicorn_conf import worker_class; print(worker_class)",
+        ],
+        env=env,
+        cwd=str(REPO),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout.strip()
+
+
+def worker_flags(args, worker_class: str | None = None) -> list[str]:
+    """Worker class and threads: `worker_class` (the service's own) or --worker-class (the
+    baselines). Threads go to every class but sync: they are the thread pool of gthread and
+    of the service's class built on it."""
+    worker_class = worker_class or args.worker_class
+    flags = ["-k", worker_class]
+    if worker_class != "sync":
         flags += ["--threads", str(args.gunicorn_threads)]
     return flags
 
 
-def gunicorn_flags(args, port: int) -> list[str]:
+def gunicorn_flags(args, port: int, worker_class: str | None = None) -> list[str]:
     return [
         "-c",
         str(GUNICORN_CONF),
         "-w",
         str(args.workers),
-        *worker_flags(args),
+        *worker_flags(args, worker_class),
         "-b",
         f"127.0.0.1:{port}",
     ]
@@ -284,7 +307,12 @@ def base_env() -> dict[str, str]:
     return env
 
 
-def make_app_server(args, scratch: Path, db_url: str, durability: str, name: str) -> Server:
+def make_app_server(
+    args, scratch: Path, db_url: str, durability: str, name: str, worker_class: str | None = None
+) -> Server:
+    """The service under the worker class it ships (args.app_worker_class), or under
+    `worker_class` for a contrast run."""
+    worker_class = worker_class or args.app_worker_class
     port = free_port()
     env = base_env()
     env.update(
@@ -297,8 +325,16 @@ def make_app_server(args, scratch: Path, db_url: str, durability: str, name: str
             "PYTHONPATH": str(REPO),
         }
     )
-    argv = [python_of(REPO / ".venv"), "-m", "gunicorn", *gunicorn_flags(args, port), "wsgi:app"]
+    argv = [
+        python_of(REPO / ".venv"),
+        "-m",
+        "gunicorn",
+        *gunicorn_flags(args, port, worker_class),
+        "wsgi:app",
+    ]
     label = "llm_train_api" + ("" if durability == "full" else f" ({durability})")
+    if worker_class != args.app_worker_class:
+        label += f", plain {worker_class}"
     return Server(name, label, argv, env, "/jobs?limit=1", scratch, port)
 
 
@@ -612,7 +648,7 @@ def bench_db(args, kind: str, scratch_root: Path) -> dict:
             app_url = pg_create(db)
             mlflow_url = pg_create(db + "_mlflow")
 
-        app = relaxed = bare = mlf = None
+        app = relaxed = plain = bare = mlf = None
         n_pools = 1 + args.rounds  # one fresh PATCH pool per wrk invocation (warm-up + rounds)
         pool_size = args.patch_pool_per_thread * args.threads
 
@@ -651,6 +687,12 @@ def bench_db(args, kind: str, scratch_root: Path) -> dict:
                 relaxed = make_app_server(args, scratch, app_url, "relaxed", "app-relaxed")
                 relaxed.start()
                 servers.append(relaxed)
+            if "plain" in want and args.worker_class != args.app_worker_class:
+                plain = make_app_server(
+                    args, scratch, app_url, "full", "app-plain", worker_class=args.worker_class
+                )
+                plain.start()
+                servers.append(plain)
         if "bare" in want:
             bare = make_bare_server(args, scratch)
             bare.start()
@@ -713,9 +755,15 @@ def bench_db(args, kind: str, scratch_root: Path) -> dict:
         app_create = Load(app, "create", "/jobs") if app else None
         if app_create:
             app_create.prepare = lambda k: [f"{create_pfx}{k}", create_body]
+        plain_create = Load(plain, "create", "/jobs") if plain else None
+        if plain_create:
+            plain_create.prepare = lambda k: [f"p{create_pfx}{k}", create_body]
         add(
             "get",
             app=Load(app, "static", f"/jobs/{get_id}", ["GET", f"/jobs/{get_id}"]) if app else None,
+            app_plain=Load(plain, "static", f"/jobs/{get_id}", ["GET", f"/jobs/{get_id}"])
+            if plain
+            else None,
             bare=Load(bare, "static", "/jobs/bare-job-000000", ["GET", "/jobs/bare-job-000000"])
             if bare
             else None,
@@ -756,6 +804,7 @@ def bench_db(args, kind: str, scratch_root: Path) -> dict:
         add(
             "create",
             app=app_create,
+            app_plain=plain_create,
             bare=Load(bare, "create", "/jobs", [create_pfx, create_body]) if bare else None,
             mlflow=Load(
                 mlf,
@@ -895,6 +944,7 @@ SIDE_TITLES = {
     "mlflow": "MLflow",
     "app_first": "llm_train_api, first page",
     "app_deep": "llm_train_api, page {deep} deep",
+    "app_plain": "llm_train_api, plain {plain}",
 }
 MLFLOW_ENDPOINT = {
     "get": "GET runs/get",
@@ -944,6 +994,17 @@ def targets(res: dict, deep: int) -> list[tuple[str, str, str, bool | None]]:
                 rmean <= 1.2,
             )
         )
+    for case in ("get", "create"):
+        if case in c and "app" in c[case] and "app_plain" in c[case]:
+            r = c[case]["app"]["rps"] / c[case]["app_plain"]["rps"]
+            rows.append(
+                (
+                    f"{CASE_TITLES[case]}: shipped worker class vs plain gthread (req/s)",
+                    f"{r:.2f}x",
+                    "(contrast only)",
+                    None,
+                )
+            )
     for case in ("patch_relaxed", "create_relaxed"):
         if case in c and "app" in c[case] and "bare" in c[case]:
             r = c[case]["app"]["rps"] / c[case]["bare"]["rps"]
@@ -967,12 +1028,14 @@ def render(all_res: list[dict], args, info: dict) -> str:
         f"- Python {info['python']}; {info['packages']}; SQLite {info['sqlite']}; "
         f"PostgreSQL {info['postgres']}; {info['wrk']}; MLflow {info['mlflow']} (own venv)"
     )
+    app_class = getattr(args, "app_worker_class", args.worker_class)
     L.append(
         f"- gunicorn for every server: `-w {args.workers} {' '.join(worker_flags(args))} "
         f"-b 127.0.0.1:<free port> -c bench/api/gunicorn_bench.conf.py` (access log off, "
-        f"log level warning); MLflow via `mlflow server --workers {args.workers} "
-        f"--gunicorn-opts ...` (same flags; its Flask app under gunicorn instead of MLflow's "
-        f"default uvicorn)"
+        f"log level warning), except that llm_train_api runs under the worker class it "
+        f"ships, `-k {app_class}` (and, as a contrast, plain `-k {args.worker_class}`); "
+        f"MLflow via `mlflow server --workers {args.workers} --gunicorn-opts ...` (same "
+        f"flags; its Flask app under gunicorn instead of MLflow's default uvicorn)"
     )
     L.append(
         f"- wrk: `-t{args.threads} -c{args.connections} --latency`, {args.warmup:g} s warm-up "
@@ -995,7 +1058,7 @@ def render(all_res: list[dict], args, info: dict) -> str:
         L.append("|---|---|---:|---:|---:|---:|---:|")
         for case, sides in res["cases"].items():
             for side, a in sides.items():
-                srv = SIDE_TITLES.get(side, side).format(deep=args.deep)
+                srv = SIDE_TITLES.get(side, side).format(deep=args.deep, plain=args.worker_class)
                 if side == "mlflow":
                     srv += f" ({MLFLOW_ENDPOINT[case]})"
                 L.append(
@@ -1107,7 +1170,9 @@ def parse_args(argv=None):
     p.add_argument(
         "--worker-class",
         default="gthread",
-        help="gunicorn worker class for every server (default gthread, as gunicorn.conf.py)",
+        help="gunicorn worker class of the baselines and of the 'plain' contrast run of "
+        "llm_train_api (default gthread); llm_train_api itself runs under the class "
+        "llm_train_api/api/gunicorn_conf.py ships",
     )
     p.add_argument(
         "--gunicorn-threads", type=int, default=4, help="threads per gthread worker (default 4)"
@@ -1125,7 +1190,12 @@ def parse_args(argv=None):
         help="max seconds to wait before each case for other load to drop (0: never wait)",
     )
     p.add_argument("--quiet-cores", type=float, default=0.25, help="what counts as quiet")
-    p.add_argument("--servers", default="app,bare,mlflow", help="comma list of app,bare,mlflow")
+    p.add_argument(
+        "--servers",
+        default="app,plain,bare,mlflow",
+        help="comma list of app,plain,bare,mlflow (plain: llm_train_api under --worker-class, "
+        "for GET and POST)",
+    )
     p.add_argument(
         "--no-relaxed",
         dest="relaxed",
@@ -1146,6 +1216,7 @@ def parse_args(argv=None):
     if args.duration / args.rounds < 1 or args.duration % args.rounds:
         p.error("--duration must be a multiple of --rounds (wrk takes whole seconds)")
     args.servers = [s.strip() for s in args.servers.split(",") if s.strip()]
+    args.app_worker_class = shipped_worker_class()
     return args
 
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
 import swagger_ui_bundle
 from flask import Flask, send_from_directory
@@ -25,11 +26,32 @@ API_VERSION = "1"
 _SWAGGER_ASSETS = "docs/static/"
 
 
+class _App(Flask):
+    """Flask, asking once per function whether it is a coroutine function.
+
+    Flask asks it again on every call of every request hook and view (a dozen times per
+    request here), a measurable share of a short request. The answer for a function never
+    changes; bound methods are looked up by their function.
+    """
+
+    _coroutine: ClassVar[dict[Any, bool]] = {}
+
+    def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
+        key = getattr(func, "__func__", func)
+        try:
+            is_coroutine = self._coroutine[key]
+        except KeyError:
+            is_coroutine = self._coroutine[key] = inspect.iscoroutinefunction(func)
+        except TypeError:  # an unhashable callable: ask Flask
+            return super().ensure_sync(func)
+        return self.async_to_sync(func) if is_coroutine else func
+
+
 def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     """Build the app. `test_config` takes the same names as LLM_TRAIN_API_* (without it)."""
     settings = Settings.load(overrides=test_config)
     runtime = Runtime.build(settings)
-    app = Flask(__name__, instance_path=str(runtime.instance_path),
+    app = _App(__name__, instance_path=str(runtime.instance_path),
                 instance_relative_config=True)
     app.json = OrjsonProvider(app)
     # Flask's and flask-smorest's own keys only: the service reads its settings from

@@ -81,9 +81,10 @@ def _unauthorized(message: str, *, invalid: bool) -> None:
 
 def authenticate_request() -> None:
     """before_request: set `g.principal`, or answer 401."""
-    if request.method == "OPTIONS" or request.routing_exception is not None:
+    req = request._get_current_object()  # one proxy lookup, not one per attribute
+    if req.method == "OPTIONS" or req.routing_exception is not None:
         return  # CORS preflights carry no credentials; unknown URLs are 404/405 for all
-    if _is_public(request.endpoint):
+    if _is_public(req.endpoint):
         return
     if not auth_enabled():
         g.principal = ANONYMOUS

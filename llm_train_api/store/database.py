@@ -38,12 +38,12 @@ from sqlalchemy.engine import make_url
 
 from llm_train_api.store import migrations
 from llm_train_api.store.group_commit import GroupCommitter
+from llm_train_api.store.prepared import PreparedCache
 from llm_train_api.store.tables import job_events
 
 T = TypeVar("T")
 
 NOTIFY_CHANNEL = "llm_train_api_jobs"
-INSERT_EVENT = job_events.insert()
 _NOTIFY = select(func.pg_notify(bindparam("channel"), bindparam("job_id")))
 # PostgreSQL advisory locks held until the end of the transaction: one database-wide key,
 # or a key and an owner (its hashtext()), so that different owners do not wait on each other.
@@ -52,6 +52,8 @@ _PG_OWNER_LOCK = select(func.pg_advisory_xact_lock(
     bindparam("key", type_=Integer), func.hashtext(bindparam("owner", type_=String))))
 _EVENT_COLUMNS = ["job_id", "at_us", "kind", "from_status", "to_status", "actor", "message",
                   "attempt", "job_created_us"]
+# Every column named, so that the statement compiles once whatever the call (prepared.py).
+INSERT_EVENT = job_events.insert().values({name: bindparam(name) for name in _EVENT_COLUMNS})
 
 
 def sqlite_url_for(path: str) -> str:
@@ -137,6 +139,8 @@ class Database:
         # Statements wrapped by `write_with_event`, keyed by the identity of the statement:
         # those are built once and live as long as their repository.
         self._event_stmts: dict[tuple[int, str], Any] = {}
+        # The request path's statements, compiled once (prepared.py).
+        self.prepared = PreparedCache(engine.dialect)
 
     @classmethod
     def from_url(
@@ -180,15 +184,20 @@ class Database:
         with self._read_engine.connect() as conn:
             yield conn.execution_options(llm_read_only=True)
 
+    def read_first(self, stmt: Any, params: dict[str, Any]) -> Any:
+        """The first row of one read statement (None when there is none), run prepared."""
+        with self.reading() as conn:
+            return self.prepared(stmt).first(conn, params)
+
     def lock(self, conn: Connection, key: int, owner: str | None = None) -> None:
         """PostgreSQL: serialise with every transaction that takes the same lock (per owner
         when given). SQLite needs none: its write lock already serialises writers."""
         if not self.is_postgresql:
             return
         if owner is None:
-            conn.execute(_PG_LOCK, {"key": key})
+            self.prepared(_PG_LOCK).first(conn, {"key": key})
         else:
-            conn.execute(_PG_OWNER_LOCK, {"key": key, "owner": owner})
+            self.prepared(_PG_OWNER_LOCK).first(conn, {"key": key, "owner": owner})
 
     # ------------------------------------------------------------------ events
     def write_with_event(
@@ -208,21 +217,34 @@ class Database:
         one round trip and one implicit transaction instead of BEGIN, two statements and
         COMMIT. SQLite has no data-modifying CTEs and no network, so there it is two
         statements in one BEGIN IMMEDIATE transaction. A `prelude` (a lock, a quota check
-        that may raise) runs first in the same transaction, on both.
+        that may raise) runs first in the same transaction, on both. Every statement runs
+        prepared (prepared.py).
         """
         if self.is_postgresql and prelude is None:
             event_params = {"ev_at": at_us, "ev_actor": actor, "ev_message": message}
             with self._read_engine.connect() as conn:
-                return conn.execute(self._with_event(stmt, kind),
-                                    {**params, **event_params}).first()
+                return self.prepared(self._with_event(stmt, kind)).first(
+                    conn, {**params, **event_params})
+        if self.is_postgresql:
+            # With a prelude: the prelude and the same one statement, in one transaction.
+            event_params = {"ev_at": at_us, "ev_actor": actor, "ev_message": message}
+            together = self.prepared(self._with_event(stmt, kind))
+
+            def locked(conn: Connection) -> Any:
+                prelude(conn)
+                return together.first(conn, {**params, **event_params})
+
+            return self.write(locked)
+        write_stmt = self.prepared(stmt)
+        insert_event = self.prepared(INSERT_EVENT)
 
         def work(conn: Connection) -> Any:
             if prelude is not None:
                 prelude(conn)
-            row = conn.execute(stmt, params).first()
+            row = write_stmt.first(conn, params)
             if row is not None:
-                previous = row._mapping.get("previous_status")
-                conn.execute(INSERT_EVENT, {
+                previous = getattr(row, "previous_status", None)
+                insert_event.first(conn, {
                     "job_id": row.id, "at_us": at_us, "kind": kind, "from_status": previous,
                     "to_status": row.status, "actor": actor, "message": message,
                     "attempt": row.attempts, "job_created_us": row.created_us,

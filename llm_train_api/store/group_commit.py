@@ -96,12 +96,17 @@ class GroupCommitter:
                         write.error = exc
                         raise
                 else:
+                    # The savepoints go straight to the driver: SQLAlchemy's nested
+                    # transactions cost more than the writes they wrap.
+                    raw = conn.connection.dbapi_connection
                     for write in batch:
+                        raw.execute("SAVEPOINT group_write")
                         try:
-                            with conn.begin_nested():
-                                write.result = write.work(conn)
+                            write.result = write.work(conn)
                         except Exception as exc:  # only this writer's statements are undone
                             write.error = exc
+                            raw.execute("ROLLBACK TO group_write")
+                        raw.execute("RELEASE group_write")
         except Exception as exc:
             # The commit itself failed (I/O error, disk full): no write of the batch is
             # durable, so every writer that had succeeded learns it failed.

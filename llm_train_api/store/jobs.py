@@ -13,9 +13,11 @@ from typing import Any, NamedTuple
 from sqlalchemy import (
     Connection,
     Select,
+    String,
     bindparam,
     delete,
     func,
+    literal,
     or_,
     select,
     tuple_,
@@ -125,7 +127,9 @@ def _transition_statement(target: JobStatus, conditional: bool, owned: bool) -> 
         values["finished_us"] = now
     conditions = [
         jobs.c.id == bindparam("job_id"),
-        jobs.c.status.in_(sorted(s.value for s in sources_of(target))),
+        # Literals, not one expanding parameter: the statement is compiled once (prepared.py).
+        jobs.c.status.in_([literal(value, String)
+                           for value in sorted(s.value for s in sources_of(target))]),
     ]
     if conditional:
         conditions.append(jobs.c.version == bindparam("expected_version"))
@@ -174,8 +178,7 @@ class JobRepository:
                                                  actor, None, prelude=prelude)
             if row is not None:
                 return row_to_job(row), True
-            with self.database.reading() as conn:
-                existing = conn.execute(_SELECT_FOR_RETRY, {"job_id": new.job_id}).first()
+            existing = self.database.read_first(_SELECT_FOR_RETRY, {"job_id": new.job_id})
             if existing is None:
                 continue  # deleted between our insert and our read: try the insert again
             if existing.owner != new.owner:
@@ -187,12 +190,14 @@ class JobRepository:
 
     def _queued_quota_check(self, owner: str, job_id: str,
                             cap: int) -> Callable[[Connection], None]:
+        select_id = self.database.prepared(_SELECT_ID)
+        count = self.database.prepared(COUNT_OWNER_STATUS)
+
         def check(conn: Connection) -> None:
             self.database.lock(conn, _PG_QUOTA_LOCK, owner)
-            if conn.execute(_SELECT_ID, {"job_id": job_id}).first() is not None:
+            if select_id.first(conn, {"job_id": job_id}) is not None:
                 return  # the insert will not add a job: a retry (200) or a conflict (409)
-            queued = conn.execute(COUNT_OWNER_STATUS, {
-                "owner": owner, "status": JobStatus.QUEUED.value}).scalar_one()
+            queued = count.first(conn, {"owner": owner, "status": JobStatus.QUEUED.value})[0]
             if queued >= cap:
                 raise QuotaExceeded("queued jobs", "LLM_TRAIN_API_MAX_QUEUED_PER_USER", cap)
 
@@ -217,8 +222,7 @@ class JobRepository:
                                 {"owner": owner, "status": status.value}).scalar_one()
 
     def get_job(self, job_id: str) -> Job:
-        with self.database.reading() as conn:
-            row = conn.execute(SELECT_BY_ID, {"job_id": job_id}).first()
+        row = self.database.read_first(SELECT_BY_ID, {"job_id": job_id})
         if row is None:
             raise JobNotFound(job_id)
         return row_to_job(row)
@@ -380,8 +384,7 @@ class JobRepository:
             if target is JobStatus.CANCELLED:
                 self.database.notify(job_id)
             return row_to_job(row), True
-        with self.database.reading() as conn:
-            current = conn.execute(SELECT_BY_ID, {"job_id": job_id}).first()
+        current = self.database.read_first(SELECT_BY_ID, {"job_id": job_id})
         if current is None or (owner is not None and current.owner != owner):
             raise JobNotFound(job_id)
         job = row_to_job(current)
