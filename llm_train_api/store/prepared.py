@@ -14,6 +14,11 @@ that when it compiles and refuses any other. A driver error is handed to the con
 own error handling, so it surfaces exactly as from `Connection.execute`: wrapped in
 SQLAlchemy's exception classes (an OperationalError is a 503, see api/errors.py), and a
 dead connection is invalidated.
+
+This reads a few of SQLAlchemy's compiler internals (`_bind_processors`, `_result_columns`)
+and uses its connection's error handling (`_handle_dbapi_exception`), which is why
+setup.cfg holds SQLAlchemy to one minor series (2.1); tests/unit/test_prepared.py checks
+each of them against the installed release.
 """
 
 from __future__ import annotations
