@@ -423,6 +423,8 @@ def main() -> int:
                         help="200 streams, 40 slow sockets, 10 s probes; prints only")
     parser.add_argument("--only-service", action="store_true",
                         help="skip the plain gthread contender")
+    parser.add_argument("--throughput-only", action="store_true",
+                        help="only the wrk comparison of the two worker classes; prints only")
     args = parser.parse_args()
     if args.quick:
         args.streams, args.slow, args.probe_s, args.rounds, args.round_s = 200, 40, 10, 2, 3
@@ -433,6 +435,13 @@ def main() -> int:
     if not args.only_service:
         contenders.append(("plain gthread", "gthread"))
     root = Path(tempfile.mkdtemp(prefix="bench-streams-"))
+    if args.throughput_only:
+        try:
+            rates = throughput(args, root)
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+        print(report({}, rates, args))
+        return 0
     try:
         results = {name: run_contender(name, worker, args, root)
                    for name, worker in contenders}

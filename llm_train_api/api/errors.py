@@ -189,7 +189,10 @@ def require_json_body() -> None:
     if request.method in JSON_BODY_METHODS and not request.is_json:
         got = request.mimetype or "none"
         abort(415, message=f"Content-Type must be application/json (got {got}).")
-    if request.content_length is None and request.environ.get("wsgi.input_terminated"):
+    # gunicorn marks every request's input as terminated; only a chunked one has a body
+    # without a Content-Length (a GET has neither, and nothing to read).
+    if (request.content_length is None and request.environ.get("wsgi.input_terminated")
+            and "chunked" in request.environ.get("HTTP_TRANSFER_ENCODING", "").lower()):
         _read_chunked_body(request)
 
 

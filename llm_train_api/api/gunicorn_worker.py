@@ -59,6 +59,8 @@ _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d{1,19})[ \t]*\r\n", 
 _CHUNKED = re.compile(rb"\r\ntransfer-encoding:", re.IGNORECASE)
 # What a request thread returns when the socket now belongs to the stream hub.
 _DETACHED = object()
+# What reading a request in the event loop came to.
+_WAIT, _READY, _CLOSED = object(), object(), object()
 
 
 class _Captured:
@@ -180,6 +182,12 @@ class ServiceWorker(ThreadWorker):
 
     def _read_request(self, conn: _Conn) -> None:
         conn.sock.setblocking(False)
+        # A kept-alive client's next request is usually there already, and often a new
+        # client's too: take it at once, without another round through the poller.
+        outcome = self._receive(conn)
+        if outcome is not _WAIT:
+            self._settle(conn, outcome)
+            return
         conn.reading = True
         conn.read_deadline = time.monotonic() + self.head_timeout
         self.reading_conns.append((conn.read_deadline, conn))
@@ -187,20 +195,31 @@ class ServiceWorker(ThreadWorker):
                              partial(self._on_request_bytes, conn))
 
     def _on_request_bytes(self, conn: _Conn, client: socket.socket) -> None:
+        outcome = self._receive(conn)
+        if outcome is not _WAIT:
+            self._stop_reading(conn)  # before a thread or a close takes the socket
+            self._settle(conn, outcome)
+
+    @staticmethod
+    def _receive(conn: _Conn) -> object:
+        """Read what the client sent: _READY once the request can go to a thread, _CLOSED
+        when the client went away, else _WAIT."""
         try:
             data = conn.sock.recv(_RECV_BYTES)
         except BlockingIOError:
-            return
+            return _WAIT
         except OSError:
             data = b""
         if not data:  # the client closed the connection, or reset it
-            self._stop_reading(conn)
+            return _CLOSED
+        conn.received += data
+        return _READY if request_is_buffered(conn.received) else _WAIT
+
+    def _settle(self, conn: _Conn, outcome: object) -> None:
+        if outcome is _CLOSED:
             self.nr_conns -= 1
             conn.close()
-            return
-        conn.received += data
-        if request_is_buffered(conn.received):
-            self._stop_reading(conn)
+        else:
             conn.data_ready = True
             self.enqueue_req(conn)
 
