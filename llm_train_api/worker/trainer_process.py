@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from llm_train_api.training.events import parse_line
-from llm_train_api.training.spec import RunSpec, run_command, write_spec
+from llm_train_api.worker import trainer_spec
+from llm_train_api.worker.trainer_spec import TrainerSpec
 
 _PR_SET_PDEATHSIG = 1
 try:  # loaded in the parent: the child must not import or allocate between fork and exec
@@ -37,7 +38,7 @@ class TrainerProcess:
     def __init__(
         self,
         job_dir: Path,
-        spec: RunSpec,
+        spec: TrainerSpec,
         log_path: Path,
         *,
         threads: int = 0,
@@ -45,10 +46,9 @@ class TrainerProcess:
         extra_env: dict[str, str] | None = None,
         processes: int = 1,
     ) -> None:
-        argv = run_command(job_dir, python=sys.executable,  # may refuse: before any IO
-                           processes=processes)
-        job_dir.mkdir(parents=True, exist_ok=True)
-        write_spec(job_dir, spec)
+        argv = trainer_spec.command(spec, job_dir, python=sys.executable,  # may refuse:
+                                    processes=processes)  # before any IO
+        trainer_spec.write(job_dir, spec)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
         if threads:
             for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):

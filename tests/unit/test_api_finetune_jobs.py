@@ -9,9 +9,11 @@ import json
 import pytest
 
 from llm_train_api import create_app
+from llm_train_api.artifacts import finetuned
+from llm_train_api.artifacts.homes import owner_home
 from llm_train_api.services.finetune_memory import memory_breakdown
 from tests.helpers.clients import client_as
-from tests.helpers.hf_models import tar_archive, tiny_llama
+from tests.helpers.hf_models import tar_archive, tiny_llama, write_folder
 from tests.helpers.tiny_hf import QA, chat_records
 
 TAR = "application/x-tar"
@@ -154,3 +156,32 @@ def test_lora_state_covers_only_the_adapters():
     checkpointed = memory_breakdown(7_000_000_000, shape, {
         **hp, "method": "lora", "gradient_checkpointing": True}, 1)
     assert checkpointed["activations"] < lora["activations"]
+
+
+def test_a_fine_tuned_model_is_listed_used_and_deleted_like_a_model(app, alice, tmp_path):
+    data_dir = app.extensions["llm_train_api.runtime"].data_dir
+    made = alice.post("/jobs", json={"job_id": "made", "model_name": "llama",
+                                     "dataset": "chat", "output_model": "tuned"})
+    assert made.status_code == 201
+    result = write_folder(tmp_path / "result", tiny_llama())
+    finetuned.register(owner_home(data_dir, "alice"), "tuned", result, owner="alice",
+                       job_id="made", base_model="llama", method="lora")
+    listed = {m["name"]: m for m in alice.get("/models").get_json()}
+    tuned = listed["tuned"]
+    assert (tuned["kind"], tuned["source"], tuned["base_model"], tuned["job_id"],
+            tuned["method"], tuned["owner"]) == ("hf", "job", "llama", "made", "lora", "alice")
+    assert alice.get("/models/tuned").get_json()["job_id"] == "made"
+    assert "tuned" not in {m["name"] for m in client_as(app, "bob", "user")
+                           .get("/models").get_json()}
+    # A name means one model: no import over it.
+    assert alice.put("/models/tuned", data=tar_archive(tiny_llama()),
+                     content_type=TAR).status_code == 409
+    again = alice.post("/jobs", json={"job_id": "again", "model_name": "tuned",
+                                      "dataset": "chat"})
+    assert again.status_code == 201 and again.get_json()["model_kind"] == "hf"
+    busy = alice.delete("/models/tuned")
+    assert busy.status_code == 409 and "again" in busy.get_json()["message"]
+    assert alice.post("/jobs/again/cancel").status_code == 200
+    assert alice.delete("/models/tuned").status_code == 204
+    assert alice.get("/models/tuned").status_code == 404
+    assert alice.get("/jobs/made").status_code == 200  # the job stays

@@ -54,7 +54,7 @@ from llm_train_api.training.formats import FormatError
 from llm_train_api.training.hf import data as hfdata
 from llm_train_api.training.hf import modeling, state
 from llm_train_api.training.hf.plan import plan_data
-from llm_train_api.training.hf.spec import FineTuneSpec, ValidSpec, validate_spec
+from llm_train_api.training.hf.spec import OUTPUT_FOLDER, FineTuneSpec, ValidSpec, validate_spec
 from llm_train_api.training.hyperparams import HyperparameterError
 from llm_train_api.training.spec import SpecError, check_global_batch
 from llm_train_api.training.storage import LocalStorage
@@ -67,7 +67,6 @@ from llm_train_api.training.trainer import (
     resolve_dtype,
 )
 
-OUTPUT_FOLDER = "output"
 ADAM_BETAS = (0.9, 0.999)
 MIN_LR_RATIO = 0.1
 #: Settings a resume must not change: they decide what the weights and batches are.
