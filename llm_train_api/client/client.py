@@ -289,10 +289,16 @@ class Client:
         max_runtime_seconds: int | None = None,
         resources: Mapping[str, Any] | None = None,
         dry_run: bool = False,
+        validation_dataset: str | None = None,
+        output_model: str | None = None,
     ) -> Job:
         """Submit a job (queued at once). Without `job_id` the client makes one, so the
         request can be retried safely; a 409 :class:`Conflict` means that id is taken by a
-        job with a different body. `dry_run` validates and returns the would-be job."""
+        job with a different body (or `output_model` names a model the caller has).
+        `dry_run` validates and returns the would-be job; for a fine-tuning job (a Hugging
+        Face-format `model_name`) with its `plan`. `validation_dataset` and `output_model`
+        apply to fine-tuning jobs only; the method and LoRA settings are hyperparameters
+        (``{"method": "lora", "lora": {"r": 16}}``)."""
         payload: dict[str, Any] = {
             "job_id": job_id or new_job_id(),
             "model_name": model_name,
@@ -301,7 +307,8 @@ class Client:
         }
         optional = {"priority": priority, "max_attempts": max_attempts,
                     "max_runtime_seconds": max_runtime_seconds,
-                    "resources": dict(resources) if resources is not None else None}
+                    "resources": dict(resources) if resources is not None else None,
+                    "validation_dataset": validation_dataset, "output_model": output_model}
         payload.update({k: v for k, v in optional.items() if v is not None})
         params = {"dry_run": "true"} if dry_run else None
         unanswered: list[int] = []
