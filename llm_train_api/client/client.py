@@ -292,13 +292,9 @@ class Client:
         validation_dataset: str | None = None,
         output_model: str | None = None,
     ) -> Job:
-        """Submit a job (queued at once). Without `job_id` the client makes one, so the
-        request can be retried safely; a 409 :class:`Conflict` means that id is taken by a
-        job with a different body (or `output_model` names a model the caller has).
-        `dry_run` validates and returns the would-be job; for a fine-tuning job (a Hugging
-        Face-format `model_name`) with its `plan`. `validation_dataset` and `output_model`
-        apply to fine-tuning jobs only; the method and LoRA settings are hyperparameters
-        (``{"method": "lora", "lora": {"r": 16}}``)."""
+        """Submit a job (queued at once; without `job_id` the client makes one, so a retry
+        is safe). 409 :class:`Conflict`: the id holds another job, or `output_model` is
+        taken. `dry_run` returns the would-be job (a fine-tuning job's with its `plan`)."""
         payload: dict[str, Any] = {
             "job_id": job_id or new_job_id(),
             "model_name": model_name,
