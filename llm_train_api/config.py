@@ -142,6 +142,13 @@ class Settings:
     # Memory a job may use on any worker, in GiB; jobs whose estimate exceeds it are
     # refused at creation. 0 = this machine's RAM.
     WORKER_MEMORY_GB: float = 0.0
+    # Whether the workers have CUDA GPUs and bitsandbytes, which QLoRA fine-tuning needs:
+    # the API cannot see the workers' machines, so the operator says so. Off: qlora jobs
+    # are refused at creation (422) instead of failing on a worker.
+    QLORA_WORKERS: bool = False
+    # How long a dry run of a fine-tuning job may take to plan the run (tokenising the
+    # dataset with the model's tokenizer, in a subprocess); past it, a 503.
+    PLAN_TIMEOUT_S: float = 120.0
 
     # Workers (`llm-train-api worker`).
     # Lease length, how often it is renewed, how often queues/cancels are polled.
@@ -247,8 +254,9 @@ class Settings:
         if self.MAX_STORAGE_GB_PER_USER < 0 or self.JOB_DIR_SWEEP_S < 0:
             raise ConfigError(f"{PREFIX}MAX_STORAGE_GB_PER_USER and {PREFIX}JOB_DIR_SWEEP_S "
                               "must be 0 (off) or positive")
-        if self.MAX_MODEL_UPLOAD_GB <= 0:
-            raise ConfigError(f"{PREFIX}MAX_MODEL_UPLOAD_GB must be positive")
+        if self.MAX_MODEL_UPLOAD_GB <= 0 or self.PLAN_TIMEOUT_S <= 0:
+            raise ConfigError(f"{PREFIX}MAX_MODEL_UPLOAD_GB and {PREFIX}PLAN_TIMEOUT_S must "
+                              "be positive")
         for root in self.MODEL_ROOTS.split(os.pathsep):
             if root.strip() and (_URL_SCHEME.match(root) or not os.path.isabs(root)):
                 raise ConfigError(f"{PREFIX}MODEL_ROOTS must be absolute folder paths "

@@ -93,6 +93,12 @@ class NewJob:
     # The principal that creates it (None with auth disabled); not part of the request hash:
     # the same body from another owner is a different job, which the store refuses.
     owner: str | None = None
+    # Fine-tuning (a Hugging Face-format model): held-out data, and the name its result
+    # gets as a model. `model_kind` ("builtin" or "hf") is decided at admission, from the
+    # model the name meant then; None where nothing admitted the job (EXECUTOR=none).
+    validation_dataset: str | None = None
+    output_model: str | None = None
+    model_kind: str | None = None
 
     def request_fields(self) -> list[Any]:
         """What makes two creates 'the same request' for idempotent retries. Options left
@@ -101,6 +107,9 @@ class NewJob:
         options = [self.priority, self.max_attempts, self.max_runtime_seconds, self.resources]
         if options != [0, 3, None, None]:
             fields.append(options)
+        if self.validation_dataset is not None or self.output_model is not None:
+            fields.append({"validation_dataset": self.validation_dataset,
+                           "output_model": self.output_model})
         return fields
 
 
@@ -129,6 +138,9 @@ class Job:
     progress: dict[str, Any] | None = None
     worker: str | None = None  # the worker holding the lease while it runs
     owner: str | None = None  # who created it; None when auth was disabled
+    validation_dataset: str | None = None
+    output_model: str | None = None  # the model a succeeded fine-tuning job registers
+    model_kind: str | None = None  # "builtin" or "hf"; None: not admitted (EXECUTOR=none)
 
     @property
     def revision(self) -> Revision:

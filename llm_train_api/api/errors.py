@@ -31,6 +31,7 @@ from llm_train_api.domain import (
     StatusChangeForbidden,
     StatusManagedByWorkers,
 )
+from llm_train_api.services.finetune_plan import PlanUnavailable
 from llm_train_api.services.storage import REASON as STORAGE_QUOTA_REASON
 from llm_train_api.services.storage import StorageQuotaExceeded
 from llm_train_api.store.pagination import InvalidCursor
@@ -63,6 +64,7 @@ ERROR_STATUS: dict[type[Exception], int] = {
     model_errors.ModelReadOnly: 403,
     model_errors.ModelTooLarge: 413,
     model_errors.InvalidModel: 422,
+    PlanUnavailable: 503,
 }
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from flask import Response, request
+from flask import Response, jsonify, request
 from flask.views import MethodView
 from marshmallow import RAISE
 
@@ -30,6 +30,7 @@ from llm_train_api.api.schemas import (
     JobCreateSchema,
     JobEventSchema,
     JobListQuerySchema,
+    JobPreviewSchema,
     JobSchema,
     MetricPointSchema,
     MetricsQuerySchema,
@@ -51,6 +52,7 @@ from llm_train_api.services import status_changes, storage
 from llm_train_api.services.job_creation import (
     builtin_executor,
     check_priority,
+    dry_run_plan,
     prepare_job,
     preview,
     queued_cap,
@@ -138,12 +140,15 @@ class Jobs(MethodView):
         headers={"Location": {"description": "URL of the new job.",
                               "schema": {"type": "string"}}, **_ETAG_HEADER},
     )
-    @blp.alt_response(200, schema=JobSchema, description="An identical request with this "
-                      "job_id was already accepted; this is that job (safe client retries). "
-                      "With `dry_run=true`: the job as it would be created, which does not "
-                      "exist (no `Location`, no `ETag`).")
+    @blp.alt_response(200, schema=JobPreviewSchema, description="An identical request with "
+                      "this job_id was already accepted; this is that job (safe client "
+                      "retries). With `dry_run=true`: the job as it would be created, which "
+                      "does not exist (no `Location`, no `ETag`); for a fine-tuning job "
+                      "also its `plan` (examples, tokens, truncations, steps, memory).")
     @blp.error(400, "Malformed JSON, NaN/Infinity in it, or an integer outside 64 bits.")
-    @blp.error(409, "job_id is already taken by a job with a different body.")
+    @blp.error(409, "job_id is already taken by a job with a different body; or "
+               "`output_model` already means a model for the caller, or is the result of "
+               "another of their queued or running jobs.")
     @blp.error(413, "Body larger than LLM_TRAIN_API_MAX_JSON_BYTES.")
     @blp.error(415, "Content-Type is not application/json.")
     @blp.alt_response(429, schema=StorageErrorSchema, description="A per-user limit is "
@@ -160,7 +165,16 @@ class Jobs(MethodView):
                "workers' limit (`hyperparameters._memory`), `processes` that do not fit "
                "`cpus`/`gpus` (`resources.processes`), a global `batch_size` that does not "
                "split over them, or "
-               "a job bigger than any node of the Ray cluster (`resources`).")
+               "a job bigger than any node of the Ray cluster (`resources`). For a Hugging "
+               "Face-format model: its own hyperparameters (`method` lora, full or qlora; "
+               "qlora only with LLM_TRAIN_API_QLORA_WORKERS), a chat dataset for a model "
+               "without a chat template, `max_seq_length` over its context, an invalid "
+               "`output_model`; for a built-in GPT: a chat or instruction dataset, "
+               "`validation_dataset` or `output_model`. A dry run also: data the "
+               "fine-tuning trainer refuses (`dataset`).")
+    @blp.error(503, "A dry run of a fine-tuning job could not plan the run (too slow: "
+               "LLM_TRAIN_API_PLAN_TIMEOUT_S, or no fine-tuning stack on the API host); "
+               "the job may still be fine without dry_run.")
     def post(self, query: dict[str, Any], body: dict[str, Any]):
         """Create a training job
 
@@ -172,12 +186,16 @@ class Jobs(MethodView):
         principal = require_role(Role.ADMIN, Role.USER)
         settings = get_settings()
         check_priority(body["priority"], settings, principal)
-        new = prepare_job(body, owner=principal.owner, settings=settings,
-                          data_dir=get_runtime().data_dir)
-        storage.check_room_for_job(get_runtime().data_dir, principal, get_jobs(), settings,
-                                   new.job_id)
+        data_dir = get_runtime().data_dir
+        new = prepare_job(body, owner=principal.owner, settings=settings, data_dir=data_dir,
+                          jobs=get_jobs())
+        storage.check_room_for_job(data_dir, principal, get_jobs(), settings, new.job_id)
         if query["dry_run"]:
-            return preview(new), 200
+            answer = JobSchema().dump(preview(new))
+            plan = dry_run_plan(new, settings=settings, data_dir=data_dir)
+            if plan is not None:
+                answer["plan"] = plan
+            return jsonify(answer)
         job, created = get_jobs().create_job(new, actor=principal.actor,
                                              max_queued=queued_cap(settings, principal))
         if not created:

@@ -92,9 +92,18 @@ class ModelSchema(Schema):
         "models, which everyone may use."})
     created_at = UTCDateTime(metadata={"description": "`hf` only: when it was stored."})
     source = fields.String(metadata={
-        "enum": ["upload", "root"],
-        "description": "`hf` only: `upload` (imported through the API) or `root` (a folder "
-        "under LLM_TRAIN_API_MODEL_ROOTS: read-only)."})
+        "enum": ["upload", "root", "job"],
+        "description": "`hf` only: `upload` (imported through the API), `root` (a folder "
+        "under LLM_TRAIN_API_MODEL_ROOTS: read-only) or `job` (the merged result of a "
+        "succeeded fine-tuning job, owned by the job's owner)."})
+    base_model = fields.String(allow_none=True, metadata={
+        "description": "`source: job` only: the model the job fine-tuned."})
+    job_id = fields.String(allow_none=True, metadata={
+        "description": "`source: job` only: the job that made it (it may since have been "
+        "deleted; the model stays)."})
+    method = fields.String(allow_none=True, metadata={
+        "enum": ["lora", "full", None],
+        "description": "`source: job` only: how it was fine-tuned."})
 
 
 class OwnerArgs(Schema):
@@ -138,9 +147,10 @@ class ModelResource(MethodView):
         "Location": {"description": "URL of the model.", "schema": {"type": "string"}}})
     @blp.alt_response(200, schema=ModelSchema, description="Replaced an existing model.")
     @blp.error(404, "Not a model URL (a path separator in the name, such as '%2F').")
-    @blp.error(409, "The name is a built-in model's (in any case) or, for an admin, a "
-               "folder's under LLM_TRAIN_API_MODEL_ROOTS; or queued or running jobs name "
-               "the model (named in the message).")
+    @blp.error(409, "The name is a built-in model's (in any case), the caller's "
+               "fine-tuned model's, or, for an admin, a folder's under "
+               "LLM_TRAIN_API_MODEL_ROOTS; or queued or running jobs name the model (named "
+               "in the message).")
     @blp.alt_response(413, schema=StorageErrorSchema, description="The archive, or what "
                       "it unpacks to, is larger than LLM_TRAIN_API_MAX_MODEL_UPLOAD_GB; or, "
                       "for a user, it would take their storage (datasets, models, job "
@@ -201,7 +211,7 @@ class ModelResource(MethodView):
     @blp.error(404, "No such model.")
     @blp.error(409, "A built-in model, or a folder under LLM_TRAIN_API_MODEL_ROOTS "
                "(managed on disk); or queued or running jobs name the model (named in the "
-               "message).")
+               "message). Deleting a fine-tuned model leaves its job.")
     def delete(self, name: str, owner: str | None = None):
         """Delete an imported model (a user's own; an admin's: the published one, or
         `owner`'s)"""

@@ -175,6 +175,21 @@ class JobCreateSchema(Schema):
         metadata={"description": "A run longer than this ends `failed`, 'deadline exceeded'."},
     )
     resources = fields.Nested(ResourcesSchema, allow_none=True, load_default=None)
+    validation_dataset = Text(
+        allow_none=True, load_default=None,
+        validate=[validate.Length(min=1, max=NAME_MAX_LENGTH), NonBlank()],
+        metadata={"description": "Fine-tuning (a Hugging Face-format `model_name`) only: "
+                  "a dataset to validate on instead of a held-out share of `dataset`. It "
+                  "must live where `dataset` does (both the caller's own, or both "
+                  "published)."})
+    output_model = Text(
+        allow_none=True, load_default=None,
+        validate=validate.Length(min=1, max=128),
+        metadata={"description": "Fine-tuning only: the model name the result gets once "
+                  "the job succeeds (default: the job id), owned by the job's owner and "
+                  "listed by GET /models. 409 when the name already means a model for the "
+                  "caller, or another of their queued or running jobs will produce it.",
+                  "example": "my-assistant"})
 
     @validates("hyperparameters")
     def _bounded(self, value: dict[str, Any], **_: Any) -> None:
@@ -283,6 +298,42 @@ class JobSchema(LeanDumpSchema):
     owner = fields.String(allow_none=True, metadata={
         "description": "The name of the token that created the job; null when the server "
         "ran with auth disabled."})
+    model_kind = fields.String(allow_none=True, metadata={
+        "enum": ["builtin", "hf", None],
+        "description": "`builtin`: a GPT trained from scratch by the built-in trainer; "
+        "`hf`: a Hugging Face-format model fine-tuned (its `hyperparameters.method`: lora, "
+        "full or qlora). Null where the job was not admitted (LLM_TRAIN_API_EXECUTOR=none)."})
+    validation_dataset = fields.String(allow_none=True)
+    output_model = fields.String(allow_none=True, metadata={
+        "description": "Fine-tuning: the model the result becomes once the job succeeds."})
+
+
+class PlanSchema(Schema):
+    """A fine-tuning job's run, counted by the trainer's own planning code."""
+
+    kind = fields.String(metadata={"enum": ["chat", "instruction", "text"]})
+    records = fields.Integer(metadata={"description": "Records read (both datasets)."})
+    examples = fields.Integer(metadata={"description": "Examples kept."})
+    tokens = fields.Integer(metadata={"description": "Their tokens, after truncation."})
+    truncated = fields.Integer(metadata={"description": "Examples cut to max_seq_length."})
+    dropped = fields.Integer(metadata={"description": "Examples left with nothing to "
+                                       "learn after the cut."})
+    train_sequences = fields.Integer()
+    val_sequences = fields.Integer()
+    train_tokens = fields.Integer()
+    val_tokens = fields.Integer()
+    steps_per_epoch = fields.Integer()
+    total_steps = fields.Integer()
+    method = fields.String(metadata={"enum": ["lora", "full", "qlora"]})
+    estimated_memory_bytes = fields.Integer(allow_none=True, metadata={
+        "description": "What admission compares with LLM_TRAIN_API_WORKER_MEMORY_GB, per "
+        "process (docs/trainer.md#memory)."})
+    memory = fields.Dict(metadata={"description": "The estimate by component, bytes."})
+
+
+class JobPreviewSchema(JobSchema):
+    plan = fields.Nested(PlanSchema, metadata={
+        "description": "Only in a dry run of a fine-tuning job: what the run will be."})
 
 
 class StatusUpdateSchema(Schema):

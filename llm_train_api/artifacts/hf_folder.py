@@ -103,7 +103,7 @@ def _int(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _config_value(config: dict[str, Any], keys: Iterable[str]) -> int | None:
+def config_value(config: dict[str, Any], keys: Iterable[str]) -> int | None:
     """The first integer under `keys`, in the config or its `text_config` (multimodal
     configs keep the language model's figures there)."""
     for scope in (config, config.get("text_config")):
@@ -256,7 +256,7 @@ def describe(folder: Path, names: Iterable[str]) -> Description:
         architecture=architecture,
         model_type=model_type if isinstance(model_type, str) else None,
         param_count=_param_count(folder, weights, present),
-        context_length=_config_value(config, CONTEXT_KEYS),
-        vocab_size=_config_value(config, ("vocab_size",)),
+        context_length=config_value(config, CONTEXT_KEYS),
+        vocab_size=config_value(config, ("vocab_size",)),
         has_chat_template=_has_chat_template(folder, present),
     )

@@ -73,9 +73,15 @@ class ModelInfo:
     size_bytes: int
     sha256: str
     created_at: datetime
-    source: str  # "upload" (imported through the API) or "root" (a MODEL_ROOTS folder)
+    # "upload" (imported through the API), "root" (a MODEL_ROOTS folder) or "job" (the
+    # result of a fine-tuning job, artifacts.finetuned)
+    source: str
     owner: str | None = None  # None: published, usable by everyone
     kind: str = "hf"
+    # Fine-tuned results only: the model the job started from, the job, its method.
+    base_model: str | None = None
+    job_id: str | None = None
+    method: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -121,7 +127,7 @@ def _now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-def _stored_names(root: Path) -> list[str]:
+def stored_names(root: Path) -> list[str]:
     try:
         entries = list(os.scandir(root))
     except FileNotFoundError:
@@ -134,7 +140,7 @@ def stored_bytes(data_root: str | os.PathLike[str], except_name: str | None = No
     """Bytes of the models imported under this data root (imports in progress excluded),
     without `except_name` (the model an import replaces)."""
     root = models_root(data_root)
-    return sum(tree_bytes(root / name) for name in _stored_names(root) if name != except_name)
+    return sum(tree_bytes(root / name) for name in stored_names(root) if name != except_name)
 
 
 def get_info(data_root: str | os.PathLike[str], name: str) -> ModelInfo:
@@ -153,7 +159,7 @@ def get_info(data_root: str | os.PathLike[str], name: str) -> ModelInfo:
 def _describe_again(folder: Path, name: str) -> ModelInfo:
     info = describe_folder(folder, name, source="upload")
     with contextlib.suppress(OSError):  # a cache
-        _write_meta(folder, info)
+        write_meta(folder, info)
     return info
 
 
@@ -187,14 +193,14 @@ def describe_folder(folder: Path, name: str, *, source: str) -> ModelInfo:
 def list_infos(data_root: str | os.PathLike[str]) -> list[ModelInfo]:
     """The models imported under this data root, by name."""
     infos = []
-    for name in _stored_names(models_root(data_root)):
+    for name in stored_names(models_root(data_root)):
         with contextlib.suppress(ModelNotFound, hf_folder.InvalidModel, OSError):
             infos.append(get_info(data_root, name))
     return infos
 
 
 @contextlib.contextmanager
-def _commit_lock(root: Path) -> Iterator[None]:
+def commit_lock(root: Path) -> Iterator[None]:
     """Serialise the short commit step (checks, renames) across threads and processes."""
     fd = os.open(root / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -204,7 +210,7 @@ def _commit_lock(root: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def _write_meta(folder: Path, info: ModelInfo) -> None:
+def write_meta(folder: Path, info: ModelInfo) -> None:
     with open(folder / META_NAME, "wb") as f:
         f.write(orjson.dumps(info.to_json()))
         f.flush()
@@ -231,7 +237,7 @@ def quota_room(data_root: str | os.PathLike[str], name: str, quota: StorageQuota
     return room
 
 
-def _refuse_if_in_use(name: str, in_use: Callable[[str], list[str]], action: str) -> None:
+def refuse_if_in_use(name: str, in_use: Callable[[str], list[str]], action: str) -> None:
     jobs = in_use(name)
     if jobs:
         raise ModelConflict(f"Model {name!r} is used by queued or running jobs: "
@@ -262,7 +268,7 @@ def store_import(
     try:
         root.mkdir(parents=True, exist_ok=True)
         if model_path(data_root, name) is not None:
-            _refuse_if_in_use(name, in_use, "replaced")
+            refuse_if_in_use(name, in_use, "replaced")
         room = [quota_room(data_root, name, quota)]
 
         def on_bytes(total: int) -> None:
@@ -275,18 +281,18 @@ def store_import(
         info = ModelInfo(name=name, **vars(description), size_bytes=unpacked.size_bytes,
                          sha256=unpacked.sha256, created_at=_now(), source="upload",
                          owner=owner)
-        _write_meta(staging, info)
+        write_meta(staging, info)
         fsync_dir(staging)
-        with _commit_lock(root):
+        with commit_lock(root):
             final = root / name
             created = model_path(data_root, name) is None
             if not created:
-                _refuse_if_in_use(name, in_use, "replaced")
+                refuse_if_in_use(name, in_use, "replaced")
             quota_room(data_root, name, quota, unpacked.size_bytes)
             if created:
                 os.rename(staging, final)
             else:
-                _swap(staging, final)  # the old version is now at `staging`
+                swap(staging, final)  # the old version is now at `staging`
             fsync_dir(root)
         return ImportResult(info=info, created=created)
     except OSError as exc:
@@ -299,7 +305,7 @@ def store_import(
         shutil.rmtree(staging, ignore_errors=True)
 
 
-def _swap(new: Path, final: Path) -> None:
+def swap(new: Path, final: Path) -> None:
     """Put `new` at `final` and the old `final` at `new`, atomically where possible."""
     if _exchange(new, final):
         return
@@ -332,10 +338,10 @@ def delete_model(data_root: str | os.PathLike[str], name: str, *,
         raise ModelNotFound(f"Model {name!r} not found.")
     root = models_root(data_root)
     trash = root / f"{TRASH_PREFIX}{uuid.uuid4().hex}"
-    with _commit_lock(root):
+    with commit_lock(root):
         if model_path(data_root, name) is None:
             raise ModelNotFound(f"Model {name!r} not found.")
-        _refuse_if_in_use(name, in_use, "deleted")
+        refuse_if_in_use(name, in_use, "deleted")
         os.rename(root / name, trash)
         fsync_dir(root)
     shutil.rmtree(trash, ignore_errors=True)

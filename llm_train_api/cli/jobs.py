@@ -58,6 +58,29 @@ def parse_hp(pairs: tuple[str, ...], hp_file: str | None) -> dict[str, Any]:
     return hp
 
 
+def finetune_hp(hp: dict[str, Any], method: str | None, lora_r: int | None,
+                lora_alpha: float | None) -> dict[str, Any]:
+    """The fine-tuning options set over the hyperparameters (`lora` merged, not replaced)."""
+    if method is not None:
+        hp["method"] = method
+    lora = {k: v for k, v in (("r", lora_r), ("alpha", lora_alpha)) if v is not None}
+    if lora:
+        current = hp.get("lora")
+        hp["lora"] = {**(current if isinstance(current, dict) else {}), **lora}
+    return hp
+
+
+def plan_text(plan: dict[str, Any]) -> str:
+    """A dry run's plan of a fine-tuning run, in one paragraph."""
+    memory = plan.get("estimated_memory_bytes")
+    return (f"plan: {plan.get('examples')} {plan.get('kind')} examples "
+            f"({plan.get('truncated')} truncated, {plan.get('dropped')} dropped), "
+            f"{plan.get('train_tokens')} training tokens in {plan.get('train_sequences')} "
+            f"sequences, {plan.get('total_steps')} steps ({plan.get('steps_per_epoch')} per "
+            f"epoch), {plan.get('method')}"
+            + (f", about {memory / 2**30:.2f} GiB" if memory else ""))
+
+
 def _wait_and_exit(api: Client, job_id: str, timeout: float | None, interval: float,
                    as_json: bool) -> None:
     # With --json the progress goes to stderr, so that stdout is the final JSON alone.
@@ -107,28 +130,49 @@ def _with(options: list[Any]):
 @click.option("--gpus", type=click.IntRange(0, 64), help="GPUs for the trainer.")
 @click.option("--memory-gb", type=click.FloatRange(min=0, min_open=True),
               help="Memory the job may use, GiB.")
-@click.option("--dry-run", is_flag=True, help="Only validate; create nothing.")
+@click.option("--method", type=click.Choice(("lora", "full", "qlora")),
+              help="Fine-tuning (a Hugging Face-format --model): hyperparameter `method` "
+              "(default lora).")
+@click.option("--lora-r", type=click.IntRange(min=1), help="Fine-tuning: LoRA rank "
+              "(hyperparameter lora.r).")
+@click.option("--lora-alpha", type=click.FloatRange(min=0, min_open=True),
+              help="Fine-tuning: LoRA scaling numerator (lora.alpha).")
+@click.option("--validation-dataset", help="Fine-tuning: a dataset to validate on instead "
+              "of a held-out share of --dataset.")
+@click.option("--output-model", help="Fine-tuning: the model name the result gets "
+              "(default: the job id).")
+@click.option("--dry-run", is_flag=True, help="Only validate; create nothing (a fine-tuning "
+              "job also prints its plan: examples, tokens, steps, memory).")
 @click.option("--wait", "wait_", is_flag=True,
               help="Wait for the job to end, with a progress bar. " + _WAIT_HELP)
 @_with(_wait_options)
 def submit(api: Client, model_name: str, dataset: str, hp_pairs: tuple[str, ...],
            hp_file: str | None, priority: int | None, job_id: str | None,
            max_attempts: int | None, max_runtime_seconds: int | None, cpus: int | None,
-           gpus: int | None, memory_gb: float | None, dry_run: bool, wait_: bool,
+           gpus: int | None, memory_gb: float | None, method: str | None,
+           lora_r: int | None, lora_alpha: float | None, validation_dataset: str | None,
+           output_model: str | None, dry_run: bool, wait_: bool,
            timeout: float | None, interval: float, as_json: bool) -> None:
-    """Submit a training job."""
-    hp = parse_hp(hp_pairs, hp_file)
+    """Submit a training job: a built-in GPT from scratch, or fine-tuning a Hugging
+    Face-format model (see `models`). --method and --lora-* set those hyperparameters
+    over --hp and --hp-file."""
+    hp = finetune_hp(parse_hp(hp_pairs, hp_file), method, lora_r, lora_alpha)
     wanted = {"cpus": cpus, "gpus": gpus, "memory_gb": memory_gb}
     resources = {k: v for k, v in wanted.items() if v is not None} or None
     job = api.create_job(model_name, dataset, hp, job_id=job_id, priority=priority,
                          max_attempts=max_attempts, max_runtime_seconds=max_runtime_seconds,
-                         resources=resources, dry_run=dry_run)
+                         resources=resources, dry_run=dry_run,
+                         validation_dataset=validation_dataset, output_model=output_model)
     if dry_run or not wait_:
         if as_json:
             print_json(job)
         else:
             verb = "valid (dry run, nothing created)" if dry_run else "submitted"
-            click.echo(f"{job.id}: {verb} ({job.status}, {job.model_name} on {job.dataset})")
+            click.echo(f"{job.id}: {verb} ({job.status}, {job.model_name} on {job.dataset}"
+                       + (f", result: model {job.output_model}" if job.output_model else "")
+                       + ")")
+            if job.plan:
+                click.echo(plan_text(job.plan))
         return
     if not as_json:
         click.echo(f"{job.id}: submitted ({job.model_name} on {job.dataset})")

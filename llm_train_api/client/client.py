@@ -289,10 +289,12 @@ class Client:
         max_runtime_seconds: int | None = None,
         resources: Mapping[str, Any] | None = None,
         dry_run: bool = False,
+        validation_dataset: str | None = None,
+        output_model: str | None = None,
     ) -> Job:
-        """Submit a job (queued at once). Without `job_id` the client makes one, so the
-        request can be retried safely; a 409 :class:`Conflict` means that id is taken by a
-        job with a different body. `dry_run` validates and returns the would-be job."""
+        """Submit a job (queued at once; without `job_id` the client makes one, so a retry
+        is safe). 409 :class:`Conflict`: the id holds another job, or `output_model` is
+        taken. `dry_run` returns the would-be job (a fine-tuning job's with its `plan`)."""
         payload: dict[str, Any] = {
             "job_id": job_id or new_job_id(),
             "model_name": model_name,
@@ -301,7 +303,8 @@ class Client:
         }
         optional = {"priority": priority, "max_attempts": max_attempts,
                     "max_runtime_seconds": max_runtime_seconds,
-                    "resources": dict(resources) if resources is not None else None}
+                    "resources": dict(resources) if resources is not None else None,
+                    "validation_dataset": validation_dataset, "output_model": output_model}
         payload.update({k: v for k, v in optional.items() if v is not None})
         params = {"dry_run": "true"} if dry_run else None
         unanswered: list[int] = []

@@ -99,6 +99,13 @@ class Job:
     progress: dict[str, Any] | None = None
     worker: str | None = None
     owner: str | None = None
+    #: ``builtin`` (a GPT trained from scratch) or ``hf`` (a fine-tuned Hugging Face model).
+    model_kind: str | None = None
+    validation_dataset: str | None = None
+    #: Fine-tuning: the model the result becomes once the job succeeds.
+    output_model: str | None = None
+    #: Only in a dry run of a fine-tuning job: examples, tokens, truncations, steps, memory.
+    plan: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
     #: The job's ETag (from the response header): pass it as ``if_match`` to make a status
     #: change conditional on nobody having changed the job since.
@@ -187,6 +194,11 @@ class Model:
     owner: str | None = None
     created_at: datetime | None = None
     source: str | None = None
+    #: Fine-tuned models (``source`` ``job``): the model the job started from, the job,
+    #: and its method.
+    base_model: str | None = None
+    job_id: str | None = None
+    method: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
 

@@ -17,7 +17,8 @@ from llm_train_api.artifacts.homes import ResolvedDataset, resolve_owned_dataset
 from llm_train_api.domain import GIB, InvalidRequest
 from llm_train_api.services.ray_capacity import admission_problem as ray_admission_problem
 from llm_train_api.training.catalog import UnknownModel, estimate_memory_for, get_model_spec
-from llm_train_api.training.datasets import DatasetError
+from llm_train_api.training.datasets import DatasetError, source_files
+from llm_train_api.training.formats import TEXT, FormatError, read_records
 from llm_train_api.training.hyperparams import HyperparameterError, validate_hyperparameters
 from llm_train_api.training.spec import default_processes
 
@@ -31,6 +32,17 @@ class AdmissionError(InvalidRequest):
     def __init__(self, fields: dict[str, Any]) -> None:
         super().__init__(ADMISSION_MESSAGE, {"json": fields})
         self.fields = fields
+
+
+def dataset_kind(dataset: ResolvedDataset) -> str:
+    """chat, instruction or text: the kind of the dataset's first record (FormatError).
+    Reads one line at most: a plain-text file is text whatever it holds."""
+    files = source_files(dataset.path)
+    if files and files[0].suffix != ".jsonl":
+        return TEXT
+    for record in read_records(files[:1]):
+        return record.kind
+    raise FormatError(f"Dataset {dataset.name!r} holds no records.")
 
 
 def machine_memory_bytes() -> int:
@@ -54,6 +66,7 @@ def admit(
     resources: Mapping[str, Any] | None = None,
     ray_address: str = "",
     ray_token: str = "",
+    fine_tuning_fields: tuple[str, ...] = (),
 ) -> ResolvedDataset:
     """Check that the job can run; return its dataset, resolved for `owner`, whose sha256
     the new job records.
@@ -64,6 +77,9 @@ def admit(
 
     With ``resources`` asking for several processes (DDP), ``batch_size`` - the global
     batch - must split evenly over them, and on CPU the ranks' memory adds up on one host.
+
+    The built-in trainer trains text only: a chat or instruction dataset is refused, and
+    so are the `fine_tuning_fields` the request set (validation_dataset, output_model).
     """
     errors: dict[str, Any] = {}
     try:
@@ -80,9 +96,18 @@ def admit(
     try:
         resolved = resolve_owned_dataset(data_dir, owner, dataset)
         resolved.sha256  # noqa: B018 - hashed now: an unreadable file is the client's 422
-    except DatasetError as exc:
+        kind = dataset_kind(resolved)
+        if kind != TEXT:
+            errors["dataset"] = [
+                f"{dataset!r} is {'an' if kind[0] in 'aeiou' else 'a'} {kind} dataset; the "
+                f"built-in GPTs train on text only: use a text dataset, or fine-tune a "
+                "Hugging Face-format model (GET /models)."]
+    except (DatasetError, FormatError) as exc:
         # The trainer's CLI message names the folder it searched; clients get no paths.
         errors["dataset"] = [re.sub(r" \(looked in [^)]*\)", "", str(exc))]
+    for field in fine_tuning_fields:
+        errors[field] = [f"Only for fine-tuning a Hugging Face-format model; {model_name!r} "
+                         "is a built-in GPT."]
     processes = default_processes(resources)
     if validated is not None and validated["batch_size"] % processes:
         errors.setdefault("hyperparameters", {})["batch_size"] = [
@@ -113,4 +138,5 @@ def admit(
     return resolved
 
 
-__all__ = ["AdmissionError", "admit", "machine_memory_bytes", "memory_limit_bytes"]
+__all__ = ["AdmissionError", "admit", "dataset_kind", "machine_memory_bytes",
+           "memory_limit_bytes"]

@@ -1,6 +1,6 @@
 """Creating a job, minus HTTP: the request body becomes a `NewJob` (admitted against the
-trainer first, with the built-in executor), a dry run becomes a preview, and a user's
-queue is capped.
+trainer its model needs first, with the built-in executor), a dry run becomes a preview
+(with a fine-tuning job's plan), and a user's queue is capped.
 """
 
 from __future__ import annotations
@@ -11,9 +11,16 @@ from collections.abc import Mapping
 from datetime import datetime, timezone
 from typing import Any
 
+from llm_train_api.artifacts.model_errors import ModelNotFound
 from llm_train_api.config import PREFIX, Settings
 from llm_train_api.domain import InvalidRequest, Job, JobStatus, NewJob, Principal, Role
-from llm_train_api.services.admission import admit, memory_limit_bytes
+from llm_train_api.services.admission import AdmissionError, admit, memory_limit_bytes
+from llm_train_api.services.finetune_admission import admit_finetune, check_output_model
+from llm_train_api.services.finetune_plan import plan_run
+from llm_train_api.services.models import Place, resolve_for_owner
+from llm_train_api.services.ray_capacity import admission_problem as ray_admission_problem
+from llm_train_api.store.jobs import JobRepository
+from llm_train_api.training.spec import default_processes
 
 
 def new_job_id() -> str:
@@ -26,41 +33,96 @@ def builtin_executor(settings: Settings) -> bool:
     return settings.EXECUTOR != "none"
 
 
+FINE_TUNING_FIELDS = ("validation_dataset", "output_model")
+
+
 def prepare_job(
     body: Mapping[str, Any],
     *,
     owner: str | None,
     settings: Settings,
     data_dir: str | os.PathLike[str],
+    jobs: JobRepository | None = None,
 ) -> NewJob:
     """The job a validated request body asks for, owned by `owner`.
 
     With the built-in executor the job is admitted first (AdmissionError when it could not
     run) and records the sha256 of the dataset it names, as `owner` sees it, so that a
-    worker can refuse data that changed under it.
+    worker can refuse data that changed under it. `model_name` means what it means for
+    `owner` (services.models.resolve_for_owner): a built-in GPT goes to the built-in
+    trainer's checks, a Hugging Face-format model to the fine-tuning trainer's; with
+    `jobs`, the result's name (`output_model`) is checked against the owner's models
+    and pending results (ModelConflict).
     """
-    dataset_sha256 = None
-    if builtin_executor(settings):
+    job_id = body.get("job_id") or new_job_id()
+    fields = {name: body.get(name) for name in FINE_TUNING_FIELDS}
+    common = {"job_id": job_id, "model_name": body["model_name"], "dataset": body["dataset"],
+              "priority": body["priority"], "max_attempts": body["max_attempts"],
+              "max_runtime_seconds": body["max_runtime_seconds"],
+              "resources": body["resources"], "owner": owner}
+    if not builtin_executor(settings):
+        return NewJob(hyperparameters=body["hyperparameters"], **common, **fields)
+    place = Place.of(data_dir, settings)
+    try:
+        model = resolve_for_owner(place, owner, body["model_name"])
+    except ModelNotFound:
+        model = None  # admit() says so, with the built-in models' names
+    limit = memory_limit_bytes(settings.WORKER_MEMORY_GB)
+    if model is None or model.kind == "builtin":
         dataset = admit(
             body["model_name"], body["dataset"], body["hyperparameters"],
-            data_dir=data_dir, owner=owner,
-            memory_limit_bytes=memory_limit_bytes(settings.WORKER_MEMORY_GB),
+            data_dir=data_dir, owner=owner, memory_limit_bytes=limit,
             resources=body["resources"], ray_address=settings.RAY_ADDRESS,
             ray_token=settings.RAY_TOKEN,
+            fine_tuning_fields=tuple(name for name, value in fields.items()
+                                     if value is not None),
         )
-        dataset_sha256 = dataset.sha256
-    return NewJob(
-        job_id=body.get("job_id") or new_job_id(),
-        model_name=body["model_name"],
-        dataset=body["dataset"],
-        hyperparameters=body["hyperparameters"],
-        priority=body["priority"],
-        max_attempts=body["max_attempts"],
-        max_runtime_seconds=body["max_runtime_seconds"],
-        resources=body["resources"],
-        dataset_sha256=dataset_sha256,
-        owner=owner,
-    )
+        return NewJob(hyperparameters=body["hyperparameters"],
+                      dataset_sha256=dataset.sha256, model_kind="builtin", **common)
+    admitted, errors = admit_finetune(model, body, job_id=job_id, owner=owner, place=place,
+                                      memory_limit_bytes=limit,
+                                      qlora_workers=settings.QLORA_WORKERS)
+    too_big = ray_admission_problem(body["resources"], settings.RAY_ADDRESS,
+                                    settings.RAY_TOKEN)
+    if too_big:
+        errors["resources"] = [too_big]
+    if errors or admitted is None:
+        raise AdmissionError(dict(errors))
+    if jobs is not None and admitted.output_model is not None:
+        check_output_model(place, owner, admitted.output_model, job_id, jobs)
+    return NewJob(hyperparameters=admitted.hyperparameters,
+                  dataset_sha256=admitted.dataset.sha256, model_kind="hf",
+                  validation_dataset=fields["validation_dataset"],
+                  output_model=admitted.output_model, **common)
+
+
+def dry_run_plan(new: NewJob, *, settings: Settings,
+                 data_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """What a fine-tuning job's run will be (examples, tokens, truncations, steps) and its
+    memory estimate, for a dry run; None for other jobs. The job was admitted just before,
+    so the names resolve; the counting is the trainer's own (services.finetune_plan)."""
+    if new.model_kind != "hf":
+        return None
+    place = Place.of(data_dir, settings)
+    model = resolve_for_owner(place, new.owner, new.model_name)
+    body = {"model_name": new.model_name, "dataset": new.dataset,
+            "hyperparameters": new.hyperparameters, "resources": new.resources,
+            "validation_dataset": new.validation_dataset, "output_model": new.output_model}
+    admitted, errors = admit_finetune(model, body, job_id=new.job_id, owner=new.owner,
+                                      place=place, memory_limit_bytes=2**62,
+                                      qlora_workers=True)
+    if errors or admitted is None:
+        raise AdmissionError(dict(errors))
+    assert model.path is not None
+    spec = {"job_id": new.job_id, "model_name": new.model_name,
+            "model_path": str(model.path), "dataset": new.dataset,
+            "validation_dataset": new.validation_dataset,
+            "hyperparameters": new.hyperparameters, "data_dir": admitted.dataset.home,
+            "processes": default_processes(new.resources)}
+    plan = plan_run(spec, timeout_s=settings.PLAN_TIMEOUT_S)
+    return {**plan, "method": admitted.validated["method"],
+            "estimated_memory_bytes": admitted.memory.get("total"),
+            "memory": admitted.memory}
 
 
 def check_priority(priority: int, settings: Settings, principal: Principal) -> None:
@@ -87,4 +149,4 @@ def preview(new: NewJob, now: datetime | None = None) -> Job:
     return Job(new.job_id, new.model_name, new.dataset, new.hyperparameters, JobStatus.QUEUED,
                now, now, None, None, None, 0, new.priority, new.max_attempts, 0,
                new.max_runtime_seconds, new.resources, new.dataset_sha256, None, None,
-               new.owner)
+               new.owner, new.validation_dataset, new.output_model, new.model_kind)

@@ -6,11 +6,14 @@ Models come from sources, each listing and finding models in its own place:
 - `imported`: Hugging Face-format folders imported through the API (artifacts.models),
   a user's own in their home (only they and admins see them), an admin's published;
 - `roots`: folders under LLM_TRAIN_API_MODEL_ROOTS (artifacts.model_roots), published,
-  read-only.
+  read-only;
+- `fine-tuned`: the merged models of succeeded fine-tuning jobs (artifacts.finetuned),
+  owned by the job's owner (published when the job had none: auth disabled).
 
-A name means, for a caller: the built-in model, else their own import, else a published
-import, else a root folder. Another source (fine-tuned results, say) is one more entry of
-SOURCES and one more step of that lookup.
+A name means, for an owner (a caller, or the owner of a job): the built-in model, else
+their own import, else their own fine-tuned model, else a published import, else a
+published fine-tuned model, else a root folder (`resolve_for_owner`). Job creation and
+workers resolve names with that same function, so a job trains the model its owner sees.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from llm_train_api.artifacts import model_roots
+from llm_train_api.artifacts import finetuned, model_roots
 from llm_train_api.artifacts import models as model_files
 from llm_train_api.artifacts.homes import USERS_FOLDER, owner_home
 from llm_train_api.artifacts.model_errors import (
@@ -66,17 +69,19 @@ def _as_model(info: ModelInfo) -> Model:
     return asdict(info)
 
 
-def _user_homes(data_dir: str) -> list[tuple[str, str]]:
-    """(home, owner) of every user who has imported models, by name."""
+def _user_homes(data_dir: str, folder: Callable[[Path], Path] = model_files.models_root
+                ) -> list[tuple[str, str]]:
+    """(home, owner) of every user whose home has `folder` (imported models by default),
+    by name."""
     users = Path(data_dir) / USERS_FOLDER
     try:
         names = sorted(e.name for e in os.scandir(users) if e.is_dir(follow_symlinks=False))
     except FileNotFoundError:
         return []
-    return [(str(users / n), n) for n in names if model_files.models_root(users / n).is_dir()]
+    return [(str(users / n), n) for n in names if folder(users / n).is_dir()]
 
 
-def _own(infos: list[ModelInfo], owner: str) -> list[ModelInfo]:
+def _own(infos: list[ModelInfo], owner: str | None) -> list[ModelInfo]:
     return [replace(info, owner=owner) for info in infos]
 
 
@@ -102,14 +107,72 @@ def _roots_list(place: Place, principal: Principal) -> list[Model]:
     return [_as_model(info) for info in model_roots.list_infos(place.data_dir, place.roots)]
 
 
+def _finetuned_list(place: Place, principal: Principal) -> list[Model]:
+    homes: list[tuple[str, str | None]]
+    if principal.role is Role.USER:
+        homes = [(owner_home(place.data_dir, principal.name), principal.name)]
+    else:
+        homes = [(place.data_dir, None),
+                 *_user_homes(place.data_dir, finetuned.finetuned_root)]
+    return [_as_model(info) for home, owner in homes
+            for info in _own(finetuned.list_infos(home), owner)]
+
+
 SOURCES: tuple[Callable[[Place, Principal], list[Model]], ...] = (
-    _builtin_list, _imported_list, _roots_list)
+    _builtin_list, _imported_list, _roots_list, _finetuned_list)
 
 
 def list_visible(place: Place, principal: Principal) -> list[Model]:
     """Built-in models first, then published imports, imports of users (the caller's own;
-    every user's for an admin), then root folders; by name within each."""
+    every user's for an admin), root folders, then fine-tuned models (the caller's own;
+    every user's for an admin); by name within each."""
     return [model for source in SOURCES for model in source(place, principal)]
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """What a model name means for an owner: its description, and the folder a trainer
+    loads (None for a built-in model, which the built-in trainer builds)."""
+
+    model: Model
+    path: Path | None
+
+    @property
+    def kind(self) -> str:
+        return str(self.model["kind"])
+
+
+def _lookups(place: Place, owner: str | None
+             ) -> list[Callable[[str], tuple[ModelInfo, Path | None]]]:
+    """The owner's places, in the order a name is looked for (see the module doc)."""
+    homes = ([owner_home(place.data_dir, owner)] if owner is not None else []) \
+        + [place.data_dir]
+    steps: list[Callable[[str], tuple[ModelInfo, Path | None]]] = []
+    for home in homes:
+        own = None if home == place.data_dir else owner
+        steps.append(lambda n, h=home, o=own: (
+            replace(model_files.get_info(h, n), owner=o), model_files.model_path(h, n)))
+        steps.append(lambda n, h=home, o=own: (
+            replace(finetuned.get_info(h, n), owner=o), finetuned.model_path(h, n)))
+    steps.append(lambda n: (model_roots.get_info(place.data_dir, place.roots, n),
+                            model_roots.discover(place.roots).get(n)))
+    return steps
+
+
+def resolve_for_owner(place: Place, owner: str | None, name: str) -> ResolvedModel:
+    """The model `name` means for `owner` (None: the published models only); ModelNotFound
+    when none."""
+    if name in _builtins():
+        return ResolvedModel(_builtins()[name], None)
+    for lookup in _lookups(place, owner):
+        try:
+            info, path = lookup(name)
+        except ModelNotFound:
+            continue
+        if path is not None:
+            return ResolvedModel(_as_model(info), path)
+    raise ModelNotFound(f"Model {name!r} not found; built-in models: "
+                        f"{', '.join(MODELS)} (GET /models lists every model).")
 
 
 def _owner_for(principal: Principal, owner: str | None) -> str | None:
@@ -126,25 +189,17 @@ def get_visible(place: Place, principal: Principal, name: str,
                 owner: str | None = None) -> Model:
     """The model `name` means for the caller (ModelNotFound when none). With `owner`
     (admins), that user's import of that name."""
-    if owner is None and name in _builtins():
-        return _builtins()[name]
+    if owner is None:
+        return resolve_for_owner(place, _owner_for(principal, None) or principal.owner,
+                                 name).model
     own = _owner_for(principal, owner)
-    if own is not None:
+    home = owner_home(place.data_dir, own)
+    for source in (model_files, finetuned):
         try:
-            return _as_model(replace(model_files.get_info(owner_home(place.data_dir, own),
-                                                          name), owner=own))
+            return _as_model(replace(source.get_info(home, name), owner=own))
         except ModelNotFound:
-            if owner is not None:
-                raise ModelNotFound(f"User {owner!r} has no model {name!r}.") from None
-    try:
-        return _as_model(model_files.get_info(place.data_dir, name))
-    except ModelNotFound:
-        pass
-    try:
-        return _as_model(model_roots.get_info(place.data_dir, place.roots, name))
-    except ModelNotFound:
-        raise ModelNotFound(f"Model {name!r} not found; built-in models: "
-                            f"{', '.join(MODELS)} (GET /models lists every model).") from None
+            continue
+    raise ModelNotFound(f"User {owner!r} has no model {name!r}.")
 
 
 def _in_use(jobs: JobRepository, owner: str | None) -> Callable[[str], list[str]]:
@@ -169,6 +224,10 @@ def import_model(place: Place, principal: Principal, name: str, stream: BinaryIO
     model_files.check_name(name)
     owner = principal.name if principal.role is Role.USER else None
     _refuse_reserved(place, name, action="replaced", roots_too=owner is None)
+    mine = finetuned.model_path(owner_home(place.data_dir, principal.owner), name)
+    if mine is not None:
+        raise ModelConflict(f"{name!r} is the name of your fine-tuned model; delete it "
+                            "first, or choose another name.")
     quota = storage.model_quota(place.data_dir, principal, jobs, settings)
     result = model_files.store_import(
         owner_home(place.data_dir, owner), name, stream,
@@ -188,6 +247,13 @@ def delete_model(place: Place, principal: Principal, name: str, *, jobs: JobRepo
     home = owner_home(place.data_dir, own)
     try:
         model_files.delete_model(home, name, in_use=_in_use(jobs, own))
+        return
+    except ModelNotFound:
+        pass
+    results = own if own is not None else principal.owner  # whose fine-tuned models
+    try:
+        finetuned.delete(owner_home(place.data_dir, results), name,
+                         in_use=_in_use(jobs, results))
         return
     except ModelNotFound:
         if owner is not None:

@@ -1,5 +1,6 @@
 """The per-user storage quota (LLM_TRAIN_API_MAX_STORAGE_GB_PER_USER): a user's own
-datasets and imported models plus their jobs' folders (checkpoints, logs, metrics).
+datasets, imported and fine-tuned models, plus their jobs' folders (checkpoints, logs,
+metrics).
 
 Usage is measured on the filesystem each time it is needed, never cached: a stale figure
 could only let a user past the cap. Finding a user's job folders takes one indexed query
@@ -19,6 +20,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from llm_train_api.artifacts import finetuned
 from llm_train_api.artifacts import models as model_files
 from llm_train_api.artifacts.datasets import StorageQuota, stored_bytes
 from llm_train_api.artifacts.homes import owner_home
@@ -71,10 +73,14 @@ def jobs_bytes(data_dir: str | os.PathLike[str], owner: str, jobs: JobRepository
     return job_dirs_bytes(data_dir, jobs.owner_incarnations(owner))
 
 
+def models_bytes(home: str) -> int:
+    """Imported and fine-tuned models of a home."""
+    return model_files.stored_bytes(home) + finetuned.stored_bytes(home)
+
+
 def usage(data_dir: str | os.PathLike[str], owner: str, jobs: JobRepository) -> Usage:
     home = owner_home(data_dir, owner)
-    return Usage(stored_bytes(home), model_files.stored_bytes(home),
-                 jobs_bytes(data_dir, owner, jobs))
+    return Usage(stored_bytes(home), models_bytes(home), jobs_bytes(data_dir, owner, jobs))
 
 
 def upload_quota(data_dir: str | os.PathLike[str], principal: Principal, jobs: JobRepository,
@@ -86,8 +92,7 @@ def upload_quota(data_dir: str | os.PathLike[str], principal: Principal, jobs: J
         return None
     home, owner = owner_home(data_dir, principal.name), principal.name
     return StorageQuota(cap, f"{SETTING}={settings.MAX_STORAGE_GB_PER_USER:g}",
-                        lambda: model_files.stored_bytes(home) + jobs_bytes(data_dir, owner,
-                                                                            jobs))
+                        lambda: models_bytes(home) + jobs_bytes(data_dir, owner, jobs))
 
 
 def model_quota(data_dir: str | os.PathLike[str], principal: Principal, jobs: JobRepository,
@@ -99,7 +104,8 @@ def model_quota(data_dir: str | os.PathLike[str], principal: Principal, jobs: Jo
         return None
     home, owner = owner_home(data_dir, principal.name), principal.name
     return StorageQuota(cap, f"{SETTING}={settings.MAX_STORAGE_GB_PER_USER:g}",
-                        lambda: stored_bytes(home) + jobs_bytes(data_dir, owner, jobs))
+                        lambda: stored_bytes(home) + finetuned.stored_bytes(home)
+                        + jobs_bytes(data_dir, owner, jobs))
 
 
 def check_room_for_job(data_dir: str | os.PathLike[str], principal: Principal,

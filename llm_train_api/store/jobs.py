@@ -275,6 +275,11 @@ class JobRepository:
         first); with `owner`, only that owner's jobs (a user's own models are theirs)."""
         return self._active_naming(jobs.c.model_name, model_name, owner)
 
+    def output_model_in_use(self, name: str, *, owner: str | None = None) -> list[str]:
+        """Ids of queued or running jobs whose result will be the model `name` (at most
+        10, newest first); with `owner`, only that owner's."""
+        return self._active_naming(jobs.c.output_model, name, owner)
+
     def _active_naming(self, column: Any, value: str, owner: str | None) -> list[str]:
         conditions = [column == value,
                       jobs.c.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value])]

@@ -55,11 +55,20 @@ def _v4_fair_claims(conn: Connection) -> None:
             index.create(conn)
 
 
+def _v5_fine_tuning(conn: Connection) -> None:
+    """What a fine-tuning job adds: a validation dataset, the output model's name, and
+    the model's kind."""
+    for column in ("validation_dataset VARCHAR(256)", "output_model VARCHAR(128)",
+                   "model_kind VARCHAR(16)"):
+        conn.execute(text(f"ALTER TABLE jobs ADD COLUMN {column}"))
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1_initial),
     (2, _v2_workers),
     (3, _v3_auth),
     (4, _v4_fair_claims),
+    (5, _v5_fine_tuning),
 ]
 LATEST_VERSION = MIGRATIONS[-1][0]
 

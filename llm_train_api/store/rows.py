@@ -40,13 +40,17 @@ JOB_COLUMNS = (
     jobs.c.progress,
     jobs.c.lease_owner,
     jobs.c.owner,
+    jobs.c.validation_dataset,
+    jobs.c.output_model,
+    jobs.c.model_kind,
 )
 _N_JOB_COLUMNS = len(JOB_COLUMNS)
 
 # What a create writes, as bind parameters of the same names.
 INSERT_COLUMNS = ("id", "model_name", "dataset", "hyperparameters", "request_hash", "status",
                   "created_us", "updated_us", "version", "priority", "max_attempts",
-                  "max_runtime_s", "resources", "dataset_sha256", "owner")
+                  "max_runtime_s", "resources", "dataset_sha256", "owner",
+                  "validation_dataset", "output_model", "model_kind")
 
 # orjson parses the stored hyperparameters several times faster than the json module.
 loads = orjson.loads
@@ -94,6 +98,9 @@ def insert_params(new: NewJob, ts: int, hyperparameters: str, digest: str) -> di
         "resources": None if new.resources is None else canonical_json(new.resources),
         "dataset_sha256": new.dataset_sha256,
         "owner": new.owner,
+        "validation_dataset": new.validation_dataset,
+        "output_model": new.output_model,
+        "model_kind": new.model_kind,
     }
 
 
@@ -103,7 +110,7 @@ def row_to_job(row: Any) -> Job:
     (_seq, job_id, model_name, dataset, hyperparameters, status, error_message, created_us,
      updated_us, started_us, finished_us, version, priority, max_attempts, attempts,
      max_runtime_s, resources, dataset_sha256, progress, lease_owner,
-     owner) = row[:_N_JOB_COLUMNS]
+     owner, validation_dataset, output_model, model_kind) = row[:_N_JOB_COLUMNS]
     return Job(
         job_id,
         model_name,
@@ -125,4 +132,7 @@ def row_to_job(row: Any) -> Job:
         None if progress is None else loads(progress),
         lease_owner,
         owner,
+        validation_dataset,
+        output_model,
+        model_kind,
     )

@@ -60,6 +60,11 @@ jobs = Table(
     Column("progress", Text),
     # --- v3: who created the job (a token's principal name); NULL when auth was disabled.
     Column("owner", String(64)),
+    # --- v5: fine-tuning jobs: held-out data, the name of the resulting model, and which
+    # trainer the model needs ("builtin" or "hf"; NULL for jobs nothing admitted).
+    Column("validation_dataset", String(256)),
+    Column("output_model", String(128)),
+    Column("model_kind", String(16)),
 )
 
 # One index per supported single filter, each ending in the sort key, so that every page is

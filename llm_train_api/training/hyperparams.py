@@ -7,7 +7,8 @@ of messages, in the shape marshmallow uses, so the API can return it as-is.
 Run length: one epoch is one pass over the training tokens, so
 ``steps_per_epoch = ceil(train_tokens / (batch_size * block_size *
 gradient_accumulation_steps))`` and the run has ``epochs * steps_per_epoch`` optimizer
-steps; ``max_steps``, when given, caps that number.
+steps; ``max_steps``, when given, decides the run length instead (more or fewer steps than
+the epochs would give, as in transformers' Trainer).
 """
 
 from __future__ import annotations
@@ -70,7 +71,7 @@ _MAX_BLOCK = max(spec.block_size for spec in MODELS.values())
 SCHEMA: tuple[Param, ...] = (
     Param("learning_rate", "float", 3e-4, "Peak AdamW learning rate, reached after warmup.",
           minimum=0.0, maximum=1.0, exclusive_minimum=True),
-    Param("epochs", "int", 1, "Passes over the training tokens; max_steps may cap the run.",
+    Param("epochs", "int", 1, "Passes over the training tokens, unless max_steps is set.",
           minimum=1, maximum=10000),
     Param("batch_size", "int", 8,
           "Sequences per micro-batch, all processes together: with resources.processes = N "
@@ -78,7 +79,8 @@ SCHEMA: tuple[Param, ...] = (
           minimum=1, maximum=4096),
     Param("block_size", "int", 256, "Context length in bytes; at most the model's maximum.",
           minimum=8, maximum=_MAX_BLOCK),
-    Param("max_steps", "int", None, "Upper bound on optimizer steps; null = epochs decide.",
+    Param("max_steps", "int", None,
+          "Optimizer steps; when set it decides the run length; null = epochs decide.",
           minimum=1, maximum=10_000_000, nullable=True),
     Param("warmup_steps", "int", 20, "Linear warmup steps from ~0 to learning_rate.",
           minimum=0, maximum=10_000_000),

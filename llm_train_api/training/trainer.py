@@ -95,8 +95,10 @@ def steps_per_epoch(train_tokens: int, hp: Mapping[str, Any]) -> int:
 
 
 def total_steps_for(train_tokens: int, hp: Mapping[str, Any]) -> int:
-    total = hp["epochs"] * steps_per_epoch(train_tokens, hp)
-    return min(total, hp["max_steps"]) if hp["max_steps"] else total
+    """``max_steps`` when set: it decides the run length on its own, more or fewer steps
+    than the epochs would give, as in transformers' Trainer (batches are drawn with
+    replacement, so a longer run simply draws more); otherwise ``epochs`` passes."""
+    return hp["max_steps"] or hp["epochs"] * steps_per_epoch(train_tokens, hp)
 
 
 def learning_rate_at(step: int, hp: Mapping[str, Any], total_steps: int) -> float:

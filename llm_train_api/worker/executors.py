@@ -26,8 +26,8 @@ from typing import Any
 from llm_train_api.domain import Job, JobStatus
 from llm_train_api.store.queue import JobQueue
 from llm_train_api.training.lease import write_lease
-from llm_train_api.training.spec import RunSpec
 from llm_train_api.worker.trainer_process import TrainerProcess
+from llm_train_api.worker.trainer_spec import TrainerSpec
 
 
 class LaunchRefused(Exception):  # noqa: N818 - a decision, not a failure of ours
@@ -108,7 +108,7 @@ class Executor(ABC):
         return job_queue.claim(worker_id, lease_s)
 
     @abstractmethod
-    def launch(self, job: Job, spec: RunSpec, folder: Path, log_file: Path,
+    def launch(self, job: Job, spec: TrainerSpec, folder: Path, log_file: Path,
                busy: list[Execution]) -> Execution:
         """Start (or attach to) the job's run; raise LaunchRefused to decline it."""
 
@@ -184,7 +184,7 @@ class LocalExecutor(Executor):
         write_lease(path, time.time() + self.lease_s)
         return path
 
-    def launch(self, job: Job, spec: RunSpec, folder: Path, log_file: Path,
+    def launch(self, job: Job, spec: TrainerSpec, folder: Path, log_file: Path,
                busy: list[Execution]) -> Execution:
         wanted = int((job.resources or {}).get("gpus", 0))
         held = {g for run in busy if isinstance(run, LocalExecution) for g in run.gpus}

@@ -33,8 +33,9 @@ from llm_train_api.services import ray_auth
 from llm_train_api.services.ray_capacity import capacity_problem, node_capacities
 from llm_train_api.store.queue import JobQueue
 from llm_train_api.training.events import parse_line
-from llm_train_api.training.spec import RunSpec, run_command, write_spec
+from llm_train_api.worker import trainer_spec
 from llm_train_api.worker.executors import Execution, Executor, LaunchRefused, job_processes
+from llm_train_api.worker.trainer_spec import TrainerSpec
 
 log = logging.getLogger("llm_train_api.worker.ray")
 # Filesystem types whose contents other machines see too (from /proc/mounts).
@@ -359,7 +360,7 @@ class RayExecutor(Executor):
         self._attaching[job.id] = previous
         return adopted
 
-    def launch(self, job: Job, spec: RunSpec, folder: Path, log_file: Path,
+    def launch(self, job: Job, spec: TrainerSpec, folder: Path, log_file: Path,
                busy: list[Execution]) -> Execution:
         sid = self._attaching.pop(job.id, None)
         if sid is not None:
@@ -384,14 +385,15 @@ class RayExecutor(Executor):
         log.info("job %s: attached to Ray job %s", job.id, sid)
         return RayExecution(self.client, sid, log_file, fresh=False)
 
-    def _submit(self, job: Job, spec: RunSpec, folder: Path, log_file: Path) -> Execution:
+    def _submit(self, job: Job, spec: TrainerSpec, folder: Path, log_file: Path) -> Execution:
         sid = submission_id(job)
         resources = job.resources or {}
         try:
-            argv = run_command(folder, python=self.python, processes=job_processes(job))
+            argv = trainer_spec.command(spec, folder, python=self.python,
+                                        processes=job_processes(job))
         except ValueError as exc:
             raise LaunchRefused(JobStatus.FAILED, str(exc)) from None
-        write_spec(folder, spec)
+        trainer_spec.write(folder, spec)
         env = {"PYTHONUNBUFFERED": "1"}
         if self.threads:
             for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):

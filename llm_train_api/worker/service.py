@@ -22,8 +22,10 @@ from pathlib import Path
 
 from llm_train_api.artifacts.homes import ResolvedDataset, resolve_owned_dataset
 from llm_train_api.artifacts.jobs import job_dir, log_path, sweep_job_dirs
+from llm_train_api.artifacts.model_roots import parse_roots
 from llm_train_api.config import Settings
 from llm_train_api.domain import IllegalTransition, Job, JobNotFound, JobStatus
+from llm_train_api.services.models import Place
 from llm_train_api.store.queue import JobQueue
 from llm_train_api.training.datasets import DatasetError
 from llm_train_api.training.events import EXIT_OK, EXIT_PREEMPTED
@@ -35,7 +37,9 @@ from llm_train_api.worker.executors import (
     LocalExecutor,
     job_processes,
 )
+from llm_train_api.worker.finetune import finetune_spec, is_finetune, register_result
 from llm_train_api.worker.progress import ProgressTracker
+from llm_train_api.worker.trainer_spec import TrainerSpec
 
 log = logging.getLogger("llm_train_api.worker")
 _FLUSH_S = 1.0  # progress is written at most this often per job
@@ -58,6 +62,8 @@ class WorkerConfig:
     shutdown_grace_s: float = 20.0
     # How often the folders of deleted jobs are swept (0: never).
     sweep_s: float = 300.0
+    # LLM_TRAIN_API_MODEL_ROOTS: where a fine-tuning job's model may be found.
+    model_roots: str = ""
 
     @classmethod
     def from_settings(cls, settings: Settings, *, data_dir: str | Path, concurrency: int = 1,
@@ -68,7 +74,7 @@ class WorkerConfig:
                    lease_s=settings.LEASE_S, heartbeat_s=settings.HEARTBEAT_S,
                    poll_s=settings.POLL_S, cancel_grace_s=settings.CANCEL_GRACE_S,
                    trainer_threads=settings.TRAINER_THREADS, gpus=list(gpus or []),
-                   sweep_s=settings.JOB_DIR_SWEEP_S)
+                   sweep_s=settings.JOB_DIR_SWEEP_S, model_roots=settings.MODEL_ROOTS)
 
 
 @dataclass
@@ -173,8 +179,16 @@ class Worker:
         hyperparameters = dict(job.hyperparameters)
         if self.config.trainer_threads and "num_threads" not in hyperparameters:
             hyperparameters["num_threads"] = self.config.trainer_threads
-        spec = RunSpec(job.model_name, job.dataset, hyperparameters, dataset.home,
-                       job.id, processes=job_processes(job))
+        spec: TrainerSpec | str
+        if is_finetune(job):
+            spec = finetune_spec(job, self._place(), dataset, hyperparameters,
+                                 job_processes(job))
+        else:
+            spec = RunSpec(job.model_name, job.dataset, hyperparameters, dataset.home,
+                           job.id, processes=job_processes(job))
+        if isinstance(spec, str):
+            self.queue.finish(job.id, self.id, JobStatus.FAILED, error_message=spec)
+            return True
         folder = job_dir(self.config.data_dir, job)
         try:
             folder.mkdir(parents=True, exist_ok=True)
@@ -197,6 +211,9 @@ class Worker:
         log.info("job %s: attempt %d, %s", job.id, job.attempts, proc.ident())
         self._flush(run, force=True)
         return True
+
+    def _place(self) -> Place:
+        return Place(self.config.data_dir, parse_roots(self.config.model_roots))
 
     def _check_inputs(self, job: Job) -> ResolvedDataset | str:
         """The dataset as the job's owner sees it (their own first, then the published one),
@@ -263,7 +280,14 @@ class Worker:
             except (JobNotFound, IllegalTransition):
                 pass  # deleted or ended meanwhile: nothing left to record
         elif rc == EXIT_OK:
-            self.queue.finish(job.id, self.id, JobStatus.SUCCEEDED)
+            # A fine-tuning job's result becomes a model before the job is done: a crash
+            # in between requeues the job, whose rerun writes and registers it again.
+            problem = (register_result(job, job_dir(self.config.data_dir, job),
+                                       self.config.data_dir) if is_finetune(job) else None)
+            if problem:
+                self.queue.finish(job.id, self.id, JobStatus.FAILED, error_message=problem)
+            else:
+                self.queue.finish(job.id, self.id, JobStatus.SUCCEEDED)
         elif rc > 0 and rc != EXIT_PREEMPTED:
             # The trainer said why it failed; running it again would fail again.
             self.queue.finish(job.id, self.id, JobStatus.FAILED,

@@ -17,7 +17,8 @@ from typing import Any
 
 from llm_train_api.training.events import parse_line
 from llm_train_api.training.lease import LEASE_FILE_ENV
-from llm_train_api.training.spec import RunSpec, run_command, write_spec
+from llm_train_api.worker import trainer_spec
+from llm_train_api.worker.trainer_spec import TrainerSpec
 
 _PR_SET_PDEATHSIG = 1
 try:  # loaded in the parent: the child must not import or allocate between fork and exec
@@ -38,7 +39,7 @@ class TrainerProcess:
     def __init__(
         self,
         job_dir: Path,
-        spec: RunSpec,
+        spec: TrainerSpec,
         log_path: Path,
         *,
         threads: int = 0,
@@ -47,10 +48,9 @@ class TrainerProcess:
         processes: int = 1,
         lease_file: Path | None = None,
     ) -> None:
-        argv = run_command(job_dir, python=sys.executable,  # may refuse: before any IO
-                           processes=processes)
-        job_dir.mkdir(parents=True, exist_ok=True)
-        write_spec(job_dir, spec)
+        argv = trainer_spec.command(spec, job_dir, python=sys.executable,  # may refuse:
+                                    processes=processes)  # before any IO
+        trainer_spec.write(job_dir, spec)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **(extra_env or {})}
         if threads:
             for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):

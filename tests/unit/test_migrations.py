@@ -51,6 +51,9 @@ def test_a_version_1_database_is_upgraded_and_keeps_its_jobs(tmp_path):
     assert job.hyperparameters == {"lr": 0.1} and job.status is JobStatus.QUEUED
     assert (job.priority, job.attempts, job.max_attempts) == (0, 0, 3)
     assert job.owner is None  # made before auth: only admins and workers see it
+    # Made before fine-tuning: no validation data, no output model, the kind unrecorded
+    # (workers run such a job with the built-in trainer).
+    assert (job.validation_dataset, job.output_model, job.model_kind) == (None, None, None)
     claimed = JobQueue(database, jobs).claim("w", 30)
     assert claimed.id == "old" and claimed.attempts == 1
     events, _ = jobs.job_events("old")

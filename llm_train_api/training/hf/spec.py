@@ -30,6 +30,8 @@ SPEC_FIELDS = ("job_id", "model_name", "model_path", "dataset", "validation_data
                "hyperparameters", "data_dir", "processes")
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 MODULE = "llm_train_api.training.hf"
+#: The job folder's subfolder of results: ``adapter/`` and ``model/`` (Hugging Face format).
+OUTPUT_FOLDER = "output"
 
 
 @dataclass

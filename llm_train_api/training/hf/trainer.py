@@ -53,7 +53,8 @@ from llm_train_api.training.events import (
 from llm_train_api.training.formats import FormatError
 from llm_train_api.training.hf import data as hfdata
 from llm_train_api.training.hf import modeling, state
-from llm_train_api.training.hf.spec import FineTuneSpec, ValidSpec, validate_spec
+from llm_train_api.training.hf.plan import plan_data
+from llm_train_api.training.hf.spec import OUTPUT_FOLDER, FineTuneSpec, ValidSpec, validate_spec
 from llm_train_api.training.hyperparams import HyperparameterError
 from llm_train_api.training.spec import SpecError, check_global_batch
 from llm_train_api.training.storage import LocalStorage
@@ -66,7 +67,6 @@ from llm_train_api.training.trainer import (
     resolve_dtype,
 )
 
-OUTPUT_FOLDER = "output"
 ADAM_BETAS = (0.9, 0.999)
 MIN_LR_RATIO = 0.1
 #: Settings a resume must not change: they decide what the weights and batches are.
@@ -94,15 +94,6 @@ def learning_rate_at(step: int, hp: Mapping[str, Any], total_steps: int) -> floa
         return peak * (1.0 - progress)
     floor = MIN_LR_RATIO * peak
     return floor + 0.5 * (1.0 + math.cos(math.pi * progress)) * (peak - floor)
-
-
-def steps_per_epoch(n_sequences: int, hp: Mapping[str, Any]) -> int:
-    return max(1, math.ceil(n_sequences / (hp["batch_size"] * hp["gradient_accumulation_steps"])))
-
-
-def total_steps_for(n_sequences: int, hp: Mapping[str, Any]) -> int:
-    """``max_steps`` when set (it decides, as in transformers' Trainer), else epochs."""
-    return hp["max_steps"] or hp["epochs"] * steps_per_epoch(n_sequences, hp)
 
 
 def make_optimizer(params: dict[str, torch.nn.Parameter], hp: Mapping[str, Any]
@@ -168,13 +159,8 @@ def _train(valid: ValidSpec, device: torch.device, ddp: distributed.DistContext 
 
     tokenizer = modeling.load_tokenizer(valid.model_path)
     events.log(f"rendering dataset {spec.dataset} ({valid.dataset_path})")
-    train_set = hfdata.prepare(tokenizer, valid.dataset_path, hp["max_seq_length"])
-    if valid.validation_path is not None:
-        val_set = hfdata.prepare(tokenizer, valid.validation_path, hp["max_seq_length"])
-        train_examples, val_examples = train_set.examples, val_set.examples
-    else:
-        train_examples, val_examples = hfdata.split(train_set.examples, hp["val_fraction"],
-                                                    hp["seed"])
+    plan = plan_data(valid, tokenizer)
+    train_set, train_seqs, val_seqs = plan.train, plan.train_seqs, plan.val_seqs
     events.emit("prepare", dataset=spec.dataset, sha256=None, n_tokens=train_set.tokens,
                 cached=False, kind=train_set.kind, records=train_set.records,
                 truncated=train_set.truncated, dropped=train_set.dropped)
@@ -182,12 +168,9 @@ def _train(valid: ValidSpec, device: torch.device, ddp: distributed.DistContext 
         events.log(f"{train_set.truncated} example(s) truncated to max_seq_length "
                    f"{hp['max_seq_length']}, {train_set.dropped} dropped (nothing to learn "
                    "left)")
-    train_seqs = hfdata.sequences(train_examples, hp["max_seq_length"], hp["packing"])
-    val_seqs = hfdata.sequences(val_examples, hp["max_seq_length"], hp["packing"])
     batches = hfdata.StepBatches(train_seqs, hp["batch_size"],
                                  hp["gradient_accumulation_steps"], hp["seed"], rank, world)
-    spe = steps_per_epoch(len(train_seqs), hp)
-    total_steps = total_steps_for(len(train_seqs), hp)
+    spe, total_steps = plan.steps_per_epoch, plan.total_steps
 
     torch.manual_seed(hp["seed"])
     model = modeling.load_model(valid.model_path, hp, device, dtype)

@@ -24,7 +24,14 @@
     $("job-status").replaceChildren(UI.badge(job.status));
     document.body.dataset.status = job.status;
     text("job-model", job.model_name);
-    text("job-dataset", job.dataset);
+    // Fine-tuning jobs: the model kind and method, validation data, the result's name.
+    const method = job.model_kind === "hf" ? (job.hyperparameters.method || "lora") : null;
+    text("job-kind", job.model_kind === "hf" ? "fine-tuning (" + method + ")"
+      : job.model_kind === "builtin" ? "built-in GPT" : null);
+    text("job-dataset", job.dataset
+      + (job.validation_dataset ? " (validation: " + job.validation_dataset + ")" : ""));
+    text("job-output-model", job.output_model
+      && job.output_model + (job.status === "succeeded" ? "" : " (once it succeeds)"));
     text("job-attempts", job.attempts + " of " + job.max_attempts);
     text("job-worker", job.worker);
     text("job-created", UI.time(job.created_at));

@@ -129,13 +129,23 @@ def test_fsspec_job_folder(data_dir):
     assert fs.exists("/jobs/job-fsspec/ckpt_best.pt")
 
 
+def test_max_steps_decides_the_run_length_beyond_one_epoch(data_dir, tmp_path):
+    # One epoch of this corpus is a few steps; max_steps, not epochs, sets the length.
+    spec = make_spec(data_dir, epochs=1, max_steps=6, batch_size=64, eval_interval=0,
+                     checkpoint_interval=0)
+    code, events = run_inprocess(spec, tmp_path / "job")
+    start = next(e for e in events if e["event"] == "start")
+    assert code == 0 and start["steps_per_epoch"] < 6 and start["total_steps"] == 6
+    assert read_metrics(tmp_path / "job")[-1]["step"] == 6
+
+
 def test_schedule_and_run_length():
     hp = {**tiny_hp(), "epochs": 3, "max_steps": None, "gradient_accumulation_steps": 2,
           "lr_schedule": "cosine", "learning_rate": 1.0, "warmup_steps": 10}
     # ceil(10_000 / (8 * 32 * 2)) = 20 steps per epoch
     assert total_steps_for(10_000, hp) == 60
     assert total_steps_for(10_000, {**hp, "max_steps": 7}) == 7
-    assert total_steps_for(10_000, {**hp, "max_steps": 700}) == 60
+    assert total_steps_for(10_000, {**hp, "max_steps": 700}) == 700
     assert learning_rate_at(0, hp, 100) == pytest.approx(0.1)
     assert learning_rate_at(9, hp, 100) == pytest.approx(1.0)
     assert learning_rate_at(10, hp, 100) == pytest.approx(1.0)

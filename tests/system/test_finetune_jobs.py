@@ -1,0 +1,97 @@
+"""Fine-tuning jobs for real: a real gunicorn and a real `llm-train-api worker` fine-tune a
+tiny Llama imported over PUT /models on a chat dataset uploaded over PUT /datasets; the
+result becomes a model that a second job fine-tunes again; a worker killed with SIGKILL
+mid-run leads to a resumed attempt."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import pytest
+
+from tests.helpers.hf_models import tar_archive
+from tests.helpers.live import alive, events, wait_for, wait_progress, wait_status
+from tests.helpers.tiny_hf import chat_records
+
+pytestmark = pytest.mark.slow
+
+HP = {"max_steps": 16, "batch_size": 4, "learning_rate": 0.01, "warmup_steps": 2,
+      "log_interval": 2, "eval_interval": 8, "checkpoint_interval": 4,
+      "lora": {"r": 8, "alpha": 16, "dropout": 0.0}}
+
+
+def _import(service, tiny_hf_model) -> None:
+    files = {p.name: p.read_bytes() for p in tiny_hf_model.iterdir() if p.is_file()}
+    resp = service.http.put(f"{service.url}/models/tiny", data=tar_archive(files),
+                            headers={"Content-Type": "application/x-tar"}, timeout=30)
+    assert resp.status_code == 201, resp.text
+    chat = "".join(json.dumps(r) + "\n" for r in chat_records(32)).encode()
+    resp = service.http.put(f"{service.url}/datasets/chat.jsonl", data=chat,
+                            headers={"Content-Type": "application/jsonl"}, timeout=30)
+    assert resp.status_code == 201, resp.text
+
+
+def _post(service, body: dict, query: str = "") -> dict:
+    resp = service.http.post(f"{service.url}/jobs{query}", json=body, timeout=180)
+    assert resp.status_code in (200, 201), resp.text
+    return resp.json()
+
+
+def test_lora_job_result_becomes_a_model_that_trains_again(service, tiny_hf_model):
+    _import(service, tiny_hf_model)
+    body = {"job_id": "ft", "model_name": "tiny", "dataset": "chat", "hyperparameters": HP,
+            "output_model": "tiny-chat"}
+    preview = _post(service, body, "?dry_run=true")
+    plan = preview["plan"]
+    assert plan["kind"] == "chat" and plan["records"] == 32 and plan["truncated"] == 0
+    assert plan["total_steps"] == 16 and plan["method"] == "lora"
+    assert plan["train_sequences"] + plan["val_sequences"] == plan["examples"] == 32
+    assert plan["estimated_memory_bytes"] > 0
+    assert service.http.get(f"{service.url}/jobs/ft", timeout=10).status_code == 404
+
+    service.start_worker()
+    assert _post(service, body)["model_kind"] == "hf"
+    job = wait_status(service, "ft", {"succeeded", "failed"}, timeout=150)
+    assert job["status"] == "succeeded", job["error_message"]
+    assert job["progress"]["step"] == 16
+    curve = service.http.get(f"{service.url}/jobs/ft/metrics", timeout=10).json()
+    assert [p["step"] for p in curve] == list(range(2, 17, 2))
+    vals = [p["val_loss"] for p in curve if p.get("val_loss") is not None]
+    assert curve[-1]["train_loss"] < curve[0]["train_loss"] and vals[-1] < vals[0], curve
+    tuned = service.http.get(f"{service.url}/models/tiny-chat", timeout=10).json()
+    assert (tuned["kind"], tuned["source"], tuned["base_model"], tuned["job_id"],
+            tuned["method"]) == ("hf", "job", "tiny", "ft", "lora")
+    assert "tiny-chat" in {m["name"] for m in service.http.get(
+        f"{service.url}/models", timeout=10).json()}
+
+    again = {"job_id": "ft2", "model_name": "tiny-chat", "dataset": "chat",
+             "hyperparameters": {**HP, "max_steps": 4, "eval_interval": 0}}
+    assert _post(service, again)["output_model"] == "ft2"
+    job = wait_status(service, "ft2", {"succeeded", "failed"}, timeout=150)
+    assert job["status"] == "succeeded", job["error_message"]
+    second = service.http.get(f"{service.url}/models/ft2", timeout=10).json()
+    assert second["base_model"] == "tiny-chat"
+
+
+def test_kill_9_of_the_worker_resumes_the_fine_tuning_run(service, tiny_hf_model):
+    _import(service, tiny_hf_model)
+    first = service.start_worker()
+    _post(service, {"job_id": "phoenix", "model_name": "tiny", "dataset": "chat",
+                    "hyperparameters": {**HP, "max_steps": 400, "checkpoint_interval": 2}})
+    job = wait_progress(service, "phoenix", "last_checkpoint_step", 2)
+    trainer = job["progress"]["pid"]
+    first.stop(signal.SIGKILL)
+    wait_for(lambda: not alive(trainer), 10, "the orphaned trainer to die with its worker")
+    service.start_worker()
+    job = wait_for(lambda: (j := service.http.get(f"{service.url}/jobs/phoenix",
+                                                  timeout=10).json())["attempts"] == 2
+                   and (j["progress"] or {}).get("step", 0) > 2 and j, 120,
+                   "the second attempt to train")
+    assert [e["kind"] for e in events(service, "phoenix")][:4] == [
+        "created", "claimed", "lease_expired", "claimed"]
+    log = next((service.data_dir / "jobs").glob("phoenix-*")).joinpath("train.log").read_text()
+    starts = [json.loads(line.split(" ", 1)[1]) for line in log.splitlines()
+              if line.startswith('@@llm_train_api {"event":"start"')]
+    assert not starts[0]["resumed_from_step"] and starts[-1]["resumed_from_step"] >= 2
+    assert service.http.post(f"{service.url}/jobs/phoenix/cancel", timeout=10).ok
