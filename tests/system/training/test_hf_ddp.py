@@ -29,6 +29,7 @@ from safetensors.torch import load_file
 from llm_train_api.training.events import EventWriter, parse_line
 from llm_train_api.training.hf.spec import run_command
 from llm_train_api.training.hf.trainer import execute
+from llm_train_api.training.trainer import FAULT_ENV
 from tests.helpers.training import REPO_ROOT, cli_env, events_of, read_metrics
 
 pytestmark = pytest.mark.slow
@@ -220,3 +221,26 @@ def test_sigterm_checkpoints_exits_75_and_the_rerun_resumes_exactly(
     assert_same_curve(read_metrics(tmp_path / "whole"), read_metrics(job), rel=1e-5)
     assert_same_tensors(tmp_path / "whole/output/adapter/adapter_model.safetensors",
                         job / "output/adapter/adapter_model.safetensors")
+
+
+@pytest.mark.parametrize(("hp", "env", "code", "message"), [
+    ({}, {FAULT_ENV: "1:2"}, 1, "rank 1: RuntimeError: injected failure on rank 1 at step 2"),
+    ({"batch_size": 5}, {}, 2, "batch_size 5 is the global batch and must be divisible by "
+                               "the 2 processes"),
+], ids=["training-error", "bad-spec"])
+def test_a_failure_on_a_rank_is_one_error_with_its_cause(tmp_path, tiny_hf_model,
+                                                         chat_data_dir, hp, env, code,
+                                                         message):
+    spec = spec_of(tiny_hf_model, chat_data_dir, 2, max_steps=50, **hp)
+    rc, out, err = finish(start(spec, tmp_path / "job", env=env))
+    assert rc == code, out + err
+    events = events_of(out)
+    errors = [e for e in events if e["event"] == "error"]
+    # One error: the failing rank's cause, not the others' consequential "connection
+    # closed" (or, for a spec every rank refuses, their copies of it).
+    assert len(errors) == 1, errors
+    assert message in errors[0]["message"] and errors[0]["exit_code"] == code
+    assert events[-1]["event"] == "done" and events[-1]["outcome"] == "failed"
+    assert events[-1]["exit_code"] == code
+    assert [e["event"] for e in events].count("done") == 1
+    assert job_processes(tmp_path / "job") == {}
