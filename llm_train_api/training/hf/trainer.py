@@ -59,10 +59,12 @@ from llm_train_api.training.hyperparams import HyperparameterError
 from llm_train_api.training.spec import SpecError, check_global_batch
 from llm_train_api.training.storage import LocalStorage
 from llm_train_api.training.trainer import (
+    FAULT_ENV,
     METRICS_FILE,
     SPEC_FILE,
     MetricsLog,
     TrainingDiverged,
+    _injected_fault,
     resolve_device,
     resolve_dtype,
 )
@@ -262,6 +264,7 @@ def _train(valid: ValidSpec, device: torch.device, ddp: distributed.DistContext 
     run_start = time.perf_counter()
     last_saved = step if resumed_from is not None else -1
     preempted = False
+    fault = _injected_fault()
     while step < total_steps:
         want_stop = stop.is_set() or step == stop_at_step
         if ddp is not None:
@@ -269,6 +272,9 @@ def _train(valid: ValidSpec, device: torch.device, ddp: distributed.DistContext 
         if want_stop:
             preempted = True
             break
+        if fault == (rank, step):
+            raise RuntimeError(f"injected failure on rank {rank} at step {step} "
+                               f"({FAULT_ENV})")
         lr = learning_rate_at(step, hp, total_steps)
         for group in optimizer.param_groups:
             group["lr"] = lr
