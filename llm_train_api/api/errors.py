@@ -15,7 +15,7 @@ from flask_smorest import Api, abort
 from sqlalchemy.exc import OperationalError
 from webargs import core
 from webargs.flaskparser import FlaskParser, is_json_request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import ClientDisconnected, HTTPException
 
 from llm_train_api.api.streams import TooManyStreams
 from llm_train_api.artifacts import datasets as dataset_files
@@ -228,6 +228,20 @@ def register(app: flask.Flask) -> None:
                                        errors=_errors_of(error), extra=_extra_fields(error))
         if isinstance(error, TooManyStreams):
             response.headers["Retry-After"] = str(error.retry_after)
+        return response, status
+
+    @app.errorhandler(ClientDisconnected)
+    @app.errorhandler(TimeoutError)
+    @app.errorhandler(BlockingIOError)
+    def _client_stalled(error: Exception):  # noqa: ANN202
+        # A request body that stopped arriving: the server's read timeout on the socket
+        # (LLM_TRAIN_API_REQUEST_READ_TIMEOUT_S) ran out while the view read it, which
+        # Werkzeug reports as a disconnection. A client that really went away reads
+        # nothing; one that stalled learns why, and the connection is not reused.
+        response, status = _json_error(
+            408, "The request body stopped arriving (LLM_TRAIN_API_REQUEST_READ_TIMEOUT_S); "
+                 "nothing was stored.")
+        response.headers["Connection"] = "close"
         return response, status
 
     @app.errorhandler(OperationalError)

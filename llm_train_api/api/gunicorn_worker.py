@@ -10,8 +10,8 @@ the process, `/healthz` included. Here:
   to BUFFERED_BODY_BYTES, are read by the worker's main loop without blocking; only a
   complete request goes to a thread. A client that has not sent it within
   REQUEST_HEAD_TIMEOUT_S gets a 408 and is closed, at no thread's cost. Larger bodies
-  (uploads) stream on the thread, each read bounded by REQUEST_READ_TIMEOUT_S, as is each
-  write of a response to a client that does not read.
+  (uploads) stream on the thread, each read bounded by REQUEST_READ_TIMEOUT_S (by the
+  kernel: SO_RCVTIMEO), as is each write of a response to a client that does not read.
 - **Streams leave the thread.** A view that answers with a detachable stream (see
   api.streams) gets its response head written by the StreamHub of this process, which
   serves every such stream from one thread (api.stream_hub); the request thread moves on.
@@ -32,6 +32,7 @@ import re
 import resource
 import selectors
 import socket
+import struct
 import time
 from collections import deque
 from datetime import datetime
@@ -165,6 +166,7 @@ class ServiceWorker(ThreadWorker):
                 raise
             return
         self.nr_conns += 1
+        _bound_blocking_io(client_sock, self.read_timeout)
         conn = _Conn(self.cfg, client_sock, client_addr, listener.getsockname())
         if self.cfg.is_ssl:
             self.enqueue_req(conn)  # the TLS handshake happens on the thread, as in gthread
@@ -273,12 +275,12 @@ class ServiceWorker(ThreadWorker):
             if conn.received:
                 conn.parser.unreader.unread(bytes(conn.received))
                 conn.received = bytearray()
-            conn.sock.settimeout(self.read_timeout)
             req = next(conn.parser)
             if not req:
                 return False
             return self._keepalive_after(conn, self.handle_request(req, conn))
-        except TimeoutError:
+        except (TimeoutError, BlockingIOError):
+            # The kernel's SO_RCVTIMEO / SO_SNDTIMEO ran out (see _bound_blocking_io).
             self.log.debug("Closing a connection whose client stalled for %ss.",
                            self.read_timeout)
         except http.errors.NoMoreData as e:
@@ -374,6 +376,17 @@ class ServiceWorker(ThreadWorker):
             util.write_nonblock(client, payload)
         except Exception:
             self.log.debug("Failed to send error message.")
+
+
+def _bound_blocking_io(sock: socket.socket, seconds: float) -> None:
+    """Make every blocking read and write on `sock` give up after `seconds` without data
+    moving. The kernel keeps the bound (SO_RCVTIMEO, SO_SNDTIMEO), so the sends and
+    receives of a request thread cost no extra poll each, as Python's own socket timeouts
+    would; a call that runs out fails with EAGAIN."""
+    whole = int(seconds)
+    bound = struct.pack("ll", whole, int((seconds - whole) * 1_000_000))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, bound)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, bound)
 
 
 def _raise_open_files_limit() -> None:

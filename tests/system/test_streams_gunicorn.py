@@ -179,3 +179,22 @@ def test_streams_beyond_a_cap_are_429_and_a_closed_one_frees_its_slot(gunicorn_f
     assert head.startswith(b"HTTP/1.1 200 OK")
     for sock in (second, third):
         sock.close()
+
+
+def test_an_upload_that_stalls_is_a_408_and_stores_nothing(gunicorn_factory):
+    server = gunicorn_factory(workers=1, env={**ONE_THREAD,
+                                              "LLM_TRAIN_API_REQUEST_READ_TIMEOUT_S": "2"})
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=15)
+    size = 5 * 1024 * 1024  # above what the event loop buffers: the body streams on a thread
+    sock.sendall((f"PUT /datasets/stalled HTTP/1.1\r\nHost: t\r\n"
+                  f"Authorization: Bearer {server.token}\r\nContent-Type: text/plain\r\n"
+                  f"Content-Length: {size}\r\n\r\n").encode() + b"line\n" * 1000)
+    started = time.monotonic()
+    answer = read_to_end(sock, timeout=15)  # and then the client sends nothing more
+    sock.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408"), answer[:300]
+    assert json.loads(body)["code"] == 408
+    assert time.monotonic() - started < 12
+    assert quick_get(server, "/healthz") == 200  # the thread is free again
+    assert server.http.get(server.url + "/datasets/stalled").status_code == 404
