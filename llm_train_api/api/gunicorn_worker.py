@@ -6,9 +6,11 @@ response is written. A client sending one header byte per second, or a log follo
 open for a minute, therefore holds a thread, and a handful of them stall every request of
 the process, `/healthz` included. Here:
 
-- **Requests are read in the event loop.** A connection's request head, and a body of up
-  to BUFFERED_BODY_BYTES, are read by the worker's main loop without blocking; only a
-  complete request goes to a thread. A client that has not sent it within
+- **Only whole requests hold a thread.** When a request starts arriving, a thread takes
+  what is there without waiting; that is almost always the whole head (and a body of up
+  to BUFFERED_BODY_BYTES), and the thread serves it at once, as in gthread. Otherwise the
+  connection goes back to the event loop, which reads the rest without blocking and hands
+  the request to a thread once it is whole. A client that has not sent it within
   REQUEST_HEAD_TIMEOUT_S gets a 408 and is closed, at no thread's cost. Larger bodies
   (uploads) stream on the thread, each read bounded by REQUEST_READ_TIMEOUT_S (by the
   kernel: SO_RCVTIMEO), as is each write of a response to a client that does not read.
@@ -60,7 +62,8 @@ _CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d{1,19})[ \t]*\r\n", 
 _CHUNKED = re.compile(rb"\r\ntransfer-encoding:", re.IGNORECASE)
 # What a request thread returns when the socket now belongs to the stream hub.
 _DETACHED = object()
-# What reading a request in the event loop came to.
+# What reading a request came to; _WAIT from a thread sends the connection back to wait
+# for the rest in the event loop.
 _WAIT, _READY, _CLOSED = object(), object(), object()
 
 
@@ -135,7 +138,8 @@ class _Conn(TConn):
         super().__init__(*args)
         self.received = bytearray()
         self.read_deadline = 0.0
-        self.reading = False
+        self.reading = False  # waiting in the event loop for more of its request
+        self.complete = False  # the event loop has read the whole request
 
 
 class ServiceWorker(ThreadWorker):
@@ -171,58 +175,45 @@ class ServiceWorker(ThreadWorker):
         if self.cfg.is_ssl:
             self.enqueue_req(conn)  # the TLS handshake happens on the thread, as in gthread
         else:
-            self._read_request(conn)
+            self._start_request(conn)
 
     def on_client_socket_readable(self, conn: _Conn, client: socket.socket) -> None:
-        """A kept-alive connection has its next request coming: read it here too."""
+        """A kept-alive connection has its next request coming."""
         self.poller.unregister(client)
         self.keepalived_conns.remove(conn)
         if self.cfg.is_ssl:
             self.enqueue_req(conn)
         else:
-            self._read_request(conn)
+            self._start_request(conn)
 
-    def _read_request(self, conn: _Conn) -> None:
-        conn.sock.setblocking(False)
-        # A kept-alive client's next request is usually there already, and often a new
-        # client's too: take it at once, without another round through the poller.
-        outcome = self._receive(conn)
-        if outcome is not _WAIT:
-            self._settle(conn, outcome)
-            return
-        conn.reading = True
+    def _start_request(self, conn: _Conn) -> None:
+        """A thread takes what has arrived of the request (usually all of it: it does the
+        reading as in gthread, and this loop stays free); when that is not the whole
+        request, it hands the connection back to wait here (_wait_for_request)."""
         conn.read_deadline = time.monotonic() + self.head_timeout
+        self.enqueue_req(conn)
+
+    def _wait_for_request(self, conn: _Conn) -> None:
+        if conn.read_deadline <= time.monotonic():
+            # The start of a pipelined request, read ahead with the previous one.
+            conn.read_deadline = time.monotonic() + self.head_timeout
+        conn.sock.setblocking(False)
+        conn.reading = True
         self.reading_conns.append((conn.read_deadline, conn))
         self.poller.register(conn.sock, selectors.EVENT_READ,
                              partial(self._on_request_bytes, conn))
 
     def _on_request_bytes(self, conn: _Conn, client: socket.socket) -> None:
-        outcome = self._receive(conn)
-        if outcome is not _WAIT:
-            self._stop_reading(conn)  # before a thread or a close takes the socket
-            self._settle(conn, outcome)
-
-    @staticmethod
-    def _receive(conn: _Conn) -> object:
-        """Read what the client sent: _READY once the request can go to a thread, _CLOSED
-        when the client went away, else _WAIT."""
-        try:
-            data = conn.sock.recv(_RECV_BYTES)
-        except BlockingIOError:
-            return _WAIT
-        except OSError:
-            data = b""
-        if not data:  # the client closed the connection, or reset it
-            return _CLOSED
-        conn.received += data
-        return _READY if request_is_buffered(conn.received) else _WAIT
-
-    def _settle(self, conn: _Conn, outcome: object) -> None:
+        """More of a slow client's request: read here until it is whole."""
+        outcome = _receive(conn)
+        if outcome is _WAIT:
+            return
+        self._stop_reading(conn)  # before a thread or a close takes the socket
         if outcome is _CLOSED:
             self.nr_conns -= 1
             conn.close()
         else:
-            conn.data_ready = True
+            conn.complete = True
             self.enqueue_req(conn)
 
     def _stop_reading(self, conn: _Conn) -> None:
@@ -253,10 +244,17 @@ class ServiceWorker(ThreadWorker):
             conn.close()
 
     def finish_request(self, conn: _Conn, fs: Any) -> None:
-        if not fs.cancelled() and fs.exception() is None and fs.result() is _DETACHED:
+        result = None if fs.cancelled() or fs.exception() is not None else fs.result()
+        if result is _DETACHED:
             self.nr_conns -= 1  # the stream hub owns the socket now
-            return
-        super().finish_request(conn, fs)
+        elif result is _WAIT:
+            if self.alive:
+                self._wait_for_request(conn)
+            else:
+                self.nr_conns -= 1
+                conn.close()
+        else:
+            super().finish_request(conn, fs)
 
     def run(self) -> None:
         try:
@@ -270,6 +268,11 @@ class ServiceWorker(ThreadWorker):
             return super().handle(conn)
         req = None
         try:
+            if not conn.complete:
+                outcome = _take_request(conn)
+                if outcome is not _READY:
+                    return _WAIT if outcome is _WAIT else False
+            conn.complete = False
             conn.sock.setblocking(True)
             conn.init()
             if conn.received:
@@ -376,6 +379,34 @@ class ServiceWorker(ThreadWorker):
             util.write_nonblock(client, payload)
         except Exception:
             self.log.debug("Failed to send error message.")
+
+
+def _receive(conn: _Conn) -> object:
+    """Read what the client sent, without waiting: _READY once the whole request (as
+    request_is_buffered counts it) is here, _CLOSED when the client went away, else
+    _WAIT."""
+    try:
+        data = conn.sock.recv(_RECV_BYTES, socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return _WAIT
+    except OSError:
+        data = b""
+    if not data:  # the client closed the connection, or reset it
+        return _CLOSED
+    conn.received += data
+    return _READY if request_is_buffered(conn.received) else _WAIT
+
+
+def _take_request(conn: _Conn) -> object:
+    """On a thread: what _receive says, counting first the bytes the previous request's
+    parsing read ahead (a pipelined request may already be whole)."""
+    if conn.parser is not None:
+        ahead = conn.parser.unreader.take_buffered()
+        if ahead:
+            conn.received[:0] = ahead
+    if conn.received and request_is_buffered(conn.received):
+        return _READY
+    return _receive(conn)
 
 
 def _bound_blocking_io(sock: socket.socket, seconds: float) -> None:
