@@ -355,6 +355,35 @@ def test_new_job_form_previews_a_fine_tuning_run_then_creates_it(service, ui, ti
          what="the model's row")
 
 
+@sqlite_only
+def test_a_fine_tuned_model_links_to_its_job_and_back(service, ui, tiny_hf_model):
+    files = {p.name: p.read_bytes() for p in tiny_hf_model.iterdir() if p.is_file()}
+    assert service.http.put(f"{service.url}/models/tiny", data=tar_archive(files), timeout=30,
+                            headers={"Content-Type": "application/x-tar"}).status_code == 201
+    data = "".join(json.dumps(r) + "\n" for r in chat_records(16)).encode()
+    assert service.http.put(f"{service.url}/datasets/chat", data=data, timeout=30,
+                            headers={"Content-Type": "application/jsonl"}).status_code == 201
+    service.start_worker()
+    body = {"job_id": "ui-tuned", "model_name": "tiny", "dataset": "chat",
+            "output_model": "tiny-tuned", "hyperparameters": {
+                "max_steps": 2, "batch_size": 4, "log_interval": 1, "eval_interval": 0,
+                "checkpoint_interval": 0, "lora": {"r": 4}}}
+    assert service.http.post(f"{service.url}/jobs", json=body, timeout=30).status_code == 201
+    open_page(ui, service, "/ui/jobs/ui-tuned")
+    wait(ui, lambda d: d.find_element(By.CSS_SELECTOR, "#job-status .badge").text
+         in ("succeeded", "failed"), timeout=180, what="the fine-tuning job to end")
+    assert service.http.get(f"{service.url}/jobs/ui-tuned", timeout=10).json()[
+        "status"] == "succeeded"
+    # Once the job succeeded its output model exists: a link to it.
+    wait(ui, lambda d: d.find_elements(By.CSS_SELECTOR, "#job-output-model a"),
+         what="the output model's link")[0].click()
+    row = wait(ui, lambda d: d.find_element(By.ID, "model-tiny-tuned"), what="the models page")
+    assert "target" in row.get_attribute("class")
+    assert "fine-tuned" in row.text and "from tiny (lora) by job ui-tuned" in row.text
+    row.find_element(By.LINK_TEXT, "ui-tuned").click()
+    wait(ui, lambda d: d.current_url.endswith("/ui/jobs/ui-tuned"), what="the job page")
+
+
 # Draws into a fresh container with the page's LossChart and reads both axes back.
 DRAW_CHART = """
 const div = document.createElement("div");
