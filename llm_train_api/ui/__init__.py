@@ -1,5 +1,5 @@
-"""The web dashboard at `/ui`: jobs, a job's loss curve, events, log and
-checkpoints, datasets and models.
+"""The web dashboard at `/ui`: jobs, a New job form with a dry-run preview, a job's loss
+curve, events, log and checkpoints, datasets and models.
 
 Server-rendered HTML shells and small vanilla JavaScript files, all shipped in the package:
 no CDN, so it works on a machine without internet access. The shells carry no data and
@@ -48,6 +48,14 @@ def _security_headers(response: Response) -> Response:
 def jobs_page():
     """The jobs table; the browser fills it from GET /jobs."""
     return render_template("ui_jobs.html", page="jobs", statuses=STATUSES)
+
+
+@bp.get("/new-job")
+@public
+def new_job_page():
+    """The New job form: pickers and hyperparameters from the API, a dry-run preview, then
+    the job. (Not under /ui/jobs/, where it would hide a job named "new".)"""
+    return render_template("ui_new_job.html", page="new-job")
 
 
 @bp.get("/jobs/<job_id>")

@@ -7,6 +7,7 @@ Run with LLM_TRAIN_API_SCREENSHOTS=1 to (re)write docs/screenshots/*.png.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 
@@ -18,7 +19,9 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from llm_train_api.ui import CONTENT_SECURITY_POLICY
 from tests.helpers.clients import admin_client
+from tests.helpers.hf_models import tar_archive
 from tests.helpers.servers import REPO_ROOT, TINY
+from tests.helpers.tiny_hf import chat_records
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -59,15 +62,19 @@ def browser(tmp_path_factory):
 @pytest.fixture
 def ui(browser, service):
     """The browser, with the server's URL at hand; after the test, the browser's console
-    must hold no error (a 401 counts only where a test expects one)."""
+    must hold no error (a 401, or a status in `expect_status`, counts only where a test
+    expects one)."""
     browser.get_log("browser")  # forget what earlier tests left behind
     browser.base = service.url
     browser.expect_401 = False
+    browser.expect_status = ()
     yield browser
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     if browser.expect_401 or service.token is not None:
         # Pages load before the token is entered: their first calls are refused.
         errors = [e for e in errors if "401" not in e["message"]]
+    errors = [e for e in errors if not any(f"status of {code}" in e["message"]
+                                           for code in browser.expect_status)]
     assert not errors, errors
 
 
@@ -168,6 +175,16 @@ def test_a_job_appears_succeeds_and_its_page_shows_curve_events_log_and_checkpoi
     assert not ui.find_element(By.ID, "cancel-button").is_displayed()
     screenshot(ui, "job.png")
 
+    # The trainer's protocol lines are hidden until asked for.
+    log = ui.find_element(By.ID, "log")
+    assert "step 120/" in log.text and "@@llm_train_api" not in log.text
+    assert "protocol lines hidden" in ui.find_element(By.ID, "log-hidden").text
+    ui.find_element(By.ID, "log-protocol").click()
+    wait(ui, lambda d: '@@llm_train_api {"event"' in log.text, what="the protocol lines")
+    assert "step 120/" in log.text and not ui.find_element(By.ID, "log-hidden").text
+    ui.find_element(By.ID, "log-protocol").click()
+    wait(ui, lambda d: "@@llm_train_api" not in log.text, what="the protocol lines to hide")
+
     # A checkpoint download carries the token (fetch, then save the blob).
     listed = {a["name"]: a for a in service.http.get(
         f"{service.url}/jobs/ui-ok/artifacts", timeout=10).json()}
@@ -212,6 +229,225 @@ def test_cancel_from_the_job_page_while_the_curve_grows(service, ui):
     assert ui.current_url.endswith("/ui/?status=running")  # a reload keeps the filter
     Select(ui.find_element(By.ID, "status-filter")).select_by_value("cancelled")
     wait(ui, lambda d: row_status(d, "ui-long") == "cancelled", what="the cancelled filter")
+
+
+def plan_figure(driver, key: str) -> int:
+    text = driver.find_element(By.CSS_SELECTOR, f'#nj-plan-body tr[data-key="{key}"] td').text
+    return int(text.replace(",", ""))
+
+
+def field_errors(driver, field: str) -> str:
+    found = driver.find_elements(By.CSS_SELECTOR, f'.field[data-field="{field}"] .field-error')
+    return found[0].text if found else ""
+
+
+def fill(driver, element_id: str, value: str) -> None:
+    box = driver.find_element(By.ID, element_id)
+    box.clear()
+    box.send_keys(value)
+
+
+@sqlite_only
+def test_new_job_form_previews_a_fine_tuning_run_then_creates_it(service, ui, tiny_hf_model):
+    files = {p.name: p.read_bytes() for p in tiny_hf_model.iterdir() if p.is_file()}
+    resp = service.http.put(f"{service.url}/models/tiny", data=tar_archive(files),
+                            headers={"Content-Type": "application/x-tar"}, timeout=30)
+    assert resp.status_code == 201, resp.text
+    for name, records in (("chat", chat_records(32)), ("chat-val", chat_records(8))):
+        data = "".join(json.dumps(r) + "\n" for r in records).encode()
+        resp = service.http.put(f"{service.url}/datasets/{name}", data=data,
+                                headers={"Content-Type": "application/jsonl"}, timeout=30)
+        assert resp.status_code == 201, resp.text
+    ui.expect_status = (422,)  # the refused dry run below
+    open_page(ui, service, "/ui")
+    ui.find_element(By.ID, "new-job-link").click()
+    wait(ui, lambda d: d.find_elements(By.CSS_SELECTOR, '#nj-model option[value="tiny"]'),
+         what="the model picker")
+    assert ui.title.startswith("New job")
+    model = Select(ui.find_element(By.ID, "nj-model"))
+    assert "builtin" in model.first_selected_option.text  # the built-in GPTs come first
+    assert "(hf: LlamaForCausalLM" in ui.find_element(
+        By.CSS_SELECTOR, '#nj-model option[value="tiny"]').text
+    assert "(chat, jsonl)" in ui.find_element(
+        By.CSS_SELECTOR, '#nj-dataset option[value="chat"]').text
+    assert "(text, " in ui.find_element(
+        By.CSS_SELECTOR, '#nj-dataset option[value="builtin:tinytext"]').text
+    # A built-in GPT's fields come from its schema.
+    block = wait(ui, lambda d: d.find_element(By.ID, "hp-block_size"), what="the schema")
+    assert block.get_attribute("placeholder") == "default: 256"
+    assert not ui.find_element(By.ID, "nj-output-model").is_displayed()
+
+    model.select_by_value("tiny")
+    wait(ui, lambda d: d.find_element(By.ID, "hp-lora-r").is_displayed(),
+         what="the fine-tuning fields")
+    assert not ui.find_elements(By.ID, "hp-block_size")
+    assert "context 256 tokens, with chat template" in ui.find_element(
+        By.ID, "nj-model-info").text
+    Select(ui.find_element(By.ID, "nj-dataset")).select_by_value("chat")
+    Select(ui.find_element(By.ID, "nj-validation")).select_by_value("chat-val")
+    fill(ui, "nj-job-id", "ui-ft")
+    fill(ui, "nj-output-model", "tiny-ui")
+    fill(ui, "nj-priority", "5")
+    for element_id, value in (("hp-max_steps", "12"), ("hp-batch_size", "4"),
+                              ("hp-lora-r", "8"), ("hp-learning_rate", "0.01"),
+                              ("hp-max_seq_length", "4096")):
+        fill(ui, element_id, value)
+    fill(ui, "nj-extra", '{"warmup_steps": 2, "lora": {"dropout": 0.0}}')
+
+    # A refusal: the message is shown under the field it is about; nothing to create.
+    ui.find_element(By.ID, "nj-preview").click()
+    wait(ui, lambda d: "context" in field_errors(d, "hyperparameters.max_seq_length"),
+         what="the field's error")
+    assert "hyperparameters.max_seq_length" in ui.find_element(By.ID, "nj-errors").text
+    assert ui.find_element(By.ID, "nj-submit").get_attribute("disabled")
+    assert not ui.find_element(By.ID, "nj-plan").is_displayed()
+
+    ui.find_element(By.ID, "hp-max_seq_length").clear()
+    ui.find_element(By.ID, "nj-preview").click()
+    wait(ui, lambda d: d.find_element(By.ID, "nj-plan").is_displayed(), timeout=180,
+         what="the dry run's plan")
+    assert not ui.find_element(By.ID, "nj-errors").is_displayed()
+    assert not field_errors(ui, "hyperparameters.max_seq_length")
+    # 32 training conversations, and the 8 of the validation dataset (no held-out share).
+    assert plan_figure(ui, "train_sequences") == 32 and plan_figure(ui, "val_sequences") == 8
+    assert plan_figure(ui, "records") == plan_figure(ui, "examples") == 40
+    assert plan_figure(ui, "tokens") > 0 and plan_figure(ui, "truncated") == 0
+    assert plan_figure(ui, "total_steps") == 12
+    assert ui.find_element(By.CSS_SELECTOR, '#nj-plan-body tr[data-key="method"] td'
+                           ).text == "lora"
+    assert re.fullmatch(r"[\d.]+ (B|KiB|MiB|GiB)", ui.find_element(
+        By.CSS_SELECTOR, '#nj-plan-body tr[data-key="estimated_memory_bytes"] td').text)
+    assert "activations" in ui.find_element(
+        By.CSS_SELECTOR, '#nj-plan-body tr[data-key="memory"] td').text
+    assert service.http.get(f"{service.url}/jobs/ui-ft", timeout=10).status_code == 404
+    screenshot(ui, "new-job.png")
+
+    # A change makes the preview stale; the previewed form again is ready to go.
+    submit_button = ui.find_element(By.ID, "nj-submit")
+    assert submit_button.is_enabled()
+    fill(ui, "nj-priority", "6")
+    assert not submit_button.is_enabled() and "preview it again" in ui.find_element(
+        By.ID, "nj-state").text
+    fill(ui, "nj-priority", "5")
+    assert submit_button.is_enabled()
+    submit_button.click()
+
+    wait(ui, lambda d: d.current_url.endswith("/ui/jobs/ui-ft"), what="the job page")
+    wait(ui, lambda d: d.find_element(By.CSS_SELECTOR, "#job-status .badge").text == "queued",
+         what="the job")
+    job = service.http.get(f"{service.url}/jobs/ui-ft", timeout=10).json()
+    assert (job["model_name"], job["dataset"], job["validation_dataset"], job["output_model"],
+            job["priority"], job["model_kind"]) == ("tiny", "chat", "chat-val", "tiny-ui", 5,
+                                                    "hf")
+    hp = job["hyperparameters"]
+    assert (hp["max_steps"], hp["batch_size"], hp["learning_rate"], hp["warmup_steps"],
+            hp["lora"], hp["method"]) == (12, 4, 0.01, 2, {"r": 8, "dropout": 0.0}, "lora")
+    facts = {name: ui.find_element(By.ID, f"job-{name}").text
+             for name in ("kind", "method", "dataset", "validation", "output-model")}
+    assert facts == {"kind": "fine-tuning a Hugging Face-format model", "method": "lora",
+                     "dataset": "chat", "validation": "chat-val",
+                     "output-model": "tiny-ui (once it succeeds)"}
+    model_link = ui.find_element(By.CSS_SELECTOR, "#job-model a")
+    assert model_link.text == "tiny" and model_link.get_attribute("href").endswith(
+        "/ui/models#model-tiny")
+    model_link.click()
+    wait(ui, lambda d: "target" in d.find_element(By.ID, "model-tiny").get_attribute("class"),
+         what="the model's row")
+
+
+@sqlite_only
+def test_a_fine_tuned_model_links_to_its_job_and_back(service, ui, tiny_hf_model):
+    files = {p.name: p.read_bytes() for p in tiny_hf_model.iterdir() if p.is_file()}
+    assert service.http.put(f"{service.url}/models/tiny", data=tar_archive(files), timeout=30,
+                            headers={"Content-Type": "application/x-tar"}).status_code == 201
+    data = "".join(json.dumps(r) + "\n" for r in chat_records(16)).encode()
+    assert service.http.put(f"{service.url}/datasets/chat", data=data, timeout=30,
+                            headers={"Content-Type": "application/jsonl"}).status_code == 201
+    service.start_worker()
+    body = {"job_id": "ui-tuned", "model_name": "tiny", "dataset": "chat",
+            "output_model": "tiny-tuned", "hyperparameters": {
+                "max_steps": 2, "batch_size": 4, "log_interval": 1, "eval_interval": 0,
+                "checkpoint_interval": 0, "lora": {"r": 4}}}
+    assert service.http.post(f"{service.url}/jobs", json=body, timeout=30).status_code == 201
+    open_page(ui, service, "/ui/jobs/ui-tuned")
+    wait(ui, lambda d: d.find_element(By.CSS_SELECTOR, "#job-status .badge").text
+         in ("succeeded", "failed"), timeout=180, what="the fine-tuning job to end")
+    assert service.http.get(f"{service.url}/jobs/ui-tuned", timeout=10).json()[
+        "status"] == "succeeded"
+    # Once the job succeeded its output model exists: a link to it.
+    wait(ui, lambda d: d.find_elements(By.CSS_SELECTOR, "#job-output-model a"),
+         what="the output model's link")[0].click()
+    row = wait(ui, lambda d: d.find_element(By.ID, "model-tiny-tuned"), what="the models page")
+    assert "target" in row.get_attribute("class")
+    assert "fine-tuned" in row.text and "from tiny (lora) by job ui-tuned" in row.text
+    row.find_element(By.LINK_TEXT, "ui-tuned").click()
+    wait(ui, lambda d: d.current_url.endswith("/ui/jobs/ui-tuned"), what="the job page")
+
+
+# Draws into a fresh container with the page's LossChart and reads both axes back.
+DRAW_CHART = """
+const div = document.createElement("div");
+document.body.append(div);
+LossChart(div).draw(arguments[0]);
+const ticks = (axis, attr) => [...div.querySelectorAll("text.tick-" + axis)].map((t) => ({
+  value: Number(t.getAttribute("data-value")), text: t.textContent,
+  pos: Number(t.getAttribute(attr))}));
+const [yAxis, xAxis] = div.querySelectorAll("line.axis");
+const points = [...div.querySelectorAll("polyline")].flatMap(
+  (p) => p.getAttribute("points").split(" ").map((xy) => xy.split(",").map(Number)));
+const out = {x: ticks("x", "x"), y: ticks("y", "y"), points,
+  left: Number(xAxis.getAttribute("x1")), right: Number(xAxis.getAttribute("x2")),
+  top: Number(yAxis.getAttribute("y1")), bottom: Number(yAxis.getAttribute("y2"))};
+div.remove();
+return out;
+"""
+
+
+@sqlite_only
+def test_the_loss_chart_labels_both_axes_from_min_to_max(service, ui):
+    submit(service, "ui-axes")  # no worker: it stays queued, its page has no points
+    open_page(ui, service, "/ui/jobs/ui-axes")
+    wait(ui, lambda d: d.find_element(By.CSS_SELECTOR, "#job-status .badge").text == "queued",
+         what="the job page")
+    falling = [{"step": s, "train_loss": 2.41 + 3.09 * (120 - s) ** 2 / 119 ** 2}
+               for s in range(1, 121)]
+    falling += [{"step": s, "val_loss": 2.6 + (120 - s) / 50} for s in range(20, 121, 20)]
+    cases = {
+        "a falling curve": falling,
+        "a single point": [{"step": 7, "train_loss": 3.3}],
+        "a flat curve": [{"step": s, "train_loss": 2.0} for s in range(0, 51, 10)],
+        "a flat curve at zero": [{"step": s, "train_loss": 0.0} for s in range(3)],
+        "a tiny range": [{"step": s, "train_loss": 2.0 + s * 1e-5} for s in range(1, 5)],
+        "validation only": [{"step": 100, "val_loss": 1.5}, {"step": 200, "val_loss": 1.2}],
+        "a long run": [{"step": s, "train_loss": 9.0 - s / 50_000}
+                       for s in range(1000, 250_001, 1000)],
+    }
+    for name, points in cases.items():
+        drawn = ui.execute_script(DRAW_CHART, points)
+        xs = [p["step"] for p in points]
+        ys = [v for p in points for v in (p.get("train_loss"), p.get("val_loss"))
+              if v is not None]
+        for axis, values, lo_pos, hi_pos in (("x", xs, drawn["left"], drawn["right"]),
+                                             ("y", ys, drawn["bottom"], drawn["top"])):
+            ticks = drawn[axis]
+            labels = [t["value"] for t in ticks]
+            assert 2 <= len(ticks) <= 12, (name, axis, ticks)
+            assert labels == sorted(labels), (name, axis, labels)
+            # The first and last labels are at the axis's ends, and enclose every value.
+            assert labels[0] <= min(values) and labels[-1] >= max(values), (name, axis, labels)
+            assert ticks[0]["pos"] == pytest.approx(lo_pos, abs=0.1), (name, axis, ticks)
+            assert ticks[-1]["pos"] == pytest.approx(hi_pos, abs=0.1), (name, axis, ticks)
+            texts = [t["text"] for t in ticks]
+            assert len(set(texts)) == len(texts), (name, axis, texts)  # neighbours differ
+            assert all(float(t["text"]) == pytest.approx(t["value"], rel=1e-9, abs=1e-12)
+                       for t in ticks), (name, axis, texts)
+            if axis == "x":
+                assert all(v == int(v) for v in labels), (name, labels)  # whole steps
+            if min(values) >= 0:
+                assert labels[0] >= 0, (name, axis, labels)
+        for x, y in drawn["points"]:  # every vertex inside the frame
+            assert drawn["left"] - 0.1 <= x <= drawn["right"] + 0.1, (name, x)
+            assert drawn["top"] - 0.1 <= y <= drawn["bottom"] + 0.1, (name, y)
 
 
 @sqlite_only
@@ -274,7 +510,8 @@ def test_a_refused_token_is_asked_for_again_and_logout_forgets_it(service, ui):
 def test_html_pages_are_public_shells_with_strict_security_headers(app):
     client = admin_client(app)
     anonymous = app.test_client()
-    for path in ("/ui", "/ui/", "/ui/datasets", "/ui/jobs/anything"):
+    for path in ("/ui", "/ui/", "/ui/datasets", "/ui/models", "/ui/new-job",
+                 "/ui/jobs/anything"):
         resp = anonymous.get(path)
         assert resp.status_code == 200 and resp.mimetype == "text/html", path
         assert resp.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
@@ -293,7 +530,8 @@ def test_html_pages_are_public_shells_with_strict_security_headers(app):
     # The job id in the URL is echoed escaped, never as markup.
     html = anonymous.get("/ui/jobs/%3Cimg%20src%3Dx%3E").get_data(as_text=True)
     assert "<img" not in html and "&lt;img src=x&gt;" in html
-    for name in ("common.js", "jobs.js", "job.js", "chart.js", "datasets.js", "ui.css"):
+    for name in ("common.js", "jobs.js", "job.js", "chart.js", "datasets.js", "models.js",
+                 "newjob.js", "ui.css"):
         assert anonymous.get(f"/ui/static/{name}").status_code == 200, name
         code = (REPO_ROOT / "llm_train_api/ui/static" / name).read_text()
         assert not re.search(r"\.(inner|outer)HTML\s*=|insertAdjacentHTML|document\.write",

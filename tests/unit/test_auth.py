@@ -96,7 +96,8 @@ CASES = [
     *[(who, "DELETE", "/datasets/shared", None, code)
       for who, code in [("admin", 204), ("alice", 403), ("worker", 403), ("nobody", 401)]],
     *[(who, "GET", path, None, 200) for path in ["/healthz", "/readyz", "/openapi.json",
-                                                 "/docs", "/ui/", "/ui/datasets", "/ui/models"]
+                                                 "/docs", "/ui/", "/ui/datasets", "/ui/models",
+                                                 "/ui/new-job"]
       for who in ["nobody", "alice"]],
     *[(who, "GET", "/metrics", None, code)
       for who, code in [("admin", 200), ("alice", 403), ("worker", 403), ("nobody", 401)]],

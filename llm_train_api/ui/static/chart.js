@@ -1,6 +1,9 @@
 // The loss curve as inline SVG, drawn here (no chart library, nothing fetched from a CDN):
 // axes with "nice" ticks, train loss as a line, validation loss as a line with dots, a
 // legend. LossChart(container).draw(points) redraws from the full list of metric points.
+// Each axis runs from a round tick at or below the smallest value to a round tick at or
+// above the largest, so the labels cover the whole range, also for a single point or a
+// flat curve; step ticks are whole numbers.
 "use strict";
 
 const LossChart = (() => {
@@ -17,22 +20,45 @@ const LossChart = (() => {
     return node;
   }
 
-  // About `count` round tick values (1, 2 or 5 times a power of ten) covering [lo, hi].
-  function ticks(lo, hi, count) {
-    const span = hi - lo || Math.abs(hi) || 1;
+  // A round step (1, 2 or 5 times a power of ten) near span / count; at least 1 when
+  // `integer`.
+  function niceStep(span, count, integer) {
     const raw = span / count;
     const power = Math.pow(10, Math.floor(Math.log10(raw)));
-    const step = [1, 2, 5, 10].map((m) => m * power).find((s) => s >= raw);
-    const out = [];
-    for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) {
-      out.push(Number(v.toPrecision(12)));
-    }
-    return out;
+    const step = [1, 2, 5, 10].map((m) => m * power).find((s) => s >= raw * (1 - 1e-9));
+    return integer ? Math.max(1, Math.round(step)) : step;
   }
 
-  function label(v) {
-    return Math.abs(v) >= 1e4 || (v !== 0 && Math.abs(v) < 1e-3)
-      ? v.toExponential(1) : String(Number(v.toPrecision(4)));
+  // The axis for values in [lo, hi]: about `count` ticks, the first at or below lo and the
+  // last at or above hi, which are also the axis's ends. A single value gets a range
+  // around it; an axis whose values are all >= 0 does not go below 0.
+  function axis(lo, hi, count, integer) {
+    const nonNegative = lo >= 0;
+    if (hi === lo) {
+      const spread = integer ? 1 : Math.abs(lo) * 0.1 || 1;
+      lo -= spread;
+      hi += spread;
+    }
+    if (nonNegative) lo = Math.max(0, lo);
+    const step = niceStep(hi - lo, count, integer);
+    const first = Math.floor(lo / step + 1e-9) * step;
+    const last = Math.ceil(hi / step - 1e-9) * step;
+    const values = [];
+    for (let i = 0; first + i * step <= last + step * 1e-9; i += 1) {
+      values.push(Number((first + i * step).toPrecision(12)));
+    }
+    const digits = Math.min(12, Math.max(0, -Math.floor(Math.log10(step) + 1e-9)));
+    return { lo: values[0], hi: values[values.length - 1], values, step, digits };
+  }
+
+  // A tick's text, with as many decimals as the step needs, so neighbours never read the
+  // same; an exponent (with as many digits as the step needs) from a million up.
+  function label(v, step, digits) {
+    if (Math.abs(v) >= 1e6) {
+      const exp = Math.floor(Math.log10(Math.abs(v))) - Math.floor(Math.log10(step) + 1e-9);
+      return v.toExponential(Math.min(12, Math.max(0, exp)));
+    }
+    return v.toFixed(digits);
   }
 
   // Every k-th point (and the last), so a long run still draws quickly.
@@ -64,30 +90,31 @@ const LossChart = (() => {
         return;
       }
       const all = train.concat(val);
-      let [x0, x1] = [Math.min(...all.map((p) => p[0])), Math.max(...all.map((p) => p[0]))];
-      let [y0, y1] = [Math.min(...all.map((p) => p[1])), Math.max(...all.map((p) => p[1]))];
-      if (x0 === x1) x1 = x0 + 1;
-      const pad = (y1 - y0) * 0.05 || Math.abs(y0) * 0.05 || 1;
-      y0 -= pad;
-      y1 += pad;
-      const xTicks = ticks(x0, x1, 6);
-      const yTicks = ticks(y0, y1, 5);
+      const ys = all.map((p) => p[1]);
+      let [y0, y1] = [Math.min(...ys), Math.max(...ys)];
+      const pad = (y1 - y0) * 0.02; // keep the curve off the frame when it ends on a tick
+      const xAxis = axis(Math.min(...all.map((p) => p[0])), Math.max(...all.map((p) => p[0])),
+        6, true);
+      const yAxis = axis(y0 >= 0 ? Math.max(0, y0 - pad) : y0 - pad, y1 + pad, 5, false);
+      [y0, y1] = [yAxis.lo, yAxis.hi];
+      const [x0, x1] = [xAxis.lo, xAxis.hi];
       const px = (x) => M.left + ((x - x0) / (x1 - x0)) * (W - M.left - M.right);
       const py = (y) => H - M.bottom - ((y - y0) / (y1 - y0)) * (H - M.top - M.bottom);
 
       const grid = svg("g", { class: "grid-lines" });
       const axes = svg("g", { class: "axes" });
-      for (const t of yTicks) {
+      for (const t of yAxis.values) {
         const y = py(t).toFixed(1);
         grid.append(svg("line", { x1: M.left, x2: W - M.right, y1: y, y2: y }));
         axes.append(svg("text", { x: M.left - 8, y, "text-anchor": "end",
-          "dominant-baseline": "middle", class: "tick" }, label(t)));
+          "dominant-baseline": "middle", class: "tick tick-y", "data-value": t },
+        label(t, yAxis.step, yAxis.digits)));
       }
-      for (const t of xTicks) {
+      for (const t of xAxis.values) {
         const x = px(t).toFixed(1);
         grid.append(svg("line", { x1: x, x2: x, y1: M.top, y2: H - M.bottom }));
         axes.append(svg("text", { x, y: H - M.bottom + 16, "text-anchor": "middle",
-          class: "tick" }, label(t)));
+          class: "tick tick-x", "data-value": t }, label(t, xAxis.step, xAxis.digits)));
       }
       axes.append(svg("line", { x1: M.left, x2: M.left, y1: M.top, y2: H - M.bottom,
         class: "axis" }));

@@ -207,6 +207,23 @@ const UI = (() => {
     return root + "/ui/jobs/" + encodeURIComponent(id);
   }
 
+  // The models page, scrolled to the model's row (its id is "model-" + the name).
+  function modelUrl(name) {
+    return root + "/ui/models#model-" + encodeURIComponent(name);
+  }
+
+  // Rows are rendered after the page loaded, too late for the browser's own jump to the
+  // URL's #fragment: scroll to that element and mark it (class "target"), once per page.
+  let revealed = false;
+  function revealTarget() {
+    const id = decodeURIComponent(location.hash.slice(1));
+    const node = id && !revealed && document.getElementById(id);
+    if (!node) return;
+    revealed = true;
+    node.classList.add("target");
+    node.scrollIntoView({ block: "center" });
+  }
+
   // Downloads need the token, so a plain link will not do: fetch, then save the blob.
   async function download(path, filename) {
     const blob = await (await api(path)).blob();
@@ -219,5 +236,6 @@ const UI = (() => {
   }
 
   return { ApiError, FINAL, STATUSES, api, json, poll, el, badge, age, time, bytes, duration,
-    jobUrl, download, showBanner, clearBanner, unauthorized, token, authHeaders, root };
+    jobUrl, modelUrl, revealTarget, download, showBanner, clearBanner, unauthorized, token,
+    authHeaders, root };
 })();

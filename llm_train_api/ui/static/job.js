@@ -20,18 +20,28 @@
     $(name).textContent = value === null || value === undefined || value === "" ? "—" : value;
   }
 
+  function link(name, value, href) {
+    if (!value) text(name, value);
+    else $(name).replaceChildren(el("a", { href }, value));
+  }
+
   function renderJob() {
     $("job-status").replaceChildren(UI.badge(job.status));
     document.body.dataset.status = job.status;
-    text("job-model", job.model_name);
+    link("job-model", job.model_name, UI.modelUrl(job.model_name));
     // Fine-tuning jobs: the model kind and method, validation data, the result's name.
-    const method = job.model_kind === "hf" ? (job.hyperparameters.method || "lora") : null;
-    text("job-kind", job.model_kind === "hf" ? "fine-tuning (" + method + ")"
+    const hf = job.model_kind === "hf";
+    text("job-kind", hf ? "fine-tuning a Hugging Face-format model"
       : job.model_kind === "builtin" ? "built-in GPT" : null);
-    text("job-dataset", job.dataset
-      + (job.validation_dataset ? " (validation: " + job.validation_dataset + ")" : ""));
-    text("job-output-model", job.output_model
-      && job.output_model + (job.status === "succeeded" ? "" : " (once it succeeds)"));
+    text("job-method", hf ? (job.hyperparameters.method || "lora")
+      : job.model_kind === "builtin" ? "from scratch" : null);
+    text("job-dataset", job.dataset);
+    text("job-validation", job.validation_dataset || (hf ? "held out from the dataset" : null));
+    // The result is a model once the job succeeded: fine_tuned_model where the job says
+    // so, else output_model.
+    const result = job.fine_tuned_model || (job.status === "succeeded" && job.output_model);
+    if (result) link("job-output-model", result, UI.modelUrl(result));
+    else text("job-output-model", job.output_model && job.output_model + " (once it succeeds)");
     text("job-attempts", job.attempts + " of " + job.max_attempts);
     text("job-worker", job.worker);
     text("job-created", UI.time(job.created_at));
@@ -95,12 +105,29 @@
       e.message ? el("div", { className: "event-message" }, e.message) : null)));
   }
 
-  async function refreshLog() {
+  // The trainer's protocol lines (PROTOCOL prefix: the JSON events a worker reads) are
+  // hidden unless "show protocol lines" is ticked; the toggle re-renders the last tail
+  // without fetching it again.
+  const PROTOCOL = "@@llm_train_api";
+  let logText = "";
+
+  function renderLog() {
     const log = $("log");
     const atBottom = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
-    const response = await UI.api(base + "/logs?tail=" + $("log-lines").value);
-    log.textContent = await response.text();
+    const lines = logText.split("\n");
+    const shown = $("log-protocol").checked ? lines
+      : lines.filter((line) => !line.startsWith(PROTOCOL));
+    const hidden = lines.length - shown.length;
+    log.textContent = shown.join("\n");
+    $("log-hidden").textContent = hidden ? hidden + " protocol line" + (hidden === 1 ? "" : "s")
+      + " hidden" : "";
     if (atBottom) log.scrollTop = log.scrollHeight;
+  }
+
+  async function refreshLog() {
+    const response = await UI.api(base + "/logs?tail=" + $("log-lines").value);
+    logText = await response.text();
+    renderLog();
   }
 
   async function refreshArtifacts() {
@@ -147,6 +174,7 @@
 
   const now = UI.poll(step, 2000);
   $("log-lines").addEventListener("change", () => refreshLog().catch(() => {}));
+  $("log-protocol").addEventListener("change", renderLog);
 
   $("cancel-button").addEventListener("click", () => {
     $("cancel-button").hidden = true;

@@ -1,6 +1,7 @@
-// Models: list (GET /models: built-in GPTs, imported and root Hugging Face-format models),
+// Models: list (GET /models: built-in GPTs, imported and root Hugging Face-format models,
+// fine-tuned ones with a link to the job that made them),
 // import a tar archive (PUT /models/{name}, XMLHttpRequest for its upload progress), delete
-// an imported one with a second click to confirm.
+// an imported or fine-tuned one with a second click to confirm.
 "use strict";
 
 (() => {
@@ -32,9 +33,20 @@
     return button;
   }
 
+  // A fine-tuning job's result: its base model and method, and a link to the job.
+  function fineTuned(m) {
+    return el("span", { className: "fine-tuned" },
+      el("span", { className: "badge badge-published" }, m.owner ? "fine-tuned, owner: "
+        + m.owner : "fine-tuned"),
+      el("span", { className: "muted small" }, " from " + (m.base_model || "?")
+        + (m.method ? " (" + m.method + ") " : " ") + "by job "),
+      m.job_id ? el("a", { href: UI.jobUrl(m.job_id), className: "small" }, m.job_id) : "?");
+  }
+
   function originBadge(m) {
     if (m.kind === "builtin") return el("span", { className: "badge badge-builtin" }, "built-in");
     if (m.source === "root") return el("span", { className: "badge badge-builtin" }, "root folder");
+    if (m.source === "job") return fineTuned(m);
     if (m.owner) return el("span", { className: "badge badge-owner" }, "owner: " + m.owner);
     return el("span", { className: "badge badge-published" }, "published");
   }
@@ -47,7 +59,8 @@
       return;
     }
     const dash = "—";
-    const rows = models.map((m) => el("tr", { dataset: { name: m.name } },
+    const rows = models.map((m) => el("tr", { id: "model-" + m.name, dataset: { name: m.name,
+      source: m.source || m.kind } },
       el("td", {}, m.name, originBadge(m)),
       el("td", {}, m.kind),
       el("td", {}, m.architecture || "GPT " + m.n_layer + "×" + m.n_embd),
@@ -56,8 +69,9 @@
       el("td", {}, m.size_bytes === undefined ? dash : UI.bytes(m.size_bytes)),
       el("td", { className: "mono", title: m.sha256 || "" }, m.sha256 ? m.sha256.slice(0, 12) : dash),
       el("td", { title: m.created_at || "" }, m.created_at ? UI.time(m.created_at) : dash),
-      el("td", {}, m.source === "upload" ? deleteButton(m) : null)));
+      el("td", {}, m.source === "upload" || m.source === "job" ? deleteButton(m) : null)));
     $("models-body").replaceChildren(...rows);
+    UI.revealTarget();
   }
 
   $("model-file").addEventListener("change", () => {
