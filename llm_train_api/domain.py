@@ -143,6 +143,15 @@ class Job:
     model_kind: str | None = None  # "builtin" or "hf"; None: not admitted (EXECUTOR=none)
 
     @property
+    def fine_tuned_model(self) -> str | None:
+        """The model a succeeded fine-tuning job produced: its `output_model`. A worker
+        registers that model before it marks the job succeeded, and a registration that
+        fails fails the job, so every succeeded job with an `output_model` has made it."""
+        if self.status is JobStatus.SUCCEEDED and self.model_kind == "hf":
+            return self.output_model
+        return None
+
+    @property
     def revision(self) -> Revision:
         return Revision(to_epoch_us(self.created_at), self.version)
 

@@ -36,6 +36,11 @@ from llm_train_api.api.streams import (
 )
 from llm_train_api.artifacts import jobs as jobfiles
 from llm_train_api.artifacts import logs
+from llm_train_api.artifacts.folder_archive import (
+    ADAPTER_ARTIFACT,
+    adapter_archive,
+    adapter_entry,
+)
 from llm_train_api.domain import Job, JobNotFound, is_valid_job_id
 from llm_train_api.training.datasets import is_inside
 
@@ -78,7 +83,8 @@ class ArtifactSchema(Schema):
     size_bytes = fields.Integer(required=True)
     modified_at = UTCDateTime(required=True)
     kind = fields.String(required=True,
-                         metadata={"enum": ["checkpoint", "metrics", "log", "spec", "other"]})
+                         metadata={"enum": ["checkpoint", "metrics", "log", "spec", "adapter",
+                                            "other"]})
 
 
 def _job(job_id: str) -> Job:
@@ -92,7 +98,10 @@ def _job(job_id: str) -> Job:
 _LOG_200 = ("The log as text/plain; with `follow=true`, a `text/event-stream`. Empty when the "
             "job has not logged anything yet.")
 _ARTIFACT_200 = ("The file, as an attachment (`application/octet-stream` for checkpoints). "
-                 "Supports conditional and range requests.")
+                 "Supports conditional and range requests, except `adapter.tar`: a "
+                 "fine-tuning job's LoRA adapter folder (`output/adapter`) as a tar archive "
+                 "made while it is sent (extracted, it loads with peft's "
+                 "`PeftModel.from_pretrained`).")
 
 
 @blp.route("/<job_id>/logs")
@@ -193,13 +202,18 @@ class JobArtifacts(MethodView):
                   description="The job folder's files by name; empty before the job ran.")
     @blp.error(404, "No such job.")
     def get(self, job_id: str):
-        """List a job's files (checkpoints, metrics, log, spec)"""
+        """List a job's files (checkpoints, metrics, log, spec; a fine-tuning job's LoRA
+        adapter as `adapter.tar`)"""
         folder = jobfiles.job_dir(get_runtime().data_dir, _job(job_id))
         try:
             names = sorted(os.listdir(folder))
         except (FileNotFoundError, NotADirectoryError):
             return []
         out = []
+        adapter = adapter_entry(folder)
+        if adapter is not None:
+            out.append({"name": ADAPTER_ARTIFACT, "size_bytes": adapter[0], "kind": "adapter",
+                        "modified_at": datetime.fromtimestamp(adapter[1], timezone.utc)})
         for name in names:
             real = _artifact_path(folder, name)
             if real is None:
@@ -223,6 +237,12 @@ class JobArtifact(MethodView):
     def get(self, job_id: str, name: str):
         """Download one of a job's files"""
         folder = jobfiles.job_dir(get_runtime().data_dir, _job(job_id))
+        archive = adapter_archive(folder) if name == ADAPTER_ARTIFACT else None
+        if archive is not None:
+            return Response(archive, mimetype="application/x-tar", direct_passthrough=True,
+                            headers={"Content-Length": str(archive.size),
+                                     "Content-Disposition":
+                                     f'attachment; filename="{ADAPTER_ARTIFACT}"'})
         real = _artifact_path(folder, name)
         if real is None:
             abort(404, message=f"Job {job_id!r} has no file {name!r}.")

@@ -218,3 +218,37 @@ class ModelResource(MethodView):
         principal = require_role(Role.ADMIN, Role.USER)
         model_access.delete_model(_place(), principal, name, jobs=get_jobs(), owner=owner)
         return Response(status=204)
+
+
+# A response's `content` given with @blp.doc replaces the whole response object, so the
+# description goes in both places.
+_ARCHIVE_200 = ("The model's files as an uncompressed tar archive, bare names at the top "
+                "level (config.json, *.safetensors, tokenizer files...): extracted into a "
+                "folder, it loads with AutoModelForCausalLM.from_pretrained and "
+                "AutoTokenizer.from_pretrained, and imports again with PUT. Streamed, with "
+                "a Content-Length.")
+
+
+@blp.route("/<name>/archive")
+class ModelArchive(MethodView):
+    @blp.arguments(OwnerArgs, location="query", as_kwargs=True)
+    @blp.response(200, description=_ARCHIVE_200)
+    @blp.doc(responses={"200": {"description": _ARCHIVE_200, "content": {
+        "application/x-tar": {"schema": {"type": "string", "format": "binary"}}}}})
+    @blp.error(404, "No such model (also another user's, and names that could never "
+               "exist).")
+    @blp.error(409, "A built-in GPT: the built-in trainer builds it from scratch, so it "
+               "has no files (a trained one is a job's checkpoint, under "
+               "/jobs/{id}/artifacts).")
+    def get(self, name: str, owner: str | None = None):
+        """Download a Hugging Face-format model as a tar archive
+
+        Any model GET /models/{name} finds, with the same rules: an import (the caller's
+        own, or a published one), a folder under LLM_TRAIN_API_MODEL_ROOTS, or the result
+        of a fine-tuning job (a job's `fine_tuned_model`). The archive is made while it is
+        sent, never in memory.
+        """
+        archive = model_access.model_archive(_place(), current_principal(), name, owner)
+        return Response(archive, mimetype="application/x-tar", direct_passthrough=True,
+                        headers={"Content-Length": str(archive.size),
+                                 "Content-Disposition": f'attachment; filename="{name}.tar"'})

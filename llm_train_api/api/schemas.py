@@ -306,6 +306,11 @@ class JobSchema(LeanDumpSchema):
     validation_dataset = fields.String(allow_none=True)
     output_model = fields.String(allow_none=True, metadata={
         "description": "Fine-tuning: the model the result becomes once the job succeeds."})
+    fine_tuned_model = fields.String(allow_none=True, dump_only=True, metadata={
+        "description": "A succeeded fine-tuning job: the name of the model it produced "
+        "(its `output_model`, registered before the job was marked succeeded; "
+        "`GET /models/{name}`, `GET /models/{name}/archive`). Null otherwise, and for "
+        "jobs that save an adapter only."})
 
 
 class PlanSchema(Schema):

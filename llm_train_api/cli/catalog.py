@@ -14,6 +14,7 @@ import click
 
 from llm_train_api.cli.common import (
     CONTEXT,
+    DownloadBar,
     client_command,
     fail,
     print_json,
@@ -118,6 +119,29 @@ def import_cmd(api: Client, folder: str, name: str, compress: bool, as_json: boo
     else:
         click.echo(f"{model.name}: imported ({model.architecture}, {model.param_count:,} "
                    f"parameters, {size(model.size_bytes)}, sha256 {(model.sha256 or '')[:12]})")
+
+
+@client_command(models, "download")
+@click.argument("name")
+@click.option("-o", "--output", "out", type=click.Path(), default=".", show_default=True,
+              help="A file to write the archive to, or a folder to put NAME.tar in; with "
+              "--extract, the new folder to unpack into (NAME inside it if it exists).")
+@click.option("--extract", is_flag=True,
+              help="Unpack as it arrives: a folder that from_pretrained loads.")
+@click.option("--owner", help="Admins: that user's model NAME.")
+def download(api: Client, name: str, out: str, extract: bool, owner: str | None,
+             as_json: bool) -> None:
+    """Download a Hugging Face-format model (an import, a fine-tuned result, a root
+    folder) as a tar archive, or with --extract as a model folder."""
+    try:
+        with DownloadBar(f"downloading {name}") as bar:
+            path = api.download_model(name, out, extract=extract, owner=owner, progress=bar)
+    except OSError as exc:
+        fail(f"cannot write the download: {exc}")
+    if as_json:
+        print_json({"name": name, "path": str(path), "extracted": extract})
+    else:
+        click.echo(f"{name}: {path}")
 
 
 @client_command(models, "delete")

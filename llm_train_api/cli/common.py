@@ -109,3 +109,27 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[Any]]) -> None:
     widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(headers)]
     for row in [list(headers), *rows]:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+class DownloadBar:
+    """A download's progress on stderr, as the client reports it (`progress(n, total)`):
+    a bar once the first bytes say how many are coming. Use it as a context manager."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self._bar: Any = None
+
+    def __call__(self, n: int, total: int | None) -> None:
+        if self._bar is None:
+            self._bar = click.progressbar(length=total or 0, label=self.label,
+                                          file=sys.stderr, show_pos=False,
+                                          show_percent=total is not None)
+            self._bar.__enter__()
+        self._bar.update(n)
+
+    def __enter__(self) -> DownloadBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(*exc)

@@ -13,6 +13,7 @@ import click
 from llm_train_api.cli.common import (
     CONTEXT,
     EXIT_TIMEOUT,
+    DownloadBar,
     client_command,
     fail,
     number,
@@ -231,6 +232,10 @@ def _show_job(job: Job) -> None:
             ("priority", job.priority), ("attempts", f"{job.attempts}/{job.max_attempts}"),
             ("created", when(job.created_at)), ("started", when(job.started_at)),
             ("finished", when(job.finished_at))]
+    if job.fine_tuned_model:
+        rows.append(("fine-tuned model", job.fine_tuned_model))
+    elif job.output_model:
+        rows.append(("result", f"model {job.output_model} (once it succeeds)"))
     if job.error_message:
         rows.append(("error", job.error_message))
     if job.worker:
@@ -252,6 +257,28 @@ def get(api: Client, job_id: str, as_json: bool) -> None:
         print_json(job)
     else:
         _show_job(job)
+
+
+@client_command(jobs, "download-adapter")
+@click.argument("job_id")
+@click.option("-o", "--output", "out", type=click.Path(), default=".", show_default=True,
+              help="A file to write the archive to, or a folder to put JOB_ID-adapter.tar "
+              "in; with --extract, the new folder to unpack into (JOB_ID-adapter inside it "
+              "if it exists).")
+@click.option("--extract", is_flag=True,
+              help="Unpack as it arrives: a folder that PeftModel.from_pretrained loads.")
+def download_adapter(api: Client, job_id: str, out: str, extract: bool,
+                     as_json: bool) -> None:
+    """Download a LoRA fine-tuning job's adapter (its artifact adapter.tar)."""
+    try:
+        with DownloadBar(f"downloading the adapter of {job_id}") as bar:
+            path = api.download_adapter(job_id, out, extract=extract, progress=bar)
+    except OSError as exc:
+        fail(f"cannot write the download: {exc}")
+    if as_json:
+        print_json({"job_id": job_id, "path": str(path), "extracted": extract})
+    else:
+        click.echo(f"{job_id}: adapter in {path}")
 
 
 @client_command(jobs, "cancel")

@@ -33,7 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("llm_train_api.cli.catalog:models",
                "Models: the built-in catalog, and imported Hugging Face-format models."),
     "sample": ("llm_train_api.cli.sample:sample",
-               "Generate text from a job's checkpoint (runs here, needs torch)."),
+               "Generate text from a job or a model (runs here, needs torch)."),
 }
 
 

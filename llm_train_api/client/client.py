@@ -30,12 +30,15 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any, BinaryIO, TypeVar
-from urllib.parse import parse_qs, quote, urlparse
+from typing import Any, BinaryIO, TypeVar
+from urllib.parse import parse_qs, urlparse
 
 import requests
 
 from llm_train_api.client import model_archive
+from llm_train_api.client.downloads import CHUNK as _CHUNK
+from llm_train_api.client.downloads import Downloads
+from llm_train_api.client.downloads import seg as _seg
 from llm_train_api.client.errors import (
     ApiConnectionError,
     ApiError,
@@ -71,7 +74,6 @@ DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_TIMEOUT: tuple[float, float] = (5.0, 30.0)
 URL_ENV = "LLM_TRAIN_API_URL"
 TOKEN_ENV = "LLM_TRAIN_API_TOKEN"
-_CHUNK = 256 * 1024
 def new_job_id() -> str:
     """A job id in the server's own style (``job-`` + 16 hex digits), made by the client so
     that a retried creation is recognised by the server as the same request."""
@@ -117,17 +119,13 @@ def _if_match_header(etag: str | None) -> dict[str, str] | None:
     return {"If-Match": etag if etag.startswith(('"', "W/")) else f'"{etag}"'}
 
 
-def _seg(value: str) -> str:
-    return quote(str(value), safe="")
-
-
 def _iso(value: datetime | str | None) -> str | None:
     if value is None or isinstance(value, str):
         return value
     return value.isoformat()
 
 
-class Client:
+class Client(Downloads):
     """A session with one llm_train_api service.
 
     >>> api = Client("http://127.0.0.1:8000", token="...")
@@ -473,46 +471,6 @@ class Client:
     def list_artifacts(self, job_id: str) -> list[Artifact]:
         return self._list(Artifact, f"/jobs/{_seg(job_id)}/artifacts")
 
-    def download_artifact(self, job_id: str, name: str,
-                          dest: str | os.PathLike[str] | BinaryIO) -> int:
-        """Stream one of the job's files to `dest`: a path (a directory gets the file's
-        name; written to a temporary name and renamed, so a failed download leaves no
-        partial file) or a binary file object. Returns the bytes written."""
-        path = f"/jobs/{_seg(job_id)}/artifacts/{_seg(name)}"
-        if hasattr(dest, "write"):
-            return self._download(path, dest)  # type: ignore[arg-type]
-        target = Path(dest)  # type: ignore[arg-type]
-        if target.is_dir():
-            target = target / name
-        part = target.with_name(target.name + ".part")
-        try:
-            for tries in range(1, self.retry.attempts + 1):
-                try:
-                    with open(part, "wb") as out:
-                        size = self._download(path, out)
-                    break
-                except _Interrupted:  # (the request itself was retried by _request)
-                    if tries >= self.retry.attempts:
-                        raise
-                    time.sleep(self.retry.delay(tries))
-            os.replace(part, target)
-        finally:
-            part.unlink(missing_ok=True)
-        return size
-
-    def _download(self, path: str, out: IO[bytes]) -> int:
-        resp = self._request("GET", path, retry=True, stream=True)
-        size = 0
-        try:
-            for chunk in resp.iter_content(_CHUNK):
-                out.write(chunk)
-                size += len(chunk)
-        except TRANSIENT as exc:
-            raise _Interrupted(f"GET {self.url}{path}: {failure_reason(exc)}") from None
-        finally:
-            resp.close()
-        return size
-
     # ------------------------------------------------------------------ models
 
     def list_models(self) -> list[Model]:
@@ -579,10 +537,6 @@ class Client:
     def delete_dataset(self, name: str) -> None:
         """Delete a dataset (409 :class:`Conflict` while queued or running jobs use it)."""
         self._delete(f"/datasets/{_seg(name)}")
-
-
-class _Interrupted(ApiConnectionError):
-    """The connection broke in the middle of a download: start the download again."""
 
 
 class _Unclosable:

@@ -104,6 +104,8 @@ class Job:
     validation_dataset: str | None = None
     #: Fine-tuning: the model the result becomes once the job succeeds.
     output_model: str | None = None
+    #: A succeeded fine-tuning job: the model it produced (``download_model`` fetches it).
+    fine_tuned_model: str | None = None
     #: Only in a dry run of a fine-tuning job: examples, tokens, truncations, steps, memory.
     plan: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict, repr=False)

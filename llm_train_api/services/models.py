@@ -27,6 +27,7 @@ from typing import Any, BinaryIO
 
 from llm_train_api.artifacts import finetuned, model_roots
 from llm_train_api.artifacts import models as model_files
+from llm_train_api.artifacts.folder_archive import FolderArchive
 from llm_train_api.artifacts.homes import USERS_FOLDER, owner_home
 from llm_train_api.artifacts.model_errors import (
     ModelConflict,
@@ -185,21 +186,46 @@ def _owner_for(principal: Principal, owner: str | None) -> str | None:
     return owner
 
 
-def get_visible(place: Place, principal: Principal, name: str,
-                owner: str | None = None) -> Model:
-    """The model `name` means for the caller (ModelNotFound when none). With `owner`
-    (admins), that user's import of that name."""
+def locate_visible(place: Place, principal: Principal, name: str,
+                   owner: str | None = None) -> ResolvedModel:
+    """The model `name` means for the caller, with its folder (ModelNotFound when none).
+    With `owner` (admins), that user's import or fine-tuned model of that name."""
     if owner is None:
         return resolve_for_owner(place, _owner_for(principal, None) or principal.owner,
-                                 name).model
+                                 name)
     own = _owner_for(principal, owner)
     home = owner_home(place.data_dir, own)
     for source in (model_files, finetuned):
         try:
-            return _as_model(replace(source.get_info(home, name), owner=own))
+            info = replace(source.get_info(home, name), owner=own)
         except ModelNotFound:
             continue
+        path = source.model_path(home, name)
+        if path is not None:
+            return ResolvedModel(_as_model(info), path)
     raise ModelNotFound(f"User {owner!r} has no model {name!r}.")
+
+
+def get_visible(place: Place, principal: Principal, name: str,
+                owner: str | None = None) -> Model:
+    """The model `name` means for the caller (ModelNotFound when none). With `owner`
+    (admins), that user's import of that name."""
+    return locate_visible(place, principal, name, owner).model
+
+
+def model_archive(place: Place, principal: Principal, name: str,
+                  owner: str | None = None) -> FolderArchive:
+    """The files of the model `name` (as GET finds it) as a tar stream. A built-in GPT has
+    no files: ModelConflict."""
+    model = locate_visible(place, principal, name, owner)
+    if model.path is None:
+        raise ModelConflict(f"{name!r} is a built-in GPT: the built-in trainer builds it "
+                            "from scratch, so it has no files to download. A trained one "
+                            "is a job's checkpoint: GET /jobs/{id}/artifacts/ckpt_best.pt.")
+    try:
+        return FolderArchive(model.path, model_files.folder_files(model.path))
+    except FileNotFoundError:  # deleted (renamed away) between the lookup and the open
+        raise ModelNotFound(f"Model {name!r} not found.") from None
 
 
 def _in_use(jobs: JobRepository, owner: str | None) -> Callable[[str], list[str]]:

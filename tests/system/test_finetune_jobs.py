@@ -1,12 +1,14 @@
 """Fine-tuning jobs for real: a real gunicorn and a real `llm-train-api worker` fine-tune a
 tiny Llama imported over PUT /models on a chat dataset uploaded over PUT /datasets; the
 result becomes a model that a second job fine-tunes again; a worker killed with SIGKILL
-mid-run leads to a resumed attempt."""
+mid-run leads to a resumed attempt that finishes and registers the model."""
 
 from __future__ import annotations
 
+import io
 import json
 import signal
+import tarfile
 
 import pytest
 
@@ -19,6 +21,8 @@ pytestmark = pytest.mark.slow
 HP = {"max_steps": 16, "batch_size": 4, "learning_rate": 0.01, "warmup_steps": 2,
       "log_interval": 2, "eval_interval": 8, "checkpoint_interval": 4,
       "lora": {"r": 8, "alpha": 16, "dropout": 0.0}}
+# Long enough that the worker is killed mid-run, short enough to finish after the resume.
+KILLED_RUN_STEPS = 120
 
 
 def _import(service, tiny_hf_model) -> None:
@@ -55,6 +59,7 @@ def test_lora_job_result_becomes_a_model_that_trains_again(service, tiny_hf_mode
     job = wait_status(service, "ft", {"succeeded", "failed"}, timeout=150)
     assert job["status"] == "succeeded", job["error_message"]
     assert job["progress"]["step"] == 16
+    assert job["fine_tuned_model"] == "tiny-chat"
     curve = service.http.get(f"{service.url}/jobs/ft/metrics", timeout=10).json()
     assert [p["step"] for p in curve] == list(range(2, 17, 2))
     vals = [p["val_loss"] for p in curve if p.get("val_loss") is not None]
@@ -74,24 +79,40 @@ def test_lora_job_result_becomes_a_model_that_trains_again(service, tiny_hf_mode
     assert second["base_model"] == "tiny-chat"
 
 
-def test_kill_9_of_the_worker_resumes_the_fine_tuning_run(service, tiny_hf_model):
+def test_kill_9_of_the_worker_resumes_the_fine_tuning_run_to_its_model(service,
+                                                                        tiny_hf_model,
+                                                                        tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     _import(service, tiny_hf_model)
     first = service.start_worker()
     _post(service, {"job_id": "phoenix", "model_name": "tiny", "dataset": "chat",
-                    "hyperparameters": {**HP, "max_steps": 400, "checkpoint_interval": 2}})
+                    "output_model": "risen",
+                    "hyperparameters": {**HP, "max_steps": KILLED_RUN_STEPS,
+                                        "checkpoint_interval": 2, "eval_interval": 0}})
     job = wait_progress(service, "phoenix", "last_checkpoint_step", 2)
     trainer = job["progress"]["pid"]
     first.stop(signal.SIGKILL)
     wait_for(lambda: not alive(trainer), 10, "the orphaned trainer to die with its worker")
     service.start_worker()
-    job = wait_for(lambda: (j := service.http.get(f"{service.url}/jobs/phoenix",
-                                                  timeout=10).json())["attempts"] == 2
-                   and (j["progress"] or {}).get("step", 0) > 2 and j, 120,
-                   "the second attempt to train")
-    assert [e["kind"] for e in events(service, "phoenix")][:4] == [
-        "created", "claimed", "lease_expired", "claimed"]
+    job = wait_status(service, "phoenix", {"succeeded", "failed"}, timeout=120)
+    assert job["status"] == "succeeded", job["error_message"]
+    assert (job["attempts"], job["fine_tuned_model"]) == (2, "risen")
+    timeline = events(service, "phoenix")
+    assert [e["kind"] for e in timeline][:4] == ["created", "claimed", "lease_expired",
+                                                 "claimed"]
+    assert timeline[3]["attempt"] == 2
     log = next((service.data_dir / "jobs").glob("phoenix-*")).joinpath("train.log").read_text()
     starts = [json.loads(line.split(" ", 1)[1]) for line in log.splitlines()
               if line.startswith('@@llm_train_api {"event":"start"')]
     assert not starts[0]["resumed_from_step"] and starts[-1]["resumed_from_step"] >= 2
-    assert service.http.post(f"{service.url}/jobs/phoenix/cancel", timeout=10).ok
+    model = service.http.get(f"{service.url}/models/risen", timeout=10).json()
+    assert (model["source"], model["job_id"], model["base_model"]) == ("job", "phoenix", "tiny")
+    # The registered result downloads and loads as it is.
+    resp = service.http.get(f"{service.url}/models/risen/archive", timeout=30)
+    assert resp.status_code == 200 and int(resp.headers["Content-Length"]) == len(resp.content)
+    with tarfile.open(fileobj=io.BytesIO(resp.content)) as tar:
+        tar.extractall(tmp_path / "risen", filter="data")
+    AutoTokenizer.from_pretrained(tmp_path / "risen", local_files_only=True)
+    AutoModelForCausalLM.from_pretrained(tmp_path / "risen", local_files_only=True,
+                                         use_safetensors=True)
