@@ -26,10 +26,11 @@ import pytest
 import torch
 
 from llm_train_api.training.checkpoint import LATEST, load_checkpoint
+from llm_train_api.training.common_run import FAULT_ENV
 from llm_train_api.training.data import BatchSampler
 from llm_train_api.training.events import EventWriter, parse_line
 from llm_train_api.training.spec import RunSpec, SpecError, run_command, write_spec
-from llm_train_api.training.trainer import FAULT_ENV, execute
+from llm_train_api.training.trainer import execute
 from tests.helpers.training import REPO_ROOT, cli_env, events_of, make_spec, read_metrics
 
 REL_TOL = 1e-3  # per-step relative difference allowed between 1 and 2 processes

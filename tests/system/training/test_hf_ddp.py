@@ -26,10 +26,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from llm_train_api.training.common_run import FAULT_ENV
 from llm_train_api.training.events import EventWriter, parse_line
 from llm_train_api.training.hf.spec import run_command
 from llm_train_api.training.hf.trainer import execute
-from llm_train_api.training.trainer import FAULT_ENV
 from tests.helpers.training import REPO_ROOT, cli_env, events_of, read_metrics
 
 pytestmark = pytest.mark.slow
