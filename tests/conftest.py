@@ -94,6 +94,15 @@ def app(tmp_path):
 
 
 @pytest.fixture
+def admitting_app(tmp_path):
+    """The built-in executor (the default) with a 24 GB worker: POST /jobs admits only jobs
+    that can run."""
+    app = create_app({"INSTANCE_PATH": str(tmp_path / "instance"), "WORKER_MEMORY_GB": 24})
+    yield app
+    app.extensions["llm_train_api.runtime"].close()
+
+
+@pytest.fixture
 def client(app):
     """As the admin: auth is on (the default), and tests of other roles use `client_as`."""
     return admin_client(app)

@@ -19,22 +19,21 @@ from __future__ import annotations
 
 import os
 import shutil
-import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 import orjson
 
-from llm_train_api.artifacts.jobs import tree_bytes
 from llm_train_api.artifacts.model_errors import ModelConflict, ModelNotFound
 from llm_train_api.artifacts.models import (
     META_NAME,
     ModelInfo,
     commit_lock,
     describe_folder,
-    is_valid_name,
-    refuse_if_in_use,
+    folder_in,
+    folders_bytes,
+    remove_folder,
     stored_names,
     swap,
     write_meta,
@@ -42,7 +41,6 @@ from llm_train_api.artifacts.models import (
 from llm_train_api.training.storage import fsync_dir
 
 FINETUNED_FOLDER = "finetuned"
-TRASH_PREFIX = ".removing-"
 SOURCE = "job"
 
 
@@ -52,10 +50,7 @@ def finetuned_root(data_root: str | os.PathLike[str]) -> Path:
 
 def model_path(data_root: str | os.PathLike[str], name: str) -> Path | None:
     """The folder of the fine-tuned model `name` under this data root, if there is one."""
-    if not is_valid_name(name):
-        return None
-    folder = finetuned_root(data_root) / name
-    return folder if folder.is_dir() and not folder.is_symlink() else None
+    return folder_in(finetuned_root(data_root), name)
 
 
 def get_info(data_root: str | os.PathLike[str], name: str) -> ModelInfo:
@@ -81,8 +76,7 @@ def list_infos(data_root: str | os.PathLike[str]) -> list[ModelInfo]:
 
 
 def stored_bytes(data_root: str | os.PathLike[str]) -> int:
-    root = finetuned_root(data_root)
-    return sum(tree_bytes(root / name) for name in stored_names(root))
+    return folders_bytes(finetuned_root(data_root))
 
 
 def register(data_root: str | os.PathLike[str], name: str, output: Path, *, owner: str | None,
@@ -118,14 +112,4 @@ def delete(data_root: str | os.PathLike[str], name: str, *,
            in_use: Callable[[str], list[str]]) -> None:
     """Remove the fine-tuned model `name` (ModelNotFound, or ModelConflict while queued or
     running jobs name it); its job, if it still exists, is left alone."""
-    if model_path(data_root, name) is None:
-        raise ModelNotFound(f"Model {name!r} not found.")
-    root = finetuned_root(data_root)
-    trash = root / f"{TRASH_PREFIX}{uuid.uuid4().hex}"
-    with commit_lock(root):
-        if model_path(data_root, name) is None:
-            raise ModelNotFound(f"Model {name!r} not found.")
-        refuse_if_in_use(name, in_use, "deleted")
-        os.rename(root / name, trash)
-        fsync_dir(root)
-    shutil.rmtree(trash, ignore_errors=True)
+    remove_folder(finetuned_root(data_root), name, in_use=in_use)

@@ -115,12 +115,17 @@ def models_root(data_root: str | os.PathLike[str]) -> Path:
     return Path(data_root) / MODELS_FOLDER
 
 
-def model_path(data_root: str | os.PathLike[str], name: str) -> Path | None:
-    """The folder of the imported model `name` under this data root, if there is one."""
+def folder_in(root: Path, name: str) -> Path | None:
+    """The folder of the model `name` in `root` (a folder of models), if there is one."""
     if not is_valid_name(name):
         return None
-    folder = models_root(data_root) / name
+    folder = root / name
     return folder if folder.is_dir() and not folder.is_symlink() else None
+
+
+def model_path(data_root: str | os.PathLike[str], name: str) -> Path | None:
+    """The folder of the imported model `name` under this data root, if there is one."""
+    return folder_in(models_root(data_root), name)
 
 
 def _now() -> datetime:
@@ -136,11 +141,16 @@ def stored_names(root: Path) -> list[str]:
                   and e.is_dir(follow_symlinks=False))
 
 
+def folders_bytes(root: Path, except_name: str | None = None) -> int:
+    """Bytes of the models in `root` (entries starting with "." excluded), without
+    `except_name`."""
+    return sum(tree_bytes(root / name) for name in stored_names(root) if name != except_name)
+
+
 def stored_bytes(data_root: str | os.PathLike[str], except_name: str | None = None) -> int:
     """Bytes of the models imported under this data root (imports in progress excluded),
     without `except_name` (the model an import replaces)."""
-    root = models_root(data_root)
-    return sum(tree_bytes(root / name) for name in stored_names(root) if name != except_name)
+    return folders_bytes(models_root(data_root), except_name)
 
 
 def get_info(data_root: str | os.PathLike[str], name: str) -> ModelInfo:
@@ -333,13 +343,18 @@ def _exchange(a: Path, b: Path) -> bool:
 def delete_model(data_root: str | os.PathLike[str], name: str, *,
                  in_use: Callable[[str], list[str]]) -> None:
     """Remove the imported model `name` (ModelNotFound, or ModelConflict while jobs name
+    it)."""
+    remove_folder(models_root(data_root), name, in_use=in_use)
+
+
+def remove_folder(root: Path, name: str, *, in_use: Callable[[str], list[str]]) -> None:
+    """Remove the model `name` from `root` (ModelNotFound, or ModelConflict while jobs name
     it). The folder is first renamed out of sight, so no reader sees half of it."""
-    if model_path(data_root, name) is None:
+    if folder_in(root, name) is None:
         raise ModelNotFound(f"Model {name!r} not found.")
-    root = models_root(data_root)
     trash = root / f"{TRASH_PREFIX}{uuid.uuid4().hex}"
     with commit_lock(root):
-        if model_path(data_root, name) is None:
+        if folder_in(root, name) is None:
             raise ModelNotFound(f"Model {name!r} not found.")
         refuse_if_in_use(name, in_use, "deleted")
         os.rename(root / name, trash)

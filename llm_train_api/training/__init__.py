@@ -9,7 +9,8 @@ Import rules (the API process must stay small):
   :mod:`.hf.hyperparams` and :mod:`.hf.spec`. The API and the worker validate and launch
   jobs with these.
 * need torch/numpy (the ``train`` extra): :mod:`.model`, :mod:`.data`, :mod:`.checkpoint`,
-  :mod:`.distributed`, :mod:`.trainer`, :mod:`.sample`, and the CLI in :mod:`.__main__`.
+  :mod:`.distributed`, :mod:`.trainer` (with what it shares with the fine-tuning trainer,
+  :mod:`.common_run`), :mod:`.sample`, and the CLI in :mod:`.__main__`.
 
 This ``__init__`` therefore imports nothing heavy; it only re-exports the exit codes so a
 worker can interpret the subprocess's return code without importing torch.

@@ -27,28 +27,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import signal
 import sys
 import threading
-from typing import Any, NoReturn
+from typing import Any
 
-from llm_train_api.training.events import (
-    EXIT_OK,
-    EXIT_USAGE,
-    EventWriter,
-    rank_prefix,
-    report_failure,
+from llm_train_api.training.common_cli import (
+    ProtocolParser,
+    add_run_options,
+    parse_hp_option,
+    run_job,
 )
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that also reports usage errors as protocol events on stdout."""
-
-    def error(self, message: str) -> NoReturn:
-        report_failure(EventWriter(), SystemExit(message), EXIT_USAGE, f"usage: {message}")
-        super().error(message)  # prints usage to stderr and exits with 2 (= EXIT_USAGE)
-
+from llm_train_api.training.events import EXIT_OK, EXIT_USAGE, EventWriter
 
 _RUN_DESCRIPTION = """\
 Train a job, or resume it when JOB_DIR holds ckpt_latest.pt. stdout carries one event per
@@ -59,7 +48,7 @@ ckpt_best.pt. SIGTERM/SIGINT: checkpoint after the current step and exit 75.
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
+    parser = ProtocolParser(
         prog="python -m llm_train_api.training",
         description="Train, resume and sample byte-level GPT models.",
         epilog="Exit codes: 0 ok, 1 training error, 2 bad spec/usage, 75 preempted.",
@@ -73,11 +62,7 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument("--spec", help="spec JSON file (default: JOB_DIR/spec.json)")
     run.add_argument("--model", help="model_name (instead of --spec)")
     run.add_argument("--dataset", help="dataset name (instead of --spec)")
-    run.add_argument("--hp", default="{}", help="hyperparameters as a JSON object")
-    run.add_argument("--data-dir", help="data dir (overrides the spec's data_dir)")
-    run.add_argument("--job-id", help="job id to record")
-    run.add_argument("--stop-at-step", type=int,
-                     help="checkpoint and exit 75 before this step, as if preempted")
+    add_run_options(run)
 
     smp = sub.add_parser("sample", help="generate text from a checkpoint")
     smp.add_argument("--checkpoint", required=True)
@@ -103,12 +88,8 @@ def _load_spec(args: argparse.Namespace) -> dict[str, Any]:
     if args.model or args.dataset:
         if not (args.model and args.dataset) or args.spec:
             raise SpecError("Give --model and --dataset together, or --spec, not both.")
-        try:
-            hp = json.loads(args.hp)
-        except ValueError as exc:
-            raise SpecError(f"--hp is not valid JSON: {exc}") from None
         spec: Any = {"model_name": args.model, "dataset": args.dataset,
-                     "hyperparameters": hp, "job_id": args.job_id}
+                     "hyperparameters": parse_hp_option(args.hp), "job_id": args.job_id}
     else:
         try:
             if args.spec:
@@ -133,33 +114,19 @@ def _run(args: argparse.Namespace) -> int:
     from llm_train_api.training.catalog import UnknownModel
     from llm_train_api.training.datasets import DatasetError
     from llm_train_api.training.hyperparams import HyperparameterError
-    from llm_train_api.training.lease import start_lease_watchdog
     from llm_train_api.training.spec import SpecError, validate_spec
 
-    start_lease_watchdog()  # first: a lapsing lease ends the run even during the imports
-    rank = int(os.environ.get("RANK", "0") or 0)
-    if "TORCHELASTIC_RUN_ID" in os.environ:  # a torchrun rank
-        from llm_train_api.training.launch import die_with_parent
-
-        die_with_parent()
-    events = EventWriter(prefix=rank_prefix(rank) if rank else None)
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: object) -> None:
-        # Only set a flag: writing to stdout here could re-enter a write in progress.
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    try:
+    def load() -> Any:
         # Refuse bad jobs before paying for the torch import.
         spec, _, _ = validate_spec(_load_spec(args))
-    except (SpecError, UnknownModel, HyperparameterError, DatasetError) as exc:
-        return report_failure(events, exc, EXIT_USAGE, str(exc))
+        return spec
 
-    from llm_train_api.training.trainer import execute
+    def train(spec: Any, events: EventWriter, stop: threading.Event) -> int:
+        from llm_train_api.training.trainer import execute
 
-    return execute(spec, args.job_dir, events, stop, args.stop_at_step)
+        return execute(spec, args.job_dir, events, stop, args.stop_at_step)
+
+    return run_job(load, (SpecError, UnknownModel, HyperparameterError, DatasetError), train)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -120,7 +120,6 @@ SCHEMA: tuple[Param, ...] = (
           minimum=0, maximum=1024),
 )
 
-SCHEMA_BY_NAME: dict[str, Param] = {p.name: p for p in SCHEMA}
 DEFAULTS: dict[str, Any] = {p.name: p.default for p in SCHEMA}
 
 
@@ -131,7 +130,7 @@ def hyperparameter_schema(model_name: str | None = None) -> list[dict[str, Any]]
 
 
 def check_value(param: Param, value: Any) -> tuple[Any, str | None]:
-    """``(normalised value, None)`` or ``(None, why)``; the fine-tuning schema uses it too."""
+    """``(normalised value, None)`` or ``(None, why)``."""
     if value is None:
         return (None, None) if param.nullable else (None, "Field may not be null.")
     if param.kind == "bool":
@@ -163,6 +162,36 @@ def check_value(param: Param, value: Any) -> tuple[Any, str | None]:
     return value, None
 
 
+def hyperparameters_object(hyperparameters: Any) -> Mapping[str, Any]:
+    """``hyperparameters`` as given (``None`` is ``{}``); anything but an object is an error."""
+    if hyperparameters is None:
+        return {}
+    if not isinstance(hyperparameters, Mapping):
+        raise HyperparameterError({"hyperparameters": ["Must be an object."]})
+    return hyperparameters
+
+
+def check_params(schema: tuple[Param, ...], values: Mapping[str, Any], prefix: str,
+                 result: dict[str, Any], errors: dict[str, list[str]],
+                 extra: frozenset[str] = frozenset()) -> None:
+    """Check ``values`` against ``schema``: each valid value goes into ``result``, each bad
+    or unknown key (but those in ``extra``, which the caller checks) into ``errors`` as
+    ``prefix + key``."""
+    by_name = {p.name: p for p in schema}
+    for key, value in values.items():
+        if key in extra:
+            continue
+        param = by_name.get(key) if isinstance(key, str) else None
+        if param is None:
+            errors[f"{prefix}{key}"] = ["Unknown hyperparameter."]
+            continue
+        normalised, error = check_value(param, value)
+        if error:
+            errors[f"{prefix}{key}"] = [error]
+        else:
+            result[key] = normalised
+
+
 def validate_hyperparameters(
     hyperparameters: Mapping[str, Any] | None, model_name: str | None = None
 ) -> dict[str, Any]:
@@ -172,22 +201,10 @@ def validate_hyperparameters(
     (an unknown model name is reported under ``model_name``). Floats come back as
     ``float``; ints stay ``int``.
     """
-    if hyperparameters is None:
-        hyperparameters = {}
-    if not isinstance(hyperparameters, Mapping):
-        raise HyperparameterError({"hyperparameters": ["Must be an object."]})
+    hyperparameters = hyperparameters_object(hyperparameters)
     errors: dict[str, list[str]] = {}
     result = dict(DEFAULTS)
-    for key, value in hyperparameters.items():
-        param = SCHEMA_BY_NAME.get(key) if isinstance(key, str) else None
-        if param is None:
-            errors[str(key)] = ["Unknown hyperparameter."]
-            continue
-        normalised, error = check_value(param, value)
-        if error:
-            errors[key] = [error]
-        else:
-            result[key] = normalised
+    check_params(SCHEMA, hyperparameters, "", result, errors)
     if model_name is not None:
         try:
             spec = get_model_spec(model_name)

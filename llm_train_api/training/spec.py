@@ -16,7 +16,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from llm_train_api.training.catalog import get_model_spec
 from llm_train_api.training.datasets import default_data_dir, resolve_dataset
@@ -28,6 +28,46 @@ MAX_PROCESSES = 64
 
 class SpecError(ValueError):
     """The job cannot run as specified (exit code 2): fix the spec, don't retry."""
+
+
+class TrainerSpecLike(Protocol):
+    """A trainer's spec (:class:`RunSpec`, the fine-tuning trainer's ``FineTuneSpec``)."""
+
+    def to_dict(self) -> dict[str, Any]: ...
+
+
+def spec_object(data: Any, fields: tuple[str, ...]) -> Mapping[str, Any]:
+    """``data`` if it is an object with no keys but ``fields``, else :class:`SpecError`."""
+    if not isinstance(data, Mapping):
+        raise SpecError("The spec must be a JSON object.")
+    unknown = set(data) - set(fields)
+    if unknown:
+        raise SpecError(f"Unknown spec field(s): {', '.join(sorted(map(str, unknown)))}.")
+    return data
+
+
+def spec_hyperparameters(data: Mapping[str, Any]) -> dict[str, Any]:
+    """The spec's ``hyperparameters`` (absent or null: none), as a new dict."""
+    hp = data.get("hyperparameters") or {}
+    if not isinstance(hp, Mapping):
+        raise SpecError("'hyperparameters' must be an object.")
+    return dict(hp)
+
+
+def spec_job_id(data: Mapping[str, Any]) -> str | None:
+    job_id = data.get("job_id")
+    return None if job_id is None else str(job_id)
+
+
+def spec_processes(data: Mapping[str, Any]) -> int:
+    """The spec's ``processes`` (absent or null: 1), checked."""
+    processes = data.get("processes")
+    return check_processes(1 if processes is None else processes)
+
+
+def spec_text(spec: TrainerSpecLike) -> str:
+    """The text of ``spec.json``."""
+    return json.dumps(spec.to_dict(), indent=2) + "\n"
 
 
 @dataclass
@@ -45,25 +85,16 @@ class RunSpec:
 
     @classmethod
     def from_dict(cls, data: Any) -> RunSpec:
-        if not isinstance(data, Mapping):
-            raise SpecError("The spec must be a JSON object.")
-        unknown = set(data) - set(SPEC_FIELDS)
-        if unknown:
-            raise SpecError(f"Unknown spec field(s): {', '.join(sorted(map(str, unknown)))}.")
+        data = spec_object(data, SPEC_FIELDS)
         for key in ("model_name", "dataset"):
             if not isinstance(data.get(key), str):
                 raise SpecError(f"The spec needs a string {key!r}.")
-        hp = data.get("hyperparameters") or {}
-        if not isinstance(hp, Mapping):
-            raise SpecError("'hyperparameters' must be an object.")
-        data_dir, job_id = data.get("data_dir"), data.get("job_id")
+        hp = spec_hyperparameters(data)
+        data_dir = data.get("data_dir")
         if data_dir is not None and not isinstance(data_dir, str):
             raise SpecError("'data_dir' must be a string.")
-        processes = data.get("processes", 1)
-        if processes is None:
-            processes = 1
-        return cls(data["model_name"], data["dataset"], dict(hp), data_dir,
-                   None if job_id is None else str(job_id), check_processes(processes))
+        return cls(data["model_name"], data["dataset"], hp, data_dir, spec_job_id(data),
+                   spec_processes(data))
 
     def to_dict(self) -> dict[str, Any]:
         return {"job_id": self.job_id, "model_name": self.model_name, "dataset": self.dataset,
@@ -136,12 +167,18 @@ def run_command(
     ``error`` + ``done`` pair naming the rank that failed first, SIGTERM forwarded once,
     and no rank outliving a SIGKILLed launcher.
     """
-    argv = [python or sys.executable, "-m", "llm_train_api.training", "run",
-            "--job-dir", os.fspath(job_dir)]
+    return trainer_command("llm_train_api.training", job_dir, spec_file, python, processes)
+
+
+def trainer_command(module: str, job_dir: str | os.PathLike[str],
+                    spec_file: str | os.PathLike[str] | None, python: str | None,
+                    processes: int) -> list[str]:
+    """``python -m MODULE run --job-dir DIR [--spec FILE]``, under torchrun under
+    :mod:`llm_train_api.training.launch` when ``processes > 1`` (see :func:`run_command`)."""
+    argv = [python or sys.executable, "-m", module, "run", "--job-dir", os.fspath(job_dir)]
     if spec_file is not None:
         argv += ["--spec", os.fspath(spec_file)]
-    processes = check_processes(processes)
-    if processes == 1:
+    if check_processes(processes) == 1:
         return argv
     return [python or sys.executable, "-m", "llm_train_api.training.launch", "--",
             *torchrun_command(argv, processes)]
@@ -157,13 +194,15 @@ def torchrun_command(trainer_argv: list[str], processes: int) -> list[str]:
             "--nproc-per-node", str(processes), "-m", module, *rest]
 
 
-def write_spec(job_dir: str | os.PathLike[str], spec: RunSpec | Mapping[str, Any]) -> Path:
-    """Write ``JOB_DIR/spec.json`` (local job folders) and return its path."""
-    run_spec = spec if isinstance(spec, RunSpec) else RunSpec.from_dict(spec)
+def write_spec(job_dir: str | os.PathLike[str],
+               spec: TrainerSpecLike | Mapping[str, Any]) -> Path:
+    """Write ``JOB_DIR/spec.json`` (local job folders), atomically, and return its path.
+    ``spec`` is either trainer's spec; a mapping is read as a :class:`RunSpec`."""
+    trainer_spec = RunSpec.from_dict(spec) if isinstance(spec, Mapping) else spec
     folder = Path(job_dir)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "spec.json"
     tmp = folder / ".spec.json.tmp"
-    tmp.write_text(json.dumps(run_spec.to_dict(), indent=2) + "\n", encoding="utf-8")
+    tmp.write_text(spec_text(trainer_spec), encoding="utf-8")
     os.replace(tmp, path)
     return path

@@ -12,7 +12,7 @@ cut back to the checkpoint's step first, so it never holds steps twice.
 Stopping: setting ``stop`` (the CLI does it on SIGTERM/SIGINT) ends the run after the
 current optimizer step with a checkpoint saved, outcome ``preempted``, exit code 75.
 
-Only this module and :mod:`.storage` touch the job folder.
+Only this module, :mod:`.common_run` and :mod:`.storage` touch the job folder.
 
 DDP (under torchrun, see :mod:`.distributed` and :mod:`.launch`): ``batch_size`` is the
 global batch, split evenly over the ranks, and each rank trains on its own slice of the
@@ -28,14 +28,11 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import json
 import math
 import os
 import threading
 import time
-import traceback
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +41,26 @@ import torch
 from llm_train_api.training import checkpoint as ckpt
 from llm_train_api.training import distributed
 from llm_train_api.training.catalog import UnknownModel, estimate_memory, get_model_spec
+from llm_train_api.training.common_run import (
+    MetricsLog,
+    RunResult,
+    autocast_for,
+    check_diverged,
+    due_at,
+    end_run,
+    injected_fault,
+    optimizer_step,
+    publish_metrics,
+    raise_injected_fault,
+    rank_seed,
+    resolve_device,
+    resolve_dtype,
+    run_contract,
+    set_learning_rate,
+    stop_requested,
+    wrap_ddp,
+    write_spec_file,
+)
 from llm_train_api.training.data import (
     DEFAULT_CHUNK_SIZE,
     BatchSampler,
@@ -53,40 +70,13 @@ from llm_train_api.training.data import (
     token_cache_root,
 )
 from llm_train_api.training.datasets import DatasetError, default_data_dir
-from llm_train_api.training.events import (
-    EXIT_FAILED,
-    EXIT_OK,
-    EXIT_PREEMPTED,
-    EXIT_USAGE,
-    OUTCOME_PREEMPTED,
-    OUTCOME_SUCCEEDED,
-    EventWriter,
-    report_failure,
-)
+from llm_train_api.training.events import EXIT_PREEMPTED, OUTCOME_PREEMPTED, EventWriter
 from llm_train_api.training.hyperparams import HyperparameterError
 from llm_train_api.training.model import GPT, GPTConfig
 from llm_train_api.training.spec import RunSpec, SpecError, check_global_batch, validate_spec
-from llm_train_api.training.storage import JobStorage, open_job_storage
+from llm_train_api.training.storage import open_job_storage
 
-#: ``RANK:STEP``: raise on that rank before that step. For tests of launchers and executors
-#: (what a crash on one rank of N looks like from outside); never set in production.
-FAULT_ENV = "LLM_TRAIN_API_FAIL_AT"
-SPEC_FILE = "spec.json"
-METRICS_FILE = "metrics.jsonl"
 ADAM_BETAS = (0.9, 0.95)
-MIN_LR_RATIO = 0.1
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
-
-
-@dataclass
-class RunResult:
-    outcome: str
-    exit_code: int
-    step: int
-    best_val_loss: float | None
 
 
 def steps_per_epoch(train_tokens: int, hp: Mapping[str, Any]) -> int:
@@ -99,37 +89,6 @@ def total_steps_for(train_tokens: int, hp: Mapping[str, Any]) -> int:
     than the epochs would give, as in transformers' Trainer (batches are drawn with
     replacement, so a longer run simply draws more); otherwise ``epochs`` passes."""
     return hp["max_steps"] or hp["epochs"] * steps_per_epoch(train_tokens, hp)
-
-
-def learning_rate_at(step: int, hp: Mapping[str, Any], total_steps: int) -> float:
-    """LR for the update made at ``step`` (0-based): linear warmup, then cosine or flat."""
-    peak, warmup = hp["learning_rate"], hp["warmup_steps"]
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    if hp["lr_schedule"] == "constant":
-        return peak
-    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-    floor = MIN_LR_RATIO * peak
-    return floor + 0.5 * (1.0 + math.cos(math.pi * progress)) * (peak - floor)
-
-
-def resolve_device(requested: str) -> torch.device:
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise SpecError("device 'cuda' was requested but CUDA is not available here.")
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(requested)
-
-
-def resolve_dtype(requested: str, device: torch.device) -> torch.dtype:
-    if requested == "auto":
-        if device.type != "cuda":
-            return torch.float32
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if requested == "float16" and device.type != "cuda":
-        raise SpecError("dtype 'float16' needs CUDA; use float32 or bfloat16 on CPU.")
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16,
-            "float16": torch.float16}[requested]
 
 
 def available_memory(device: torch.device) -> int | None:
@@ -185,35 +144,6 @@ def make_optimizer(model: GPT, hp: Mapping[str, Any], device: torch.device) -> t
     return torch.optim.AdamW(model.optimizer_groups(hp["weight_decay"]), **kwargs)
 
 
-class MetricsLog:
-    """``metrics.jsonl`` writer; buffered so object stores aren't rewritten every line."""
-
-    def __init__(self, storage: JobStorage, resume_step: int) -> None:
-        self.storage = storage
-        kept: list[str] = []
-        if storage.exists(METRICS_FILE):
-            for line in storage.read_text(METRICS_FILE).splitlines():
-                try:
-                    record = json.loads(line)
-                except ValueError:
-                    continue  # a torn last line from a killed run
-                if isinstance(record, dict) and record.get("step", 0) <= resume_step:
-                    kept.append(line)
-        storage.write_text_atomic(METRICS_FILE, "".join(line + "\n" for line in kept))
-        self.pending: list[str] = []
-
-    def add(self, record: Mapping[str, Any]) -> None:
-        self.pending.append(json.dumps(record, allow_nan=False))
-
-    def flush(self) -> None:
-        self.storage.append_lines(METRICS_FILE, self.pending)
-        self.pending = []
-
-
-def _finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None
-
-
 def run_training(
     spec: RunSpec | Mapping[str, Any],
     job_dir: str | os.PathLike[str],
@@ -240,20 +170,6 @@ def run_training(
             ddp.close()
 
 
-def _injected_fault() -> tuple[int, int] | None:
-    value = os.environ.get(FAULT_ENV)
-    if not value:
-        return None
-    rank, _, step = value.partition(":")
-    return int(rank), int(step)
-
-
-def _rank_seed(seed: int, rank: int) -> int:
-    """Seed of rank ``rank > 0``'s global RNG (dropout): distinct per rank, reproducible.
-    Rank 0 keeps the single-process stream."""
-    return (seed * 1_000_003 + 7_919 * rank) % 2**63
-
-
 def _train(
     spec: RunSpec,
     hp: dict[str, Any],
@@ -272,7 +188,7 @@ def _train(
     local_batch = check_global_batch(hp["batch_size"], world)
     storage = open_job_storage(job_dir)
     if is_main:
-        storage.write_text_atomic(SPEC_FILE, json.dumps(spec.to_dict(), indent=2) + "\n")
+        write_spec_file(storage, spec)
 
     dtype = resolve_dtype(hp["dtype"], device)
     dtype_name = str(dtype).removeprefix("torch.")
@@ -325,7 +241,7 @@ def _train(
     config = GPTConfig.from_spec(model_spec, dropout=hp["dropout"])
     model = GPT(config).to(device)  # the same initial weights on every rank
     if ddp is not None and ddp.rank:
-        torch.manual_seed(_rank_seed(hp["seed"], ddp.rank))
+        torch.manual_seed(rank_seed(hp["seed"], ddp.rank))
     optimizer = make_optimizer(model, hp, device)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
@@ -350,25 +266,19 @@ def _train(
         else:  # a checkpoint from another rank count: rank 0 continues, others reseed
             ckpt.restore_rng_state(state["rng"])
             if ddp is not None and ddp.rank:
-                torch.manual_seed(_rank_seed(hp["seed"], ddp.rank) + step)
+                torch.manual_seed(rank_seed(hp["seed"], ddp.rank) + step)
         del state
         resumed_from = step
         events.log(f"resumed from step {step}")
     metrics_log = MetricsLog(storage, step) if is_main else None
 
-    ddp_model: Any = None
-    if ddp is not None:
-        from torch.nn.parallel import DistributedDataParallel
-
-        ddp_model = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
+    ddp_model: Any = wrap_ddp(model, device) if ddp is not None else None
     train_model: Any = ddp_model if ddp_model is not None else model
     if hp["compile"]:
         train_model = torch.compile(train_model)
     # Evaluation bypasses the DDP wrapper: no gradient, nothing to synchronise.
     eval_model: Any = train_model if ddp is None else model
-    autocast = (torch.autocast(device.type, dtype=dtype) if dtype != torch.float32
-                else contextlib.nullcontext())
+    autocast = autocast_for(device, dtype)
     events.emit("start", job_id=spec.job_id, model_name=model_spec.name,
                 n_params=model.num_parameters(), dataset=spec.dataset,
                 train_tokens=sampler.n_train, val_tokens=sampler.n_val,
@@ -419,9 +329,7 @@ def _train(
             total = ddp.mean(total)
         return float(total.item()) / hp["eval_steps"]
 
-    accum, grad_clip = hp["gradient_accumulation_steps"], hp["grad_clip"]
-    eval_interval, ckpt_interval = hp["eval_interval"], hp["checkpoint_interval"]
-    log_interval = hp["log_interval"]
+    accum = hp["gradient_accumulation_steps"]
     params = [p for p in model.parameters() if p.requires_grad]
     model.train()
     loss_sum = torch.zeros((), device=device)
@@ -429,22 +337,15 @@ def _train(
     run_start = time.perf_counter()
     last_saved = step if resumed_from is not None else -1
     preempted = False
-    fault = _injected_fault()
+    fault = injected_fault()
     my_rank = ddp.rank if ddp is not None else 0
 
     while step < total_steps:
-        want_stop = stop.is_set() or step == stop_at_step
-        if ddp is not None:
-            want_stop = ddp.any(want_stop)
-        if want_stop:
+        if stop_requested(stop, step, stop_at_step, ddp):
             preempted = True
             break
-        if fault == (my_rank, step):
-            raise RuntimeError(f"injected failure on rank {my_rank} at step {step} "
-                               f"({FAULT_ENV})")
-        lr = learning_rate_at(step, hp, total_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        raise_injected_fault(fault, my_rank, step)
+        lr = set_learning_rate(optimizer, step, hp, total_steps)
         xs, ys = sampler.train_batch(step)
         for micro in range(accum):
             # DDP all-reduces gradients in backward; only the last micro-step needs it.
@@ -454,19 +355,12 @@ def _train(
                     _, loss = train_model(xs[micro], ys[micro])
                 loss_sum += loss.detach()
                 scaler.scale(loss / accum if accum > 1 else loss).backward()
-        if grad_clip > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(params, grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_step(optimizer, scaler, params, hp["grad_clip"])
         step += 1
         window_steps += 1
 
-        last = step == total_steps
-        do_eval = last or (eval_interval > 0 and step % eval_interval == 0)
-        do_ckpt = last or (ckpt_interval > 0 and step % ckpt_interval == 0)
-        if not (do_eval or do_ckpt or step % log_interval == 0):
+        do_eval, do_ckpt, report = due_at(step, total_steps, hp)
+        if not report:
             continue
         # The only host sync of the step: everything above stays queued on the device
         # (the DDP stop vote is a CPU-side gloo collective, not a device sync).
@@ -474,23 +368,13 @@ def _train(
         train_loss = float(window_loss.item()) / (window_steps * accum)
         now = time.perf_counter()
         tokens_per_s = window_steps * tokens_per_step / max(now - window_start, 1e-9)
-        if not math.isfinite(train_loss):
-            raise TrainingDiverged(f"Training diverged: loss is {train_loss} at step {step}; "
-                                   "try a lower learning_rate.")
+        check_diverged(train_loss, step)
         val_loss = evaluate() if do_eval else None
         elapsed = elapsed_before + time.perf_counter() - run_start
-        record = {"step": step, "epoch": round(step / spe, 4), "train_loss": train_loss,
-                  "lr": lr, "tokens_per_s": round(tokens_per_s, 1),
-                  "elapsed_s": round(elapsed, 6)}
-        if val_loss is not None:
-            record["val_loss"] = _finite(val_loss)
-        if metrics_log is not None:
-            metrics_log.add(record)
-            metrics_log.flush()
-        events.emit("metrics", total_steps=total_steps, **record)
-        events.log(f"step {step}/{total_steps} loss {train_loss:.4f}"
-                   + (f" val {val_loss:.4f}" if val_loss is not None else "")
-                   + f" lr {lr:.2e} {tokens_per_s:,.0f} tok/s")
+        publish_metrics(events, metrics_log, step=step, total_steps=total_steps,
+                        steps_per_epoch=spe, train={"train_loss": train_loss}, lr=lr,
+                        tokens_per_s=tokens_per_s, elapsed=elapsed,
+                        val=None if val_loss is None else {"val_loss": val_loss})
         improved = val_loss is not None and val_loss < best_val_loss
         if improved:
             best_val_loss = val_loss  # type: ignore[assignment]
@@ -508,15 +392,10 @@ def _train(
         loss_sum.zero_()
         window_steps, window_start = 0, time.perf_counter()
 
-    best = _finite(best_val_loss)
-    if preempted:
-        if last_saved != step:
-            save(ckpt.LATEST, step, elapsed_before + time.perf_counter() - run_start, None)
-        events.log(f"preempted at step {step}; rerun the same command to resume")
-        return RunResult(OUTCOME_PREEMPTED, EXIT_PREEMPTED, step, best)
-    if last_saved != step:  # resumed an already finished run
-        save(ckpt.LATEST, step, elapsed_before + time.perf_counter() - run_start, None)
-    return RunResult(OUTCOME_SUCCEEDED, EXIT_OK, step, best)
+    return end_run(events, preempted, step, last_saved,
+                   lambda: save(ckpt.LATEST, step,
+                                elapsed_before + time.perf_counter() - run_start, None),
+                   best_val_loss)
 
 
 def execute(
@@ -533,27 +412,14 @@ def execute(
     ``error_message``) and ``done`` with outcome ``failed``.
     """
     events = events or EventWriter()
-    try:
+
+    def run() -> RunResult:
         run_spec = spec if isinstance(spec, RunSpec) else RunSpec.from_dict(spec)
-        result = run_training(run_spec, job_dir, events, stop, stop_at_step, chunk_size)
-    except (SpecError, HyperparameterError, UnknownModel, DatasetError) as exc:
-        return _fail(events, exc, EXIT_USAGE, str(exc))
-    except ckpt.CheckpointDiskFull as exc:
-        return _fail(events, exc, EXIT_FAILED, str(exc))
-    except torch.cuda.OutOfMemoryError as exc:
-        message = (f"CUDA out of memory: {str(exc).splitlines()[0]} Reduce batch_size or "
-                   "block_size, or use gradient_accumulation_steps.")
-        return _fail(events, exc, EXIT_FAILED, message)
-    except MemoryError as exc:
-        return _fail(events, exc, EXIT_FAILED,
-                     "Out of host memory; reduce batch_size or block_size.")
-    except Exception as exc:  # noqa: BLE001 - the contract is to report, not to crash
-        traceback.print_exc()
-        return _fail(events, exc, EXIT_FAILED, f"{type(exc).__name__}: {exc}")
-    events.emit("done", outcome=result.outcome, exit_code=result.exit_code, step=result.step,
-                best_val_loss=result.best_val_loss)
-    return result.exit_code
+        return run_training(run_spec, job_dir, events, stop, stop_at_step, chunk_size)
 
-
-def _fail(events: EventWriter, exc: BaseException, code: int, message: str) -> int:
-    return report_failure(events, exc, code, message)
+    return run_contract(
+        run, events,
+        usage_errors=(SpecError, HyperparameterError, UnknownModel, DatasetError),
+        reported_errors=(ckpt.CheckpointDiskFull,),
+        cuda_oom_advice="Reduce batch_size or block_size, or use gradient_accumulation_steps.",
+        host_oom_message="Out of host memory; reduce batch_size or block_size.")

@@ -6,7 +6,6 @@ exit codes, resume from the folder's checkpoint) is the same contract for both.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -27,11 +26,4 @@ def command(spec: TrainerSpec, job_dir: str | os.PathLike[str], *, python: str,
 
 def write(job_dir: str | os.PathLike[str], spec: TrainerSpec) -> Path:
     """`JOB_DIR/spec.json`, written atomically, which the bare run command reads."""
-    if isinstance(spec, RunSpec):
-        return write_spec(job_dir, spec)
-    folder = Path(job_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    path, tmp = folder / "spec.json", folder / ".spec.json.tmp"
-    tmp.write_text(json.dumps(spec.to_dict(), indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_spec(job_dir, spec)

@@ -9,8 +9,10 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +63,34 @@ def run_cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str
         [sys.executable, "-m", "llm_train_api.training", *args],
         capture_output=True, text=True, timeout=timeout, env=cli_env(), cwd=REPO_ROOT,
     )
+
+
+def sigterm_when_training(argv: list[str], step: int, timeout: float
+                          ) -> tuple[int, str, str, float]:
+    """Run the trainer command ``argv``, send it SIGTERM once it reports the metrics of
+    ``step`` (the training loop is running) and wait up to ``timeout`` s for its end:
+    ``(exit code, stdout, stderr, seconds from the signal to the exit)``."""
+    from llm_train_api.training.events import parse_line
+
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=cli_env(), cwd=REPO_ROOT)
+    lines: list[str] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            event = parse_line(line)
+            if event and event["event"] == "metrics" and event["step"] >= step:
+                break
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        rest, stderr = proc.communicate(timeout=timeout)
+        stopped_in = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, "".join(lines) + rest, stderr, stopped_in
 
 
 def events_of(stdout: str) -> list[dict[str, Any]]:

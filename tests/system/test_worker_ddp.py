@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.ddp import torchrun_rank
 from tests.helpers.live import alive, get, wait_for, wait_progress, wait_status
 from tests.helpers.servers import TINY
 
@@ -46,13 +47,9 @@ def ranks_under(pid: int) -> dict[int, int]:
             p, depth = parents[p], depth + 1
         if p != pid or child == pid or not alive(child):
             continue
-        try:
-            environ = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        env = dict(v.split(b"=", 1) for v in environ if b"=" in v)
-        if b"TORCHELASTIC_RUN_ID" in env:
-            found[child] = int(env[b"RANK"])
+        rank = torchrun_rank(child)
+        if rank is not None:
+            found[child] = rank
     return found
 
 

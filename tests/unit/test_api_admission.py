@@ -5,20 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from llm_train_api import create_app
 from tests.helpers.clients import admin_client
 
 
 @pytest.fixture
-def local_app(tmp_path):
-    app = create_app({"INSTANCE_PATH": str(tmp_path / "instance"), "WORKER_MEMORY_GB": 24})
-    yield app
-    app.extensions["llm_train_api.runtime"].close()
-
-
-@pytest.fixture
-def local(local_app):
-    return admin_client(local_app)
+def local(admitting_app):
+    return admin_client(admitting_app)
 
 
 GOOD = {"model_name": "gpt-nano", "dataset": "builtin:tinytext",
@@ -48,13 +40,13 @@ def test_a_valid_job_is_admitted_with_its_dataset_hash(local):
     ("hyperparameters", {"learning_rate": 5}, "hyperparameters"),
     ("hyperparameters", {"batch_size": True}, "hyperparameters"),
 ])
-def test_jobs_that_cannot_run_are_422_naming_the_field(local_app, local, field, value,
+def test_jobs_that_cannot_run_are_422_naming_the_field(admitting_app, local, field, value,
                                                         where):
     resp = local.post("/jobs", json={**GOOD, field: value})
     assert resp.status_code == 422
     errors = resp.get_json()["errors"]["json"]
     assert where in errors, errors
-    data_dir = str(local_app.extensions["llm_train_api.runtime"].data_dir)
+    data_dir = str(admitting_app.extensions["llm_train_api.runtime"].data_dir)
     assert data_dir not in str(errors), "server paths leak to clients"
     assert count(local) == 0
 
@@ -136,9 +128,9 @@ def test_metrics_of_a_job_without_any(local):
         assert resp.status_code == 422 and resp.get_json()["code"] == 422, bad
 
 
-def test_a_long_curve_pages_through_link_headers(local, local_app):
+def test_a_long_curve_pages_through_link_headers(local, admitting_app):
     local.post("/jobs", json={**GOOD, "job_id": "long"})
-    queue = local_app.extensions["llm_train_api.runtime"].queue
+    queue = admitting_app.extensions["llm_train_api.runtime"].queue
     assert queue.claim("w1", 30).id == "long"
     curve = [{"step": s, "train_loss": 10 / s} for s in range(1, 26)]
     curve.insert(12, {"step": 12, "val_loss": 1.5})  # a second point at step 12
@@ -192,13 +184,13 @@ def test_processes_that_cannot_run_are_422_with_the_reason(local, resources, nee
     assert count(local) == 0
 
 
-def test_admit_splits_the_global_batch_and_adds_up_cpu_ranks_memory(local_app):
+def test_admit_splits_the_global_batch_and_adds_up_cpu_ranks_memory(admitting_app):
     """admit()'s DDP rules (they need the job's resources as well as its hyperparameters)."""
     from llm_train_api.services.admission import AdmissionError, admit
     from llm_train_api.training.catalog import estimate_memory_for
     from llm_train_api.training.hyperparams import validate_hyperparameters
 
-    data_dir = str(local_app.extensions["llm_train_api.runtime"].data_dir)
+    data_dir = str(admitting_app.extensions["llm_train_api.runtime"].data_dir)
     hp = {"batch_size": 6, "block_size": 64}
 
     def refusal(resources, limit=2**40, **extra):

@@ -23,10 +23,8 @@ QA_LINES = "".join(json.dumps({"prompt": q + " ?", "completion": a}) + "\n"
 
 
 @pytest.fixture
-def app(tmp_path):
-    app = create_app({"INSTANCE_PATH": str(tmp_path / "instance"), "WORKER_MEMORY_GB": 24})
-    yield app
-    app.extensions["llm_train_api.runtime"].close()
+def app(admitting_app):
+    return admitting_app
 
 
 @pytest.fixture

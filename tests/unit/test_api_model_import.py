@@ -6,10 +6,8 @@ archive gets a 4xx naming the problem and leaves the store exactly as it was.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import io
-import os
 import struct
 import tarfile
 from pathlib import Path
@@ -20,6 +18,7 @@ from llm_train_api import create_app
 from llm_train_api.artifacts import model_archive
 from llm_train_api.domain import GIB
 from tests.helpers.clients import admin_client
+from tests.helpers.disk import full_disk_for
 from tests.helpers.hf_models import (
     PARAMS,
     config,
@@ -251,29 +250,7 @@ def test_impossible_names_are_422_on_put_and_404_otherwise(client, app, name):
 
 
 def test_a_full_disk_is_507_and_stores_nothing(client, app, monkeypatch):
-    real_open = open
-
-    class Full:
-        def __init__(self, f):
-            self._f = f
-
-        def write(self, data):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-        def __getattr__(self, name):
-            return getattr(self._f, name)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self._f.close()
-
-    def fake_open(file, mode="r", *args, **kwargs):
-        f = real_open(file, mode, *args, **kwargs)
-        return Full(f) if "x" in mode else f
-
-    monkeypatch.setattr(model_archive, "open", fake_open, raising=False)
+    full_disk_for(monkeypatch, model_archive, lambda path, mode: "x" in mode)
     body = error(put(client, "tiny", tar_archive(tiny_llama())), 507, "full", "not stored")
     assert body["message"]
     assert [p for p in snapshot(app) if p[0] != ".lock"] == []

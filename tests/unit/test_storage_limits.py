@@ -3,7 +3,6 @@ upload, on the in-process app."""
 
 from __future__ import annotations
 
-import errno
 import os
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from llm_train_api.artifacts import datasets as dataset_files
 from llm_train_api.artifacts.jobs import job_dir
 from llm_train_api.domain import GIB, JobStatus
 from tests.helpers.clients import admin_client, client_as
+from tests.helpers.disk import full_disk_for
 
 LIMIT = 1000  # bytes
 SETTING = "LLM_TRAIN_API_MAX_STORAGE_GB_PER_USER"
@@ -100,29 +100,7 @@ def test_no_quota_with_zero(tmp_path):
 
 def _full_disk_for(monkeypatch, predicate):
     """Writes to files whose name passes `predicate` fail as on a full disk."""
-    real_open = open
-
-    class Full:
-        def __init__(self, f):
-            self._f = f
-
-        def write(self, data):
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-        def __getattr__(self, name):
-            return getattr(self._f, name)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self._f.close()
-
-    def fake_open(file, mode="r", *args, **kwargs):
-        f = real_open(file, mode, *args, **kwargs)
-        return Full(f) if "b" in mode and predicate(os.fspath(file)) else f
-
-    monkeypatch.setattr(dataset_files, "open", fake_open, raising=False)
+    full_disk_for(monkeypatch, dataset_files, lambda path, mode: "b" in mode and predicate(path))
 
 
 def test_a_full_disk_during_an_upload_is_507_and_stores_nothing(client, app, monkeypatch):

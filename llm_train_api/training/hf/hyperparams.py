@@ -15,7 +15,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from llm_train_api.training.hyperparams import HyperparameterError, Param, check_value
+from llm_train_api.training.hyperparams import (
+    HyperparameterError,
+    Param,
+    check_params,
+    hyperparameters_object,
+)
 
 METHODS = ("lora", "full", "qlora")
 ALL_LINEAR = "all-linear"
@@ -102,24 +107,6 @@ def hyperparameter_schema() -> list[dict[str, Any]]:
     return [p.to_dict() for p in SCHEMA] + [lora]
 
 
-def _check_params(schema: tuple[Param, ...], values: Mapping[str, Any], prefix: str,
-                  result: dict[str, Any], errors: dict[str, list[str]],
-                  extra: frozenset[str] = frozenset()) -> None:
-    by_name = {p.name: p for p in schema}
-    for key, value in values.items():
-        if key in extra:
-            continue
-        param = by_name.get(key) if isinstance(key, str) else None
-        if param is None:
-            errors[f"{prefix}{key}"] = ["Unknown hyperparameter."]
-            continue
-        normalised, error = check_value(param, value)
-        if error:
-            errors[f"{prefix}{key}"] = [error]
-        else:
-            result[key] = normalised
-
-
 def _check_targets(value: Any) -> tuple[Any, str | None]:
     if value == ALL_LINEAR:
         return value, None
@@ -131,21 +118,18 @@ def _check_targets(value: Any) -> tuple[Any, str | None]:
 
 def validate_hyperparameters(hyperparameters: Mapping[str, Any] | None) -> dict[str, Any]:
     """Validate and normalise; raise :class:`HyperparameterError` naming every bad key."""
-    if hyperparameters is None:
-        hyperparameters = {}
-    if not isinstance(hyperparameters, Mapping):
-        raise HyperparameterError({"hyperparameters": ["Must be an object."]})
+    hyperparameters = hyperparameters_object(hyperparameters)
     errors: dict[str, list[str]] = {}
     result = dict(DEFAULTS)
     result["lora"] = dict(LORA_DEFAULTS)
-    _check_params(SCHEMA, hyperparameters, "", result, errors, frozenset({"lora"}))
+    check_params(SCHEMA, hyperparameters, "", result, errors, frozenset({"lora"}))
     lora = hyperparameters.get("lora")
     if lora is not None:
         if not isinstance(lora, Mapping):
             errors["lora"] = ["Must be an object."]
         else:
-            _check_params(LORA_SCHEMA, lora, "lora.", result["lora"], errors,
-                          frozenset({"target_modules"}))
+            check_params(LORA_SCHEMA, lora, "lora.", result["lora"], errors,
+                         frozenset({"target_modules"}))
             if "target_modules" in lora:
                 targets, error = _check_targets(lora["target_modules"])
                 if error:

@@ -15,7 +15,6 @@ code). The trainer runs it again before importing torch, so a bad job exits 2 at
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,8 +22,16 @@ from typing import Any
 
 from llm_train_api.training.datasets import default_data_dir, resolve_dataset
 from llm_train_api.training.hf.hyperparams import validate_hyperparameters
-from llm_train_api.training.spec import SpecError, check_global_batch, check_processes
-from llm_train_api.training.spec import torchrun_command as _torchrun_command
+from llm_train_api.training.spec import (
+    SpecError,
+    check_global_batch,
+    check_processes,
+    spec_hyperparameters,
+    spec_job_id,
+    spec_object,
+    spec_processes,
+    trainer_command,
+)
 
 SPEC_FIELDS = ("job_id", "model_name", "model_path", "dataset", "validation_dataset",
                "hyperparameters", "data_dir", "processes")
@@ -49,26 +56,17 @@ class FineTuneSpec:
 
     @classmethod
     def from_dict(cls, data: Any) -> FineTuneSpec:
-        if not isinstance(data, Mapping):
-            raise SpecError("The spec must be a JSON object.")
-        unknown = set(data) - set(SPEC_FIELDS)
-        if unknown:
-            raise SpecError(f"Unknown spec field(s): {', '.join(sorted(map(str, unknown)))}.")
+        data = spec_object(data, SPEC_FIELDS)
         for key in ("model_path", "dataset"):
             if not isinstance(data.get(key), str) or not data[key]:
                 raise SpecError(f"The spec needs a string {key!r}.")
         for key in ("validation_dataset", "data_dir", "model_name"):
             if data.get(key) is not None and not isinstance(data[key], str):
                 raise SpecError(f"{key!r} must be a string.")
-        hp = data.get("hyperparameters") or {}
-        if not isinstance(hp, Mapping):
-            raise SpecError("'hyperparameters' must be an object.")
-        processes = data.get("processes")
-        job_id = data.get("job_id")
-        return cls(data["model_path"], data["dataset"], dict(hp),
-                   data.get("validation_dataset"), data.get("data_dir"),
-                   None if job_id is None else str(job_id), data.get("model_name"),
-                   check_processes(1 if processes is None else processes))
+        hp = spec_hyperparameters(data)
+        return cls(data["model_path"], data["dataset"], hp,
+                   data.get("validation_dataset"), data.get("data_dir"), spec_job_id(data),
+                   data.get("model_name"), spec_processes(data))
 
     def to_dict(self) -> dict[str, Any]:
         return {"job_id": self.job_id, "model_name": self.model_name,
@@ -133,10 +131,4 @@ def run_command(
     """argv for a worker: ``python -m llm_train_api.training.hf run --job-dir DIR``; with
     ``processes > 1`` under torchrun under :mod:`llm_train_api.training.launch`, exactly as
     :func:`llm_train_api.training.spec.run_command` does for the built-in trainer."""
-    argv = [python or sys.executable, "-m", MODULE, "run", "--job-dir", os.fspath(job_dir)]
-    if spec_file is not None:
-        argv += ["--spec", os.fspath(spec_file)]
-    if check_processes(processes) == 1:
-        return argv
-    return [python or sys.executable, "-m", "llm_train_api.training.launch", "--",
-            *_torchrun_command(argv, processes)]
+    return trainer_command(MODULE, job_dir, spec_file, python, processes)

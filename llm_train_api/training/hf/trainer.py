@@ -1,7 +1,8 @@
 """The fine-tuning run: spec in, checkpoints, metrics, stdout events and the model out.
 
 :func:`run_training` does one job and raises on failure; :func:`execute` wraps it in the
-built-in trainer's contract (``error``/``done`` events, exit codes 0/1/2/75).
+contract both trainers keep (``error``/``done`` events, exit codes 0/1/2/75; see
+:mod:`llm_train_api.training.common_run`, which also holds the step loop's bookkeeping).
 
 Loss: next-token cross entropy on the target tokens only (:mod:`.render` says which),
 averaged over every target token of the optimizer step (all micro-batches, all ranks),
@@ -24,14 +25,11 @@ optimizer step, only rank 0 writes.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import threading
 import time
-import traceback
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,17 +37,30 @@ import torch
 import torch.nn.functional as F
 
 from llm_train_api.training import distributed
-from llm_train_api.training.datasets import DatasetError
-from llm_train_api.training.events import (
-    EXIT_FAILED,
-    EXIT_OK,
-    EXIT_PREEMPTED,
-    EXIT_USAGE,
-    OUTCOME_PREEMPTED,
-    OUTCOME_SUCCEEDED,
-    EventWriter,
-    report_failure,
+from llm_train_api.training.common_run import (
+    METRICS_FILE,
+    MetricsLog,
+    RunResult,
+    autocast_for,
+    check_diverged,
+    due_at,
+    end_run,
+    finite,
+    injected_fault,
+    optimizer_step,
+    publish_metrics,
+    raise_injected_fault,
+    rank_seed,
+    resolve_device,
+    resolve_dtype,
+    run_contract,
+    set_learning_rate,
+    stop_requested,
+    wrap_ddp,
+    write_spec_file,
 )
+from llm_train_api.training.datasets import DatasetError
+from llm_train_api.training.events import OUTCOME_SUCCEEDED, EventWriter
 from llm_train_api.training.formats import FormatError
 from llm_train_api.training.hf import data as hfdata
 from llm_train_api.training.hf import modeling, state
@@ -58,44 +69,11 @@ from llm_train_api.training.hf.spec import OUTPUT_FOLDER, FineTuneSpec, ValidSpe
 from llm_train_api.training.hyperparams import HyperparameterError
 from llm_train_api.training.spec import SpecError, check_global_batch
 from llm_train_api.training.storage import LocalStorage
-from llm_train_api.training.trainer import (
-    FAULT_ENV,
-    METRICS_FILE,
-    SPEC_FILE,
-    MetricsLog,
-    TrainingDiverged,
-    _injected_fault,
-    resolve_device,
-    resolve_dtype,
-)
 
 ADAM_BETAS = (0.9, 0.999)
-MIN_LR_RATIO = 0.1
 #: Settings a resume must not change: they decide what the weights and batches are.
 FIXED_ON_RESUME = ("method", "lora", "max_seq_length", "packing", "seed", "batch_size",
                    "gradient_accumulation_steps", "val_fraction")
-
-
-@dataclass
-class RunResult:
-    outcome: str
-    exit_code: int
-    step: int
-    best_val_loss: float | None
-
-
-def learning_rate_at(step: int, hp: Mapping[str, Any], total_steps: int) -> float:
-    """LR of the update at ``step`` (0-based): linear warmup, then cosine, linear or flat."""
-    peak, warmup = hp["learning_rate"], hp["warmup_steps"]
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-    if hp["lr_schedule"] == "constant":
-        return peak
-    if hp["lr_schedule"] == "linear":
-        return peak * (1.0 - progress)
-    floor = MIN_LR_RATIO * peak
-    return floor + 0.5 * (1.0 + math.cos(math.pi * progress)) * (peak - floor)
 
 
 def make_optimizer(params: dict[str, torch.nn.Parameter], hp: Mapping[str, Any]
@@ -153,7 +131,7 @@ def _train(valid: ValidSpec, device: torch.device, ddp: distributed.DistContext 
     local_batch = check_global_batch(hp["batch_size"], world)
     storage = LocalStorage(job_dir)
     if is_main:
-        storage.write_text_atomic(SPEC_FILE, json.dumps(spec.to_dict(), indent=2) + "\n")
+        write_spec_file(storage, spec)
     dtype = resolve_dtype(hp["dtype"], device)
     dtype_name = str(dtype).removeprefix("torch.")
     if hp["num_threads"]:
@@ -178,7 +156,7 @@ def _train(valid: ValidSpec, device: torch.device, ddp: distributed.DistContext 
     model = modeling.load_model(valid.model_path, hp, device, dtype)
     model = modeling.prepare_for_training(model, hp, hp["seed"])
     if ddp is not None and rank:
-        torch.manual_seed(hp["seed"] * 1_000_003 + 7_919 * rank)  # dropout per rank
+        torch.manual_seed(rank_seed(hp["seed"], rank))
     trainable = modeling.trainable_parameters(model)
     optimizer = make_optimizer(trainable, hp)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
@@ -200,14 +178,8 @@ def _train(valid: ValidSpec, device: torch.device, ddp: distributed.DistContext 
         events.log(f"resumed from step {step}")
     metrics_log = MetricsLog(storage, step) if is_main else None
 
-    train_model: Any = model
-    if ddp is not None:
-        from torch.nn.parallel import DistributedDataParallel
-
-        train_model = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
-    autocast = (torch.autocast(device.type, dtype=dtype) if dtype != torch.float32
-                else contextlib.nullcontext())
+    train_model: Any = wrap_ddp(model, device) if ddp is not None else model
+    autocast = autocast_for(device, dtype)
     name = spec.model_name or valid.model_path.name
     events.emit("start", job_id=spec.job_id, model_name=name, method=hp["method"],
                 n_params=n_params, trainable_params=n_trainable, dataset=spec.dataset,
@@ -228,7 +200,7 @@ def _train(valid: ValidSpec, device: torch.device, ddp: distributed.DistContext 
         if not is_main:
             return
         folder = state.save(job_dir, at_step, trainable, optimizer, rngs, {
-            "best_val_loss": None if math.isinf(best_val) else best_val,
+            "best_val_loss": finite(best_val),
             "elapsed_s": elapsed, "scaler": scaler.state_dict() if scaler.is_enabled()
             else None, "config": hp, "epoch": at_step / spe,
             "data": {"kind": "seeded-per-step", "seed": hp["seed"], "next_step": at_step}})
@@ -257,27 +229,20 @@ def _train(valid: ValidSpec, device: torch.device, ddp: distributed.DistContext 
         n = max(float(counts[0].item()), 1.0)
         return float(loss_sum.item()) / n, float(counts[1].item()) / n
 
-    grad_clip = hp["grad_clip"]
+    params = list(trainable.values())
     model.train()
     window = torch.zeros(3, device=device)  # loss sum, targets, correct (this rank)
     window_tokens, window_start = 0, time.perf_counter()
     run_start = time.perf_counter()
     last_saved = step if resumed_from is not None else -1
     preempted = False
-    fault = _injected_fault()
+    fault = injected_fault()
     while step < total_steps:
-        want_stop = stop.is_set() or step == stop_at_step
-        if ddp is not None:
-            want_stop = ddp.any(want_stop)
-        if want_stop:
+        if stop_requested(stop, step, stop_at_step, ddp):
             preempted = True
             break
-        if fault == (rank, step):
-            raise RuntimeError(f"injected failure on rank {rank} at step {step} "
-                               f"({FAULT_ENV})")
-        lr = learning_rate_at(step, hp, total_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
+        raise_injected_fault(fault, rank, step)
+        lr = set_learning_rate(optimizer, step, hp, total_steps)
         micro_batches = batches.step_sequences(step)
         denom = max(sum(hfdata.targets(mb) for mb in micro_batches), 1)
         for i, micro in enumerate(micro_batches):
@@ -291,63 +256,42 @@ def _train(valid: ValidSpec, device: torch.device, ddp: distributed.DistContext 
                 scaler.scale(loss * (world / denom)).backward()
             window += torch.stack([loss.detach(), torch.tensor(
                 float(hfdata.targets(local)), device=device), correct.float()])
-        if grad_clip > 0:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(list(trainable.values()), grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer_step(optimizer, scaler, params, hp["grad_clip"])
         step += 1
 
-        last = step == total_steps
-        do_eval = bool(val_seqs) and (last or (hp["eval_interval"] > 0
-                                               and step % hp["eval_interval"] == 0))
-        do_ckpt = last or (hp["checkpoint_interval"] > 0
-                           and step % hp["checkpoint_interval"] == 0)
-        if not (do_eval or do_ckpt or step % hp["log_interval"] == 0):
+        do_eval, do_ckpt, report = due_at(step, total_steps, hp, can_evaluate=bool(val_seqs))
+        if not report:
             continue
         totals = ddp.mean(window) * world if ddp is not None else window
         targets = max(float(totals[1].item()), 1.0)
         train_loss = float(totals[0].item()) / targets
-        if not math.isfinite(train_loss):
-            raise TrainingDiverged(f"Training diverged: loss is {train_loss} at step {step}; "
-                                   "try a lower learning_rate.")
+        check_diverged(train_loss, step)
         tokens_per_s = window_tokens / max(time.perf_counter() - window_start, 1e-9)
         val_loss, val_acc = evaluate() if do_eval else (None, None)
         elapsed = elapsed_before + time.perf_counter() - run_start
-        record: dict[str, Any] = {
-            "step": step, "epoch": round(step / spe, 4), "train_loss": train_loss,
-            "train_token_accuracy": float(totals[2].item()) / targets, "lr": lr,
-            "tokens_per_s": round(tokens_per_s, 1), "elapsed_s": round(elapsed, 6)}
         if val_loss is not None:
-            record["val_loss"] = val_loss if math.isfinite(val_loss) else None
-            record["val_token_accuracy"] = val_acc
             best_val = min(best_val, val_loss)
-        if metrics_log is not None:
-            metrics_log.add(record)
-            metrics_log.flush()
-        events.emit("metrics", total_steps=total_steps, **record)
-        events.log(f"step {step}/{total_steps} loss {train_loss:.4f}"
-                   + (f" val {val_loss:.4f}" if val_loss is not None else "")
-                   + f" lr {lr:.2e} {tokens_per_s:,.0f} tok/s")
+        publish_metrics(
+            events, metrics_log, step=step, total_steps=total_steps, steps_per_epoch=spe,
+            train={"train_loss": train_loss,
+                   "train_token_accuracy": float(totals[2].item()) / targets},
+            lr=lr, tokens_per_s=tokens_per_s, elapsed=elapsed,
+            val=None if val_loss is None else {"val_loss": val_loss,
+                                               "val_token_accuracy": val_acc})
         if do_ckpt:
             save(step, elapsed, val_loss)
             last_saved = step
         window.zero_()
         window_tokens, window_start = 0, time.perf_counter()
 
-    best = None if math.isinf(best_val) else best_val
-    if preempted:
-        if last_saved != step:
-            save(step, elapsed_before + time.perf_counter() - run_start, None)
-        events.log(f"preempted at step {step}; rerun the same command to resume")
-        return RunResult(OUTCOME_PREEMPTED, EXIT_PREEMPTED, step, best)
-    if last_saved != step:  # resumed a finished run
-        save(step, elapsed_before + time.perf_counter() - run_start, None)
-    if is_main:
+    result = end_run(events, preempted, step, last_saved,
+                     lambda: save(step, elapsed_before + time.perf_counter() - run_start,
+                                  None),
+                     best_val)
+    if result.outcome == OUTCOME_SUCCEEDED and is_main:
         written = modeling.save_outputs(model, tokenizer, hp, job_dir / OUTPUT_FOLDER)
         events.log(f"saved {', '.join(OUTPUT_FOLDER + '/' + w for w in written)}")
-    return RunResult(OUTCOME_SUCCEEDED, EXIT_OK, step, best)
+    return result
 
 
 def execute(spec: FineTuneSpec | Mapping[str, Any], job_dir: str | os.PathLike[str],
@@ -355,23 +299,12 @@ def execute(spec: FineTuneSpec | Mapping[str, Any], job_dir: str | os.PathLike[s
             stop_at_step: int | None = None) -> int:
     """The run contract: never raises for training problems, returns the exit code."""
     events = events or EventWriter()
-    try:
-        result = run_training(spec, job_dir, events, stop, stop_at_step)
-    except (SpecError, HyperparameterError, DatasetError, FormatError) as exc:
-        return report_failure(events, exc, EXIT_USAGE, str(exc))
-    except torch.cuda.OutOfMemoryError as exc:
-        return report_failure(events, exc, EXIT_FAILED, (
-            f"CUDA out of memory: {str(exc).splitlines()[0]} Reduce batch_size or "
-            "max_seq_length, or use gradient_accumulation_steps or gradient_checkpointing."))
-    except MemoryError as exc:
-        return report_failure(events, exc, EXIT_FAILED,
-                              "Out of host memory; reduce batch_size or max_seq_length.")
-    except Exception as exc:  # noqa: BLE001 - the contract is to report, not to crash
-        traceback.print_exc()
-        return report_failure(events, exc, EXIT_FAILED, f"{type(exc).__name__}: {exc}")
-    events.emit("done", outcome=result.outcome, exit_code=result.exit_code, step=result.step,
-                best_val_loss=result.best_val_loss)
-    return result.exit_code
+    return run_contract(
+        lambda: run_training(spec, job_dir, events, stop, stop_at_step), events,
+        usage_errors=(SpecError, HyperparameterError, DatasetError, FormatError),
+        cuda_oom_advice="Reduce batch_size or max_seq_length, or use "
+                        "gradient_accumulation_steps or gradient_checkpointing.",
+        host_oom_message="Out of host memory; reduce batch_size or max_seq_length.")
 
 
 __all__ = ["METRICS_FILE", "RunResult", "execute", "run_training"]

@@ -1,5 +1,6 @@
 // Shared by every dashboard page: the API client (bearer token from sessionStorage), the
-// token box, the message banner, polling, and small DOM and formatting helpers.
+// token box, the message banner, polling, delete buttons, uploads, and small DOM and
+// formatting helpers.
 // Job data only ever reaches the page through textContent and attribute setters: never
 // through innerHTML, so a job name cannot inject markup.
 "use strict";
@@ -235,7 +236,73 @@ const UI = (() => {
     setTimeout(() => URL.revokeObjectURL(url), 60000);
   }
 
+  // ------------------------------------------------------------------ delete and upload
+  // A Delete button that asks for a second click within 5 s, then DELETEs `path`, says how
+  // it went in the banner (tagged `tag`) and calls `after`.
+  function deleteButton({ path, kind, name, tag, after }) {
+    const button = el("button", { type: "button", className: "danger delete" }, "Delete");
+    let armed = null;
+    button.addEventListener("click", async () => {
+      if (!armed) {
+        button.textContent = "Confirm delete";
+        armed = setTimeout(() => { armed = null; button.textContent = "Delete"; }, 5000);
+        return;
+      }
+      clearTimeout(armed);
+      button.disabled = true;
+      try {
+        await api(path, { method: "DELETE" });
+        showBanner("Deleted " + kind + " " + name + ".", "info", tag);
+      } catch (err) {
+        if (err instanceof ApiError && err.status !== 401) {
+          showBanner("Cannot delete " + name + ": " + err.message, "error", tag);
+        }
+      }
+      after();
+    });
+    return button;
+  }
+
+  // PUT `file` to `path` with XMLHttpRequest (fetch reports no upload progress): `bar` shows
+  // the progress and `button` is disabled meanwhile; `result` then says how it went, with
+  // `success(body, created)` after a 2xx (`after` runs next) and `failed` + the reason else.
+  function upload({ path, file, type, bar, button, result, success, failed, after }) {
+    const xhr = new XMLHttpRequest();
+    xhr.open("PUT", root + path);
+    xhr.setRequestHeader("Content-Type", type);
+    authHeaders().forEach((value, key) => xhr.setRequestHeader(key, value));
+    xhr.upload.addEventListener("progress", (e) => {
+      if (e.lengthComputable) bar.value = e.loaded / e.total;
+    });
+    const done = () => { bar.hidden = true; button.disabled = false; };
+    xhr.addEventListener("load", () => {
+      done();
+      let body = null;
+      try { body = JSON.parse(xhr.responseText); } catch (err) { body = null; }
+      if (xhr.status === 200 || xhr.status === 201) {
+        result.className = "small ok-text";
+        result.textContent = success(body, xhr.status === 201);
+        after();
+        return;
+      }
+      const message = (body && body.message) || xhr.status + " " + xhr.statusText;
+      if (xhr.status === 401) unauthorized(message);
+      result.className = "small error-text";
+      result.textContent = failed + message;
+    });
+    xhr.addEventListener("error", () => {
+      done();
+      result.className = "small error-text";
+      result.textContent = failed + "the service cannot be reached.";
+    });
+    bar.value = 0;
+    bar.hidden = false;
+    button.disabled = true;
+    result.textContent = "";
+    xhr.send(file);
+  }
+
   return { ApiError, FINAL, STATUSES, api, json, poll, el, badge, age, time, bytes, duration,
     jobUrl, modelUrl, revealTarget, download, showBanner, clearBanner, unauthorized, token,
-    authHeaders, root };
+    authHeaders, root, deleteButton, upload };
 })();

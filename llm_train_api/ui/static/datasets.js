@@ -6,29 +6,9 @@
   const { el } = UI;
   const $ = (name) => document.getElementById(name);
 
-  function deleteButton(name) {
-    const button = el("button", { type: "button", className: "danger delete" }, "Delete");
-    let armed = null;
-    button.addEventListener("click", async () => {
-      if (!armed) {
-        button.textContent = "Confirm delete";
-        armed = setTimeout(() => { armed = null; button.textContent = "Delete"; }, 5000);
-        return;
-      }
-      clearTimeout(armed);
-      button.disabled = true;
-      try {
-        await UI.api("/datasets/" + encodeURIComponent(name), { method: "DELETE" });
-        UI.showBanner("Deleted dataset " + name + ".", "info", "datasets");
-      } catch (err) {
-        if (err instanceof UI.ApiError && err.status !== 401) {
-          UI.showBanner("Cannot delete " + name + ": " + err.message, "error", "datasets");
-        }
-      }
-      refresh();
-    });
-    return button;
-  }
+  const deleteButton = (name) => UI.deleteButton({
+    path: "/datasets/" + encodeURIComponent(name), kind: "dataset", name, tag: "datasets",
+    after: refresh });
 
   async function refresh() {
     let datasets;
@@ -68,45 +48,15 @@
     const file = $("dataset-file").files[0];
     const name = $("dataset-name").value.trim();
     if (!file || !name) return;
-    const type = /\.jsonl$/i.test(file.name) ? "application/jsonl" : "text/plain";
-    const xhr = new XMLHttpRequest();
-    const bar = $("upload-progress");
-    const result = $("upload-result");
-    xhr.open("PUT", UI.root + "/datasets/" + encodeURIComponent(name));
-    xhr.setRequestHeader("Content-Type", type);
-    UI.authHeaders().forEach((value, key) => xhr.setRequestHeader(key, value));
-    xhr.upload.addEventListener("progress", (e) => {
-      if (e.lengthComputable) bar.value = e.loaded / e.total;
+    UI.upload({
+      path: "/datasets/" + encodeURIComponent(name), file,
+      type: /\.jsonl$/i.test(file.name) ? "application/jsonl" : "text/plain",
+      bar: $("upload-progress"), button: $("upload-button"), result: $("upload-result"),
+      success: (body, created) => (created ? "Uploaded " : "Replaced ") + body.name + ": "
+        + UI.bytes(body.size_bytes) + (body.lines !== null ? ", " + body.lines + " lines" : "") + ".",
+      failed: "Upload failed: ",
+      after: () => { $("upload-form").reset(); refresh(); },
     });
-    xhr.addEventListener("load", () => {
-      bar.hidden = true;
-      $("upload-button").disabled = false;
-      let body = null;
-      try { body = JSON.parse(xhr.responseText); } catch (err) { body = null; }
-      if (xhr.status === 200 || xhr.status === 201) {
-        result.className = "small ok-text";
-        result.textContent = (xhr.status === 201 ? "Uploaded " : "Replaced ") + body.name + ": "
-          + UI.bytes(body.size_bytes) + (body.lines !== null ? ", " + body.lines + " lines" : "") + ".";
-        $("upload-form").reset();
-        refresh();
-        return;
-      }
-      const message = (body && body.message) || xhr.status + " " + xhr.statusText;
-      if (xhr.status === 401) UI.unauthorized(message);
-      result.className = "small error-text";
-      result.textContent = "Upload failed: " + message;
-    });
-    xhr.addEventListener("error", () => {
-      bar.hidden = true;
-      $("upload-button").disabled = false;
-      result.className = "small error-text";
-      result.textContent = "Upload failed: the service cannot be reached.";
-    });
-    bar.value = 0;
-    bar.hidden = false;
-    $("upload-button").disabled = true;
-    result.textContent = "";
-    xhr.send(file);
   });
 
   $("datasets-refresh").addEventListener("click", refresh);

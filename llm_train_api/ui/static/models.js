@@ -8,30 +8,10 @@
   const { el } = UI;
   const $ = (name) => document.getElementById(name);
 
-  function deleteButton(model) {
-    const button = el("button", { type: "button", className: "danger delete" }, "Delete");
-    let armed = null;
-    button.addEventListener("click", async () => {
-      if (!armed) {
-        button.textContent = "Confirm delete";
-        armed = setTimeout(() => { armed = null; button.textContent = "Delete"; }, 5000);
-        return;
-      }
-      clearTimeout(armed);
-      button.disabled = true;
-      const query = model.owner ? "?owner=" + encodeURIComponent(model.owner) : "";
-      try {
-        await UI.api("/models/" + encodeURIComponent(model.name) + query, { method: "DELETE" });
-        UI.showBanner("Deleted model " + model.name + ".", "info", "models");
-      } catch (err) {
-        if (err instanceof UI.ApiError && err.status !== 401) {
-          UI.showBanner("Cannot delete " + model.name + ": " + err.message, "error", "models");
-        }
-      }
-      refresh();
-    });
-    return button;
-  }
+  const deleteButton = (model) => UI.deleteButton({
+    path: "/models/" + encodeURIComponent(model.name)
+      + (model.owner ? "?owner=" + encodeURIComponent(model.owner) : ""),
+    kind: "model", name: model.name, tag: "models", after: refresh });
 
   // A fine-tuning job's result: its base model and method, and a link to the job.
   function fineTuned(m) {
@@ -86,44 +66,15 @@
     const file = $("model-file").files[0];
     const name = $("model-name").value.trim();
     if (!file || !name) return;
-    const type = /\.(gz|tgz)$/i.test(file.name) ? "application/gzip" : "application/x-tar";
-    const xhr = new XMLHttpRequest();
-    const bar = $("import-progress");
-    const result = $("import-result");
-    xhr.open("PUT", UI.root + "/models/" + encodeURIComponent(name));
-    xhr.setRequestHeader("Content-Type", type);
-    UI.authHeaders().forEach((value, key) => xhr.setRequestHeader(key, value));
-    xhr.upload.addEventListener("progress", (e) => {
-      if (e.lengthComputable) bar.value = e.loaded / e.total;
+    UI.upload({
+      path: "/models/" + encodeURIComponent(name), file,
+      type: /\.(gz|tgz)$/i.test(file.name) ? "application/gzip" : "application/x-tar",
+      bar: $("import-progress"), button: $("import-button"), result: $("import-result"),
+      success: (body, created) => (created ? "Imported " : "Replaced ") + body.name + ": "
+        + body.architecture + ", " + body.param_count.toLocaleString() + " parameters.",
+      failed: "Import failed: ",
+      after: () => { $("import-form").reset(); refresh(); },
     });
-    const done = () => { bar.hidden = true; $("import-button").disabled = false; };
-    xhr.addEventListener("load", () => {
-      done();
-      let body = null;
-      try { body = JSON.parse(xhr.responseText); } catch (err) { body = null; }
-      if (xhr.status === 200 || xhr.status === 201) {
-        result.className = "small ok-text";
-        result.textContent = (xhr.status === 201 ? "Imported " : "Replaced ") + body.name + ": "
-          + body.architecture + ", " + body.param_count.toLocaleString() + " parameters.";
-        $("import-form").reset();
-        refresh();
-        return;
-      }
-      const message = (body && body.message) || xhr.status + " " + xhr.statusText;
-      if (xhr.status === 401) UI.unauthorized(message);
-      result.className = "small error-text";
-      result.textContent = "Import failed: " + message;
-    });
-    xhr.addEventListener("error", () => {
-      done();
-      result.className = "small error-text";
-      result.textContent = "Import failed: the service cannot be reached.";
-    });
-    bar.value = 0;
-    bar.hidden = false;
-    $("import-button").disabled = true;
-    result.textContent = "";
-    xhr.send(file);
   });
 
   $("models-refresh").addEventListener("click", refresh);

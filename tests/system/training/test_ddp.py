@@ -26,10 +26,13 @@ import pytest
 import torch
 
 from llm_train_api.training.checkpoint import LATEST, load_checkpoint
+from llm_train_api.training.common_run import FAULT_ENV
 from llm_train_api.training.data import BatchSampler
 from llm_train_api.training.events import EventWriter, parse_line
 from llm_train_api.training.spec import RunSpec, SpecError, run_command, write_spec
-from llm_train_api.training.trainer import FAULT_ENV, execute
+from llm_train_api.training.trainer import execute
+from tests.helpers.ddp import assert_same_curve as _assert_same_curve
+from tests.helpers.ddp import finish, rank_processes, start_in_session
 from tests.helpers.training import REPO_ROOT, cli_env, events_of, make_spec, read_metrics
 
 REL_TOL = 1e-3  # per-step relative difference allowed between 1 and 2 processes
@@ -45,20 +48,12 @@ def start_ddp(spec: dict[str, Any], job: Path, *extra: str,
     session of its own (so that killpg reaches what the worker's would)."""
     write_spec(job, spec)
     argv = run_command(job, python=sys.executable, processes=spec["processes"]) + list(extra)
-    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**cli_env(), **(env or {})}, cwd=REPO_ROOT,
-                            start_new_session=True)
+    return start_in_session(argv, env)
 
 
 def run_ddp(spec: dict[str, Any], job: Path, *extra: str, env: dict[str, str] | None = None,
             timeout: float = 180) -> tuple[int, str, str]:
-    proc = start_ddp(spec, job, *extra, env=env)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    return proc.returncode, out, err
+    return finish(start_ddp(spec, job, *extra, env=env), timeout)
 
 
 def run_single(spec: dict[str, Any], job: Path) -> list[dict[str, Any]]:
@@ -69,35 +64,7 @@ def run_single(spec: dict[str, Any], job: Path) -> list[dict[str, Any]]:
 
 
 def assert_same_curve(one: list[dict[str, Any]], two: list[dict[str, Any]]) -> float:
-    assert [m["step"] for m in one] == [m["step"] for m in two]
-    worst = 0.0
-    for a, b in zip(one, two, strict=True):
-        for key in ("train_loss", "val_loss"):
-            assert (key in a) == (key in b), (a, b)
-            if key in a:
-                rel = abs(a[key] - b[key]) / abs(a[key])
-                worst = max(worst, rel)
-                assert rel < REL_TOL, (key, a, b)
-    return worst
-
-
-def rank_processes(job: Path) -> dict[int, int]:
-    """{pid: RANK} of the live torchrun ranks training ``job``."""
-    found: dict[int, int] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-            environ = (entry / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if str(job).encode() not in cmdline or b"torch.distributed.run" in cmdline:
-            continue
-        env = dict(v.split(b"=", 1) for v in environ if b"=" in v)
-        if b"TORCHELASTIC_RUN_ID" in env:
-            found[int(entry.name)] = int(env[b"RANK"])
-    return found
+    return _assert_same_curve(one, two, REL_TOL)
 
 
 # ---------------------------------------------------------------- fast, no torchrun

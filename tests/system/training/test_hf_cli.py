@@ -4,15 +4,13 @@ processes, SIGTERMed for real, resumed with the bare command, and refusing bad s
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
 
 import pytest
 
-from llm_train_api.training.events import parse_line
 from llm_train_api.training.hf.spec import run_command
-from tests.helpers.training import REPO_ROOT, cli_env, events_of
+from tests.helpers.training import REPO_ROOT, cli_env, events_of, sigterm_when_training
 
 pytestmark = pytest.mark.slow
 
@@ -44,23 +42,10 @@ def test_sigterm_checkpoints_exits_75_and_the_rerun_resumes_exactly(
     whole, split = tmp_path / "whole", tmp_path / "split"
     write_spec(whole, tiny_hf_model, chat_data_dir, HP)
     write_spec(split, tiny_hf_model, chat_data_dir, HP)
-    proc = subprocess.Popen(run_command(split, python=sys.executable), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=cli_env(), cwd=REPO_ROOT)
-    lines: list[str] = []
-    try:
-        for line in proc.stdout:  # wait until the training loop is running
-            lines.append(line)
-            event = parse_line(line)
-            if event and event["event"] == "metrics" and event["step"] >= 2:
-                break
-        proc.send_signal(signal.SIGTERM)
-        rest, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 75, stderr
-    events = events_of("".join(lines) + rest)
+    code, out, stderr, _ = sigterm_when_training(run_command(split, python=sys.executable),
+                                                 step=2, timeout=60)
+    assert code == 75, stderr
+    events = events_of(out)
     done = events[-1]
     assert done["event"] == "done" and done["outcome"] == "preempted"
     stopped = done["step"]

@@ -26,11 +26,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from llm_train_api.training.common_run import FAULT_ENV
 from llm_train_api.training.events import EventWriter, parse_line
 from llm_train_api.training.hf.spec import run_command
 from llm_train_api.training.hf.trainer import execute
-from llm_train_api.training.trainer import FAULT_ENV
-from tests.helpers.training import REPO_ROOT, cli_env, events_of, read_metrics
+from tests.helpers import ddp
+from tests.helpers.ddp import job_processes
+from tests.helpers.training import events_of, read_metrics
 
 pytestmark = pytest.mark.slow
 
@@ -55,19 +57,11 @@ def start(spec: dict[str, Any], job: Path, *extra: str,
     job.mkdir(parents=True, exist_ok=True)
     (job / "spec.json").write_text(json.dumps(spec))
     argv = run_command(job, python=sys.executable, processes=spec["processes"]) + list(extra)
-    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env={**cli_env(), **(env or {})}, cwd=REPO_ROOT,
-                            start_new_session=True)
+    return ddp.start_in_session(argv, env)
 
 
 def finish(proc: subprocess.Popen[str], timeout: float = 240) -> tuple[int, str, str]:
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    return proc.returncode, out, err
+    return ddp.finish(proc, timeout)
 
 
 def run_single(spec: dict[str, Any], job: Path) -> None:
@@ -77,16 +71,7 @@ def run_single(spec: dict[str, Any], job: Path) -> None:
 
 def assert_same_curve(one: list[dict[str, Any]], two: list[dict[str, Any]],
                       rel: float = REL_TOL) -> float:
-    """Same steps, same train and validation losses within ``rel``; the worst difference."""
-    assert [m["step"] for m in one] == [m["step"] for m in two]
-    worst = 0.0
-    for a, b in zip(one, two, strict=True):
-        for key in ("train_loss", "val_loss"):
-            assert (key in a) == (key in b), (a, b)
-            if key in a:
-                worst = max(worst, abs(a[key] - b[key]) / abs(a[key]))
-                assert a[key] == pytest.approx(b[key], rel=rel), (key, a, b)
-    return worst
+    return ddp.assert_same_curve(one, two, rel)
 
 
 def assert_same_tensors(a: Path, b: Path) -> None:
@@ -94,24 +79,6 @@ def assert_same_tensors(a: Path, b: Path) -> None:
     assert x.keys() == y.keys()
     for name in x:
         torch.testing.assert_close(x[name], y[name], rtol=1e-4, atol=1e-6, msg=name)
-
-
-def job_processes(job: Path) -> dict[int, str]:
-    """Live processes whose command line names ``job``, by role: ``launcher``, ``torchrun``
-    or ``rank``."""
-    found = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if str(job).encode() in argv:
-            found[int(entry.name)] = ("launcher" if b"llm_train_api.training.launch" in argv
-                                      else "torchrun" if b"torch.distributed.run" in argv
-                                      else "rank")
-    return found
 
 
 def all_threads_stopped(pid: int) -> bool:

@@ -3,25 +3,20 @@ processes (run, resume, sample, models, SIGTERM, bad specs) and an overfitting r
 takes seconds (one CPU thread)."""
 
 import json
-import signal
-import subprocess
 import sys
-import time
 
 import pytest
 
 from llm_train_api.training.checkpoint import BEST, LATEST, load_checkpoint
-from llm_train_api.training.events import parse_line
 from llm_train_api.training.sample import sample
 from llm_train_api.training.spec import run_command, write_spec
 from tests.helpers.training import (
-    REPO_ROOT,
-    cli_env,
     events_of,
     make_spec,
     read_metrics,
     run_cli,
     run_inprocess,
+    sigterm_when_training,
 )
 
 
@@ -69,27 +64,11 @@ def test_sigterm_checkpoints_and_exits_75(data_dir, tmp_path):
                      log_interval=5)
     job = tmp_path / "job"
     write_spec(job, spec)  # what the worker does, then runs run_command(job)
-    proc = subprocess.Popen(
-        run_command(job, python=sys.executable),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(),
-        cwd=REPO_ROOT)
-    lines: list[str] = []
-    try:
-        for line in proc.stdout:  # wait until the training loop is running
-            lines.append(line)
-            event = parse_line(line)
-            if event and event["event"] == "metrics" and event["step"] >= 10:
-                break
-        sent = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        rest, stderr = proc.communicate(timeout=30)
-        stopped_in = time.monotonic() - sent
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == 75, stderr
+    code, out, stderr, stopped_in = sigterm_when_training(
+        run_command(job, python=sys.executable), step=10, timeout=30)
+    assert code == 75, stderr
     assert stopped_in < 10
-    events = events_of("".join(lines) + rest)
+    events = events_of(out)
     done = events[-1]
     assert done["event"] == "done" and done["outcome"] == "preempted" and done["step"] >= 10
     state = load_checkpoint(job / LATEST)

@@ -10,8 +10,9 @@ import pytest
 import torch
 
 from llm_train_api.training.checkpoint import BEST, LATEST, load_checkpoint
+from llm_train_api.training.common_run import learning_rate_at
 from llm_train_api.training.spec import RunSpec
-from llm_train_api.training.trainer import learning_rate_at, total_steps_for
+from llm_train_api.training.trainer import total_steps_for
 from tests.helpers.training import (
     make_spec,
     read_metrics,
