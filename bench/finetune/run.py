@@ -1,6 +1,6 @@
 """Fine-tuning tokens/s: the service's trainer against a plain transformers + peft loop.
 
-    bench/run finetune [--rounds 3] [--steps 14] [--threads 2] [--no-doc]
+    bench/run finetune [--rounds 3] [--steps 10] [--threads 1] [--no-doc]
     bench/run finetune --gpu [--peak-tflops 989]        # CUDA, a ~0.78B model, bf16
 
 Everything is made here, offline, in a temporary folder: generated support chats
@@ -309,7 +309,7 @@ def report(args: argparse.Namespace, results: dict, info: dict, n_params: int,
     mode = "GPU" if args.gpu else "CPU"
     lines = [f"Run {info['date']} on {info.get('gpu') or info['cpu']} "
              f"({info['logical_cpus']} logical CPUs, load average {info['load_avg']} at the end), "
-             f"`bench/run finetune{' --gpu' if args.gpu else ''}`: torch {info['torch']}, "
+             f"`{' '.join(['bench/run finetune', *args.argv])}`: torch {info['torch']}, "
              f"transformers {info['transformers']}, peft {info['peft']}, Python "
              f"{info['python']}.", "",
              f"{mode}, {args.dtype}, {args.threads or 'default'} thread(s) each; random "
@@ -373,17 +373,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, help="first steps not timed")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--seq", type=int, help="max_seq_length (packed)")
-    p.add_argument("--threads", type=int, help="torch threads each (CPU; default 2)")
+    p.add_argument("--threads", type=int,
+                   help="torch threads each (CPU; default 1: with 2 OpenMP threads on 2 "
+                        "shared cores the figures measure the neighbours' load)")
     p.add_argument("--conversations", type=int)
     p.add_argument("--peak-tflops", type=float, default=989.0,
                    help="dense bf16 peak for MFU (H100/H200 SXM 989, A100 312)")
     p.add_argument("--no-doc", action="store_true", help="print only")
     p.add_argument("--out", type=Path)
     args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     defaults = ({"rounds": 2, "steps": 40, "warmup": 10, "batch_size": 8, "seq": 1024,
                  "threads": 0, "conversations": 6000} if args.gpu else
-                {"rounds": 3, "steps": 14, "warmup": 4, "batch_size": 4, "seq": 256,
-                 "threads": 2, "conversations": 1200})
+                {"rounds": 3, "steps": 10, "warmup": 3, "batch_size": 4, "seq": 256,
+                 "threads": 1, "conversations": 600})
     for key, value in defaults.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
