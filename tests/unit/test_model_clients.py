@@ -6,32 +6,14 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from llm_train_api.cli.main import main
-from llm_train_api.client import Client, Conflict, NotFound, RetryPolicy, ValidationError
+from llm_train_api.client import Conflict, NotFound, ValidationError
 from tests.helpers.cli import one_error_line
 from tests.helpers.hf_models import PARAMS, tiny_llama, write_folder
-from tests.helpers.servers import ThreadedServer
-
-NO_RETRY = RetryPolicy(attempts=1, backoff_s=0.01, max_backoff_s=0.01)
-
-
-@pytest.fixture
-def server(app) -> Iterator[ThreadedServer]:
-    with ThreadedServer(app) as server:
-        server.token = (Path(app.instance_path) / "admin-token").read_text().strip()
-        yield server
-
-
-@pytest.fixture
-def api(server) -> Iterator[Client]:
-    with Client(server.url, token=server.token, retry=NO_RETRY) as api:
-        yield api
 
 
 def test_the_client_imports_lists_gets_and_deletes(api, tmp_path):

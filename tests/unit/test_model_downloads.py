@@ -10,7 +10,6 @@ import json
 import os
 import shutil
 import tarfile
-from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -24,16 +23,14 @@ from llm_train_api.artifacts import jobs as jobfiles
 from llm_train_api.artifacts.folder_archive import FolderArchive
 from llm_train_api.artifacts.homes import owner_home
 from llm_train_api.cli.main import main
-from llm_train_api.client import Client, Conflict, NotFound, RetryPolicy, UnexpectedResponse
+from llm_train_api.client import Conflict, NotFound, UnexpectedResponse
 from llm_train_api.client.downloads import _Body, _extract_into
 from llm_train_api.domain import Job, JobStatus, NewJob
 from tests.helpers.cli import one_error_line
 from tests.helpers.clients import admin_client, client_as
 from tests.helpers.hf_models import tar_archive, tiny_llama, write_folder
-from tests.helpers.servers import ThreadedServer
 
 TAR = "application/x-tar"
-NO_RETRY = RetryPolicy(attempts=1, backoff_s=0.01, max_backoff_s=0.01)
 ADAPTER = {"adapter_config.json": b'{"r": 8}', "adapter_model.safetensors": b"w" * 700,
            "tokenizer.json": b"{}"}
 
@@ -191,17 +188,6 @@ def test_the_archive_streams_whole_from_files_deleted_after_it_opened_them(tmp_p
 # ------------------------------------------------------------- the client and the CLI
 
 
-@pytest.fixture
-def server(app) -> Iterator[ThreadedServer]:
-    with ThreadedServer(app) as server:
-        server.token = (Path(app.instance_path) / "admin-token").read_text().strip()
-        yield server
-
-
-@pytest.fixture
-def api(server) -> Iterator[Client]:
-    with Client(server.url, token=server.token, retry=NO_RETRY) as api:
-        yield api
 
 
 def cli(server, *args: str):
