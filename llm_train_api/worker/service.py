@@ -118,6 +118,7 @@ class Worker:
             self.wake.wait(self.config.poll_s)
             self.wake.clear()
         self._shutdown()
+        self.executor.close()
 
     def tick(self) -> None:
         now = time.monotonic()
