@@ -281,6 +281,11 @@ def test_new_job_form_previews_a_fine_tuning_run_then_creates_it(service, ui, ti
     wait(ui, lambda d: d.find_element(By.ID, "hp-lora-r").is_displayed(),
          what="the fine-tuning fields")
     assert not ui.find_elements(By.ID, "hp-block_size")
+    # ... and a fine-tuning model's from the trainer's schema, nested LoRA keys included.
+    assert ui.find_element(By.ID, "hp-lora-dropout").get_attribute("placeholder") == \
+        "default: 0.05"
+    assert ui.find_element(By.ID, "hp-lora-target_modules").get_attribute("type") == "text"
+    assert ui.find_element(By.ID, "hp-packing").tag_name == "select"
     assert "context 256 tokens, with chat template" in ui.find_element(
         By.ID, "nj-model-info").text
     Select(ui.find_element(By.ID, "nj-dataset")).select_by_value("chat")
