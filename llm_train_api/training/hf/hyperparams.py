@@ -31,6 +31,11 @@ METHODS = ("lora", "full", "qlora", "dpo")
 #: DPO losses (TRL's names and formulas): the logistic loss of the DPO paper, its hinge
 #: (SLiC) form, and IPO's squared loss on length-normalised log-ratios.
 DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo")
+#: What a DPO run reports besides the loss (TRL's names): per logged step, and per
+#: validation (with ``val_loss``). The worker and the API pass exactly these through.
+REWARD_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins",
+                  "rewards/accuracies")
+VAL_REWARD_METRICS = ("val_rewards/margins", "val_rewards/accuracies")
 ALL_LINEAR = "all-linear"
 
 SCHEMA: tuple[Param, ...] = (

@@ -19,11 +19,6 @@ from typing import Any
 from llm_train_api.training.formats import preference_pair
 from llm_train_api.training.hf.render import Example, render_chat, render_instruction, truncate
 
-#: The per-step DPO metrics (TRL's names), and those of each validation.
-REWARD_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins",
-                  "rewards/accuracies")
-VAL_REWARD_METRICS = ("val_rewards/margins", "val_rewards/accuracies")
-
 
 @dataclass(frozen=True)
 class Pair:
