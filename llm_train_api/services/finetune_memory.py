@@ -22,8 +22,9 @@ MLP width I and a vocabulary of V (from config.json):
 DPO (method ``dpo``) counts as the weights it trains (LoRA, or full with
 ``dpo.full_weights``), with each micro-batch holding 2B sequences (every pair's chosen and
 rejected answers) and, for full weights, a frozen reference copy of the model in the
-compute dtype (aN, ``reference``); under LoRA the reference is the base with its adapters
-disabled, no copy, and its forward pass keeps no activations.
+compute dtype (aN, ``reference``, a component of DPO estimates only); under LoRA the
+reference is the base with its adapters disabled, no copy (0), and its forward pass keeps
+no activations.
 
 It is an estimate on the high side: sequences shorter than max_seq_length take less.
 """
@@ -80,6 +81,6 @@ def memory_breakdown(param_count: int, shape: Mapping[str, int], hp: Mapping[str
     state = 16 * trainable
     subtotal = weights + reference + state + activations
     overhead = subtotal // 10 + 256 * 2**20
-    return {"weights": weights, "reference": reference, "trainable_params": trainable,
-            "trainable_state": state,
+    return {"weights": weights, **({"reference": reference} if dpo else {}),
+            "trainable_params": trainable, "trainable_state": state,
             "activations": activations, "overhead": overhead, "total": subtotal + overhead}

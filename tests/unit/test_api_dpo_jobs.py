@@ -104,7 +104,8 @@ def test_dpo_memory_counts_both_answers_and_the_full_weight_reference():
 
     sft, dpo = estimate(method="lora"), estimate(method="dpo")
     assert dpo["activations"] == 2 * sft["activations"]  # chosen and rejected
-    assert dpo["weights"] == sft["weights"] and dpo["reference"] == sft["reference"] == 0
+    assert dpo["weights"] == sft["weights"] and dpo["reference"] == 0  # adapters disabled
+    assert "reference" not in sft
     full_sft = estimate(method="full")
     full_dpo = estimate(method="dpo", dpo={"full_weights": True})
     assert full_dpo["trainable_state"] == full_sft["trainable_state"] == 16 * n
