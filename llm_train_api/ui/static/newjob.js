@@ -18,16 +18,9 @@
   // hyperparameters"), in the shape of a built-in model's schema entries. A dotted name is
   // a nested key: lora.r is {"lora": {"r": ...}}.
   const FINETUNE = [
-    { name: "method", type: "string", default: "lora",
-      choices: ["lora", "full", "qlora", "dpo"],
+    { name: "method", type: "string", default: "lora", choices: ["lora", "full", "qlora"],
       doc: "lora: adapters on a frozen model; full: every weight; qlora: LoRA on a 4-bit "
-        + "model (CUDA workers only); dpo: preference tuning (LoRA) on a preference "
-        + "dataset." },
-    { name: "dpo.beta", type: "number", default: 0.1, exclusive_minimum: 0,
-      doc: "DPO: how close to the starting model the result stays (higher: closer).",
-      dpo: true },
-    { name: "dpo.loss_type", type: "string", default: "sigmoid",
-      choices: ["sigmoid", "hinge", "ipo"], doc: "DPO: the loss.", dpo: true },
+        + "model (CUDA workers only)." },
     { name: "lora.r", type: "integer", default: 16, minimum: 1, doc: "LoRA rank.",
       lora: true },
     { name: "lora.alpha", type: "integer", default: 32, minimum: 1, doc: "LoRA scaling.",
@@ -175,8 +168,7 @@
       }
       input.dataset.name = p.name;
       input.dataset.kind = kind;
-      return el("div", { className: "field" + (p.lora ? " lora-only" : "")
-        + (p.dpo ? " dpo-only" : ""),
+      return el("div", { className: "field" + (p.lora ? " lora-only" : ""),
         dataset: { field: "hyperparameters." + p.name } },
       el("label", { htmlFor: id, title: p.doc || "" }, p.name),
       input,
@@ -186,14 +178,11 @@
     loraFields();
   }
 
-  // LoRA's settings mean nothing to a full fine-tuning, DPO's to any other method:
-  // hidden (and not sent) then.
+  // LoRA's settings mean nothing to a full fine-tuning: hidden (and not sent) then.
   function loraFields() {
     const method = $("hp-method");
     const full = !!method && method.value === "full";
     for (const node of document.querySelectorAll(".lora-only")) node.hidden = full;
-    const dpo = !!method && method.value === "dpo";
-    for (const node of document.querySelectorAll(".dpo-only")) node.hidden = !dpo;
   }
 
   function setPath(target, dotted, value) {
