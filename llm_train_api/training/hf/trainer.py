@@ -223,7 +223,8 @@ def _train(valid: ValidSpec, device: torch.device, ddp: distributed.DistContext 
                 train_sequences=len(train_seqs), val_sequences=len(val_seqs),
                 steps_per_epoch=spe, total_steps=total_steps,
                 tokens_per_step=hp["batch_size"] * hp["gradient_accumulation_steps"]
-                * hp["max_seq_length"], device=str(device), dtype=dtype_name,
+                * hp["max_seq_length"] * (2 if hp["method"] == "dpo" else 1),  # both answers
+                device=str(device), dtype=dtype_name,
                 resumed_from_step=resumed_from, estimated_memory_bytes=None,
                 processes=world, batch_size_per_process=local_batch)
     events.log(f"fine-tuning {name} ({hp['method']}, {n_trainable:,} of {n_params:,} params "

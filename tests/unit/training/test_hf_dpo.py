@@ -123,7 +123,9 @@ def test_dpo_run_raises_the_margins_and_ranks_the_pairs(tmp_path, tiny_hf_model,
     code, events = run(tmp_path / "job", tiny_hf_model, pref_dir, hp, dataset="pref-openai")
     assert code == EXIT_OK, of(events, "error")
     assert of(events, "prepare")[0]["kind"] == "preference"
-    assert of(events, "start")[0]["method"] == "dpo"
+    start = of(events, "start")[0]
+    assert start["method"] == "dpo" and 0 < start["trainable_params"] < start["n_params"]
+    assert start["tokens_per_step"] == 2 * 4 * 1024  # each pair is two sequences
     rows = metrics_lines(tmp_path / "job")
     keys = {"train_loss", "rewards/chosen", "rewards/rejected", "rewards/margins",
             "rewards/accuracies", "val_loss", "val_rewards/margins", "val_rewards/accuracies"}
