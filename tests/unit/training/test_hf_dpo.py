@@ -165,3 +165,19 @@ def test_the_dataset_kind_must_match_the_method(tmp_path, tiny_hf_model, pref_di
     code, events = run(tmp_path / "job", tiny_hf_model, pref_dir,
                        {**FAST, "method": method, "max_steps": 1}, dataset=dataset)
     assert code == EXIT_USAGE and why in of(events, "error")[0]["message"]
+
+
+def test_full_weight_dpo_trains_every_weight_against_a_frozen_reference(tmp_path,
+                                                                        tiny_hf_model,
+                                                                        pref_dir):
+    hp = {"method": "dpo", "num_threads": 1, "learning_rate": 0.003, "max_steps": 6,
+          "eval_interval": 3, "log_interval": 3,
+          "dpo": {"full_weights": True, "loss_type": "hinge", "beta": 0.5}}
+    code, events = run(tmp_path / "job", tiny_hf_model, pref_dir, hp, dataset="pref")
+    assert code == EXIT_OK, of(events, "error")
+    start = of(events, "start")[0]
+    assert start["trainable_params"] == start["n_params"]  # the reference is not trained
+    rows = metrics_lines(tmp_path / "job")
+    assert rows[-1]["rewards/margins"] > rows[0]["rewards/margins"] > 0, rows
+    assert not (tmp_path / "job/output/adapter").exists()
+    assert (tmp_path / "job/output/model/model.safetensors").is_file()
