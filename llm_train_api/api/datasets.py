@@ -49,10 +49,12 @@ class DatasetSchema(Schema):
     lines = fields.Integer(allow_none=True,
                            metadata={"description": "Newline-separated lines; null for folders."})
     kind = fields.String(allow_none=True, metadata={
-        "enum": ["chat", "instruction", "text"],
+        "enum": ["chat", "instruction", "preference", "text"],
         "description": "What the records are: chat ({\"messages\": [...]}), instruction "
-        "({\"prompt\", \"completion\"}) or text ({\"text\"} records, or a .txt file); "
-        "null for folders. Fine-tuning masks the loss by it (docs/trainer.md)."})
+        "({\"prompt\", \"completion\"}), preference ({\"prompt\", \"chosen\", "
+        "\"rejected\"} or {\"input\", \"preferred_output\", \"non_preferred_output\"}: "
+        "for method dpo) or text ({\"text\"} records, or a .txt file); null for folders. "
+        "Fine-tuning masks the loss by it (docs/trainer.md)."})
     created_at = UTCDateTime(required=True,
                              metadata={"description": "When this version was stored."})
     builtin = fields.Boolean(required=True,

@@ -302,7 +302,7 @@ class JobSchema(LeanDumpSchema):
         "enum": ["builtin", "hf", None],
         "description": "`builtin`: a GPT trained from scratch by the built-in trainer; "
         "`hf`: a Hugging Face-format model fine-tuned (its `hyperparameters.method`: lora, "
-        "full or qlora). Null where the job was not admitted (LLM_TRAIN_API_EXECUTOR=none)."})
+        "full, qlora or dpo). Null where the job was not admitted (LLM_TRAIN_API_EXECUTOR=none)."})
     validation_dataset = fields.String(allow_none=True)
     output_model = fields.String(allow_none=True, metadata={
         "description": "Fine-tuning: the model the result becomes once the job succeeds."})
@@ -316,11 +316,14 @@ class JobSchema(LeanDumpSchema):
 class PlanSchema(Schema):
     """A fine-tuning job's run, counted by the trainer's own planning code."""
 
-    kind = fields.String(metadata={"enum": ["chat", "instruction", "text"]})
+    kind = fields.String(metadata={"enum": ["chat", "instruction", "preference", "text"]})
     records = fields.Integer(metadata={"description": "Records read (both datasets)."})
-    examples = fields.Integer(metadata={"description": "Examples kept."})
+    examples = fields.Integer(metadata={"description": "Examples kept (DPO: pairs)."})
+    pairs = fields.Integer(metadata={"description": "DPO only: preference pairs kept (a "
+                                     "pair is two sequences: its tokens count both)."})
     tokens = fields.Integer(metadata={"description": "Their tokens, after truncation."})
-    truncated = fields.Integer(metadata={"description": "Examples cut to max_seq_length."})
+    truncated = fields.Integer(metadata={"description": "Examples cut to max_seq_length "
+                                         "(DPO: pairs with an answer cut)."})
     dropped = fields.Integer(metadata={"description": "Examples left with nothing to "
                                        "learn after the cut."})
     train_sequences = fields.Integer()
@@ -329,7 +332,7 @@ class PlanSchema(Schema):
     val_tokens = fields.Integer()
     steps_per_epoch = fields.Integer()
     total_steps = fields.Integer()
-    method = fields.String(metadata={"enum": ["lora", "full", "qlora"]})
+    method = fields.String(metadata={"enum": ["lora", "full", "qlora", "dpo"]})
     estimated_memory_bytes = fields.Integer(allow_none=True, metadata={
         "description": "What admission compares with LLM_TRAIN_API_WORKER_MEMORY_GB, per "
         "process (docs/trainer.md#memory)."})
@@ -414,6 +417,12 @@ class MetricsQuerySchema(Schema):
                                      "between steps; the `Link` header has the next one."})
 
 
+def _reward(key: str, description: str) -> fields.Float:
+    # The keys hold a '/', as TRL names them, so they are data keys of plain attributes.
+    return fields.Float(allow_none=True, data_key=key, attribute=key,
+                        metadata={"description": f"DPO jobs: {description}"})
+
+
 class MetricPointSchema(Schema):
     step = fields.Integer()
     epoch = fields.Float(allow_none=True)
@@ -422,6 +431,16 @@ class MetricPointSchema(Schema):
     lr = fields.Float(allow_none=True)
     tokens_per_s = fields.Float(allow_none=True)
     elapsed_s = fields.Float(allow_none=True)
+    rewards_chosen = _reward("rewards/chosen", "mean reward of the chosen answers, "
+                             "beta * (log pi - log ref).")
+    rewards_rejected = _reward("rewards/rejected", "mean reward of the rejected answers.")
+    rewards_margins = _reward("rewards/margins", "mean of chosen minus rejected reward.")
+    rewards_accuracies = _reward("rewards/accuracies", "share of pairs whose chosen answer "
+                                 "has the higher reward.")
+    val_rewards_margins = _reward("val_rewards/margins", "rewards/margins on the "
+                                  "validation pairs.")
+    val_rewards_accuracies = _reward("val_rewards/accuracies", "rewards/accuracies on the "
+                                     "validation pairs.")
 
 
 class CreateQuerySchema(Schema):

@@ -1,8 +1,8 @@
 """Validation of an uploaded dataset's bytes as they stream in, chunk by chunk.
 
 A `.txt` upload must be UTF-8; a `.jsonl` upload one record per line, all of one kind of
-`training.formats` (text, chat or instruction). Refusals are InvalidContent (a 422) naming
-the first bad line, so the uploader knows what to fix; nothing is stored.
+`training.formats` (text, chat, instruction or preference). Refusals are InvalidContent
+(a 422) naming the first bad line, so the uploader knows what to fix; nothing is stored.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ class TextValidator:
 
 
 class JsonlValidator:
-    """Each line a record of one kind (training.formats): text, chat or instruction."""
+    """Each line a record of one kind (training.formats): text, chat, instruction or
+    preference."""
 
     def __init__(self) -> None:
         self._partial = b""

@@ -59,22 +59,32 @@ def parse_hp(pairs: tuple[str, ...], hp_file: str | None) -> dict[str, Any]:
     return hp
 
 
+#: A DPO job's metrics (GET /jobs/{id}/metrics), as columns of `jobs metrics`.
+REWARD_COLUMNS = ("rewards/chosen", "rewards/rejected", "rewards/margins",
+                  "rewards/accuracies", "val_rewards/margins", "val_rewards/accuracies")
+
+
 def finetune_hp(hp: dict[str, Any], method: str | None, lora_r: int | None,
-                lora_alpha: float | None) -> dict[str, Any]:
-    """The fine-tuning options set over the hyperparameters (`lora` merged, not replaced)."""
+                lora_alpha: float | None, dpo_beta: float | None = None,
+                dpo_loss_type: str | None = None) -> dict[str, Any]:
+    """The fine-tuning options set over the hyperparameters (`lora` and `dpo` merged, not
+    replaced)."""
     if method is not None:
         hp["method"] = method
-    lora = {k: v for k, v in (("r", lora_r), ("alpha", lora_alpha)) if v is not None}
-    if lora:
-        current = hp.get("lora")
-        hp["lora"] = {**(current if isinstance(current, dict) else {}), **lora}
+    for name, values in (("lora", (("r", lora_r), ("alpha", lora_alpha))),
+                         ("dpo", (("beta", dpo_beta), ("loss_type", dpo_loss_type)))):
+        given = {k: v for k, v in values if v is not None}
+        if given:
+            current = hp.get(name)
+            hp[name] = {**(current if isinstance(current, dict) else {}), **given}
     return hp
 
 
 def plan_text(plan: dict[str, Any]) -> str:
     """A dry run's plan of a fine-tuning run, in one paragraph."""
     memory = plan.get("estimated_memory_bytes")
-    return (f"plan: {plan.get('examples')} {plan.get('kind')} examples "
+    unit = "pairs" if "pairs" in plan else "examples"
+    return (f"plan: {plan.get('examples')} {plan.get('kind')} {unit} "
             f"({plan.get('truncated')} truncated, {plan.get('dropped')} dropped), "
             f"{plan.get('train_tokens')} training tokens in {plan.get('train_sequences')} "
             f"sequences, {plan.get('total_steps')} steps ({plan.get('steps_per_epoch')} per "
@@ -131,13 +141,17 @@ def _with(options: list[Any]):
 @click.option("--gpus", type=click.IntRange(0, 64), help="GPUs for the trainer.")
 @click.option("--memory-gb", type=click.FloatRange(min=0, min_open=True),
               help="Memory the job may use, GiB.")
-@click.option("--method", type=click.Choice(("lora", "full", "qlora")),
+@click.option("--method", type=click.Choice(("lora", "full", "qlora", "dpo")),
               help="Fine-tuning (a Hugging Face-format --model): hyperparameter `method` "
-              "(default lora).")
+              "(default lora; dpo: preference tuning on a preference dataset).")
 @click.option("--lora-r", type=click.IntRange(min=1), help="Fine-tuning: LoRA rank "
               "(hyperparameter lora.r).")
 @click.option("--lora-alpha", type=click.FloatRange(min=0, min_open=True),
               help="Fine-tuning: LoRA scaling numerator (lora.alpha).")
+@click.option("--dpo-beta", type=click.FloatRange(min=0, min_open=True),
+              help="DPO: how close to the reference the model stays (dpo.beta, default 0.1).")
+@click.option("--dpo-loss-type", type=click.Choice(("sigmoid", "hinge", "ipo")),
+              help="DPO: the loss (dpo.loss_type, default sigmoid).")
 @click.option("--validation-dataset", help="Fine-tuning: a dataset to validate on instead "
               "of a held-out share of --dataset.")
 @click.option("--output-model", help="Fine-tuning: the model name the result gets "
@@ -151,13 +165,15 @@ def submit(api: Client, model_name: str, dataset: str, hp_pairs: tuple[str, ...]
            hp_file: str | None, priority: int | None, job_id: str | None,
            max_attempts: int | None, max_runtime_seconds: int | None, cpus: int | None,
            gpus: int | None, memory_gb: float | None, method: str | None,
-           lora_r: int | None, lora_alpha: float | None, validation_dataset: str | None,
+           lora_r: int | None, lora_alpha: float | None, dpo_beta: float | None,
+           dpo_loss_type: str | None, validation_dataset: str | None,
            output_model: str | None, dry_run: bool, wait_: bool,
            timeout: float | None, interval: float, as_json: bool) -> None:
     """Submit a training job: a built-in GPT from scratch, or fine-tuning a Hugging
-    Face-format model (see `models`). --method and --lora-* set those hyperparameters
-    over --hp and --hp-file."""
-    hp = finetune_hp(parse_hp(hp_pairs, hp_file), method, lora_r, lora_alpha)
+    Face-format model (see `models`). --method, --lora-* and --dpo-* set those
+    hyperparameters over --hp and --hp-file."""
+    hp = finetune_hp(parse_hp(hp_pairs, hp_file), method, lora_r, lora_alpha, dpo_beta,
+                     dpo_loss_type)
     wanted = {"cpus": cpus, "gpus": gpus, "memory_gb": memory_gb}
     resources = {k: v for k, v in wanted.items() if v is not None} or None
     job = api.create_job(model_name, dataset, hp, job_id=job_id, priority=priority,
@@ -320,14 +336,18 @@ def events(api: Client, job_id: str, as_json: bool) -> None:
 @click.argument("job_id")
 @click.option("--after-step", type=click.IntRange(min=-1), help="Only steps after this one.")
 def metrics(api: Client, job_id: str, after_step: int | None, as_json: bool) -> None:
-    """A job's loss curve, one row per logged step."""
+    """A job's loss curve, one row per logged step; a DPO job's rewards too (margins,
+    accuracies; VAL_ columns at each validation)."""
     points = api.job_metrics(job_id, after_step=after_step)
     if as_json:
         print_json(points)
         return
-    table(["STEP", "EPOCH", "TRAIN_LOSS", "VAL_LOSS", "LR", "TOKENS/S", "ELAPSED_S"],
+    rewards = [k for k in REWARD_COLUMNS if any(k in p.extra for p in points)]
+    table(["STEP", "EPOCH", "TRAIN_LOSS", "VAL_LOSS", "LR", "TOKENS/S", "ELAPSED_S"]
+          + [k.upper() for k in rewards],
           [[p.step, number(p.epoch), number(p.train_loss), number(p.val_loss), number(p.lr),
-            number(p.tokens_per_s, 6), number(p.elapsed_s)] for p in points])
+            number(p.tokens_per_s, 6), number(p.elapsed_s)]
+           + [number(p.extra.get(k)) for k in rewards] for p in points])
 
 
 @client_command(jobs, "logs", json_option=False)

@@ -147,6 +147,13 @@ class MetricPoint:
     elapsed_s: float | None = None
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
+    @property
+    def rewards(self) -> dict[str, float]:
+        """A DPO job's rewards at this step, by the server's names (``rewards/margins``,
+        ``rewards/accuracies``, ``val_rewards/margins``, ...); empty for other jobs."""
+        return {k: v for k, v in self.extra.items()
+                if k.startswith(("rewards/", "val_rewards/")) and v is not None}
+
 
 @dataclass
 class Artifact:

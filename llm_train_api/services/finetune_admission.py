@@ -26,8 +26,12 @@ from llm_train_api.services.admission import dataset_kind
 from llm_train_api.services.models import Place, ResolvedModel, is_builtin, resolve_for_owner
 from llm_train_api.store.jobs import JobRepository
 from llm_train_api.training.datasets import DatasetError
-from llm_train_api.training.formats import CHAT, FormatError
-from llm_train_api.training.hf.hyperparams import DEFAULTS, validate_hyperparameters
+from llm_train_api.training.formats import CHAT, PREFERENCE, FormatError
+from llm_train_api.training.hf.hyperparams import (
+    DEFAULTS,
+    validate_hyperparameters,
+    weights_method,
+)
 from llm_train_api.training.hyperparams import HyperparameterError
 from llm_train_api.training.spec import default_processes
 
@@ -41,8 +45,10 @@ def _public(exc: Exception) -> str:
 
 def produces_model(hp: Mapping[str, Any]) -> bool:
     """Whether the run writes output/model (the merged or fully trained model), which is
-    what becomes a model; QLoRA and merge_adapter=false leave an adapter only."""
-    return hp["method"] == "full" or (hp["method"] == "lora" and hp["merge_adapter"])
+    what becomes a model; QLoRA and merge_adapter=false leave an adapter only (DPO: as
+    the weights it trains, LoRA or full)."""
+    method = weights_method(hp)
+    return method == "full" or (method == "lora" and hp["merge_adapter"])
 
 
 @dataclass(frozen=True)
@@ -105,6 +111,9 @@ def admit_finetune(
             errors.add(field, f"{resolved[0].name!r} is a chat dataset, and model {name!r} "
                        "has no chat template to render it with: use an instruction or text "
                        "dataset, or a model with a chat template.")
+    if validated is not None:
+        _check_kinds(validated["method"], (("dataset", found),
+                                           ("validation_dataset", validation)), errors)
     if found and validation and validation[0].home != found[0].home:
         errors.add("validation_dataset", "The validation dataset must live where the "
                    "dataset does: both your own, or both published.")
@@ -155,6 +164,22 @@ def admit_finetune(
         hyperparameters["max_seq_length"] = validated["max_seq_length"]
     return FineTuneAdmission(found[0], validation[0] if validation else None, hyperparameters,
                              validated, output, memory), errors
+
+
+def _check_kinds(method: str, datasets: tuple[tuple[str, tuple[ResolvedDataset, str] | None],
+                                              ...], errors: _Fields) -> None:
+    """DPO trains on preference pairs only, and preference pairs train with DPO only."""
+    for field, resolved in datasets:
+        if resolved is None:
+            continue
+        dataset, kind = resolved
+        if method == "dpo" and kind != PREFERENCE:
+            errors.add(field, f"{dataset.name!r} is a {kind} dataset; method dpo needs a "
+                       "preference dataset (prompt, chosen, rejected; or input, "
+                       "preferred_output, non_preferred_output).")
+        elif method != "dpo" and kind == PREFERENCE:
+            errors.add(field, f"{dataset.name!r} is a preference dataset: it trains with "
+                       f"method dpo, not {method}.")
 
 
 def _memory(model: ResolvedModel, hp: dict[str, Any], processes: int,

@@ -19,6 +19,13 @@ MLP width I and a vocabulary of V (from config.json):
   3·B·T·V·4;
 - overhead: a tenth of the rest plus 256 MiB (allocator, CUDA context).
 
+DPO (method ``dpo``) counts as the weights it trains (LoRA, or full with
+``dpo.full_weights``), with each micro-batch holding 2B sequences (every pair's chosen and
+rejected answers) and, for full weights, a frozen reference copy of the model in the
+compute dtype (aN, ``reference``, a component of DPO estimates only); under LoRA the
+reference is the base with its adapters disabled, no copy (0), and its forward pass keeps
+no activations.
+
 It is an estimate on the high side: sequences shorter than max_seq_length take less.
 """
 
@@ -30,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from llm_train_api.artifacts.hf_folder import config_value, read_config
+from llm_train_api.training.hf.hyperparams import weights_method
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "auto": 4}
 HIDDEN_KEYS = ("hidden_size", "n_embd", "d_model", "dim")
@@ -54,14 +62,16 @@ def memory_breakdown(param_count: int, shape: Mapping[str, int], hp: Mapping[str
     """Bytes by component (see the module docstring), for validated hyperparameters."""
     n, a = param_count, DTYPE_BYTES[hp["dtype"]]
     layers, hidden, vocab = shape["layers"], shape["hidden"], shape["vocab"]
-    method = hp["method"]
+    method = weights_method(hp)
     if method == "full":
         weights = 4 * n + (2 * n if a == 2 else 0)
         trainable = n
     else:
         weights = int(0.55 * n) if method == "qlora" else a * n
         trainable = hp["lora"]["r"] * layers * (8 * hidden + 3 * (hidden + shape["mlp"]))
-    tokens = micro_batch * hp["max_seq_length"]
+    dpo = hp["method"] == "dpo"
+    reference = a * n if dpo and method == "full" else 0
+    tokens = micro_batch * (2 if dpo else 1) * hp["max_seq_length"]
     per_layer = tokens * hidden * a
     if hp["gradient_checkpointing"]:
         activations = layers * per_layer + 17 * per_layer
@@ -69,7 +79,8 @@ def memory_breakdown(param_count: int, shape: Mapping[str, int], hp: Mapping[str
         activations = layers * 17 * per_layer
     activations += 3 * tokens * vocab * 4
     state = 16 * trainable
-    subtotal = weights + state + activations
+    subtotal = weights + reference + state + activations
     overhead = subtotal // 10 + 256 * 2**20
-    return {"weights": weights, "trainable_params": trainable, "trainable_state": state,
+    return {"weights": weights, **({"reference": reference} if dpo else {}),
+            "trainable_params": trainable, "trainable_state": state,
             "activations": activations, "overhead": overhead, "total": subtotal + overhead}

@@ -11,6 +11,12 @@ trainer reads datasets with it. Three kinds of JSON Lines records, one kind per 
   assistant messages only and says whether that message is learnt (default 1). At least
   one assistant message must be learnt, or the record teaches nothing.
 * ``instruction``: ``{"prompt": "...", "completion": "..."}``; the completion is learnt.
+* ``preference``: a prompt and two answers, the chosen one preferred (for DPO), in either
+  of two shapes: ``{"prompt", "chosen", "rejected"}`` (TRL's: three strings, or a message
+  list prompt and message list answers) or ``{"input": {"messages": [...]},
+  "preferred_output": [...], "non_preferred_output": [...]}`` (OpenAI's and Together's:
+  messages). :func:`preference_pair` brings both to ``(prompt, chosen, rejected)``. The
+  answers are assistant messages only, and they are what the pair compares.
 
 A file's kind is the kind of its first record; every later record must be of the same
 kind. Refusals name the first bad line (1-based, blank lines counted) and why, so an
@@ -28,9 +34,13 @@ from typing import Any
 TEXT = "text"
 CHAT = "chat"
 INSTRUCTION = "instruction"
-KINDS = (CHAT, INSTRUCTION, TEXT)
+PREFERENCE = "preference"
+KINDS = (CHAT, INSTRUCTION, PREFERENCE, TEXT)
 ROLES = ("system", "user", "assistant")
 MESSAGE_KEYS = frozenset({"role", "content", "weight"})
+#: Keys that make a record a preference pair, whatever else it holds.
+TRL_PAIR_KEYS = ("chosen", "rejected")
+OPENAI_PAIR_KEYS = ("preferred_output", "non_preferred_output")
 
 
 class FormatError(ValueError):
@@ -44,6 +54,9 @@ def record_kind(record: Any) -> str:
         raise ValueError("must be a JSON object")
     if isinstance(record.get("text"), str):
         return TEXT
+    if any(key in record for key in TRL_PAIR_KEYS + OPENAI_PAIR_KEYS):
+        preference_pair(record)
+        return PREFERENCE
     if "messages" in record:
         _check_messages(record["messages"])
         return CHAT
@@ -55,15 +68,16 @@ def record_kind(record: Any) -> str:
             raise ValueError("the 'completion' is empty: nothing to learn")
         return INSTRUCTION
     raise ValueError("must be an object with a string 'text' field (text), a 'messages' "
-                     "list (chat), or 'prompt' and 'completion' strings (instruction)")
+                     "list (chat), 'prompt' and 'completion' strings (instruction), or 'prompt', "
+                     "'chosen' and 'rejected' (preference)")
 
 
-def _check_messages(messages: Any) -> None:
+def _check_messages(messages: Any, name: str = "messages") -> None:
     if not isinstance(messages, list) or not messages:
-        raise ValueError("'messages' must be a non-empty list")
+        raise ValueError(f"{name!r} must be a non-empty list")
     learnt = 0
     for i, message in enumerate(messages):
-        where = f"messages[{i}]"
+        where = f"{name}[{i}]"
         if not isinstance(message, dict):
             raise ValueError(f"{where} must be an object")
         unknown = sorted(set(message) - MESSAGE_KEYS)
@@ -86,6 +100,60 @@ def _check_messages(messages: Any) -> None:
     if not learnt:
         raise ValueError("no assistant message to learn (every one is missing or has "
                          "weight 0)")
+
+
+def _check_answer(answer: Any, name: str) -> None:
+    """A preference answer: one or more assistant messages, nothing else."""
+    for i, message in enumerate(answer if isinstance(answer, list) else []):
+        if isinstance(message, dict) and (message.get("role") != "assistant"
+                                          or "weight" in message):
+            raise ValueError(f"{name}[{i}] must be an assistant message (role "
+                             "'assistant', no 'weight'): the answers are what is compared")
+    _check_messages(answer, name)
+
+
+def preference_pair(record: Any) -> tuple[str | list[dict[str, Any]], Any, Any]:
+    """``(prompt, chosen, rejected)`` of a preference record in either shape: three strings,
+    or a message list and two lists of assistant messages. ``ValueError`` says what is
+    wrong."""
+    if not isinstance(record, dict):
+        raise ValueError("must be a JSON object")
+    if any(key in record for key in OPENAI_PAIR_KEYS):
+        extra = sorted(k for k in ("prompt", "chosen", "rejected") if k in record)
+        if extra:
+            raise ValueError(f"mixes the two preference shapes ({', '.join(extra)} with "
+                             "preferred_output): use one")
+        source = record.get("input")
+        if not isinstance(source, dict) or "messages" not in source:
+            raise ValueError("a preference record with 'preferred_output' needs an "
+                             "'input' object with a 'messages' list")
+        prompt, chosen, rejected = (source["messages"], record.get("preferred_output"),
+                                    record.get("non_preferred_output"))
+        names = ("input.messages", "preferred_output", "non_preferred_output")
+    else:
+        prompt, chosen, rejected = (record.get("prompt"), record.get("chosen"),
+                                    record.get("rejected"))
+        names = ("prompt", "chosen", "rejected")
+    if isinstance(prompt, str):
+        for value, name in ((chosen, names[1]), (rejected, names[2])):
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"with a string 'prompt', {name!r} must be a non-empty "
+                                 "string")
+        return prompt, chosen, rejected
+    if not isinstance(prompt, list):
+        raise ValueError(f"a preference record needs {names[0]!r}: a string, or a list "
+                         "of messages")
+    for i, message in enumerate(prompt):
+        if isinstance(message, dict) and message.get("role") == "assistant" \
+                and "weight" in message:
+            raise ValueError(f"{names[0]}[{i}]: 'weight' has no meaning in a prompt")
+    if not prompt:
+        raise ValueError(f"{names[0]!r} must be a non-empty list")
+    # A conversation's checks, less "something to learn" (a prompt is context only).
+    _check_messages(prompt + [{"role": "assistant", "content": ""}], names[0])
+    _check_answer(chosen, names[1])
+    _check_answer(rejected, names[2])
+    return prompt, chosen, rejected
 
 
 def _article(kind: str) -> str:

@@ -12,7 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-METRIC_FIELDS = ("epoch", "train_loss", "val_loss", "lr", "tokens_per_s", "elapsed_s")
+from llm_train_api.training.hf.hyperparams import REWARD_METRICS, VAL_REWARD_METRICS
+
+METRIC_FIELDS = ("epoch", "train_loss", "val_loss", "lr", "tokens_per_s", "elapsed_s",
+                 *REWARD_METRICS, *VAL_REWARD_METRICS)
 
 
 @dataclass

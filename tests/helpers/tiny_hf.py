@@ -85,3 +85,28 @@ def write_jsonl(path: Path, records: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
     return path
+
+
+def preference_records(n: int = 32, shape: str = "trl") -> list[dict]:
+    """``n`` preference pairs over the QA prompts with a learnable preference: the chosen
+    answer is the right one followed by ``thanks``, the rejected one ``no``. ``shape``:
+    ``trl`` (message lists under prompt/chosen/rejected), ``openai`` (input.messages,
+    preferred_output, non_preferred_output) or ``text`` (TRL's three strings)."""
+    out = []
+    for i in range(n):
+        q, a = QA[i % len(QA)]
+        good, bad = f"{a} thanks", "no"
+        if shape == "text":
+            out.append({"prompt": q, "chosen": f" {good}", "rejected": f" {bad}"})
+            continue
+        prompt = [{"role": "user", "content": q}]
+        if i % 3 == 0:
+            prompt.insert(0, {"role": "system", "content": "be brief"})
+        chosen = [{"role": "assistant", "content": good}]
+        rejected = [{"role": "assistant", "content": bad}]
+        if shape == "openai":
+            out.append({"input": {"messages": prompt}, "preferred_output": chosen,
+                        "non_preferred_output": rejected})
+        else:
+            out.append({"prompt": prompt, "chosen": chosen, "rejected": rejected})
+    return out

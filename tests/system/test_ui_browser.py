@@ -22,7 +22,7 @@ from llm_train_api.ui import CONTENT_SECURITY_POLICY
 from tests.helpers.clients import admin_client
 from tests.helpers.hf_models import tar_archive
 from tests.helpers.servers import REPO_ROOT, TINY
-from tests.helpers.tiny_hf import chat_records
+from tests.helpers.tiny_hf import chat_records, preference_records
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
@@ -111,8 +111,8 @@ def row_status(driver, job_id: str) -> str | None:
     return rows[0].get_attribute("data-status") if rows else None
 
 
-def vertices(driver, series: str) -> int:
-    found = driver.find_elements(By.CSS_SELECTOR, f"#loss-chart g.{series} polyline")
+def vertices(driver, series: str, chart: str = "loss-chart") -> int:
+    found = driver.find_elements(By.CSS_SELECTOR, f"#{chart} g.{series} polyline")
     return len(found[0].get_attribute("points").split()) if found else 0
 
 
@@ -396,6 +396,39 @@ def test_a_fine_tuned_model_links_to_its_job_and_back(service, ui, tiny_hf_model
         assert "config.json" in tar.getnames()
     row.find_element(By.LINK_TEXT, "ui-tuned").click()
     wait(ui, lambda d: d.current_url.endswith("/ui/jobs/ui-tuned"), what="the job page")
+
+
+@sqlite_only
+def test_a_dpo_job_page_charts_the_rewards(service, ui, tiny_hf_model):
+    files = {p.name: p.read_bytes() for p in tiny_hf_model.iterdir() if p.is_file()}
+    assert service.http.put(f"{service.url}/models/tiny", data=tar_archive(files), timeout=30,
+                            headers={"Content-Type": "application/x-tar"}).status_code == 201
+    data = "".join(json.dumps(r) + "\n" for r in preference_records(16)).encode()
+    assert service.http.put(f"{service.url}/datasets/prefs", data=data, timeout=30,
+                            headers={"Content-Type": "application/jsonl"}).status_code == 201
+    service.start_worker()
+    body = {"job_id": "ui-dpo", "model_name": "tiny", "dataset": "prefs",
+            "hyperparameters": {
+                "method": "dpo", "max_steps": 4, "batch_size": 4, "learning_rate": 0.01,
+                "log_interval": 1, "eval_interval": 2, "checkpoint_interval": 0,
+                "merge_adapter": False, "lora": {"r": 4, "dropout": 0.0}}}
+    assert service.http.post(f"{service.url}/jobs", json=body, timeout=30).status_code == 201
+    open_page(ui, service, "/ui/jobs/ui-dpo")
+    wait(ui, lambda d: d.find_element(By.CSS_SELECTOR, "#job-status .badge").text
+         in ("succeeded", "failed"), timeout=180, what="the DPO job to end")
+    assert service.http.get(f"{service.url}/jobs/ui-dpo", timeout=10).json()[
+        "status"] == "succeeded"
+    panel = wait(ui, lambda d: d.find_element(By.ID, "rewards-panel").is_displayed()
+                 and d.find_element(By.ID, "rewards-panel"), what="the rewards chart")
+    assert [e.text for e in panel.find_elements(By.CSS_SELECTOR, ".legend text")] == [
+        "margin", "validation margin", "chosen", "rejected"]
+    wait(ui, lambda d: all(vertices(d, cls, "rewards-chart") == n for cls, n in (
+        ("series-train", 4), ("series-val", 2), ("series-chosen", 4), ("series-rejected", 4))),
+        what="every step of the rewards drawn")
+    latest = ui.find_element(By.ID, "rewards-latest").text
+    assert re.search(r"step 4 · margin -?[\d.]+ · reward accuracy [\d.]+ · validation "
+                     r"accuracy [\d.]+, margin -?[\d.]+ \(step 4\)", latest), latest
+    screenshot(ui, "job-dpo.png")
 
 
 # Draws into a fresh container with the page's LossChart and reads both axes back.

@@ -18,7 +18,8 @@ from typing import Any
 import torch
 
 from llm_train_api.training.datasets import DatasetError, source_files
-from llm_train_api.training.formats import read_records
+from llm_train_api.training.formats import PREFERENCE, read_records
+from llm_train_api.training.hf.preference import Pair, render_pair, truncate_pair
 from llm_train_api.training.hf.render import Example, pack, render, truncate
 
 IGNORE = -100  # the label torch's cross entropy skips
@@ -28,7 +29,7 @@ IGNORE = -100  # the label torch's cross entropy skips
 class Prepared:
     """Examples of one dataset and what became of them."""
 
-    examples: list[Example]
+    examples: list[Any]  # Example, or preference.Pair with pairs=True
     kind: str
     records: int = 0
     truncated: int = 0
@@ -37,14 +38,27 @@ class Prepared:
     sources: list[str] = field(default_factory=list)
 
 
-def prepare(tokenizer: Any, path: Path, max_seq_length: int) -> Prepared:
-    """Render every record of the dataset at ``path``; DatasetError if nothing is left."""
-    examples: list[Example] = []
+def prepare(tokenizer: Any, path: Path, max_seq_length: int, pairs: bool = False
+            ) -> Prepared:
+    """Render every record of the dataset at ``path``; DatasetError if nothing is left.
+
+    With ``pairs`` (DPO) the dataset must be a preference set and each record becomes a
+    :class:`~.preference.Pair`; without, a preference set is refused (it has no single
+    answer to learn)."""
+    examples: list[Any] = []
     kind, records, truncated, dropped = "", 0, 0, 0
     for record in read_records(source_files(path)):
         kind = record.kind
+        if pairs != (kind == PREFERENCE):
+            raise DatasetError(
+                f"Dataset {path.name!r} is a preference dataset; it trains with method "
+                "dpo only." if kind == PREFERENCE else
+                f"Dataset {path.name!r} is a {kind} dataset; method dpo needs a preference "
+                "dataset (prompt, chosen, rejected).")
         records += 1
-        example = truncate(render(tokenizer, record), max_seq_length)
+        example: Example | Pair | None = (
+            truncate_pair(render_pair(tokenizer, record.data), max_seq_length) if pairs
+            else truncate(render(tokenizer, record), max_seq_length))
         if example is None:
             dropped += 1
             continue
@@ -58,8 +72,7 @@ def prepare(tokenizer: Any, path: Path, max_seq_length: int) -> Prepared:
                     sum(len(e.input_ids) for e in examples))
 
 
-def split(examples: list[Example], fraction: float, seed: int) -> tuple[list[Example],
-                                                                          list[Example]]:
+def split(examples: list[Any], fraction: float, seed: int) -> tuple[list[Any], list[Any]]:
     """(train, validation): a seeded draw of ``fraction`` of the examples is held out."""
     if fraction <= 0 or len(examples) < 2:
         return examples, []

@@ -8,6 +8,11 @@ Run length: a step is one optimizer update over ``batch_size * gradient_accumula
 sequences (examples, or packs of examples with ``packing``); an epoch is one pass over the
 training sequences. ``max_steps``, when given, decides the run length on its own (as in
 transformers' Trainer): the data is repeated as often as needed, or the run stops early.
+
+Preference tuning is ``method: "dpo"`` on a preference dataset; the ``dpo`` object holds
+its settings (``beta``, ``loss_type``, ``full_weights``). It trains LoRA adapters (the
+``lora`` object applies) unless ``full_weights`` is true; :func:`weights_method` says which
+weights a run trains, whatever the method.
 """
 
 from __future__ import annotations
@@ -22,13 +27,22 @@ from llm_train_api.training.hyperparams import (
     hyperparameters_object,
 )
 
-METHODS = ("lora", "full", "qlora")
+METHODS = ("lora", "full", "qlora", "dpo")
+#: DPO losses (TRL's names and formulas): the logistic loss of the DPO paper, its hinge
+#: (SLiC) form, and IPO's squared loss on length-normalised log-ratios.
+DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo")
+#: What a DPO run reports besides the loss (TRL's names): per logged step, and per
+#: validation (with ``val_loss``). The worker and the API pass exactly these through.
+REWARD_METRICS = ("rewards/chosen", "rewards/rejected", "rewards/margins",
+                  "rewards/accuracies")
+VAL_REWARD_METRICS = ("val_rewards/margins", "val_rewards/accuracies")
 ALL_LINEAR = "all-linear"
 
 SCHEMA: tuple[Param, ...] = (
     Param("method", "choice", "lora",
           "lora: train low-rank adapters on a frozen model; full: train every weight; "
-          "qlora: LoRA on a 4-bit model (needs CUDA and bitsandbytes).", choices=METHODS),
+          "qlora: LoRA on a 4-bit model (needs CUDA and bitsandbytes); dpo: preference tuning "
+          "(DPO) on a preference dataset, see the dpo object.", choices=METHODS),
     Param("max_seq_length", "int", 1024,
           "Tokens per sequence; longer examples are truncated (and counted).",
           minimum=8, maximum=131_072),
@@ -88,10 +102,32 @@ LORA_SCHEMA: tuple[Param, ...] = (
     Param("dropout", "float", 0.05, "Dropout on the adapter's input.", minimum=0.0,
           maximum=0.9),
 )
+DPO_SCHEMA: tuple[Param, ...] = (
+    Param("beta", "float", 0.1,
+          "How far from the reference model the policy may move: higher keeps it closer.",
+          minimum=0.0, maximum=1000.0, exclusive_minimum=True),
+    Param("loss_type", "choice", "sigmoid",
+          "sigmoid: the DPO paper's loss; hinge: SLiC's hinge on the same margin; ipo: "
+          "IPO's squared loss on per-token log-ratios.", choices=DPO_LOSS_TYPES),
+    Param("full_weights", "bool", False,
+          "Train every weight (a frozen copy of the starting model is the reference: "
+          "twice the weights in memory) instead of LoRA adapters (the reference is the "
+          "model with its adapters disabled: no copy)."),
+)
+DPO_DEFAULTS: dict[str, Any] = {p.name: p.default for p in DPO_SCHEMA}
 LORA_DEFAULTS: dict[str, Any] = {p.name: p.default for p in LORA_SCHEMA}
 LORA_DEFAULTS["target_modules"] = ALL_LINEAR
 DEFAULTS: dict[str, Any] = {p.name: p.default for p in SCHEMA}
 DEFAULTS["lora"] = LORA_DEFAULTS
+DEFAULTS["dpo"] = DPO_DEFAULTS
+
+
+def weights_method(hp: Mapping[str, Any]) -> str:
+    """Which weights a validated run trains: ``lora``, ``full`` or ``qlora`` (DPO trains
+    LoRA adapters, or every weight with ``dpo.full_weights``)."""
+    if hp["method"] == "dpo":
+        return "full" if hp["dpo"]["full_weights"] else "lora"
+    return hp["method"]
 
 
 def hyperparameter_schema() -> list[dict[str, Any]]:
@@ -104,7 +140,10 @@ def hyperparameter_schema() -> list[dict[str, Any]]:
                 "doc": "Modules that get adapters: 'all-linear' (every linear layer but "
                        "the output head) or a list of module names, e.g. [\"q_proj\", "
                        "\"v_proj\"]."}]}
-    return [p.to_dict() for p in SCHEMA] + [lora]
+    dpo = {"name": "dpo", "type": "object", "default": dict(DPO_DEFAULTS),
+           "doc": "DPO settings (method dpo).", "nullable": False,
+           "properties": [p.to_dict() for p in DPO_SCHEMA]}
+    return [p.to_dict() for p in SCHEMA] + [lora, dpo]
 
 
 def _check_targets(value: Any) -> tuple[Any, str | None]:
@@ -122,7 +161,8 @@ def validate_hyperparameters(hyperparameters: Mapping[str, Any] | None) -> dict[
     errors: dict[str, list[str]] = {}
     result = dict(DEFAULTS)
     result["lora"] = dict(LORA_DEFAULTS)
-    check_params(SCHEMA, hyperparameters, "", result, errors, frozenset({"lora"}))
+    result["dpo"] = dict(DPO_DEFAULTS)
+    check_params(SCHEMA, hyperparameters, "", result, errors, frozenset({"lora", "dpo"}))
     lora = hyperparameters.get("lora")
     if lora is not None:
         if not isinstance(lora, Mapping):
@@ -136,8 +176,25 @@ def validate_hyperparameters(hyperparameters: Mapping[str, Any] | None) -> dict[
                     errors["lora.target_modules"] = [error]
                 else:
                     result["lora"]["target_modules"] = targets
-    if lora is not None and result["method"] == "full" and "lora" not in errors:
-        errors["lora"] = ["Only for method lora or qlora."]
+    _check_dpo(hyperparameters.get("dpo"), result, errors)
+    if lora is not None and weights_method(result) == "full" and "lora" not in errors:
+        errors["lora"] = ["Only for LoRA training (method lora or qlora, or dpo without "
+                          "full_weights)."]
     if errors:
         raise HyperparameterError(errors)
     return result
+
+
+def _check_dpo(dpo: Any, result: dict[str, Any], errors: dict[str, list[str]]) -> None:
+    """The ``dpo`` object, and what DPO rules out: ``packing`` (a pair's two answers are
+    scored as whole sequences of their own)."""
+    if dpo is not None:
+        if not isinstance(dpo, Mapping):
+            errors["dpo"] = ["Must be an object."]
+        else:
+            check_params(DPO_SCHEMA, dpo, "dpo.", result["dpo"], errors)
+            if result["method"] != "dpo" and "method" not in errors:
+                errors["dpo"] = ["Only for method dpo."]
+    if result["method"] == "dpo" and result["packing"]:
+        errors["packing"] = ["Not with method dpo: each answer of a pair is scored as a "
+                             "sequence of its own."]

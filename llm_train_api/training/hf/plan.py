@@ -1,5 +1,7 @@
 """What a fine-tuning run will be, before it runs: the examples, tokens, truncations,
-sequences and steps, from the model's own tokenizer and chat template.
+sequences and steps, from the model's own tokenizer and chat template. For DPO the
+examples are preference pairs (``pairs`` counts them; ``truncated`` counts the pairs with
+an answer cut; a pair's tokens are both its sequences').
 
 :func:`plan_data` is the trainer's own data preparation (the trainer calls it), so a plan
 and a run can never disagree. The API answers a dry run with it; the API process imports
@@ -24,7 +26,7 @@ from typing import Any
 
 from llm_train_api.training.datasets import DatasetError
 from llm_train_api.training.events import EXIT_FAILED, EXIT_OK, EXIT_USAGE
-from llm_train_api.training.formats import FormatError
+from llm_train_api.training.formats import PREFERENCE, FormatError
 from llm_train_api.training.hf.spec import ValidSpec, validate_spec
 from llm_train_api.training.hyperparams import HyperparameterError
 from llm_train_api.training.spec import SpecError
@@ -52,8 +54,10 @@ class DataPlan:
 
     def summary(self) -> dict[str, Any]:
         sets = [self.train] + ([self.validation] if self.validation is not None else [])
+        pairs = ({"pairs": sum(len(s.examples) for s in sets)}
+                 if self.train.kind == PREFERENCE else {})
         return {
-            "kind": self.train.kind, "records": sum(s.records for s in sets),
+            "kind": self.train.kind, "records": sum(s.records for s in sets), **pairs,
             "examples": sum(len(s.examples) for s in sets),
             "tokens": sum(s.tokens for s in sets),
             "truncated": sum(s.truncated for s in sets),
@@ -69,10 +73,12 @@ def plan_data(valid: ValidSpec, tokenizer: Any) -> DataPlan:
     from llm_train_api.training.hf import data as hfdata
 
     hp = valid.hp
-    train_set = hfdata.prepare(tokenizer, valid.dataset_path, hp["max_seq_length"])
+    pairs = hp["method"] == "dpo"
+    train_set = hfdata.prepare(tokenizer, valid.dataset_path, hp["max_seq_length"], pairs)
     val_set = None
     if valid.validation_path is not None:
-        val_set = hfdata.prepare(tokenizer, valid.validation_path, hp["max_seq_length"])
+        val_set = hfdata.prepare(tokenizer, valid.validation_path, hp["max_seq_length"],
+                                 pairs)
         train_examples, val_examples = train_set.examples, val_set.examples
     else:
         train_examples, val_examples = hfdata.split(train_set.examples, hp["val_fraction"],

@@ -8,7 +8,9 @@ Loss: next-token cross entropy on the target tokens only (:mod:`.render` says wh
 averaged over every target token of the optimizer step (all micro-batches, all ranks),
 so a long example weighs by its tokens, not as one vote, whatever the accumulation or the
 rank count. Reported with it: token accuracy (argmax = target), the learning rate and
-tokens/s (non-pad tokens of the global batch).
+tokens/s (non-pad tokens of the global batch). With method ``dpo`` the loss is DPO's on
+preference pairs, averaged over the step's pairs, reported with the rewards (:mod:`.dpo`);
+the loop, resume and checkpoints are the same.
 
 Resume: a job folder with ``checkpoints/latest.json`` continues at its step with the
 weights, optimizer, GradScaler and RNG states restored (:mod:`.state`); batches depend
@@ -63,7 +65,8 @@ from llm_train_api.training.datasets import DatasetError
 from llm_train_api.training.events import OUTCOME_SUCCEEDED, EventWriter
 from llm_train_api.training.formats import FormatError
 from llm_train_api.training.hf import data as hfdata
-from llm_train_api.training.hf import modeling, state
+from llm_train_api.training.hf import dpo, modeling, state
+from llm_train_api.training.hf.hyperparams import weights_method
 from llm_train_api.training.hf.plan import plan_data
 from llm_train_api.training.hf.spec import OUTPUT_FOLDER, FineTuneSpec, ValidSpec, validate_spec
 from llm_train_api.training.hyperparams import HyperparameterError
@@ -105,6 +108,30 @@ def _sums(model: Any, batch: dict[str, torch.Tensor], autocast: Any
                            ignore_index=hfdata.IGNORE, reduction="sum")
     correct = ((logits.argmax(-1) == labels) & (labels != hfdata.IGNORE)).sum()
     return loss, correct
+
+
+class TokenObjective:
+    """Supervised fine-tuning: cross entropy on the target tokens. Statistics per
+    micro-batch: loss sum, targets, correct predictions."""
+
+    width = 3
+
+    def __init__(self, pad_id: int, device: torch.device, autocast: Any) -> None:
+        self.pad_id, self.device, self.autocast = pad_id, device, autocast
+
+    count = staticmethod(hfdata.targets)
+
+    def sums(self, model: Any, seqs: list[Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        loss, correct = _sums(model, hfdata.collate(seqs, self.pad_id, self.device),
+                              self.autocast)
+        return loss, torch.stack([loss.detach(), torch.tensor(
+            float(hfdata.targets(seqs)), device=loss.device), correct.float()])
+
+    @staticmethod
+    def metrics(totals: torch.Tensor, prefix: str = "") -> dict[str, float]:
+        n, prefix = max(float(totals[1].item()), 1.0), prefix or "train_"
+        return {f"{prefix}loss": float(totals[0].item()) / n,
+                f"{prefix}token_accuracy": float(totals[2].item()) / n}
 
 
 def run_training(spec: FineTuneSpec | Mapping[str, Any], job_dir: str | os.PathLike[str],
@@ -153,8 +180,9 @@ def _train(valid: ValidSpec, device: torch.device, ddp: distributed.DistContext 
     spe, total_steps = plan.steps_per_epoch, plan.total_steps
 
     torch.manual_seed(hp["seed"])
-    model = modeling.load_model(valid.model_path, hp, device, dtype)
-    model = modeling.prepare_for_training(model, hp, hp["seed"])
+    weights_hp = {**hp, "method": weights_method(hp)}  # DPO trains LoRA or every weight
+    model = modeling.load_model(valid.model_path, weights_hp, device, dtype)
+    model = modeling.prepare_for_training(model, weights_hp, hp["seed"])
     if ddp is not None and rank:
         torch.manual_seed(rank_seed(hp["seed"], rank))
     trainable = modeling.trainable_parameters(model)
@@ -180,6 +208,13 @@ def _train(valid: ValidSpec, device: torch.device, ddp: distributed.DistContext 
 
     train_model: Any = wrap_ddp(model, device) if ddp is not None else model
     autocast = autocast_for(device, dtype)
+    objective: Any = TokenObjective(tokenizer.pad_token_id, device, autocast)
+    if hp["method"] == "dpo":
+        # A frozen full-weight reference loads in the compute dtype, as LoRA's base does.
+        reference = dpo.reference_scorer(model, hp, lambda: modeling.load_model(
+            valid.model_path, {**hp, "method": "lora"}, device, dtype), autocast)
+        objective = dpo.DPOObjective(hp["dpo"], reference, tokenizer.pad_token_id, device,
+                                     autocast)
     name = spec.model_name or valid.model_path.name
     events.emit("start", job_id=spec.job_id, model_name=name, method=hp["method"],
                 n_params=n_params, trainable_params=n_trainable, dataset=spec.dataset,
@@ -188,7 +223,8 @@ def _train(valid: ValidSpec, device: torch.device, ddp: distributed.DistContext 
                 train_sequences=len(train_seqs), val_sequences=len(val_seqs),
                 steps_per_epoch=spe, total_steps=total_steps,
                 tokens_per_step=hp["batch_size"] * hp["gradient_accumulation_steps"]
-                * hp["max_seq_length"], device=str(device), dtype=dtype_name,
+                * hp["max_seq_length"] * (2 if hp["method"] == "dpo" else 1),  # both answers
+                device=str(device), dtype=dtype_name,
                 resumed_from_step=resumed_from, estimated_memory_bytes=None,
                 processes=world, batch_size_per_process=local_batch)
     events.log(f"fine-tuning {name} ({hp['method']}, {n_trainable:,} of {n_params:,} params "
@@ -208,30 +244,24 @@ def _train(valid: ValidSpec, device: torch.device, ddp: distributed.DistContext 
                     val_loss=val_loss)
 
     @torch.no_grad()
-    def evaluate() -> tuple[float, float]:
+    def evaluate() -> dict[str, float]:
         model.eval()
-        loss_sum = torch.zeros((), device=device)
-        counts = torch.zeros(2, device=device)  # targets, correct
+        totals = torch.zeros(objective.width, device=device)
         for k in range(hp["eval_steps"]):
             chunk = val_seqs[k * hp["batch_size"]:(k + 1) * hp["batch_size"]]
             share = chunk[rank::world]
             if not chunk:
                 break
             if share:
-                loss, correct = _sums(model, hfdata.collate(
-                    share, tokenizer.pad_token_id, device), autocast)
-                loss_sum += loss
-                counts += torch.stack([torch.tensor(float(hfdata.targets(share)),
-                                                    device=device), correct.float()])
+                totals += objective.sums(model, share)[1]
         model.train()
         if ddp is not None:
-            loss_sum, counts = ddp.mean(loss_sum) * world, ddp.mean(counts) * world
-        n = max(float(counts[0].item()), 1.0)
-        return float(loss_sum.item()) / n, float(counts[1].item()) / n
+            totals = ddp.mean(totals) * world
+        return objective.metrics(totals, "val_")
 
     params = list(trainable.values())
     model.train()
-    window = torch.zeros(3, device=device)  # loss sum, targets, correct (this rank)
+    window = torch.zeros(objective.width, device=device)  # this rank's statistics
     window_tokens, window_start = 0, time.perf_counter()
     run_start = time.perf_counter()
     last_saved = step if resumed_from is not None else -1
@@ -244,18 +274,16 @@ def _train(valid: ValidSpec, device: torch.device, ddp: distributed.DistContext 
         raise_injected_fault(fault, rank, step)
         lr = set_learning_rate(optimizer, step, hp, total_steps)
         micro_batches = batches.step_sequences(step)
-        denom = max(sum(hfdata.targets(mb) for mb in micro_batches), 1)
+        denom = max(sum(objective.count(mb) for mb in micro_batches), 1)
         for i, micro in enumerate(micro_batches):
             window_tokens += sum(len(s.input_ids) for s in micro)
             local = batches.local(micro)
             skip_sync = ddp is not None and i < len(micro_batches) - 1
             with train_model.no_sync() if skip_sync else contextlib.nullcontext():
-                loss, correct = _sums(train_model, hfdata.collate(
-                    local, tokenizer.pad_token_id, device), autocast)
+                loss, stats = objective.sums(train_model, local)
                 # DDP averages gradients over ranks; the step's loss is a sum over them.
                 scaler.scale(loss * (world / denom)).backward()
-            window += torch.stack([loss.detach(), torch.tensor(
-                float(hfdata.targets(local)), device=device), correct.float()])
+            window += stats
         optimizer_step(optimizer, scaler, params, hp["grad_clip"])
         step += 1
 
@@ -263,21 +291,17 @@ def _train(valid: ValidSpec, device: torch.device, ddp: distributed.DistContext 
         if not report:
             continue
         totals = ddp.mean(window) * world if ddp is not None else window
-        targets = max(float(totals[1].item()), 1.0)
-        train_loss = float(totals[0].item()) / targets
-        check_diverged(train_loss, step)
+        train = objective.metrics(totals)
+        check_diverged(train["train_loss"], step)
         tokens_per_s = window_tokens / max(time.perf_counter() - window_start, 1e-9)
-        val_loss, val_acc = evaluate() if do_eval else (None, None)
+        val = evaluate() if do_eval else None
+        val_loss = val["val_loss"] if val is not None else None
         elapsed = elapsed_before + time.perf_counter() - run_start
         if val_loss is not None:
             best_val = min(best_val, val_loss)
         publish_metrics(
             events, metrics_log, step=step, total_steps=total_steps, steps_per_epoch=spe,
-            train={"train_loss": train_loss,
-                   "train_token_accuracy": float(totals[2].item()) / targets},
-            lr=lr, tokens_per_s=tokens_per_s, elapsed=elapsed,
-            val=None if val_loss is None else {"val_loss": val_loss,
-                                               "val_token_accuracy": val_acc})
+            train=train, lr=lr, tokens_per_s=tokens_per_s, elapsed=elapsed, val=val)
         if do_ckpt:
             save(step, elapsed, val_loss)
             last_saved = step
@@ -289,7 +313,7 @@ def _train(valid: ValidSpec, device: torch.device, ddp: distributed.DistContext 
                                   None),
                      best_val)
     if result.outcome == OUTCOME_SUCCEEDED and is_main:
-        written = modeling.save_outputs(model, tokenizer, hp, job_dir / OUTPUT_FOLDER)
+        written = modeling.save_outputs(model, tokenizer, weights_hp, job_dir / OUTPUT_FOLDER)
         events.log(f"saved {', '.join(OUTPUT_FOLDER + '/' + w for w in written)}")
     return result
 

@@ -1,6 +1,9 @@
 // The loss curve as inline SVG, drawn here (no chart library, nothing fetched from a CDN):
 // axes with "nice" ticks, train loss as a line, validation loss as a line with dots, a
 // legend. LossChart(container).draw(points) redraws from the full list of metric points.
+// LossChart(container, options) draws other series of the same points: options.series
+// lists { key, name, cls, dots } (key: the metric's name in a point), options.label names
+// the y axis and options.title the chart (a DPO job's rewards use this).
 // Each axis runs from a round tick at or below the smallest value to a round tick at or
 // above the largest, so the labels cover the whole range, also for a single point or a
 // flat curve; step ticks are whole numbers.
@@ -74,22 +77,31 @@ const LossChart = (() => {
     return typeof v === "number" && Number.isFinite(v);
   }
 
-  function LossChart(container) {
+  const LOSS = {
+    title: "Loss against step",
+    label: "loss",
+    series: [
+      { key: "train_loss", name: "train loss", cls: "series-train", dots: false },
+      { key: "val_loss", name: "validation loss", cls: "series-val", dots: true },
+    ],
+  };
+
+  function LossChart(container, options) {
+    const opts = options || LOSS;
     const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", class: "loss-chart",
-      "aria-label": "Loss against step" });
+      "aria-label": opts.title });
     container.replaceChildren(root);
 
     function draw(points) {
-      const train = thin(points.filter((p) => finite(p.train_loss)))
-        .map((p) => [p.step, p.train_loss]);
-      const val = thin(points.filter((p) => finite(p.val_loss))).map((p) => [p.step, p.val_loss]);
-      root.replaceChildren(svg("title", {}, "Loss against step"));
-      if (!train.length && !val.length) {
+      const drawn = opts.series.map((s) => thin(points.filter((p) => finite(p[s.key])))
+        .map((p) => [p.step, p[s.key]]));
+      root.replaceChildren(svg("title", {}, opts.title));
+      if (!drawn.some((pts) => pts.length)) {
         root.append(svg("text", { x: W / 2, y: H / 2, class: "chart-empty",
           "text-anchor": "middle" }, "No metrics yet"));
         return;
       }
-      const all = train.concat(val);
+      const all = [].concat(...drawn);
       const ys = all.map((p) => p[1]);
       let [y0, y1] = [Math.min(...ys), Math.max(...ys)];
       const pad = (y1 - y0) * 0.02; // keep the curve off the frame when it ends on a tick
@@ -124,15 +136,13 @@ const LossChart = (() => {
         "text-anchor": "middle", class: "axis-label" }, "step"));
       axes.append(svg("text", { x: 14, y: (M.top + H - M.bottom) / 2, "text-anchor": "middle",
         transform: `rotate(-90 14 ${(M.top + H - M.bottom) / 2})`, class: "axis-label" },
-      "loss"));
+      opts.label));
       root.append(grid, axes);
 
       const line = (pts) => pts.map(([x, y]) => `${px(x).toFixed(1)},${py(y).toFixed(1)}`)
         .join(" ");
-      const series = [
-        { name: "train loss", cls: "series-train", pts: train, dots: train.length === 1 },
-        { name: "validation loss", cls: "series-val", pts: val, dots: true },
-      ];
+      const series = opts.series.map((s, i) => ({ name: s.name, cls: s.cls, pts: drawn[i],
+        dots: s.dots || drawn[i].length === 1 }));
       for (const s of series) {
         if (!s.pts.length) continue;
         const g = svg("g", { class: "series " + s.cls, "data-series": s.cls });
@@ -147,7 +157,8 @@ const LossChart = (() => {
 
       const legend = svg("g", { class: "legend",
         transform: `translate(${W - M.right - 150} ${M.top + 4})` });
-      legend.append(svg("rect", { x: 0, y: 0, width: 150, height: 44, class: "legend-box" }));
+      legend.append(svg("rect", { x: 0, y: 0, width: 150, height: 8 + 18 * series.length,
+        class: "legend-box" }));
       series.forEach((s, i) => {
         const y = 15 + i * 18;
         const key = svg("g", { class: "series " + s.cls });

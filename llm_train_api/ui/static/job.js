@@ -9,6 +9,18 @@
   const id = document.body.dataset.jobId;
   const base = "/jobs/" + encodeURIComponent(id);
   const chart = LossChart(document.getElementById("loss-chart"));
+  // A DPO job's implicit rewards, beta * (log pi - log ref), shown once a point has them.
+  const rewardsChart = LossChart(document.getElementById("rewards-chart"), {
+    title: "Rewards against step",
+    label: "reward",
+    series: [
+      { key: "rewards/margins", name: "margin", cls: "series-train", dots: false },
+      { key: "val_rewards/margins", name: "validation margin", cls: "series-val",
+        dots: true },
+      { key: "rewards/chosen", name: "chosen", cls: "series-chosen", dots: false },
+      { key: "rewards/rejected", name: "rejected", cls: "series-rejected", dots: false },
+    ],
+  });
   const $ = (name) => document.getElementById(name);
   let points = [];
   let lastStep = -1;
@@ -90,6 +102,23 @@
         + (val ? " · validation " + val.val_loss.toFixed(4) + " (step " + val.step + ")" : "")
         + " · " + points.length + " points";
     }
+    drawRewards();
+  }
+
+  function drawRewards() {
+    const rewarded = points.filter((p) => typeof p["rewards/margins"] === "number");
+    $("rewards-panel").hidden = !rewarded.length;
+    if (!rewarded.length) return;
+    rewardsChart.draw(points);
+    const last = rewarded[rewarded.length - 1];
+    const val = [...points].reverse()
+      .find((p) => typeof p["val_rewards/accuracies"] === "number");
+    $("rewards-latest").textContent = "step " + last.step
+      + " · margin " + last["rewards/margins"].toFixed(4)
+      + " · reward accuracy " + last["rewards/accuracies"].toFixed(3)
+      + (val ? " · validation accuracy " + val["val_rewards/accuracies"].toFixed(3)
+        + ", margin " + val["val_rewards/margins"].toFixed(4) + " (step " + val.step + ")"
+        : "");
   }
 
   async function refreshEvents() {

@@ -336,6 +336,7 @@
   // ------------------------------------------------------------------ preview and submit
   const PLAN_ROWS = [
     ["kind", "Data kind"], ["records", "Records read"], ["examples", "Examples kept"],
+    ["pairs", "Preference pairs kept"],
     ["tokens", "Tokens (after truncation)"], ["truncated", "Examples truncated"],
     ["dropped", "Examples dropped"], ["train_sequences", "Training sequences"],
     ["val_sequences", "Validation sequences"], ["train_tokens", "Training tokens"],

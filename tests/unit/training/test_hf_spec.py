@@ -25,7 +25,7 @@ def test_bad_hyperparameters_are_named():
                                          "target_modules": "all"}})
     assert info.value.errors == {
         "lr": ["Unknown hyperparameter."],
-        "method": ["Must be one of: lora, full, qlora."],
+        "method": ["Must be one of: lora, full, qlora, dpo."],
         "max_seq_length": ["Must be at least 8."],
         "packing": ["Not a valid boolean."],
         "batch_size": ["Not a valid integer."],
@@ -39,7 +39,8 @@ def test_bad_hyperparameters_are_named():
 def test_lora_settings_with_full_fine_tuning_are_refused():
     with pytest.raises(HyperparameterError) as info:
         validate_hyperparameters({"method": "full", "lora": {"r": 4}})
-    assert info.value.errors == {"lora": ["Only for method lora or qlora."]}
+    assert info.value.errors == {"lora": ["Only for LoRA training (method lora or qlora, "
+                                          "or dpo without full_weights)."]}
 
 
 def test_spec_fields(tmp_path):
