@@ -287,6 +287,16 @@ def test_new_job_form_previews_a_fine_tuning_run_then_creates_it(service, ui, ti
         "default: 0.05"
     assert ui.find_element(By.ID, "hp-lora-target_modules").get_attribute("type") == "text"
     assert ui.find_element(By.ID, "hp-packing").tag_name == "select"
+    # The dpo object's fields show for method dpo only; LoRA's hide for full.
+    method = Select(ui.find_element(By.ID, "hp-method"))
+    assert not ui.find_element(By.ID, "hp-dpo-beta").is_displayed()
+    method.select_by_value("dpo")
+    assert ui.find_element(By.ID, "hp-dpo-beta").is_displayed()
+    assert ui.find_element(By.ID, "hp-lora-r").is_displayed()
+    method.select_by_value("full")
+    assert not ui.find_element(By.ID, "hp-lora-r").is_displayed()
+    assert not ui.find_element(By.ID, "hp-dpo-beta").is_displayed()
+    method.select_by_value("")  # back to the default (lora)
     assert "context 256 tokens, with chat template" in ui.find_element(
         By.ID, "nj-model-info").text
     Select(ui.find_element(By.ID, "nj-dataset")).select_by_value("chat")

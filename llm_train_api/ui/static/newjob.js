@@ -13,12 +13,12 @@
   const form = $("new-job-form");
   const params = new URLSearchParams(location.search);
 
-  // A schema entry of type "object" (the fine-tuning trainer's `lora`) becomes one field per
-  // key under a dotted name: lora.r is {"lora": {"r": ...}}. LoRA's fields hide for method
-  // full.
+  // A schema entry of type "object" (the fine-tuning trainer's `lora` and `dpo`) becomes one
+  // field per key under a dotted name: lora.r is {"lora": {"r": ...}}. Each such field
+  // belongs to its object's group, shown only when the method uses it (methodFields).
   function schemaFields(schema) {
     return schema.flatMap((p) => (p.type === "object" && p.properties
-      ? p.properties.map((q) => ({ ...q, name: p.name + "." + q.name, lora: p.name === "lora" }))
+      ? p.properties.map((q) => ({ ...q, name: p.name + "." + q.name, group: p.name }))
       : [p]));
   }
 
@@ -154,21 +154,26 @@
       }
       input.dataset.name = p.name;
       input.dataset.kind = kind;
-      return el("div", { className: "field" + (p.lora ? " lora-only" : ""),
+      return el("div", { className: "field" + (p.group ? " group-" + p.group : ""),
         dataset: { field: "hyperparameters." + p.name } },
       el("label", { htmlFor: id, title: p.doc || "" }, p.name),
       input,
       p.doc ? el("div", { className: "muted small" }, p.doc) : null);
     });
     $("nj-hparams").replaceChildren(...fields);
-    loraFields();
+    methodFields();
   }
 
   // LoRA's settings mean nothing to a full fine-tuning: hidden (and not sent) then.
-  function loraFields() {
-    const method = $("hp-method");
-    const full = !!method && method.value === "full";
-    for (const node of document.querySelectorAll(".lora-only")) node.hidden = full;
+  // LoRA's fields hide for method full and for DPO on full weights; DPO's show for dpo only.
+  function methodFields() {
+    const method = $("hp-method") ? $("hp-method").value : "";
+    const fullWeights = $("hp-dpo-full_weights") && $("hp-dpo-full_weights").value === "true";
+    const shown = { lora: method !== "full" && !(method === "dpo" && fullWeights),
+      dpo: method === "dpo" };
+    for (const [group, visible] of Object.entries(shown)) {
+      for (const node of document.querySelectorAll(".group-" + group)) node.hidden = !visible;
+    }
   }
 
   function setPath(target, dotted, value) {
@@ -473,7 +478,9 @@
   $("nj-dataset").addEventListener("change", describeDataset);
   form.addEventListener("input", changed);
   form.addEventListener("change", (event) => {
-    if (event.target.id === "hp-method") loraFields();
+    if (event.target.id === "hp-method" || event.target.id === "hp-dpo-full_weights") {
+      methodFields();
+    }
     changed();
   });
   document.addEventListener("ui:token", loadPickers);
