@@ -49,7 +49,6 @@ from llm_train_api.domain import (
     is_valid_job_id,
 )
 from llm_train_api.services import status_changes, storage
-from llm_train_api.store import pausing
 from llm_train_api.services.job_creation import (
     builtin_executor,
     check_priority,
@@ -58,6 +57,7 @@ from llm_train_api.services.job_creation import (
     preview,
     queued_cap,
 )
+from llm_train_api.store import pausing
 from llm_train_api.store.pagination import (
     JobQuery,
     decode_cursor,
