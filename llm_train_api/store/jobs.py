@@ -275,17 +275,17 @@ class JobRepository:
         return JobPage([row_to_job(r) for r in rows], next_key)
 
     def dataset_in_use(self, dataset: str, *, owner: str | None = None) -> list[str]:
-        """Ids of queued, running or paused jobs that train on `dataset` (at most 10, newest first);
-        with `owner`, only that owner's jobs (a user's own datasets are theirs alone)."""
+        """Ids of queued, running or paused jobs that train on `dataset` (at most 10, newest
+        first); with `owner`, only that owner's jobs (a user's own datasets are theirs)."""
         return self._active_naming(jobs.c.dataset, dataset, owner)
 
     def model_in_use(self, model_name: str, *, owner: str | None = None) -> list[str]:
-        """Ids of queued or running jobs whose `model_name` is this (at most 10, newest
+        """Ids of queued, running or paused jobs whose `model_name` is this (at most 10, newest
         first); with `owner`, only that owner's jobs (a user's own models are theirs)."""
         return self._active_naming(jobs.c.model_name, model_name, owner)
 
     def output_model_in_use(self, name: str, *, owner: str | None = None) -> list[str]:
-        """Ids of queued or running jobs whose result will be the model `name` (at most
+        """Ids of queued, running or paused jobs whose result will be the model `name` (at most
         10, newest first); with `owner`, only that owner's."""
         return self._active_naming(jobs.c.output_model, name, owner)
 

@@ -14,6 +14,7 @@ the job again and retries.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from sqlalchemy import bindparam, update
@@ -107,8 +108,11 @@ def resume_job(repo: JobRepository, job_id: str, *, actor: str | None,
 
 
 def _apply(repo: JobRepository, job_id: str, verbs: list[tuple[str, str]], *,
-           actor: str | None, owner: str | None, settled: Any,
+           actor: str | None, owner: str | None, settled: Callable[[Job], bool],
            target: JobStatus) -> PauseOutcome:
+    """Try each (statement, event kind) of `verbs` in turn; when none matches, read the
+    job: `settled` says whether it is already as asked (no change), else it moved under us
+    (again) or is final (IllegalTransition to `target`)."""
     database = repo.database
     statements = _STATEMENTS[owner is not None]
     job: Job | None = None

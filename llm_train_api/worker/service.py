@@ -287,7 +287,10 @@ class Worker:
                 f"deadline exceeded: ran longer than max_runtime_seconds="
                 f"{job.max_runtime_seconds}"))
         elif reason == "shutdown":
-            self.queue.finish(job.id, self.id, JobStatus.QUEUED, refund_attempt=True)
+            # Checkpointed for our shutdown: a pause asked for meanwhile is honoured (the
+            # store checks that one is pending), else the job goes back to the queue.
+            if self.queue.finish_paused(job.id, self.id) is None:
+                self.queue.finish(job.id, self.id, JobStatus.QUEUED, refund_attempt=True)
         elif reason == "pause" and rc != EXIT_OK and not (rc > 0 and rc != EXIT_PREEMPTED):
             # Stopped as asked (a checkpoint, then EXIT_PREEMPTED; or killed): paused,
             # without spending the attempt. A pause withdrawn meanwhile requeues the job,

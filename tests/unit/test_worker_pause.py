@@ -124,3 +124,28 @@ def test_a_ray_run_after_a_pause_has_a_submission_id_of_its_own(loop):
     after = loop.job("r")
     assert after.status is S.RUNNING and after.attempts == 1
     assert submission_id(after) != before and submission_id(after).endswith("-a1-p1")
+
+
+def test_a_pause_asked_for_during_a_worker_shutdown_is_honoured(loop):
+    run = loop.start("sd")
+    loop.submit("waiting")
+    run.exits_on_graceful_stop = False
+    original = run.graceful_stop
+
+    def stop_slowly() -> None:  # the pause arrives while the trainer checkpoints
+        original()
+        pause_job(loop.queue.jobs, "sd", actor="a")
+        run.rc = EXIT_PREEMPTED
+
+    run.graceful_stop = stop_slowly
+    loop.stop()
+    job = loop.job("sd")
+    assert job.status is S.PAUSED and job.attempts == 0
+    assert loop.job("waiting").status is S.QUEUED
+
+
+def test_a_shutdown_without_a_pause_requeues_as_before(loop):
+    loop.start("plain")
+    loop.stop()
+    job = loop.job("plain")
+    assert job.status is S.QUEUED and job.attempts == 0
