@@ -22,6 +22,8 @@ class JobStatus(str, enum.Enum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    # Stopped on request, its checkpoint kept: neither claimable nor final (see `resume`).
+    PAUSED = "paused"
 
     @property
     def is_final(self) -> bool:
@@ -34,10 +36,16 @@ FINAL_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CAN
 # transition as one conditional UPDATE (`WHERE status IN sources`), so racing requests
 # are decided by the database rather than by a read followed by a write.
 ALLOWED_TRANSITIONS: dict[JobStatus, frozenset[JobStatus]] = {
-    JobStatus.QUEUED: frozenset({JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.FAILED}),
-    JobStatus.RUNNING: frozenset(
-        {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.QUEUED}
+    JobStatus.QUEUED: frozenset(
+        {JobStatus.RUNNING, JobStatus.CANCELLED, JobStatus.FAILED, JobStatus.PAUSED}
     ),
+    JobStatus.RUNNING: frozenset(
+        {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.QUEUED,
+         JobStatus.PAUSED}
+    ),
+    # A paused job goes back to the queue (resume) or ends (cancel); it never runs as it is:
+    # only a claim of a queued job starts a run.
+    JobStatus.PAUSED: frozenset({JobStatus.QUEUED, JobStatus.CANCELLED}),
     JobStatus.SUCCEEDED: frozenset(),
     JobStatus.FAILED: frozenset(),
     JobStatus.CANCELLED: frozenset(),
@@ -141,6 +149,12 @@ class Job:
     validation_dataset: str | None = None
     output_model: str | None = None  # the model a succeeded fine-tuning job registers
     model_kind: str | None = None  # "builtin" or "hf"; None: not admitted (EXECUTOR=none)
+    # A running job asked to pause: its worker stops the run at its next heartbeat, the
+    # trainer checkpoints, and the job becomes `paused`. None when no pause is pending.
+    pause_requested_at: datetime | None = None
+    # How often a run of this job was paused: part of a Ray run's submission id, since a
+    # pause takes back the attempt its run counted.
+    pauses: int = 0
 
     @property
     def fine_tuned_model(self) -> str | None:

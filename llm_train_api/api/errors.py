@@ -81,7 +81,7 @@ JSON_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 # Endpoints whose body is not JSON: they read and limit it themselves (dataset uploads,
 # model imports).
 RAW_BODY_ENDPOINTS = frozenset({"datasets.DatasetResource", "models.ModelResource"})
-NO_BODY_ENDPOINTS = frozenset({"jobs.JobCancel"})
+NO_BODY_ENDPOINTS = frozenset({"jobs.JobCancel", "jobs.JobPause", "jobs.JobResume"})
 
 
 class _UnrepresentableNumber(ValueError):

@@ -60,6 +60,7 @@ from llm_train_api.services.job_creation import (
     preview,
     queued_cap,
 )
+from llm_train_api.store import pausing
 from llm_train_api.store.pagination import (
     JobQuery,
     decode_cursor,
@@ -268,8 +269,9 @@ class JobStatusResource(MethodView):
     def patch(self, body: dict[str, Any], job_id: str):
         """Change a job's status
 
-        queued → running | cancelled | failed; running → succeeded | failed | cancelled |
-        queued. succeeded, failed and cancelled are final. Asking for the current status
+        queued → running | cancelled | failed | paused; running → succeeded | failed |
+        cancelled | queued | paused; paused → queued | cancelled. succeeded, failed and
+        cancelled are final. Asking for the current status
         again is a 200 that changes nothing. Send `If-Match` to make the change conditional.
 
         Roles: a `worker` (an external executor) may make any legal change to any job
@@ -326,6 +328,57 @@ class JobCancel(MethodView):
                 owner=owner_scope())[0],
             principal, visible_job=lambda: _visible_job(job_id))
         return _with_etag(job)
+
+
+@blp.route("/<job_id>/pause")
+class JobPause(MethodView):
+    @blp.response(200, JobSchema, headers=_ETAG_HEADER,
+                  description="The job, now `paused` (it was queued, or, without the built-in "
+                  "executor, running); or unchanged when it was paused already or its pause "
+                  "is pending.")
+    @blp.alt_response(202, schema=JobSchema, headers=_ETAG_HEADER,
+                      description="A running job: the pause is requested "
+                      "(`pause_requested_at` is set) and its worker checkpoints and stops "
+                      "the run within a heartbeat or so, then the job reads `paused`.")
+    @blp.error(404, "No such job.")
+    @blp.alt_response(409, schema=TransitionErrorSchema, description="The job is final "
+                      "(succeeded, failed or cancelled): nothing is left to pause.")
+    def post(self, job_id: str):
+        """Pause a job
+
+        A queued job stops being claimable. A running job's worker stops the trainer
+        after it writes a checkpoint, freeing the worker's slot; the attempt is not
+        counted. `POST /jobs/{id}/resume` queues it again, and its next run continues
+        from that checkpoint exactly. A paused job counts against the queued-jobs quota.
+        """
+        principal = current_principal()
+        outcome = pausing.pause_job(get_jobs(), _checked_id(job_id), actor=principal.actor,
+                                    owner=owner_scope(),
+                                    workers_stop_runs=builtin_executor(get_settings()))
+        job = outcome.job
+        return _with_etag(job, 202 if job.status is JobStatus.RUNNING else 200)
+
+
+@blp.route("/<job_id>/resume")
+class JobResume(MethodView):
+    @blp.response(200, JobSchema, headers=_ETAG_HEADER,
+                  description="The job, `queued` again (it was paused); or, for a running "
+                  "job whose pause was pending, still running with the request withdrawn; "
+                  "or unchanged (it was queued, or running with no pause pending).")
+    @blp.error(404, "No such job.")
+    @blp.alt_response(409, schema=TransitionErrorSchema, description="The job is final "
+                      "(succeeded, failed or cancelled): it cannot run again.")
+    def post(self, job_id: str):
+        """Resume a paused job
+
+        The job goes back to the queue under its priority; the worker that claims it
+        continues from the checkpoint written when it paused, with the same data order
+        and random state, so its losses are those of an uninterrupted run.
+        """
+        principal = current_principal()
+        outcome = pausing.resume_job(get_jobs(), _checked_id(job_id), actor=principal.actor,
+                                     owner=owner_scope())
+        return _with_etag(outcome.job)
 
 
 @blp.route("/<job_id>/events")

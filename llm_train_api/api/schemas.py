@@ -311,6 +311,10 @@ class JobSchema(LeanDumpSchema):
         "(its `output_model`, registered before the job was marked succeeded; "
         "`GET /models/{name}`, `GET /models/{name}/archive`). Null otherwise, and for "
         "jobs that save an adapter only."})
+    pause_requested_at = UTCDateTime(allow_none=True, metadata={
+        "description": "A running job asked to pause (`POST /jobs/{id}/pause`): when. Its "
+        "worker checkpoints and stops the run, then the job reads `paused`. Null when no "
+        "pause is pending."})
 
 
 class PlanSchema(Schema):
@@ -386,7 +390,8 @@ class JobListQuerySchema(Schema):
 class JobEventSchema(LeanDumpSchema):
     at = UTCDateTime()
     kind = fields.String(metadata={
-        "description": "`created`, `status`, `claimed`, `requeued` or `lease_expired`."})
+        "description": "`created`, `status`, `claimed`, `requeued`, `lease_expired`, "
+        "`paused`, `pause_requested`, `pause_withdrawn` or `resumed`."})
     from_status = fields.Enum(JobStatus, by_value=True, allow_none=True)
     to_status = fields.Enum(JobStatus, by_value=True, allow_none=True)
     actor = fields.String(allow_none=True,

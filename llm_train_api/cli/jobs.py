@@ -24,7 +24,7 @@ from llm_train_api.cli.common import (
 from llm_train_api.cli.progress import describe, exit_code, progress_text, wait
 from llm_train_api.client import Client, Job
 
-STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+STATUSES = ("queued", "running", "paused", "succeeded", "failed", "cancelled")
 _WAIT_HELP = ("Exit codes: 0 succeeded, 3 failed, 4 cancelled, 124 timed out, "
               "1 API or connection error.")
 
@@ -256,6 +256,8 @@ def _show_job(job: Job) -> None:
         rows.append(("error", job.error_message))
     if job.worker:
         rows.append(("worker", job.worker))
+    if job.pause_requested_at:
+        rows.append(("pausing", f"asked {when(job.pause_requested_at)}"))
     progress = progress_text(job.progress_info, bar=False)
     if progress:
         rows.append(("progress", progress))
@@ -302,6 +304,31 @@ def download_adapter(api: Client, job_id: str, out: str, extract: bool,
 def cancel(api: Client, job_id: str, as_json: bool) -> None:
     """Cancel a job (its trainer is stopped within about a second)."""
     job = api.cancel_job(job_id)
+    if as_json:
+        print_json(job)
+    else:
+        click.echo(f"{job.id}: {job.status}")
+
+
+@client_command(jobs, "pause")
+@click.argument("job_id")
+def pause(api: Client, job_id: str, as_json: bool) -> None:
+    """Pause a job: a queued one stops being claimable; a running one checkpoints and
+    stops, freeing its worker. `jobs resume` continues it from that checkpoint."""
+    job = api.pause_job(job_id)
+    if as_json:
+        print_json(job)
+    elif job.pause_requested_at is not None:
+        click.echo(f"{job.id}: pausing (its worker checkpoints and stops the run)")
+    else:
+        click.echo(f"{job.id}: {job.status}")
+
+
+@client_command(jobs, "resume")
+@click.argument("job_id")
+def resume(api: Client, job_id: str, as_json: bool) -> None:
+    """Resume a paused job: it is queued again and continues from its checkpoint."""
+    job = api.resume_job(job_id)
     if as_json:
         print_json(job)
     else:

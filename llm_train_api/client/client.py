@@ -402,6 +402,19 @@ class Client(Downloads):
         """Cancel (a no-op 200 for a job that already ended, hence safe to retry)."""
         return self._job("POST", f"/jobs/{_seg(job_id)}/cancel", retry=True)
 
+    def pause_job(self, job_id: str) -> Job:
+        """Pause a job: a queued one at once; a running one's worker checkpoints and stops
+        it (the answer is still ``running``, with ``pause_requested_at`` set, until it
+        has). Pausing a paused job changes nothing, hence safe to retry; a final job is
+        :class:`Conflict`."""
+        return self._job("POST", f"/jobs/{_seg(job_id)}/pause", retry=True)
+
+    def resume_job(self, job_id: str) -> Job:
+        """Queue a paused job again (its next run continues from its checkpoint), or
+        withdraw a pending pause. Resuming a queued job changes nothing, hence safe to
+        retry; a final job is :class:`Conflict`."""
+        return self._job("POST", f"/jobs/{_seg(job_id)}/resume", retry=True)
+
     def delete_job(self, job_id: str, *, if_match: str | Job | None = None) -> None:
         """Delete a job, whatever its status (a running one is stopped). `if_match` (an
         ETag, or a Job) deletes only that state: :class:`PreconditionFailed` if the job

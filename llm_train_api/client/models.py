@@ -106,6 +106,9 @@ class Job:
     output_model: str | None = None
     #: A succeeded fine-tuning job: the model it produced (``download_model`` fetches it).
     fine_tuned_model: str | None = None
+    #: A running job asked to pause: when (its worker checkpoints and stops it, then the
+    #: job reads ``paused``). None when no pause is pending.
+    pause_requested_at: datetime | None = None
     #: Only in a dry run of a fine-tuning job: examples, tokens, truncations, steps, memory.
     plan: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict, repr=False)

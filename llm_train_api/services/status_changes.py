@@ -10,6 +10,11 @@ whether the caller may ask for it at all:
 - an `admin` too, except that with the built-in executor the workers drive the statuses
   and clients may only cancel;
 - a `user` may only cancel, and only its own jobs.
+
+Pausing and resuming have verbs of their own (`POST /jobs/{id}/pause` and `/resume`, see
+store/pausing.py), open to users for their own jobs: pausing a running job must go through
+its worker, which checkpoints the run first, and a PATCH to `paused` would skip that. So
+`paused` follows the PATCH rules above like any other status.
 """
 
 from __future__ import annotations
@@ -49,13 +54,15 @@ def check_status_change(
         visible_job()  # someone else's job stays a 404
         raise StatusChangeForbidden(
             "Forbidden: users may only cancel their jobs (status 'cancelled'); other status "
-            "changes need the worker or admin role.")
+            "changes need the worker or admin role. To pause or resume a job use POST "
+            f"/jobs/{job_id}/pause or /resume.")
     if (builtin_executor and target is not JobStatus.CANCELLED
             and principal.role is not Role.WORKER
             and visible_job().status is not target):
         raise StatusManagedByWorkers(
             f"Status {target.value!r} is managed by the workers of the built-in executor; "
-            f"clients may only cancel (status 'cancelled' or POST /jobs/{job_id}/cancel). "
+            f"clients may only cancel (status 'cancelled' or POST /jobs/{job_id}/cancel), "
+            f"pause (POST /jobs/{job_id}/pause) or resume (POST /jobs/{job_id}/resume). "
             "Run with LLM_TRAIN_API_EXECUTOR=none to drive statuses from an external system.")
     if (builtin_executor and target is JobStatus.RUNNING
             and visible_job().status is not target):

@@ -77,6 +77,13 @@ COUNT_OWNER_STATUS = (
     .select_from(jobs)
     .where(jobs.c.owner == bindparam("owner"), jobs.c.status == bindparam("status"))
 )
+# What the queued-jobs quota counts: a paused job will be queued again on resume.
+_WAITING = [literal(JobStatus.QUEUED.value, String), literal(JobStatus.PAUSED.value, String)]
+_COUNT_OWNER_WAITING = (
+    select(func.count())
+    .select_from(jobs)
+    .where(jobs.c.owner == bindparam("owner"), jobs.c.status.in_(_WAITING))
+)
 _DELETE_JOB = (delete(jobs).where(jobs.c.id == bindparam("job_id"))
                .returning(jobs.c.id, jobs.c.status, jobs.c.attempts, jobs.c.created_us))
 _DELETE_OWNED_JOB = (delete(jobs)
@@ -117,11 +124,12 @@ def _transition_statement(target: JobStatus, conditional: bool, owned: bool) -> 
         # its next guarded write and stops, and the reaper leaves the job alone.
         "lease_owner": None,
         "lease_expires_us": None,
+        "pause_requested_us": None,  # a pending pause ends with the run it was for
     }
     if target is JobStatus.RUNNING:
         values["started_us"] = now
         values["finished_us"] = None
-    elif target is JobStatus.QUEUED:
+    elif target in (JobStatus.QUEUED, JobStatus.PAUSED):
         values["finished_us"] = None
     else:
         values["finished_us"] = now
@@ -191,15 +199,16 @@ class JobRepository:
     def _queued_quota_check(self, owner: str, job_id: str,
                             cap: int) -> Callable[[Connection], None]:
         select_id = self.database.prepared(_SELECT_ID)
-        count = self.database.prepared(COUNT_OWNER_STATUS)
+        count = self.database.prepared(_COUNT_OWNER_WAITING)
 
         def check(conn: Connection) -> None:
             self.database.lock(conn, _PG_QUOTA_LOCK, owner)
             if select_id.first(conn, {"job_id": job_id}) is not None:
                 return  # the insert will not add a job: a retry (200) or a conflict (409)
-            queued = count.first(conn, {"owner": owner, "status": JobStatus.QUEUED.value})[0]
-            if queued >= cap:
-                raise QuotaExceeded("queued jobs", "LLM_TRAIN_API_MAX_QUEUED_PER_USER", cap)
+            waiting = count.first(conn, {"owner": owner})[0]
+            if waiting >= cap:
+                raise QuotaExceeded("queued or paused jobs",
+                                    "LLM_TRAIN_API_MAX_QUEUED_PER_USER", cap)
 
         return check
 
@@ -266,23 +275,24 @@ class JobRepository:
         return JobPage([row_to_job(r) for r in rows], next_key)
 
     def dataset_in_use(self, dataset: str, *, owner: str | None = None) -> list[str]:
-        """Ids of queued or running jobs that train on `dataset` (at most 10, newest first);
-        with `owner`, only that owner's jobs (a user's own datasets are theirs alone)."""
+        """Ids of queued, running or paused jobs that train on `dataset` (at most 10, newest
+        first); with `owner`, only that owner's jobs (a user's own datasets are theirs)."""
         return self._active_naming(jobs.c.dataset, dataset, owner)
 
     def model_in_use(self, model_name: str, *, owner: str | None = None) -> list[str]:
-        """Ids of queued or running jobs whose `model_name` is this (at most 10, newest
+        """Ids of queued, running or paused jobs whose `model_name` is this (at most 10, newest
         first); with `owner`, only that owner's jobs (a user's own models are theirs)."""
         return self._active_naming(jobs.c.model_name, model_name, owner)
 
     def output_model_in_use(self, name: str, *, owner: str | None = None) -> list[str]:
-        """Ids of queued or running jobs whose result will be the model `name` (at most
+        """Ids of queued, running or paused jobs whose result will be the model `name` (at most
         10, newest first); with `owner`, only that owner's."""
         return self._active_naming(jobs.c.output_model, name, owner)
 
     def _active_naming(self, column: Any, value: str, owner: str | None) -> list[str]:
         conditions = [column == value,
-                      jobs.c.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value])]
+                      jobs.c.status.in_([JobStatus.QUEUED.value, JobStatus.RUNNING.value,
+                                         JobStatus.PAUSED.value])]
         if owner is not None:
             conditions.append(jobs.c.owner == owner)
         stmt = (

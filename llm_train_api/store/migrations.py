@@ -63,12 +63,19 @@ def _v5_fine_tuning(conn: Connection) -> None:
         conn.execute(text(f"ALTER TABLE jobs ADD COLUMN {column}"))
 
 
+def _v7_pausing(conn: Connection) -> None:
+    """Pausing: a pending pause request of a running job, and how often it was paused."""
+    for column in ("pause_requested_us BIGINT", "pauses INTEGER NOT NULL DEFAULT 0"):
+        conn.execute(text(f"ALTER TABLE jobs ADD COLUMN {column}"))
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1_initial),
     (2, _v2_workers),
     (3, _v3_auth),
     (4, _v4_fair_claims),
     (5, _v5_fine_tuning),
+    (7, _v7_pausing),
 ]
 LATEST_VERSION = MIGRATIONS[-1][0]
 

@@ -11,6 +11,11 @@ Dispatchers (the Ray executor) run jobs on a cluster, where a run can outlive it
 dispatcher: on a graceful stop it *detaches* them (still `running`, leased to
 DETACHED_OWNER) and the next dispatcher *attaches* (`claim_detached`). The reaper treats a
 detached job like any other lease.
+
+A running job asked to pause (store/pausing.py) keeps its lease until its worker, told by
+its next heartbeat (`renew_leases`), has stopped the run: `finish_paused` then ends it
+`paused` without counting the attempt. A worker lost meanwhile leaves the reaper to pause
+the job; either way it is never lost.
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ DETACHED_OWNER = "@detached"
 _PG_CLAIM_LOCK = 0x6C6C6D5F636C  # "llm_cl"
 _RUNNING = JobStatus.RUNNING.value
 _QUEUED = JobStatus.QUEUED.value
+_PAUSED = JobStatus.PAUSED.value
 _STARTING = '{"phase":"starting"}'
 
 
@@ -164,7 +170,8 @@ def _claim_statement(*, skip_locked: bool, capped: bool, scheduling: str = "fair
                 lease_owner=bindparam("worker"), lease_expires_us=bindparam("expires"),
                 attempts=jobs.c.attempts + 1, started_us=now, finished_us=None,
                 updated_us=now, version=jobs.c.version + 1,
-                progress=bindparam("new_progress"), error_message=None)
+                progress=bindparam("new_progress"), error_message=None,
+                pause_requested_us=None)
         .returning(*JOB_COLUMNS, jobs.c.previous_status)
     )
 
@@ -193,7 +200,7 @@ def _finish_statement(target: JobStatus, refund: bool) -> Any:
     values: dict[str, Any] = {
         "previous_status": jobs.c.status, "status": target.value,
         "version": jobs.c.version + 1, "updated_us": now,
-        "lease_owner": None, "lease_expires_us": None,
+        "lease_owner": None, "lease_expires_us": None, "pause_requested_us": None,
         "error_message": bindparam("failure"),
         "finished_us": None if target is JobStatus.QUEUED else now,
     }
@@ -213,11 +220,16 @@ def _finish_statement(target: JobStatus, refund: bool) -> Any:
 def _reap_statement() -> Any:
     now = bindparam("now")
     exhausted = jobs.c.attempts >= jobs.c.max_attempts
+    # A job whose pause was pending when its worker vanished ends paused (its attempt
+    # counted: the run did not stop as asked); it resumes from its latest checkpoint.
+    pausing = jobs.c.pause_requested_us.is_not(None)
     return (
         update(jobs)
         .where(jobs.c.status == _RUNNING, jobs.c.lease_expires_us < now)
         .values(previous_status=jobs.c.status,
-                status=case((exhausted, JobStatus.FAILED.value), else_=_QUEUED),
+                status=case((exhausted, JobStatus.FAILED.value), (pausing, _PAUSED),
+                            else_=_QUEUED),
+                pause_requested_us=None,
                 error_message=case((exhausted, LEASE_LOST_MESSAGE), else_=None),
                 finished_us=case((exhausted, now), else_=None),
                 lease_owner=None, lease_expires_us=None, progress=None,
@@ -238,13 +250,23 @@ _FINISH = {(target, refund): _finish_statement(target, refund)
            for target in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.QUEUED)
            for refund in (False, True)}
 _REAP = _reap_statement()
-_SELECT_LEASED = select(jobs.c.id).where(
+_SELECT_LEASED = select(jobs.c.id, jobs.c.pause_requested_us).where(
     jobs.c.lease_owner == bindparam("worker"), jobs.c.status == _RUNNING)
 _RENEW = (
     update(jobs)
     .where(jobs.c.lease_owner == bindparam("worker"), jobs.c.status == _RUNNING)
     .values(lease_expires_us=bindparam("expires"))
-    .returning(jobs.c.id)
+    .returning(jobs.c.id, jobs.c.pause_requested_us)
+)
+_FINISH_PAUSED = (
+    update(jobs)
+    .where(jobs.c.id == bindparam("job_id"), jobs.c.lease_owner == bindparam("worker"),
+           jobs.c.status == _RUNNING, jobs.c.pause_requested_us.is_not(None))
+    .values(previous_status=jobs.c.status, status=_PAUSED, attempts=jobs.c.attempts - 1,
+            pauses=jobs.c.pauses + 1, lease_owner=None, lease_expires_us=None,
+            pause_requested_us=None, updated_us=bindparam("now"),
+            version=jobs.c.version + 1)
+    .returning(*JOB_COLUMNS, jobs.c.previous_status)
 )
 _SET_PROGRESS = (
     update(jobs)
@@ -272,6 +294,18 @@ _REFUND_ATTEMPT = (
             version=jobs.c.version + 1)
     .returning(*JOB_COLUMNS)
 )
+
+
+class HeldJobs(frozenset[str]):
+    """The ids of the jobs a worker holds; `pausing` names those asked to pause."""
+
+    pausing: frozenset[str]
+
+    def __new__(cls, rows: Any) -> HeldJobs:
+        rows = list(rows)
+        held = super().__new__(cls, (r[0] for r in rows))
+        held.pausing = frozenset(r[0] for r in rows if r[1] is not None)
+        return held
 
 
 class JobQueue:
@@ -332,16 +366,18 @@ class JobQueue:
         return None if row is None else row_to_job(row)
 
     # ------------------------------------------------------------------ leases
-    def running_jobs_of(self, worker_id: str) -> set[str]:
-        """Ids this worker still holds (a job missing from it was cancelled or deleted)."""
+    def running_jobs_of(self, worker_id: str) -> HeldJobs:
+        """Ids this worker still holds (a job missing from it was cancelled or deleted),
+        and which of them are asked to pause."""
         with self.database.reading() as conn:
-            return {r.id for r in conn.execute(_SELECT_LEASED, {"worker": worker_id})}
+            return HeldJobs(conn.execute(_SELECT_LEASED, {"worker": worker_id}).all())
 
-    def renew_leases(self, worker_id: str, lease_s: float) -> set[str]:
-        """Extend every lease this worker holds; return the ids it still holds."""
+    def renew_leases(self, worker_id: str, lease_s: float) -> HeldJobs:
+        """Extend every lease this worker holds; return the ids it still holds, and which
+        of them are asked to pause."""
         params = {"worker": worker_id, "expires": now_us() + int(lease_s * 1e6)}
-        return set(self.database.write(
-            lambda conn: [r.id for r in conn.execute(_RENEW, params)]))
+        return HeldJobs(self.database.write(
+            lambda conn: [tuple(r) for r in conn.execute(_RENEW, params)]))
 
     def record_progress(
         self,
@@ -397,6 +433,17 @@ class JobQueue:
         row = self.database.write_with_event(stmt, params, kind, ts, worker_id, error_message)
         return None if row is None else row_to_job(row)
 
+    def finish_paused(self, job_id: str, worker_id: str, message: str | None = None
+                      ) -> Job | None:
+        """End this worker's run of a job asked to pause: `paused`, the attempt its claim
+        counted taken back, the lease released. None when the lease is gone, or when the
+        pause was withdrawn meanwhile (then the caller hands the job back to the queue)."""
+        ts = now_us()
+        row = self.database.write_with_event(_FINISH_PAUSED, {"job_id": job_id,
+                                                              "worker": worker_id, "now": ts},
+                                             "paused", ts, worker_id, message)
+        return None if row is None else row_to_job(row)
+
     def requeue_expired(self, actor: str = "reaper") -> list[Job]:
         """Hand back every job whose lease expired: its worker is gone. Each goes back to
         the queue (attempts already counted), or fails when it has used all its attempts."""
@@ -408,7 +455,9 @@ class JobQueue:
                 conn.execute(INSERT_EVENT, [
                     {"job_id": r.id, "at_us": ts, "kind": "lease_expired",
                      "from_status": _RUNNING, "to_status": r.status,
-                     "actor": actor, "message": r.error_message or "worker lost; requeued",
+                     "actor": actor, "message": r.error_message or (
+                         "worker lost while pausing; paused" if r.status == _PAUSED
+                         else "worker lost; requeued"),
                      "attempt": r.attempts, "job_created_us": r.created_us}
                     for r in rows
                 ])

@@ -43,6 +43,8 @@ JOB_COLUMNS = (
     jobs.c.validation_dataset,
     jobs.c.output_model,
     jobs.c.model_kind,
+    jobs.c.pause_requested_us,
+    jobs.c.pauses,
 )
 _N_JOB_COLUMNS = len(JOB_COLUMNS)
 
@@ -110,7 +112,8 @@ def row_to_job(row: Any) -> Job:
     (_seq, job_id, model_name, dataset, hyperparameters, status, error_message, created_us,
      updated_us, started_us, finished_us, version, priority, max_attempts, attempts,
      max_runtime_s, resources, dataset_sha256, progress, lease_owner,
-     owner, validation_dataset, output_model, model_kind) = row[:_N_JOB_COLUMNS]
+     owner, validation_dataset, output_model, model_kind,
+     pause_requested_us, pauses) = row[:_N_JOB_COLUMNS]
     return Job(
         job_id,
         model_name,
@@ -135,4 +138,6 @@ def row_to_job(row: Any) -> Job:
         validation_dataset,
         output_model,
         model_kind,
+        None if pause_requested_us is None else EPOCH + timedelta(microseconds=pause_requested_us),
+        pauses,
     )

@@ -65,6 +65,10 @@ jobs = Table(
     Column("validation_dataset", String(256)),
     Column("output_model", String(128)),
     Column("model_kind", String(16)),
+    # --- v7: pausing. When a pause of the running job was asked for (NULL: none pending),
+    # and how many runs of it have been paused (a Ray run's submission id counts them).
+    Column("pause_requested_us", BigInteger),
+    Column("pauses", Integer, nullable=False, server_default=text("0")),
 )
 
 # One index per supported single filter, each ending in the sort key, so that every page is

@@ -29,7 +29,7 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
     "X-Frame-Options": "DENY",
 }
-STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+STATUSES = ("queued", "running", "paused", "succeeded", "failed", "cancelled")
 
 
 def init_app(app: Flask) -> None:

@@ -90,6 +90,11 @@ class Execution(ABC):
         """Forget the run without stopping it (a dispatcher handing it over)."""
         return None
 
+    def checkpoint_and_stop(self) -> None:
+        """The job is to pause: ask the run to checkpoint and exit, without waiting.
+        The worker keeps watching it, and kills it if it takes too long."""
+        self.graceful_stop()
+
 
 class Executor(ABC):
     """Starts runs. One per worker process."""

@@ -47,15 +47,20 @@ _STATUS_EVERY_S = 0.5  # Ray status is polled at most this often per job
 _SWEEP_EVERY_S = 30.0  # orphaned Ray jobs are looked for this often
 _RESTOP_AFTER_S = 15.0  # a stop Ray has not confirmed by then is sent again
 _LIVE = ("PENDING", "RUNNING")
-_ENDED_IN_DB = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+# A paused job's run is over too: one left behind (its dispatcher was lost mid-pause, and the
+# reaper paused the job) is stopped; a resume starts a new run from the checkpoint.
+_ENDED_IN_DB = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.PAUSED)
 # Ray failures that another attempt cannot fix: the command or its environment is wrong.
 _CONFIG_FAILURES = ("RUNTIME_ENV_SETUP_FAILURE", "JOB_ENTRYPOINT_COMMAND_START_ERROR")
 
 
 def submission_id(job: Job, attempt: int | None = None) -> str:
-    """Deterministic: the same job incarnation and attempt always name the same Ray job."""
+    """Deterministic: the same job incarnation, attempt and pause count always name the same
+    Ray job. A pause takes its attempt back, so the run after a resume has the attempt
+    number of the paused one; the pause count tells the two apart."""
     n = job.attempts if attempt is None else attempt
-    return f"llmtrain-{job.id}-{job.revision.created_us:x}-a{n}"
+    paused = f"-p{job.pauses}" if job.pauses else ""
+    return f"llmtrain-{job.id}-{job.revision.created_us:x}-a{n}{paused}"
 
 
 # ---------------------------------------------------------------------- shared storage
@@ -278,6 +283,11 @@ class RayExecution(Execution):
 
     def release(self) -> None:
         self._released.set()
+
+    def checkpoint_and_stop(self) -> None:
+        """Ray's stop sends the trainer SIGTERM, on which it checkpoints and exits (and
+        SIGKILL only after Ray's own grace); the status then reads STOPPED."""
+        self.kill(0)
 
 
 # ---------------------------------------------------------------------- the executor

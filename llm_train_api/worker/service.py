@@ -27,7 +27,7 @@ from llm_train_api.artifacts.staging import sweep_stale_uploads
 from llm_train_api.config import Settings
 from llm_train_api.domain import IllegalTransition, Job, JobNotFound, JobStatus
 from llm_train_api.services.models import Place
-from llm_train_api.store.queue import JobQueue
+from llm_train_api.store.queue import HeldJobs, JobQueue
 from llm_train_api.training.datasets import DatasetError
 from llm_train_api.training.events import EXIT_OK, EXIT_PREEMPTED
 from llm_train_api.training.spec import RunSpec
@@ -84,8 +84,10 @@ class _Run:
     proc: Execution
     tracker: ProgressTracker
     deadline: float | None
-    stop_reason: str | None = None  # cancelled | lease_lost | deadline | shutdown
+    stop_reason: str | None = None  # cancelled | lease_lost | deadline | shutdown | pause
     last_flush: float = 0.0
+    # Pausing: when a run still going after its stop request is killed (monotonic).
+    stop_by: float | None = None
 
 
 def new_worker_id() -> str:
@@ -136,7 +138,7 @@ class Worker:
         if now >= self._next_heartbeat:
             owned = self._heartbeat()
         else:
-            owned = self.queue.running_jobs_of(self.id) if self.runs else set()
+            owned = self.queue.running_jobs_of(self.id) if self.runs else HeldJobs(())
         for job_id, run in list(self.runs.items()):
             if job_id not in owned and run.stop_reason is None:
                 # Cancelled, deleted or reaped: the job is not ours to run any more.
@@ -144,6 +146,14 @@ class Worker:
                 log.info("job %s: no longer leased to us (cancelled or deleted); stopping "
                          "%s", job_id, run.proc.ident())
                 run.proc.kill(self.config.cancel_grace_s)
+        for job_id in owned.pausing if isinstance(owned, HeldJobs) else ():
+            run = self.runs.get(job_id)
+            if run is not None and run.stop_reason is None:
+                # The trainer checkpoints and exits; `_finish` then ends the job paused.
+                run.stop_reason = "pause"
+                run.stop_by = time.monotonic() + self.config.shutdown_grace_s
+                log.info("job %s: pause requested; stopping %s", job_id, run.proc.ident())
+                run.proc.checkpoint_and_stop()
         for run in list(self.runs.values()):
             self._watch(run)
         while len(self.runs) < self.config.concurrency and not self.stopping.is_set():
@@ -151,7 +161,7 @@ class Worker:
             if job is None or not self._launch(job):
                 break  # nothing queued, or we handed one back: not again in this tick
 
-    def _heartbeat(self) -> set[str]:
+    def _heartbeat(self) -> HeldJobs:
         """Renew every lease this worker holds and tell each run its lease's new end; the
         ids still held. The end is counted from before the renewal was sent, so it is never
         later than the one the database keeps."""
@@ -245,6 +255,11 @@ class Worker:
                 and time.monotonic() > run.deadline:
             run.stop_reason = "deadline"
             run.proc.kill(self.config.cancel_grace_s)
+        if run.stop_by is not None and time.monotonic() > run.stop_by:
+            run.stop_by = None  # a checkpoint that takes this long is not coming
+            log.warning("job %s: still running %.0f s after its pause; killing it",
+                        run.job.id, self.config.shutdown_grace_s)
+            run.proc.kill(self.config.cancel_grace_s)
         rc = run.proc.poll()
         if rc is None:
             self._flush(run)
@@ -282,7 +297,18 @@ class Worker:
                 f"deadline exceeded: ran longer than max_runtime_seconds="
                 f"{job.max_runtime_seconds}"))
         elif reason == "shutdown":
-            self.queue.finish(job.id, self.id, JobStatus.QUEUED, refund_attempt=True)
+            # Checkpointed for our shutdown: a pause asked for meanwhile is honoured (the
+            # store checks that one is pending), else the job goes back to the queue.
+            if self.queue.finish_paused(job.id, self.id) is None:
+                self.queue.finish(job.id, self.id, JobStatus.QUEUED, refund_attempt=True)
+        elif reason == "pause" and rc != EXIT_OK and not (rc > 0 and rc != EXIT_PREEMPTED):
+            # Stopped as asked (a checkpoint, then EXIT_PREEMPTED; or killed): paused,
+            # without spending the attempt. A pause withdrawn meanwhile requeues the job,
+            # just as unspent; its next run continues from the same checkpoint.
+            step = (run.tracker.progress or {}).get("step")
+            note = None if step is None else f"paused at step {step}"
+            if self.queue.finish_paused(job.id, self.id, note) is None:
+                self.queue.finish(job.id, self.id, JobStatus.QUEUED, refund_attempt=True)
         elif run.proc.stopped_outside:
             # Stopped behind our back (Ray's dashboard, `ray job stop`): what a cancel does.
             try:

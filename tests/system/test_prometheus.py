@@ -119,7 +119,7 @@ def test_status_classes_and_unmatched_urls_are_labelled(server):
 def test_jobs_by_status_match_the_database(server):
     http = requests.Session()
     for i, target in enumerate(["queued", "queued", "running", "running", "succeeded",
-                                "failed", "cancelled", "queued"]):
+                                "failed", "cancelled", "queued", "paused"]):
         job_id = f"m{i}"
         resp = http.post(server.url + "/jobs", json={"job_id": job_id, "model_name": "m",
                                                      "dataset": "d"}, timeout=10)
@@ -135,9 +135,10 @@ def test_jobs_by_status_match_the_database(server):
         in_db = dict(conn.execute(select(tables.jobs.c.status, func.count())
                                   .group_by(tables.jobs.c.status)).all())
     engine.dispose()
-    assert in_db == {"queued": 3, "running": 2, "succeeded": 1, "failed": 1, "cancelled": 1}
+    assert in_db == {"queued": 3, "running": 2, "succeeded": 1, "failed": 1, "cancelled": 1,
+                     "paused": 1}
     families = scrape(server)
-    for status in ("queued", "running", "succeeded", "failed", "cancelled"):
+    for status in ("queued", "running", "succeeded", "failed", "cancelled", "paused"):
         assert value(families["llm_train_api_jobs"], "llm_train_api_jobs",
                      status=status) == in_db.get(status, 0)
     assert value(families["llm_train_api_queue_depth"], "llm_train_api_queue_depth") == 3

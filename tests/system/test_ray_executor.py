@@ -113,6 +113,40 @@ def test_cancel_stops_the_ray_job(ray_service):
     assert get(ray_service, "rlong")["status"] == "cancelled"
 
 
+def test_pause_stops_the_ray_job_and_resume_continues_from_its_checkpoint(ray_service):
+    import json
+
+    ray_service.start_dispatcher()
+    steps = 3000
+    submit(ray_service, "rpause", max_steps=steps, checkpoint_interval=100_000)
+    first = wait_step(ray_service, "rpause", 5)["progress"]["ray_submission_id"]
+    resp = ray_service.http.post(f"{ray_service.url}/jobs/rpause/pause", timeout=10)
+    assert resp.status_code == 202, resp.text
+    paused = wait_status(ray_service, "rpause", {"paused", "succeeded", "failed", "cancelled"},
+                         timeout=60)
+    assert paused["status"] == "paused" and paused["attempts"] == 0, paused
+    assert ray_status(ray_service, first) == "STOPPED"  # the Ray capacity is free
+    at = paused["progress"]["step"]
+    assert at < steps
+
+    resp = ray_service.http.post(f"{ray_service.url}/jobs/rpause/resume", timeout=10)
+    assert resp.status_code == 200 and resp.json()["status"] == "queued"
+    done = wait_status(ray_service, "rpause", {"succeeded", "failed", "cancelled"}, timeout=240)
+    assert done["status"] == "succeeded", done["error_message"]
+    second = done["progress"]["ray_submission_id"]
+    # The resumed run has the paused one's attempt number; the pause count names it apart.
+    assert done["attempts"] == 1 and second == first + "-p1"
+    assert sorted(i.submission_id for i in ray_jobs_of(ray_service, "rpause")) == [first,
+                                                                                   second]
+    text = ray_service.http.get(f"{ray_service.url}/jobs/rpause/logs", timeout=10).text
+    starts = [json.loads(line.split(" ", 1)[1]) for line in text.splitlines()
+              if line.startswith('@@llm_train_api {"event":"start"')]
+    assert [s["resumed_from_step"] for s in starts] == [None, at]  # the pause's checkpoint
+    curve = ray_service.http.get(f"{ray_service.url}/jobs/rpause/metrics?limit=10000",
+                                 timeout=10).json()
+    assert [p["step"] for p in curve] == list(range(1, steps + 1))
+
+
 def _assert_one_run(server, job_id: str) -> dict:
     done = wait_status(server, job_id, {"succeeded", "failed", "cancelled"}, timeout=240)
     assert done["status"] == "succeeded", done["error_message"]

@@ -232,6 +232,43 @@ def test_cancel_from_the_job_page_while_the_curve_grows(service, ui):
     wait(ui, lambda d: row_status(d, "ui-long") == "cancelled", what="the cancelled filter")
 
 
+@sqlite_only
+def test_pause_and_resume_from_the_job_page(service, ui):
+    service.start_worker()
+    submit(service, "ui-pause", max_steps=100_000, checkpoint_interval=100_000)
+    open_page(ui, service, "/ui/jobs/ui-pause")
+
+    def badge(d):
+        return d.find_element(By.CSS_SELECTOR, "#job-status .badge").text
+
+    wait(ui, lambda d: badge(d) == "running" and d.find_element(
+        By.ID, "pause-button").is_displayed(), what="the job to run, with a Pause button")
+    assert not ui.find_element(By.ID, "resume-button").is_displayed()
+    wait(ui, lambda d: vertices(d, "series-train") >= 3, what="the first points")
+    ui.find_element(By.ID, "pause-button").click()
+    wait(ui, lambda d: badge(d) == "paused", timeout=30, what="the page to show paused")
+    job = service.http.get(f"{service.url}/jobs/ui-pause", timeout=10).json()
+    assert job["status"] == "paused" and job["attempts"] == 0
+    wait(ui, lambda d: d.find_element(By.ID, "resume-button").is_displayed()
+         and not d.find_element(By.ID, "pause-button").is_displayed(),
+         what="Resume in place of Pause")
+    assert ui.find_element(By.ID, "cancel-button").is_displayed()  # still cancellable
+    wait(ui, lambda d: "paused" in [li.get_attribute("data-kind") for li in d.find_elements(
+        By.CSS_SELECTOR, "#events li")], what="the paused event")
+    paused_at = job["progress"]["step"]
+
+    ui.find_element(By.ID, "resume-button").click()
+    wait(ui, lambda d: badge(d) == "running", timeout=30, what="the job to run again")
+    wait(ui, lambda d: (service.http.get(f"{service.url}/jobs/ui-pause", timeout=10).json()
+                        ["progress"] or {}).get("step", 0) > paused_at + 2,
+         what="the resumed run to go on")
+    starts = [e for e in service.http.get(f"{service.url}/jobs/ui-pause/events",
+                                          timeout=10).json() if e["kind"] == "claimed"]
+    assert [e["attempt"] for e in starts] == [1, 1]  # the pause spent no attempt
+    assert service.http.post(f"{service.url}/jobs/ui-pause/cancel", timeout=10).status_code \
+        == 200
+
+
 def plan_figure(driver, key: str) -> int:
     text = driver.find_element(By.CSS_SELECTOR, f'#nj-plan-body tr[data-key="{key}"] td').text
     return int(text.replace(",", ""))

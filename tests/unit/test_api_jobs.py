@@ -271,9 +271,10 @@ def test_same_status_again_is_idempotent_and_changes_nothing(client):
 def test_illegal_transition_is_409_naming_current_and_allowed(client):
     create(client)
     err = assert_error(client.patch("/jobs/job-001/status", json={"status": "succeeded"}), 409)
-    assert "'queued'" in err["message"] and "cancelled, failed, running" in err["message"]
+    assert ("'queued'" in err["message"]
+            and "cancelled, failed, paused, running" in err["message"])
     assert err["current_status"] == "queued"
-    assert err["allowed_targets"] == ["cancelled", "failed", "running"]
+    assert err["allowed_targets"] == ["cancelled", "failed", "paused", "running"]
     assert client.get("/jobs/job-001").get_json()["status"] == "queued"
 
 
@@ -310,7 +311,7 @@ def test_cancel_keeps_reason(client):
 
 @pytest.mark.parametrize(
     "body,field",
-    [({"status": "paused"}, "status"), ({}, "status"), ({"status": None}, "status"),
+    [({"status": "sleeping"}, "status"), ({}, "status"), ({"status": None}, "status"),
      ({"status": "failed", "error_message": 5}, "error_message"),
      ({"status": "failed", "extra": 1}, "extra"),
      ({"status": "failed", "error_message": "x" * 8193}, "error_message")],
@@ -458,7 +459,7 @@ def test_list_filters(client):
 @pytest.mark.parametrize(
     "qs,where",
     [("limit=0", "limit"), ("limit=1001", "limit"), ("limit=abc", "limit"),
-     ("status=paused", "status"), ("created_after=yesterday", "created_after"),
+     ("status=sleeping", "status"), ("created_after=yesterday", "created_after"),
      ("bogus=1", "bogus"), ("model_name=", "model_name"), ("dataset=%00", "dataset")],
 )
 def test_bad_list_queries_are_422(client, qs, where):

@@ -15,6 +15,8 @@ ROUTES = {
     ("/jobs/{job_id}/events", "get"): {"200", "400", "404", "422"},
     ("/jobs/{job_id}/metrics", "get"): {"200", "404", "422"},
     ("/jobs/{job_id}/cancel", "post"): {"200", "404"},
+    ("/jobs/{job_id}/pause", "post"): {"200", "202", "404", "409"},
+    ("/jobs/{job_id}/resume", "post"): {"200", "404", "409"},
     ("/jobs/{job_id}/logs", "get"): {"200", "404", "422"},
     ("/jobs/{job_id}/artifacts", "get"): {"200", "404"},
     ("/jobs/{job_id}/artifacts/{name}", "get"): {"200", "404"},
@@ -76,7 +78,9 @@ def test_schemas_describe_the_seed_payloads(spec):
     for field in ["id", "model_name", "dataset", "hyperparameters", "status", "created_at",
                   "updated_at", "error_message"]:
         assert field in job
-    assert set(job["status"]["enum"]) == {"queued", "running", "succeeded", "failed", "cancelled"}
+    assert set(job["status"]["enum"]) == {"queued", "running", "succeeded", "failed", "cancelled",
+                                          "paused"}
+    assert "pause_requested_at" in job
     create = schemas["JobCreate"]
     assert set(create["required"]) == {"model_name", "dataset"}
     assert create["properties"]["job_id"]["pattern"].startswith("^[A-Za-z0-9]")

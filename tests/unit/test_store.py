@@ -41,7 +41,7 @@ def walk(jobs: JobRepository, limit: int, **filters) -> list[str]:
 
 def bring_to(jobs: JobRepository, job_id: str, status: JobStatus) -> None:
     path = {S.QUEUED: [], S.RUNNING: [S.RUNNING], S.SUCCEEDED: [S.RUNNING, S.SUCCEEDED],
-            S.FAILED: [S.FAILED], S.CANCELLED: [S.CANCELLED]}[status]
+            S.FAILED: [S.FAILED], S.CANCELLED: [S.CANCELLED], S.PAUSED: [S.PAUSED]}[status]
     for step in path:
         jobs.transition(job_id, step)
 

@@ -8,7 +8,7 @@
 const UI = (() => {
   const TOKEN_KEY = "llm_train_api.token";
   const root = document.body.dataset.root || "";
-  const STATUSES = ["queued", "running", "succeeded", "failed", "cancelled"];
+  const STATUSES = ["queued", "running", "paused", "succeeded", "failed", "cancelled"];
   const FINAL = new Set(["succeeded", "failed", "cancelled"]);
 
   class ApiError extends Error {

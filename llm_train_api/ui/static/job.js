@@ -1,5 +1,6 @@
 // One job, live: its fields and progress, the loss curve (GET /metrics?after_step= fetches
-// only new points), the events timeline, a log tail, checkpoints to download, and cancel.
+// only new points), the events timeline, a log tail, checkpoints to download, pause, resume
+// and cancel.
 // Polls every 2 s until the job reaches a final status, then refreshes everything once more
 // and stops.
 "use strict";
@@ -73,6 +74,13 @@
     const final = UI.FINAL.has(job.status);
     $("cancel-button").hidden = final || !$("cancel-confirm").hidden;
     if (final) $("cancel-confirm").hidden = true;
+    // Pause while queued or running (not once a pause is pending); resume while paused, or
+    // to withdraw a pending pause. The server decides: these only offer what it allows.
+    const pausing = Boolean(job.pause_requested_at);
+    $("pause-button").hidden = !["queued", "running"].includes(job.status) || pausing;
+    $("resume-button").hidden = !(job.status === "paused" || pausing);
+    if (pausing) parts.push("pausing…");
+    $("job-progress-text").textContent = parts.join(" · ");
     document.title = "Job " + job.id + " (" + job.status + ") · llm_train_api";
   }
 
@@ -189,6 +197,8 @@
       if (err instanceof UI.ApiError && err.status === 404) {
         UI.showBanner("Job " + id + " does not exist (or was deleted).", "error", "missing");
         $("cancel-button").hidden = true;
+        $("pause-button").hidden = true;
+        $("resume-button").hidden = true;
         return false;
       }
       throw err;
@@ -213,6 +223,29 @@
     $("cancel-confirm").hidden = true;
     $("cancel-button").hidden = !job || UI.FINAL.has(job.status);
   });
+  // POST /jobs/{id}/pause or /resume, then show the job as the answer has it.
+  async function pauseOrResume(verb, button) {
+    button.disabled = true;
+    try {
+      job = await UI.json(base + "/" + verb, { method: "POST" });
+      renderJob();
+      const state = job.pause_requested_at ? "pausing (its run checkpoints, then stops)"
+        : job.status;
+      UI.showBanner("Job " + id + " is " + state + ".", "info", "pause");
+    } catch (err) {
+      if (err instanceof UI.ApiError && err.status !== 401) {
+        UI.showBanner((verb === "pause" ? "Pause" : "Resume") + " failed: " + err.message,
+          "error");
+      }
+    } finally {
+      button.disabled = false;
+      now();
+    }
+  }
+  $("pause-button").addEventListener("click", () => pauseOrResume("pause", $("pause-button")));
+  $("resume-button").addEventListener("click",
+    () => pauseOrResume("resume", $("resume-button")));
+
   $("cancel-yes").addEventListener("click", async () => {
     $("cancel-yes").disabled = true;
     try {

@@ -1,0 +1,144 @@
+"""Pause and resume for real: a real gunicorn, a real worker and real trainers (gpt-nano,
+and the tiny random Llama fine-tuned with LoRA). A job paused mid-run leaves no trainer
+behind, its worker runs another job meanwhile, and once resumed it finishes with the very
+losses, step by step, of the same job run without a pause."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.helpers.live import alive, events, get, submit, wait_for, wait_progress, wait_status
+from tests.helpers.tiny_hf import chat_records
+
+# Float tolerance only: the resumed run computes the same steps on the same batches.
+LOSS = {"rel": 1e-6, "abs": 1e-7}
+
+
+def _curve(service, job_id: str) -> list[dict]:
+    return service.http.get(f"{service.url}/jobs/{job_id}/metrics", timeout=10).json()
+
+
+def _post(service, path: str, expected: int) -> dict:
+    resp = service.http.post(f"{service.url}{path}", timeout=10)
+    assert resp.status_code == expected, resp.text
+    return resp.json()
+
+
+def _starts(service, job_id: str) -> list[dict]:
+    log = next((service.data_dir / "jobs").glob(f"{job_id}-*")).joinpath("train.log")
+    return [json.loads(line.split(" ", 1)[1]) for line in log.read_text().splitlines()
+            if line.startswith('@@llm_train_api {"event":"start"')]
+
+
+def _pause_mid_run(service, job_id: str, *, at_step: int) -> dict:
+    """Pause the running job once it has passed `at_step`; wait until it is paused, its
+    trainer gone. Returns the paused job."""
+    running = wait_progress(service, job_id, "step", at_step)
+    trainer = running["progress"]["pid"]
+    requested = _post(service, f"/jobs/{job_id}/pause", 202)
+    assert requested["status"] == "running" and requested["pause_requested_at"]
+    paused = wait_status(service, job_id, {"paused", "succeeded", "failed"}, timeout=60)
+    assert paused["status"] == "paused", paused
+    wait_for(lambda: not alive(trainer), 10, "the paused job's trainer to exit")
+    assert paused["attempts"] == 0 and paused["worker"] is None
+    assert paused["pause_requested_at"] is None and paused["finished_at"] is None
+    return paused
+
+
+def _assert_same_curve(paused_curve: list[dict], straight_curve: list[dict],
+                       steps: list[int]) -> None:
+    assert [p["step"] for p in paused_curve] == steps  # no step twice, none missing
+    assert [p["step"] for p in straight_curve] == steps
+    for resumed, straight in zip(paused_curve, straight_curve, strict=True):
+        assert resumed["train_loss"] == pytest.approx(straight["train_loss"], **LOSS), \
+            (resumed, straight)
+
+
+def _assert_timeline(service, job_id: str, paused_at: int) -> None:
+    timeline = events(service, job_id)
+    assert [(e["kind"], e["to_status"]) for e in timeline] == [
+        ("created", "queued"), ("claimed", "running"), ("pause_requested", "running"),
+        ("paused", "paused"), ("resumed", "queued"), ("claimed", "running"),
+        ("status", "succeeded")]
+    assert timeline[2]["actor"].startswith("admin:") and timeline[4]["actor"] \
+        == timeline[2]["actor"]
+    assert timeline[3]["message"] == f"paused at step {paused_at}"
+    assert timeline[5]["attempt"] == 1  # the pause did not spend an attempt
+
+
+def test_a_paused_gpt_nano_job_frees_its_worker_and_resumes_to_the_same_losses(service):
+    service.start_worker()
+    steps = 1500
+    # No periodic checkpoint: the one the resume starts from is the one the pause wrote.
+    hp = {"max_steps": steps, "checkpoint_interval": 100_000, "seed": 7}
+    submit(service, "paused", **hp)
+    paused = _pause_mid_run(service, "paused", at_step=10)
+    at = paused["progress"]["step"]
+    assert 10 <= at < steps
+    assert service.http.get(f"{service.url}/jobs?status=paused", timeout=10).json()[0]["id"] \
+        == "paused"
+
+    # The worker's slot is free: it runs another job (the same one, uninterrupted) to the
+    # end while the first stays paused.
+    submit(service, "straight", **hp)
+    done = wait_status(service, "straight", {"succeeded", "failed"}, timeout=120)
+    assert done["status"] == "succeeded", done["error_message"]
+    assert get(service, "paused")["status"] == "paused"
+
+    resumed = _post(service, "/jobs/paused/resume", 200)
+    assert resumed["status"] == "queued"
+    done = wait_status(service, "paused", {"succeeded", "failed"}, timeout=120)
+    assert done["status"] == "succeeded", done["error_message"]
+    assert done["attempts"] == 1 and done["progress"]["step"] == steps
+    starts = _starts(service, "paused")
+    assert [s["resumed_from_step"] for s in starts] == [None, at]
+    _assert_same_curve(_curve(service, "paused"), _curve(service, "straight"),
+                       list(range(1, steps + 1)))
+    _assert_timeline(service, "paused", at)
+
+
+HF_HP = {"max_steps": 60, "batch_size": 4, "learning_rate": 0.01, "warmup_steps": 2,
+         "log_interval": 1, "eval_interval": 0, "checkpoint_interval": 100_000,
+         "lora": {"r": 8, "alpha": 16, "dropout": 0.0}}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("service", ["sqlite"], indirect=True)
+def test_a_paused_lora_job_on_the_tiny_llama_resumes_to_the_same_losses(service,
+                                                                         tiny_hf_model):
+    from tests.helpers.hf_models import tar_archive
+
+    files = {p.name: p.read_bytes() for p in tiny_hf_model.iterdir() if p.is_file()}
+    resp = service.http.put(f"{service.url}/models/tiny", data=tar_archive(files),
+                            headers={"Content-Type": "application/x-tar"}, timeout=30)
+    assert resp.status_code == 201, resp.text
+    chat = "".join(json.dumps(r) + "\n" for r in chat_records(32)).encode()
+    resp = service.http.put(f"{service.url}/datasets/chat.jsonl", data=chat,
+                            headers={"Content-Type": "application/jsonl"}, timeout=30)
+    assert resp.status_code == 201, resp.text
+    service.start_worker()
+
+    def create(job_id: str) -> None:
+        body = {"job_id": job_id, "model_name": "tiny", "dataset": "chat",
+                "hyperparameters": HF_HP, "output_model": f"{job_id}-out"}
+        resp = service.http.post(f"{service.url}/jobs", json=body, timeout=180)
+        assert resp.status_code == 201, resp.text
+
+    create("ft-paused")
+    paused = _pause_mid_run(service, "ft-paused", at_step=6)
+    at = paused["progress"]["step"]
+    create("ft-straight")
+    done = wait_status(service, "ft-straight", {"succeeded", "failed"}, timeout=180)
+    assert done["status"] == "succeeded", done["error_message"]
+    assert get(service, "ft-paused")["status"] == "paused"
+
+    _post(service, "/jobs/ft-paused/resume", 200)
+    done = wait_status(service, "ft-paused", {"succeeded", "failed"}, timeout=180)
+    assert done["status"] == "succeeded", done["error_message"]
+    assert done["attempts"] == 1 and done["fine_tuned_model"] == "ft-paused-out"
+    assert [s["resumed_from_step"] for s in _starts(service, "ft-paused")] == [None, at]
+    _assert_same_curve(_curve(service, "ft-paused"), _curve(service, "ft-straight"),
+                       list(range(1, HF_HP["max_steps"] + 1)))
+    _assert_timeline(service, "ft-paused", at)
