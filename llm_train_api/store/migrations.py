@@ -63,12 +63,21 @@ def _v5_fine_tuning(conn: Connection) -> None:
         conn.execute(text(f"ALTER TABLE jobs ADD COLUMN {column}"))
 
 
+def _v8_webhooks(conn: Connection) -> None:
+    """Webhook endpoints, the event types each wants, and the outbox of deliveries."""
+    tables.metadata.create_all(
+        conn, tables=[tables.webhooks, tables.webhook_events, tables.webhook_deliveries],
+        checkfirst=True)
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1_initial),
     (2, _v2_workers),
     (3, _v3_auth),
     (4, _v4_fair_claims),
     (5, _v5_fine_tuning),
+    # 6 and 7 are other branches' (pause/resume, checkpoints).
+    (8, _v8_webhooks),
 ]
 LATEST_VERSION = MIGRATIONS[-1][0]
 
