@@ -26,6 +26,7 @@ from llm_train_api.artifacts.model_roots import parse_roots
 from llm_train_api.config import Settings
 from llm_train_api.domain import IllegalTransition, Job, JobNotFound, JobStatus
 from llm_train_api.services.models import Place
+from llm_train_api.services.webhooks.sender import WebhookSender
 from llm_train_api.store.queue import JobQueue
 from llm_train_api.training.datasets import DatasetError
 from llm_train_api.training.events import EXIT_OK, EXIT_PREEMPTED
@@ -93,8 +94,10 @@ def new_worker_id() -> str:
 
 class Worker:
     def __init__(self, queue: JobQueue, config: WorkerConfig, worker_id: str | None = None,
-                 executor: Executor | None = None):
+                 executor: Executor | None = None, webhook_sender: WebhookSender | None = None):
         self.queue = queue
+        # Delivers webhooks on a thread of its own, beside the loop, until the worker stops.
+        self.webhook_sender = webhook_sender
         self.config = config
         self.id = worker_id or new_worker_id()
         self.executor = executor or LocalExecutor(gpus=config.gpus,
@@ -113,11 +116,17 @@ class Worker:
         log.info("worker %s: %s executor, %d slot(s), data in %s", self.id,
                  self.executor.name, self.config.concurrency, self.config.data_dir)
         self._start_listener()
-        while not self.stopping.is_set():
-            self.tick()
-            self.wake.wait(self.config.poll_s)
-            self.wake.clear()
-        self._shutdown()
+        if self.webhook_sender is not None:
+            self.webhook_sender.start()
+        try:
+            while not self.stopping.is_set():
+                self.tick()
+                self.wake.wait(self.config.poll_s)
+                self.wake.clear()
+            self._shutdown()
+        finally:
+            if self.webhook_sender is not None:
+                self.webhook_sender.stop()
 
     def tick(self) -> None:
         now = time.monotonic()
