@@ -19,15 +19,15 @@ def webhooks() -> None:
 
 
 @client_command(webhooks, "create")
-@click.argument("url")
+@click.argument("endpoint", metavar="ENDPOINT_URL")
 @click.option("--event", "events", multiple=True, metavar="TYPE",
               help="An event type to receive (repeat it); default every native one: "
                    + ", ".join(NATIVE_EVENTS) + ". OpenAI-named ones: fine_tuning.job.*.")
 @click.option("--description", help="A note for yourself.")
-def create(api: Client, url: str, events: tuple[str, ...], description: str | None,
+def create(api: Client, endpoint: str, events: tuple[str, ...], description: str | None,
            as_json: bool) -> None:
-    """Register URL; prints the signing secret, which is shown this once."""
-    hook = api.create_webhook(url, events or None, description=description)
+    """Register ENDPOINT_URL; prints the signing secret, which is shown this once."""
+    hook = api.create_webhook(endpoint, events or None, description=description)
     if as_json:
         print_json(hook)
         return

@@ -141,7 +141,7 @@ class WebhookRepository:
                events: Sequence[str], description: str | None, secret: str) -> Webhook:
         webhook_id = WEBHOOK_ID_PREFIX + secrets.token_hex(12)
         ts = now_us()
-        wanted = tuple(dict.fromkeys(events))
+        wanted = tuple(sorted(set(events)))  # the order every read returns them in
 
         def work(conn: Connection) -> None:
             conn.execute(webhooks.insert().values(
