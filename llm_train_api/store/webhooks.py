@@ -119,6 +119,8 @@ _CLAIM = {pg: _claim_statement(skip_locked=pg) for pg in (False, True)}
 _ANY_DUE = (select(webhook_deliveries.c.seq)
             .where(webhook_deliveries.c.state == PENDING,
                    webhook_deliveries.c.next_attempt_us <= bindparam("now")).limit(1))
+_NEXT_DUE = select(func.min(webhook_deliveries.c.next_attempt_us)).where(
+    webhook_deliveries.c.state == PENDING)
 _RECORD = (update(webhook_deliveries)
            .where(webhook_deliveries.c.seq == bindparam("delivery_seq"),
                   webhook_deliveries.c.claim == bindparam("claimer"),
@@ -229,6 +231,11 @@ class WebhookRepository:
         """Whether a delivery is due: a read, so idle senders never take the write lock."""
         with self.database.reading() as conn:
             return conn.execute(_ANY_DUE, {"now": now or now_us()}).first() is not None
+
+    def next_due_us(self) -> int | None:
+        """When the earliest pending delivery falls due (None: nothing is pending)."""
+        with self.database.reading() as conn:
+            return conn.execute(_NEXT_DUE).scalar()
 
     def claim_due(self, claimer: str, claim_s: float, limit: int) -> list[Claimed]:
         """Take up to `limit` due deliveries for `claim_s` seconds."""

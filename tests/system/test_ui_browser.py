@@ -511,7 +511,7 @@ def test_html_pages_are_public_shells_with_strict_security_headers(app):
     client = admin_client(app)
     anonymous = app.test_client()
     for path in ("/ui", "/ui/", "/ui/datasets", "/ui/models", "/ui/new-job",
-                 "/ui/jobs/anything"):
+                 "/ui/jobs/anything", "/ui/webhooks"):
         resp = anonymous.get(path)
         assert resp.status_code == 200 and resp.mimetype == "text/html", path
         assert resp.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
@@ -531,7 +531,7 @@ def test_html_pages_are_public_shells_with_strict_security_headers(app):
     html = anonymous.get("/ui/jobs/%3Cimg%20src%3Dx%3E").get_data(as_text=True)
     assert "<img" not in html and "&lt;img src=x&gt;" in html
     for name in ("common.js", "jobs.js", "job.js", "chart.js", "datasets.js", "models.js",
-                 "newjob.js", "ui.css"):
+                 "newjob.js", "webhooks.js", "ui.css"):
         assert anonymous.get(f"/ui/static/{name}").status_code == 200, name
         code = (REPO_ROOT / "llm_train_api/ui/static" / name).read_text()
         assert not re.search(r"\.(inner|outer)HTML\s*=|insertAdjacentHTML|document\.write",

@@ -144,3 +144,13 @@ def test_the_client_and_the_cli(server, api):
         api.get_webhook(hook.id)
     gone = run(main, ["webhooks", "delete", hook.id, *base])
     assert gone.exit_code == 1 and "404" in gone.stderr
+
+
+def test_the_dashboard_has_a_webhooks_page(app):
+    client = admin_client(app)
+    page = client.get("/ui/webhooks")
+    assert page.status_code == 200 and b"webhooks.js" in page.data
+    assert b'href="/ui/webhooks"' in client.get("/ui/models").data
+    script = client.get("/ui/static/webhooks.js")
+    assert script.status_code == 200
+    assert b'"/webhooks/" + encodeURIComponent(shown) + "/deliveries' in script.data

@@ -61,8 +61,9 @@ class SenderConfig:
 
     @property
     def claim_s(self) -> float:
-        """How long a claim lasts: room for the DNS lookup, the connect and the answer."""
-        return self.timeout_s * 3 + 5
+        """How long a claim lasts: room for the connect and the answer (each bounded by
+        the timeout) and the DNS lookup."""
+        return self.timeout_s * 2 + 2
 
 
 def retry_delay(attempts: int, base_s: float) -> float:
@@ -166,9 +167,19 @@ class WebhookSender:
                 log.warning("webhook sender: a round failed", exc_info=True)
                 sent = 0
             if not sent:
-                self.stopping.wait(self.config.poll_s)
+                self.stopping.wait(self._idle_wait())
         self._pool.shutdown(wait=True)
         log.info("webhook sender %s: stopped", self.id)
+
+    def _idle_wait(self) -> float:
+        """Until the next retry falls due, or `poll_s` at most (new events may come)."""
+        try:
+            due = self.repository.next_due_us()
+        except Exception:  # noqa: BLE001 - the next round reports it
+            return self.config.poll_s
+        if due is None:
+            return self.config.poll_s
+        return min(max((due - now_us()) / 1e6, 0.0), self.config.poll_s)
 
     def run_once(self) -> int:
         """Send what is due now (up to `concurrency` deliveries); how many were taken."""
