@@ -51,8 +51,12 @@ def hooked(request, tmp_path, gunicorn_factory):
         db = f"sqlite:///{tmp_path / 'jobs.sqlite3'}"
     else:
         db = request.getfixturevalue("pg_url")
+    # TMPDIR: a worker's lease folder (and anything else temporary) stays in tmp_path,
+    # however the worker is stopped.
+    (tmp_path / "tmp").mkdir()
     env = {"LLM_TRAIN_API_DATABASE_URL": db, "LLM_TRAIN_API_EXECUTOR": "local",
-           "LLM_TRAIN_API_INSTANCE_PATH": str(tmp_path / "instance"), **FAST, **QUICK}
+           "LLM_TRAIN_API_INSTANCE_PATH": str(tmp_path / "instance"),
+           "TMPDIR": str(tmp_path / "tmp"), **FAST, **QUICK}
     server = gunicorn_factory(workers=2, env=env)
     started: list = []
 
