@@ -4,6 +4,7 @@ with growing delays, given up after the max age, never to a refused address."""
 
 from __future__ import annotations
 
+import threading
 import time
 
 import pytest
@@ -17,6 +18,7 @@ from llm_train_api.store.outbox import EVENT_STATUSES, event_type
 from llm_train_api.store.tables import webhook_deliveries
 from llm_train_api.store.webhooks import WebhookRepository
 from tests.helpers.webhook_receiver import Receiver
+from tests.helpers.worker import FakeExecutor, build_worker
 
 
 @pytest.fixture
@@ -209,3 +211,24 @@ def test_deleting_an_endpoint_drops_its_deliveries(database, jobs, hooks):
     hooks.delete(hook.id, owner="alice")
     with database.reading() as conn:
         assert conn.execute(select(func.count()).select_from(webhook_deliveries)).scalar() == 0
+
+
+def test_a_worker_runs_a_sender_thread_and_stops_it_on_shutdown(database, jobs, queue, hooks,
+                                                                 tmp_path):
+    with Receiver() as receiver:
+        _hook(hooks, url=receiver.url + "/h")
+        worker = build_worker(queue, tmp_path / "data", FakeExecutor())
+        worker.webhook_sender = sender = _sender(hooks, poll_s=0.05)
+        loop = threading.Thread(target=worker.run)
+        loop.start()
+        try:
+            jobs.create_job(NewJob("a", "m", "d", owner="alice"))
+            jobs.transition("a", JobStatus.CANCELLED)
+            (got,) = receiver.wait(1)
+            assert got.headers["webhook-id"] == "msg_1"
+            assert sender._thread is not None and sender._thread.is_alive()
+        finally:
+            worker.stopping.set()
+            worker.wake.set()
+            loop.join(timeout=30)
+        assert not loop.is_alive() and not sender._thread.is_alive()
