@@ -14,7 +14,7 @@ import pytest
 from standardwebhooks import Webhook as Verifier
 
 from tests.helpers.live import submit, wait_for, wait_status
-from tests.helpers.servers import FAST, REPO_ROOT
+from tests.helpers.servers import FAST, REPO_ROOT, WorkerProcess
 from tests.helpers.webhook_receiver import Receiver
 
 QUICK = {"LLM_TRAIN_API_WEBHOOK_ALLOW_PRIVATE": "true",
@@ -60,9 +60,7 @@ def hooked(request, tmp_path, gunicorn_factory):
     server = gunicorn_factory(workers=2, env=env)
     started: list = []
 
-    def start_worker(**extra: str):
-        from tests.helpers.servers import WorkerProcess
-
+    def start_worker(**extra: str) -> WorkerProcess:
         w = WorkerProcess({**env, **extra}, tmp_path / f"worker-{len(started)}.log")
         started.append(w)
         return w
