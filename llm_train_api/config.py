@@ -149,6 +149,9 @@ class Settings:
     # How long a dry run of a fine-tuning job may take to plan the run (tokenising the
     # dataset with the model's tokenizer, in a subprocess); past it, a 503.
     PLAN_TIMEOUT_S: float = 120.0
+    # How many of those planners one API process runs at once; a dry run beyond it is a
+    # 503 with Retry-After.
+    PLANS_PER_PROCESS: int = 2
 
     # Workers (`llm-train-api worker`).
     # Lease length, how often it is renewed, how often queues/cancels are polled.
@@ -270,9 +273,10 @@ class Settings:
         if self.MAX_STORAGE_GB_PER_USER < 0 or self.JOB_DIR_SWEEP_S < 0:
             raise ConfigError(f"{PREFIX}MAX_STORAGE_GB_PER_USER and {PREFIX}JOB_DIR_SWEEP_S "
                               "must be 0 (off) or positive")
-        if self.MAX_MODEL_UPLOAD_GB <= 0 or self.PLAN_TIMEOUT_S <= 0:
-            raise ConfigError(f"{PREFIX}MAX_MODEL_UPLOAD_GB and {PREFIX}PLAN_TIMEOUT_S must "
-                              "be positive")
+        if (self.MAX_MODEL_UPLOAD_GB <= 0 or self.PLAN_TIMEOUT_S <= 0
+                or self.PLANS_PER_PROCESS <= 0):
+            raise ConfigError(f"{PREFIX}MAX_MODEL_UPLOAD_GB, {PREFIX}PLAN_TIMEOUT_S and "
+                              f"{PREFIX}PLANS_PER_PROCESS must be positive")
         for root in self.MODEL_ROOTS.split(os.pathsep):
             if root.strip() and (_URL_SCHEME.match(root) or not os.path.isabs(root)):
                 raise ConfigError(f"{PREFIX}MODEL_ROOTS must be absolute folder paths "

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llm_train_api.config import Settings, default_instance_path
+from llm_train_api.services.finetune_plan import PlanSlots
 from llm_train_api.store.database import Database, sqlite_url_for
 from llm_train_api.store.jobs import JobRepository
 from llm_train_api.store.queue import JobQueue
@@ -37,6 +38,8 @@ class Runtime:
     tokens: TokenRepository
     # What /metrics reads at scrape time.
     stats: JobStats
+    # The dry-run planners this process may run at once.
+    planners: PlanSlots
     # Webhook endpoints and the outbox their senders work through.
     webhooks: WebhookRepository
 
@@ -56,6 +59,7 @@ class Runtime:
         return cls(settings=settings, instance_path=instance, data_dir=data_dir,
                    database=database, jobs=jobs, queue=queue,
                    tokens=TokenRepository(database), stats=JobStats(database),
+                   planners=PlanSlots(settings.PLANS_PER_PROCESS),
                    webhooks=WebhookRepository(database))
 
     def close(self) -> None:

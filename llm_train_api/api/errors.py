@@ -228,8 +228,9 @@ def register(app: flask.Flask) -> None:
     def _client_error(error: Exception):  # noqa: ANN202 - Flask handler
         response, status = _json_error(status_of(error), str(error),
                                        errors=_errors_of(error), extra=_extra_fields(error))
-        if isinstance(error, TooManyStreams):
-            response.headers["Retry-After"] = str(error.retry_after)
+        retry_after = getattr(error, "retry_after", None)
+        if retry_after is not None:  # a limit that frees itself: too many streams, planners
+            response.headers["Retry-After"] = str(retry_after)
         return response, status
 
     @app.errorhandler(ClientDisconnected)

@@ -173,8 +173,9 @@ class Jobs(MethodView):
                "`validation_dataset` or `output_model`. A dry run also: data the "
                "fine-tuning trainer refuses (`dataset`).")
     @blp.error(503, "A dry run of a fine-tuning job could not plan the run (too slow: "
-               "LLM_TRAIN_API_PLAN_TIMEOUT_S, or no fine-tuning stack on the API host); "
-               "the job may still be fine without dry_run.")
+               "LLM_TRAIN_API_PLAN_TIMEOUT_S, or no fine-tuning stack on the API host), or "
+               "this process already runs LLM_TRAIN_API_PLANS_PER_PROCESS planners (then "
+               "with `Retry-After`); the job may still be fine without dry_run.")
     def post(self, query: dict[str, Any], body: dict[str, Any]):
         """Create a training job
 
@@ -192,7 +193,8 @@ class Jobs(MethodView):
         storage.check_room_for_job(data_dir, principal, get_jobs(), settings, new.job_id)
         if query["dry_run"]:
             answer = JobSchema().dump(preview(new))
-            plan = dry_run_plan(new, settings=settings, data_dir=data_dir)
+            plan = dry_run_plan(new, settings=settings, data_dir=data_dir,
+                                planners=get_runtime().planners)
             if plan is not None:
                 answer["plan"] = plan
             return jsonify(answer)

@@ -41,8 +41,10 @@ NEUTRAL_TYPES = frozenset({"", "application/octet-stream"})
 
 class HyperparameterSchema(Schema):
     name = fields.String(required=True)
-    type = fields.String(required=True,
-                         metadata={"enum": ["integer", "number", "boolean", "string"]})
+    type = fields.String(required=True, metadata={
+        "enum": ["integer", "number", "boolean", "string", "object",
+                 "string or array of strings"],
+        "description": "`object`: its keys are listed under `properties`."})
     default = fields.Raw(allow_none=True, metadata={"description": "Used when omitted."})
     doc = fields.String(required=True)
     nullable = fields.Boolean(required=True)
@@ -51,6 +53,8 @@ class HyperparameterSchema(Schema):
                                              "description": "Exclusive lower bound."})
     maximum = fields.Raw(metadata={"type": "number", "description": "Inclusive upper bound."})
     choices = fields.List(fields.String(), metadata={"description": "Allowed values."})
+    properties = fields.List(fields.Nested(lambda: HyperparameterSchema()), metadata={
+        "description": "`object` only: its keys, in this same shape."})
 
 
 class ModelSchema(Schema):
@@ -71,8 +75,9 @@ class ModelSchema(Schema):
     block_size = fields.Integer(metadata={"description": "Built-in models: longest context."})
     bias = fields.Boolean(metadata={"description": "Built-in models only."})
     description = fields.String(metadata={"description": "Built-in models only."})
-    hyperparameters = fields.List(fields.Nested(HyperparameterSchema),
-                                  metadata={"description": "Built-in models only."})
+    hyperparameters = fields.List(fields.Nested(HyperparameterSchema), metadata={
+        "description": "The trainer's hyperparameters: a built-in model's own schema; for "
+        "`hf`, the fine-tuning trainer's (in `GET /models/{name}` only)."})
     # Hugging Face-format models.
     architecture = fields.String(metadata={
         "description": "`hf` only: the causal-LM class config.json names, such as "

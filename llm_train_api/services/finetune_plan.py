@@ -11,11 +11,14 @@ crash) is the service's (503): the job itself may be fine, so try it without the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 from llm_train_api.domain import DomainError
@@ -28,6 +31,39 @@ class PlanUnavailable(DomainError):
     """The run could not be planned for reasons that are not the request's (503)."""
 
 
+class PlannersBusy(PlanUnavailable):
+    """Every planner slot of this process is taken (503 with Retry-After)."""
+
+    retry_after = 5
+
+
+class PlanSlots:
+    """How many planners one API process runs at once (PLANS_PER_PROCESS).
+
+    Each planner is a Python process that loads a tokenizer and tokenises whole datasets:
+    hundreds of MB and a core for up to PLAN_TIMEOUT_S. Without a bound, a client sending
+    dry runs in a loop would start as many as the request threads allow, in every gunicorn
+    worker, and starve the host. A slot is taken without waiting: a dry run beyond the
+    bound is answered at once rather than holding a request thread in a queue.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._free = threading.BoundedSemaphore(limit)
+
+    @contextlib.contextmanager
+    def hold(self) -> Iterator[None]:
+        if not self._free.acquire(blocking=False):
+            raise PlannersBusy(
+                f"This server is already planning {self.limit} dry run(s) "
+                "(LLM_TRAIN_API_PLANS_PER_PROCESS); retry in a few seconds, or create the "
+                "job without dry_run.")
+        try:
+            yield
+        finally:
+            self._free.release()
+
+
 def _public(message: str, spec: dict[str, Any]) -> str:
     """The planner's message, without the server's folders."""
     for path in (spec.get("model_path"), spec.get("data_dir")):
@@ -36,8 +72,14 @@ def _public(message: str, spec: dict[str, Any]) -> str:
     return re.sub(r" \(looked in [^)]*\)", "", message)
 
 
-def plan_run(spec: dict[str, Any], *, timeout_s: float) -> dict[str, Any]:
-    """Run the planner on `spec` (a fine-tuning spec.json) and return its plan."""
+def plan_run(spec: dict[str, Any], *, timeout_s: float, slots: PlanSlots) -> dict[str, Any]:
+    """Run the planner on `spec` (a fine-tuning spec.json), in one of `slots`, and return
+    its plan."""
+    with slots.hold():
+        return _plan(spec, timeout_s)
+
+
+def _plan(spec: dict[str, Any], timeout_s: float) -> dict[str, Any]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     try:
         done = subprocess.run([sys.executable, "-m", PLAN_MODULE], input=json.dumps(spec),

@@ -16,7 +16,7 @@ from llm_train_api.config import PREFIX, Settings
 from llm_train_api.domain import InvalidRequest, Job, JobStatus, NewJob, Principal, Role
 from llm_train_api.services.admission import AdmissionError, admit, memory_limit_bytes
 from llm_train_api.services.finetune_admission import admit_finetune, check_output_model
-from llm_train_api.services.finetune_plan import plan_run
+from llm_train_api.services.finetune_plan import PlanSlots, plan_run
 from llm_train_api.services.models import Place, resolve_for_owner
 from llm_train_api.services.ray_capacity import admission_problem as ray_admission_problem
 from llm_train_api.store.jobs import JobRepository
@@ -96,8 +96,8 @@ def prepare_job(
                   output_model=admitted.output_model, **common)
 
 
-def dry_run_plan(new: NewJob, *, settings: Settings,
-                 data_dir: str | os.PathLike[str]) -> dict[str, Any] | None:
+def dry_run_plan(new: NewJob, *, settings: Settings, data_dir: str | os.PathLike[str],
+                 planners: PlanSlots) -> dict[str, Any] | None:
     """What a fine-tuning job's run will be (examples, tokens, truncations, steps) and its
     memory estimate, for a dry run; None for other jobs. The job was admitted just before,
     so the names resolve; the counting is the trainer's own (services.finetune_plan)."""
@@ -119,7 +119,7 @@ def dry_run_plan(new: NewJob, *, settings: Settings,
             "validation_dataset": new.validation_dataset,
             "hyperparameters": new.hyperparameters, "data_dir": admitted.dataset.home,
             "processes": default_processes(new.resources)}
-    plan = plan_run(spec, timeout_s=settings.PLAN_TIMEOUT_S)
+    plan = plan_run(spec, timeout_s=settings.PLAN_TIMEOUT_S, slots=planners)
     return {**plan, "method": admitted.validated["method"],
             "estimated_memory_bytes": admitted.memory.get("total"),
             "memory": admitted.memory}

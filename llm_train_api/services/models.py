@@ -40,6 +40,9 @@ from llm_train_api.domain import GIB, Principal, Role
 from llm_train_api.services import storage
 from llm_train_api.store.jobs import JobRepository
 from llm_train_api.training.catalog import MODELS, catalog_as_json
+from llm_train_api.training.hf.hyperparams import (
+    hyperparameter_schema as finetune_hyperparameter_schema,
+)
 
 Model = dict[str, Any]  # as the API serialises it
 
@@ -209,8 +212,12 @@ def locate_visible(place: Place, principal: Principal, name: str,
 def get_visible(place: Place, principal: Principal, name: str,
                 owner: str | None = None) -> Model:
     """The model `name` means for the caller (ModelNotFound when none). With `owner`
-    (admins), that user's import of that name."""
-    return locate_visible(place, principal, name, owner).model
+    (admins), that user's import of that name. A Hugging Face-format model comes with the
+    fine-tuning trainer's hyperparameter schema (here only: the list stays small)."""
+    model = locate_visible(place, principal, name, owner).model
+    if model["kind"] == "hf":  # the fine-tuning trainer's schema, as a built-in's has its own
+        model = {**model, "hyperparameters": finetune_hyperparameter_schema()}
+    return model
 
 
 def model_archive(place: Place, principal: Principal, name: str,

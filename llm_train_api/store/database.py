@@ -74,18 +74,36 @@ def build_engine(
         # No pool_pre_ping: it costs a round trip per request. A connection found dead is
         # invalidated by SQLAlchemy (and its whole pool with it), so only the request that
         # met it fails, with a 503 (see api/errors.py), and the client may retry.
+        if durability == "relaxed":
+            # A connection option rather than a SET after connecting, so that every pool
+            # built from this URL (autocommit_engine) has it too.
+            options = parsed.query.get("options", "")
+            parsed = parsed.update_query_dict(
+                {"options": f"{options} -c synchronous_commit=off".strip()})
         engine = create_engine(
             parsed, pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800,
         )
-        if durability == "relaxed":
-            @event.listens_for(engine, "connect")
-            def _relax(dbapi_conn: Any, _record: Any) -> None:
-                with dbapi_conn.cursor() as cur:
-                    cur.execute("SET synchronous_commit TO off")
-                dbapi_conn.commit()
         return engine
     raise ValueError(
         f"unsupported database URL {parsed.render_as_string()!r}: use sqlite or postgresql"
+    )
+
+
+def autocommit_engine(engine: Engine) -> Engine:
+    """A second pool on the same PostgreSQL database whose connections are opened in
+    autocommit and stay so: the path of single-statement reads and writes.
+
+    An engine derived with `execution_options(isolation_level="AUTOCOMMIT")` shares the
+    transactional pool and switches each connection to autocommit when it is checked out
+    and back when it is returned: driver calls, and a reset, on every request. Here the
+    mode is set once per connection; with no transaction ever left open, returning a
+    connection needs no rollback either.
+    """
+    pool = engine.pool
+    return create_engine(
+        engine.url, isolation_level="AUTOCOMMIT", pool_reset_on_return=None,
+        pool_size=pool.size(), max_overflow=pool._max_overflow,  # type: ignore[attr-defined]
+        pool_recycle=pool._recycle,  # type: ignore[attr-defined]
     )
 
 
@@ -125,10 +143,7 @@ class Database:
         self.dialect: str = engine.dialect.name
         self.is_postgresql = self.dialect == "postgresql"
         # Autocommit on PostgreSQL; on SQLite, reads are marked so that no BEGIN is sent.
-        self._read_engine = (
-            engine.execution_options(isolation_level="AUTOCOMMIT")
-            if self.is_postgresql else engine
-        )
+        self._read_engine = autocommit_engine(engine) if self.is_postgresql else engine
         self._group: GroupCommitter | None = None
         if self.dialect == "sqlite":
             database = engine.url.database
@@ -163,6 +178,8 @@ class Database:
         return migrations.migrate(self.engine)
 
     def close(self) -> None:
+        if self._read_engine is not self.engine:
+            self._read_engine.dispose()
         self.engine.dispose()
 
     def ping(self) -> int:

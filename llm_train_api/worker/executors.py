@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import queue
 import signal
-import tempfile
 import time
 import uuid
 from abc import ABC, abstractmethod
@@ -26,6 +25,7 @@ from typing import Any
 from llm_train_api.domain import Job, JobStatus
 from llm_train_api.store.queue import JobQueue
 from llm_train_api.training.lease import write_lease
+from llm_train_api.worker import lease_dirs
 from llm_train_api.worker.trainer_process import TrainerProcess
 from llm_train_api.worker.trainer_spec import TrainerSpec
 
@@ -116,6 +116,10 @@ class Executor(ABC):
         """Called every tick: executor-side clean-up (Ray: stop orphaned runs)."""
         return None
 
+    def close(self) -> None:
+        """The worker has stopped and its runs are over: release what launching held."""
+        return None
+
 
 @dataclass
 class LocalExecution(Execution):
@@ -179,7 +183,7 @@ class LocalExecutor(Executor):
         if self.lease_s is None:
             return None
         if self._lease_dir is None:  # private to this worker: mode 0700
-            self._lease_dir = Path(tempfile.mkdtemp(prefix="llm-train-api-leases-"))
+            self._lease_dir = lease_dirs.make_private_dir()
         path = self._lease_dir / f"{job.id}-{uuid.uuid4().hex[:8]}"
         write_lease(path, time.time() + self.lease_s)
         return path
@@ -208,6 +212,10 @@ class LocalExecutor(Executor):
             raise LaunchRefused(JobStatus.FAILED,
                                 f"could not start the trainer: {exc}") from None
         return LocalExecution(proc, free[:wanted], lease_file)
+
+    def close(self) -> None:
+        lease_dirs.remove(self._lease_dir)
+        self._lease_dir = None
 
 
 def _forget(lease_file: Path | None) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 from llm_train_api.artifacts.homes import ResolvedDataset, resolve_owned_dataset
 from llm_train_api.artifacts.jobs import job_dir, log_path, sweep_job_dirs
 from llm_train_api.artifacts.model_roots import parse_roots
+from llm_train_api.artifacts.staging import sweep_stale_uploads
 from llm_train_api.config import Settings
 from llm_train_api.domain import IllegalTransition, Job, JobNotFound, JobStatus
 from llm_train_api.services.models import Place
@@ -124,6 +125,7 @@ class Worker:
                 self.wake.wait(self.config.poll_s)
                 self.wake.clear()
             self._shutdown()
+            self.executor.close()
         finally:
             if self.webhook_sender is not None:
                 self.webhook_sender.stop()
@@ -139,6 +141,7 @@ class Worker:
         if self.config.sweep_s and now >= self._next_sweep:
             self._next_sweep = now + self.config.sweep_s
             self.sweep_job_dirs()
+            self.sweep_stale_uploads()
         if now >= self._next_heartbeat:
             owned = self._heartbeat()
         else:
@@ -177,6 +180,13 @@ class Worker:
         except Exception:  # noqa: BLE001 - housekeeping must not stop the loop
             log.warning("sweeping the folders of deleted jobs failed", exc_info=True)
             return []
+
+    def sweep_stale_uploads(self) -> None:
+        """Remove what uploads killed mid-way left staged (artifacts.staging)."""
+        try:
+            sweep_stale_uploads(self.config.data_dir)
+        except Exception:  # noqa: BLE001 - housekeeping must not stop the loop
+            log.warning("sweeping unfinished uploads failed", exc_info=True)
 
     # ------------------------------------------------------------------ one job
     def _launch(self, job: Job) -> bool:

@@ -12,9 +12,8 @@ import tarfile
 
 import pytest
 
-from tests.helpers.hf_models import tar_archive
+from tests.helpers.finetune import import_model_and_chat
 from tests.helpers.live import alive, events, wait_for, wait_progress, wait_status
-from tests.helpers.tiny_hf import chat_records
 
 pytestmark = pytest.mark.slow
 
@@ -25,17 +24,6 @@ HP = {"max_steps": 16, "batch_size": 4, "learning_rate": 0.01, "warmup_steps": 2
 KILLED_RUN_STEPS = 120
 
 
-def _import(service, tiny_hf_model) -> None:
-    files = {p.name: p.read_bytes() for p in tiny_hf_model.iterdir() if p.is_file()}
-    resp = service.http.put(f"{service.url}/models/tiny", data=tar_archive(files),
-                            headers={"Content-Type": "application/x-tar"}, timeout=30)
-    assert resp.status_code == 201, resp.text
-    chat = "".join(json.dumps(r) + "\n" for r in chat_records(32)).encode()
-    resp = service.http.put(f"{service.url}/datasets/chat.jsonl", data=chat,
-                            headers={"Content-Type": "application/jsonl"}, timeout=30)
-    assert resp.status_code == 201, resp.text
-
-
 def _post(service, body: dict, query: str = "") -> dict:
     resp = service.http.post(f"{service.url}/jobs{query}", json=body, timeout=180)
     assert resp.status_code in (200, 201), resp.text
@@ -43,7 +31,7 @@ def _post(service, body: dict, query: str = "") -> dict:
 
 
 def test_lora_job_result_becomes_a_model_that_trains_again(service, tiny_hf_model):
-    _import(service, tiny_hf_model)
+    import_model_and_chat(service, tiny_hf_model)
     body = {"job_id": "ft", "model_name": "tiny", "dataset": "chat", "hyperparameters": HP,
             "output_model": "tiny-chat"}
     preview = _post(service, body, "?dry_run=true")
@@ -84,7 +72,7 @@ def test_kill_9_of_the_worker_resumes_the_fine_tuning_run_to_its_model(service,
                                                                         tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    _import(service, tiny_hf_model)
+    import_model_and_chat(service, tiny_hf_model)
     first = service.start_worker()
     _post(service, {"job_id": "phoenix", "model_name": "tiny", "dataset": "chat",
                     "output_model": "risen",

@@ -4,14 +4,17 @@ Ray jobs, and real SIGTERM/SIGKILL of the dispatcher."""
 
 from __future__ import annotations
 
+import io
 import os
 import signal
 import subprocess
 import sys
+import tarfile
 
 import pytest
 from ray.job_submission import JobSubmissionClient
 
+from tests.helpers.finetune import import_model_and_chat
 from tests.helpers.live import events, get, wait_for
 from tests.helpers.live import wait_status as wait_for_status
 from tests.helpers.ray_cluster import RayHead, kill_processes_naming
@@ -252,3 +255,44 @@ def test_a_retried_submit_attaches_and_processes_reach_the_entrypoint(ray_head, 
 
 def ray_status_of(client, sid: str) -> str:
     return str(client.get_job_status(sid).value)
+
+
+def test_a_fine_tuning_job_trains_on_ray_and_registers_its_model(ray_service, tiny_hf_model,
+                                                                 tmp_path):
+    """The fine-tuning trainer runs as a Ray job like the built-in one: the tiny Llama is
+    imported over HTTP, LoRA-tuned on chat data inside Ray, and its merged result is
+    registered as a model that loads."""
+    from transformers import AutoModelForCausalLM
+
+    import_model_and_chat(ray_service, tiny_hf_model)
+    ray_service.start_dispatcher()
+    hp = {"max_steps": 8, "batch_size": 4, "learning_rate": 0.01, "log_interval": 2,
+          "eval_interval": 4, "checkpoint_interval": 4,
+          "lora": {"r": 8, "alpha": 16, "dropout": 0.0}}
+    resp = ray_service.http.post(f"{ray_service.url}/jobs", timeout=60, json={
+        "job_id": "rft", "model_name": "tiny", "dataset": "chat", "hyperparameters": hp,
+        "output_model": "tiny-ray"})
+    assert resp.status_code == 201, resp.text
+    assert resp.json()["model_kind"] == "hf"
+    job = wait_status(ray_service, "rft", {"succeeded", "failed", "cancelled"})
+    assert job["status"] == "succeeded", job["error_message"]
+    assert (job["attempts"], job["progress"]["step"]) == (1, 8)
+    assert job["fine_tuned_model"] == "tiny-ray"
+    sid = job["progress"]["ray_submission_id"]
+    assert ray_status(ray_service, sid) == "SUCCEEDED"
+    assert [i.submission_id for i in ray_jobs_of(ray_service, "rft")] == [sid]
+    text = ray_service.http.get(f"{ray_service.url}/jobs/rft/logs", timeout=10).text
+    assert f"--- Ray job {sid} (submitted)" in text
+    assert text.count('@@llm_train_api {"event":"start"') == 1
+    curve = ray_service.http.get(f"{ray_service.url}/jobs/rft/metrics", timeout=10).json()
+    assert [p["step"] for p in curve] == [2, 4, 6, 8]
+    assert any(p.get("val_loss") is not None for p in curve)
+    model = ray_service.http.get(f"{ray_service.url}/models/tiny-ray", timeout=10).json()
+    assert (model["kind"], model["source"], model["job_id"], model["base_model"],
+            model["method"]) == ("hf", "job", "rft", "tiny", "lora")
+    resp = ray_service.http.get(f"{ray_service.url}/models/tiny-ray/archive", timeout=30)
+    assert resp.status_code == 200, resp.text
+    with tarfile.open(fileobj=io.BytesIO(resp.content)) as tar:
+        tar.extractall(tmp_path / "tiny-ray", filter="data")
+    AutoModelForCausalLM.from_pretrained(tmp_path / "tiny-ray", local_files_only=True,
+                                         use_safetensors=True)

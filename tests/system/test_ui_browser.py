@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import re
+import tarfile
 
 import pytest
 from selenium import webdriver
@@ -281,6 +282,11 @@ def test_new_job_form_previews_a_fine_tuning_run_then_creates_it(service, ui, ti
     wait(ui, lambda d: d.find_element(By.ID, "hp-lora-r").is_displayed(),
          what="the fine-tuning fields")
     assert not ui.find_elements(By.ID, "hp-block_size")
+    # ... and a fine-tuning model's from the trainer's schema, nested LoRA keys included.
+    assert ui.find_element(By.ID, "hp-lora-dropout").get_attribute("placeholder") == \
+        "default: 0.05"
+    assert ui.find_element(By.ID, "hp-lora-target_modules").get_attribute("type") == "text"
+    assert ui.find_element(By.ID, "hp-packing").tag_name == "select"
     assert "context 256 tokens, with chat template" in ui.find_element(
         By.ID, "nj-model-info").text
     Select(ui.find_element(By.ID, "nj-dataset")).select_by_value("chat")
@@ -380,6 +386,14 @@ def test_a_fine_tuned_model_links_to_its_job_and_back(service, ui, tiny_hf_model
     row = wait(ui, lambda d: d.find_element(By.ID, "model-tiny-tuned"), what="the models page")
     assert "target" in row.get_attribute("class")
     assert "fine-tuned" in row.text and "from tiny (lora) by job ui-tuned" in row.text
+    # Its files download as the tar GET /models/{name}/archive serves (with the token).
+    row.find_element(By.CSS_SELECTOR, "button.download").click()
+    saved = ui.downloads / "tiny-tuned.tar"
+    served = service.http.get(f"{service.url}/models/tiny-tuned/archive", timeout=30).content
+    wait(ui, lambda d: saved.exists() and saved.read_bytes() == served,
+         what="the model download")
+    with tarfile.open(saved) as tar:
+        assert "config.json" in tar.getnames()
     row.find_element(By.LINK_TEXT, "ui-tuned").click()
     wait(ui, lambda d: d.current_url.endswith("/ui/jobs/ui-tuned"), what="the job page")
 

@@ -183,3 +183,30 @@ def test_a_fine_tuned_model_is_listed_used_and_deleted_like_a_model(app, alice, 
     assert alice.delete("/models/tuned").status_code == 204
     assert alice.get("/models/tuned").status_code == 404
     assert alice.get("/jobs/made").status_code == 200  # the job stays
+
+
+def test_a_dry_run_beyond_the_planner_slots_is_a_503_with_retry_after(app, alice):
+    """Each dry run of a fine-tuning job runs a planner process; a process runs at most
+    PLANS_PER_PROCESS of them, and answers the next at once, creating nothing."""
+    planners = app.extensions["llm_train_api.runtime"].planners
+    body = {"job_id": "busy", "model_name": "llama", "dataset": "chat",
+            "hyperparameters": {"max_steps": 5}}
+    holders = [planners.hold() for _ in range(planners.limit)]
+    for held in holders:
+        held.__enter__()
+    try:
+        resp = alice.post("/jobs?dry_run=true", json=body)
+        assert resp.status_code == 503, resp.get_json()
+        assert resp.headers["Retry-After"] == "5"
+        assert "PLANS_PER_PROCESS" in resp.get_json()["message"]
+        assert "busy" not in jobs_of(alice)
+    finally:
+        for held in holders:
+            held.__exit__(None, None, None)
+    # Freed: the next dry run gets a planner process. The hand-written test tokenizer is
+    # not one it can load, so the answer is the planner's own refusal, without Retry-After.
+    resp = alice.post("/jobs?dry_run=true", json=body)
+    assert resp.status_code == 503
+    assert resp.get_json()["message"].startswith("The run could not be planned on this server")
+    assert "Retry-After" not in resp.headers
+    assert "busy" not in jobs_of(alice)

@@ -74,7 +74,14 @@ def test_import_creates_then_replaces_and_describes(client, app):
                     "vocab_size": 32, "has_chat_template": True, "owner": None,
                     "source": "upload", "size_bytes": sum(map(len, files.values())),
                     "sha256": file_hash(files)}
-    assert client.get("/models/tiny").get_json() == body
+    described = client.get("/models/tiny").get_json()
+    schema = described.pop("hyperparameters")  # the fine-tuning trainer's, on GET one only
+    assert described == body and "hyperparameters" not in body
+    by_name = {p["name"]: p for p in schema}
+    assert by_name["method"]["choices"] == ["lora", "full", "qlora"]
+    assert by_name["lora"]["type"] == "object"
+    assert {p["name"] for p in by_name["lora"]["properties"]} >= {"r", "alpha", "dropout",
+                                                                   "target_modules"}
     stored = models_dir(app) / "tiny"
     assert sorted(p.name for p in stored.iterdir() if not p.name.startswith(".")) == \
         sorted(files)

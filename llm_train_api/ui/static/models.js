@@ -1,6 +1,7 @@
 // Models: list (GET /models: built-in GPTs, imported and root Hugging Face-format models,
 // fine-tuned ones with a link to the job that made them),
-// import a tar archive (PUT /models/{name}, XMLHttpRequest for its upload progress), delete
+// import a tar archive (PUT /models/{name}, XMLHttpRequest for its upload progress),
+// download a Hugging Face-format one as a tar (GET /models/{name}/archive), delete
 // an imported or fine-tuned one with a second click to confirm.
 "use strict";
 
@@ -12,6 +13,25 @@
     path: "/models/" + encodeURIComponent(model.name)
       + (model.owner ? "?owner=" + encodeURIComponent(model.owner) : ""),
     kind: "model", name: model.name, tag: "models", after: refresh });
+
+  // GET /models/{name}/archive, the folder as a tar that from_pretrained loads once unpacked.
+  function downloadButton(m) {
+    const query = m.owner ? "?owner=" + encodeURIComponent(m.owner) : "";
+    const button = el("button", { type: "button", className: "download",
+      title: "The model's files as a tar archive" }, "Download");
+    button.addEventListener("click", async () => {
+      button.disabled = true;
+      try {
+        await UI.download("/models/" + encodeURIComponent(m.name) + "/archive" + query,
+          m.name + ".tar");
+      } catch (err) {
+        UI.showBanner("Download of " + m.name + " failed: " + err.message, "error", "models");
+      } finally {
+        button.disabled = false;
+      }
+    });
+    return button;
+  }
 
   // A fine-tuning job's result: its base model and method, and a link to the job.
   function fineTuned(m) {
@@ -49,7 +69,8 @@
       el("td", {}, m.size_bytes === undefined ? dash : UI.bytes(m.size_bytes)),
       el("td", { className: "mono", title: m.sha256 || "" }, m.sha256 ? m.sha256.slice(0, 12) : dash),
       el("td", { title: m.created_at || "" }, m.created_at ? UI.time(m.created_at) : dash),
-      el("td", {}, m.source === "upload" || m.source === "job" ? deleteButton(m) : null)));
+      el("td", {}, m.kind === "hf" ? downloadButton(m) : null,
+        m.source === "upload" || m.source === "job" ? deleteButton(m) : null)));
     $("models-body").replaceChildren(...rows);
     UI.revealTarget();
   }

@@ -1,7 +1,6 @@
 // The New job form: model and dataset pickers (GET /models, GET /datasets), hyperparameter
-// fields built from the chosen model (GET /models/{name}: a built-in GPT's `hyperparameters`
-// schema; for a Hugging Face-format model the fine-tuning trainer's main settings, which the
-// API publishes no schema for) plus a raw JSON object for the rest, a dry run
+// fields built from the chosen model's `hyperparameters` schema (GET /models/{name}: a
+// built-in GPT's own, or the fine-tuning trainer's) plus a raw JSON object for the rest, a dry run
 // (POST /jobs?dry_run=true) whose answer, a fine-tuning job's `plan` included, is shown
 // before anything is created, then POST /jobs and on to the job's page.
 // Create job stays disabled until a dry run of exactly the current form succeeded; a 4xx
@@ -14,28 +13,14 @@
   const form = $("new-job-form");
   const params = new URLSearchParams(location.search);
 
-  // The fine-tuning trainer's main hyperparameters (docs/trainer.md, "Methods and
-  // hyperparameters"), in the shape of a built-in model's schema entries. A dotted name is
-  // a nested key: lora.r is {"lora": {"r": ...}}.
-  const FINETUNE = [
-    { name: "method", type: "string", default: "lora", choices: ["lora", "full", "qlora"],
-      doc: "lora: adapters on a frozen model; full: every weight; qlora: LoRA on a 4-bit "
-        + "model (CUDA workers only)." },
-    { name: "lora.r", type: "integer", default: 16, minimum: 1, doc: "LoRA rank.",
-      lora: true },
-    { name: "lora.alpha", type: "integer", default: 32, minimum: 1, doc: "LoRA scaling.",
-      lora: true },
-    { name: "learning_rate", type: "number", default: 0.0002, exclusive_minimum: 0,
-      doc: "Peak AdamW rate (full fine-tuning wants ~1e-5..5e-5)." },
-    { name: "epochs", type: "integer", default: 1, minimum: 1,
-      doc: "Passes over the training sequences." },
-    { name: "max_steps", type: "integer", default: null, minimum: 1, nullable: true,
-      doc: "When set it decides the run length." },
-    { name: "batch_size", type: "integer", default: 4, minimum: 1,
-      doc: "Sequences per micro-batch, all processes together." },
-    { name: "max_seq_length", type: "integer", default: 1024, minimum: 1,
-      doc: "Tokens per sequence; left empty, cut to the model's context." },
-  ];
+  // A schema entry of type "object" (the fine-tuning trainer's `lora`) becomes one field per
+  // key under a dotted name: lora.r is {"lora": {"r": ...}}. LoRA's fields hide for method
+  // full.
+  function schemaFields(schema) {
+    return schema.flatMap((p) => (p.type === "object" && p.properties
+      ? p.properties.map((q) => ({ ...q, name: p.name + "." + q.name, lora: p.name === "lora" }))
+      : [p]));
+  }
 
   let models = [];
   let datasets = [];
@@ -113,8 +98,8 @@
         + (model.has_chat_template ? "with" : "no") + " chat template."
       : "Trained from scratch by the built-in trainer" + (model.description
         ? ": " + model.description : ".");
-    buildHyperparameters(hf ? FINETUNE : (model.hyperparameters || []));
-    $("nj-hparams-source").textContent = hf ? "(the fine-tuning trainer's main ones)"
+    buildHyperparameters(schemaFields(model.hyperparameters || []));
+    $("nj-hparams-source").textContent = hf ? "(the fine-tuning trainer's schema)"
       : "(the model's schema)";
     describeDataset();
     changed();
@@ -155,7 +140,8 @@
           el("option", { value: "" }, "default (" + shown(p.default) + ")"),
           ...choices.map((c) => el("option", { value: String(c) }, String(c))));
       } else {
-        input = el("input", { id, type: kind === "string" ? "text" : "number",
+        const numeric = kind === "integer" || kind === "number";
+        input = el("input", { id, type: numeric ? "number" : "text",
           placeholder: "default: " + shown(p.default) });
         if (kind === "integer") input.step = "1";
         if (kind === "number") input.step = "any";
@@ -233,6 +219,13 @@
         }
       } else if (kind === "boolean") {
         value = raw === "true";
+      } else if (kind === "string or array of strings" && raw.startsWith("[")) {
+        try {
+          value = JSON.parse(raw);
+        } catch (err) {
+          throw new FormProblem("hyperparameters." + input.dataset.name,
+            "Not a JSON list: " + err.message);
+        }
       }
       setPath(out, input.dataset.name, value);
     }
