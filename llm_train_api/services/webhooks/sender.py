@@ -39,6 +39,7 @@ USER_AGENT = "llm-train-api-webhooks/0.1"
 MAX_DELAY_S = 3600.0  # the longest wait between two attempts
 _JITTER = 0.25  # each delay grows by up to this share, so retries of many do not align
 _ERROR_EXCERPT = 300  # characters of an answer's body kept with a failed attempt
+_MIN_WAIT_S = 0.02
 
 
 @dataclass(frozen=True)
@@ -179,7 +180,8 @@ class WebhookSender:
             return self.config.poll_s
         if due is None:
             return self.config.poll_s
-        return min(max((due - now_us()) / 1e6, 0.0), self.config.poll_s)
+        # A floor: a due delivery another sender is claiming right now is no reason to spin.
+        return min(max((due - now_us()) / 1e6, _MIN_WAIT_S), self.config.poll_s)
 
     def run_once(self) -> int:
         """Send what is due now (up to `concurrency` deliveries); how many were taken."""
