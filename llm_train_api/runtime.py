@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llm_train_api.config import Settings, default_instance_path
-from llm_train_api.services.finetune_plan import PlanSlots
 from llm_train_api.store.database import Database, sqlite_url_for
 from llm_train_api.store.jobs import JobRepository
 from llm_train_api.store.queue import JobQueue
@@ -38,8 +37,6 @@ class Runtime:
     tokens: TokenRepository
     # What /metrics reads at scrape time.
     stats: JobStats
-    # The dry-run planners this process may run at once.
-    planners: PlanSlots
     # Webhook endpoints and the outbox their senders work through.
     webhooks: WebhookRepository
 
@@ -59,7 +56,6 @@ class Runtime:
         return cls(settings=settings, instance_path=instance, data_dir=data_dir,
                    database=database, jobs=jobs, queue=queue,
                    tokens=TokenRepository(database), stats=JobStats(database),
-                   planners=PlanSlots(settings.PLANS_PER_PROCESS),
                    webhooks=WebhookRepository(database))
 
     def close(self) -> None:

@@ -6,7 +6,8 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from flask import Response, jsonify, request
+from flask import Response, current_app, jsonify, request
+from flask.blueprints import BlueprintSetupState
 from flask.views import MethodView
 from marshmallow import RAISE
 
@@ -18,6 +19,7 @@ from llm_train_api.api.auth import (
     require_role,
 )
 from llm_train_api.api.base import (
+    RUNTIME_KEY,
     ApiBlueprint,
     get_jobs,
     get_runtime,
@@ -49,6 +51,7 @@ from llm_train_api.domain import (
     is_valid_job_id,
 )
 from llm_train_api.services import status_changes, storage
+from llm_train_api.services.finetune_plan import PlanSlots
 from llm_train_api.services.job_creation import (
     builtin_executor,
     check_priority,
@@ -71,6 +74,16 @@ blp = ApiBlueprint(
     url_prefix="/jobs",
     description="Training jobs: submit them, follow them, change their status, delete them.",
 )
+
+# The dry-run planners of this process (services.finetune_plan.PlanSlots).
+PLANNERS_KEY = "llm_train_api.planners"
+
+
+@blp.record_once
+def _bound_planners(state: BlueprintSetupState) -> None:
+    settings = state.app.extensions[RUNTIME_KEY].settings
+    state.app.extensions[PLANNERS_KEY] = PlanSlots(settings.PLANS_PER_PROCESS)
+
 
 _ETAG_HEADER = {"ETag": {"description": "Changes whenever the job changes.",
                          "schema": {"type": "string"}}}
@@ -194,7 +207,7 @@ class Jobs(MethodView):
         if query["dry_run"]:
             answer = JobSchema().dump(preview(new))
             plan = dry_run_plan(new, settings=settings, data_dir=data_dir,
-                                planners=get_runtime().planners)
+                                planners=current_app.extensions[PLANNERS_KEY])
             if plan is not None:
                 answer["plan"] = plan
             return jsonify(answer)

@@ -174,6 +174,12 @@ class Database:
             database.migrate()
         return database
 
+    @property
+    def read_engine(self) -> Engine:
+        """The engine of `reading()` and single-statement writes: on PostgreSQL its own
+        autocommit pool (`autocommit_engine`), on SQLite the one engine."""
+        return self._read_engine
+
     def migrate(self) -> int:
         return migrations.migrate(self.engine)
 

@@ -9,6 +9,7 @@ import json
 import pytest
 
 from llm_train_api import create_app
+from llm_train_api.api.jobs import PLANNERS_KEY
 from llm_train_api.artifacts import finetuned
 from llm_train_api.artifacts.homes import owner_home
 from llm_train_api.services.finetune_memory import memory_breakdown
@@ -188,7 +189,7 @@ def test_a_fine_tuned_model_is_listed_used_and_deleted_like_a_model(app, alice, 
 def test_a_dry_run_beyond_the_planner_slots_is_a_503_with_retry_after(app, alice):
     """Each dry run of a fine-tuning job runs a planner process; a process runs at most
     PLANS_PER_PROCESS of them, and answers the next at once, creating nothing."""
-    planners = app.extensions["llm_train_api.runtime"].planners
+    planners = app.extensions[PLANNERS_KEY]
     body = {"job_id": "busy", "model_name": "llama", "dataset": "chat",
             "hyperparameters": {"max_steps": 5}}
     holders = [planners.hold() for _ in range(planners.limit)]

@@ -280,9 +280,10 @@ def _statement_for(jobs, query):
         if "FROM jobs" in statement:
             captured.append((statement, parameters))
 
-    event.listen(jobs.database.engine, "before_cursor_execute", grab)
+    engine = jobs.database.read_engine  # where reads run
+    event.listen(engine, "before_cursor_execute", grab)
     try:
         jobs.list_jobs(query)
     finally:
-        event.remove(jobs.database.engine, "before_cursor_execute", grab)
+        event.remove(engine, "before_cursor_execute", grab)
     return captured[-1]
