@@ -142,7 +142,7 @@ def test_failures_are_retried_with_growing_delays_then_given_up(database, jobs, 
         hook = _hook(hooks, url=receiver.url + "/h")
         jobs.create_job(NewJob("a", "m", "d", owner="alice"))
         jobs.transition("a", JobStatus.CANCELLED)
-        sender = _sender(hooks, backoff_s=0.2, max_age_s=2.0)
+        sender = _sender(hooks, backoff_s=0.3, max_age_s=3.0)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             sender.run_once()
