@@ -232,3 +232,24 @@ def test_a_worker_runs_a_sender_thread_and_stops_it_on_shutdown(database, jobs, 
             worker.wake.set()
             loop.join(timeout=30)
         assert not loop.is_alive() and not sender._thread.is_alive()
+
+
+def test_concurrent_claimers_take_disjoint_deliveries(database, jobs, hooks):
+    _hook(hooks)
+    for n in range(8):
+        jobs.create_job(NewJob(f"j{n}", "m", "d", owner="alice"))
+        jobs.transition(f"j{n}", JobStatus.CANCELLED)
+    barrier = threading.Barrier(4)
+    taken: dict[str, list[int]] = {}
+
+    def claim(name: str) -> None:
+        barrier.wait()
+        taken[name] = [c.delivery.seq for c in hooks.claim_due(name, 30, 2)]
+
+    threads = [threading.Thread(target=claim, args=(f"s{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    seqs = [s for got in taken.values() for s in got]
+    assert len(seqs) == len(set(seqs)) == 8, taken
