@@ -189,6 +189,22 @@ class Settings:
     # repr, logs and error messages.
     RAY_TOKEN: str = field(default="", repr=False)
 
+    # Webhooks (docs/webhooks.md).
+    # Let webhook URLs reach loopback, private and link-local addresses (never cloud
+    # metadata ones): for closed networks. Off: such URLs are refused at registration and
+    # at every delivery.
+    WEBHOOK_ALLOW_PRIVATE: bool = False
+    # Connect and read timeout of one delivery attempt; redirects are never followed.
+    WEBHOOK_TIMEOUT_S: float = 5.0
+    # The first retry's delay; each further one doubles (plus up to 25% jitter), at most
+    # an hour apart.
+    WEBHOOK_BACKOFF_S: float = 10.0
+    # A delivery still failing this long after its event is given up (`failed`).
+    WEBHOOK_MAX_AGE_S: float = 86400.0
+    # Whether `llm-train-api worker` (and so `up`) runs a webhook sender thread. Off where
+    # `llm-train-api webhooks-sender` processes do the sending.
+    WEBHOOK_SENDER: bool = True
+
     # Monitoring.
     # /metrics: the dispatch latency quantiles cover the last N jobs that started.
     METRICS_DISPATCH_WINDOW: int = 1000
@@ -284,6 +300,9 @@ class Settings:
         if self.LOG_STREAMS_PER_PROCESS < 1 or self.LOG_STREAMS_PER_USER < 0:
             raise ConfigError("LOG_STREAMS_PER_PROCESS must be at least 1 and "
                               "LOG_STREAMS_PER_USER at least 0")
+        if min(self.WEBHOOK_TIMEOUT_S, self.WEBHOOK_BACKOFF_S, self.WEBHOOK_MAX_AGE_S) <= 0:
+            raise ConfigError(f"{PREFIX}WEBHOOK_TIMEOUT_S, {PREFIX}WEBHOOK_BACKOFF_S and "
+                              f"{PREFIX}WEBHOOK_MAX_AGE_S must be > 0")
         if self.METRICS_DISPATCH_WINDOW < 1:
             raise ConfigError(f"{PREFIX}METRICS_DISPATCH_WINDOW must be at least 1")
         if self.WORKER_GPUS.strip() != "auto":

@@ -17,6 +17,7 @@ from llm_train_api.store.jobs import JobRepository
 from llm_train_api.store.queue import JobQueue
 from llm_train_api.store.stats import JobStats
 from llm_train_api.store.tokens import TokenRepository
+from llm_train_api.store.webhooks import WebhookRepository
 
 DATABASE_FILENAME = "llm_train_api.sqlite3"
 
@@ -36,6 +37,8 @@ class Runtime:
     tokens: TokenRepository
     # What /metrics reads at scrape time.
     stats: JobStats
+    # Webhook endpoints and the outbox their senders work through.
+    webhooks: WebhookRepository
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
@@ -52,7 +55,8 @@ class Runtime:
                          scheduling=settings.SCHEDULING)
         return cls(settings=settings, instance_path=instance, data_dir=data_dir,
                    database=database, jobs=jobs, queue=queue,
-                   tokens=TokenRepository(database), stats=JobStats(database))
+                   tokens=TokenRepository(database), stats=JobStats(database),
+                   webhooks=WebhookRepository(database))
 
     def close(self) -> None:
         self.database.close()

@@ -12,7 +12,17 @@ from flask import Flask, send_from_directory
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from llm_train_api import ui
-from llm_train_api.api import artifacts, auth, datasets, health, jobs, models, openapi, whoami
+from llm_train_api.api import (
+    artifacts,
+    auth,
+    datasets,
+    health,
+    jobs,
+    models,
+    openapi,
+    webhooks,
+    whoami,
+)
 from llm_train_api.api import errors as http_errors
 from llm_train_api.api import metrics as observability
 from llm_train_api.api.base import RUNTIME_KEY
@@ -84,7 +94,7 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     auth.init_app(app, runtime)  # first: nothing else runs for an unauthenticated caller
     app.before_request(http_errors.require_json_body)
     for blueprint in (jobs.blp, artifacts.blp, models.blp, datasets.blp, health.blp,
-                      whoami.blp):
+                      whoami.blp, webhooks.blp):
         api.register_blueprint(blueprint)
     _serve_swagger_assets(app)
     observability.init_app(app, runtime)

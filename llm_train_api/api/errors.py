@@ -35,6 +35,7 @@ from llm_train_api.services.finetune_plan import PlanUnavailable
 from llm_train_api.services.storage import REASON as STORAGE_QUOTA_REASON
 from llm_train_api.services.storage import StorageQuotaExceeded
 from llm_train_api.store.pagination import InvalidCursor
+from llm_train_api.store.webhooks import WebhookNotFound
 
 # The one table from the errors a client can cause to HTTP statuses (the body's `code`).
 # A class not listed answers as its nearest listed base class, else 400.
@@ -65,6 +66,7 @@ ERROR_STATUS: dict[type[Exception], int] = {
     model_errors.ModelTooLarge: 413,
     model_errors.InvalidModel: 422,
     PlanUnavailable: 503,
+    WebhookNotFound: 404,
 }
 
 

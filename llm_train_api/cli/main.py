@@ -26,12 +26,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
                "Claim queued jobs and run the trainer for each, until SIGTERM or Ctrl-C."),
     "tokens": ("llm_train_api.cli.tokens:tokens",
                "Issue, list and revoke API tokens (server side: needs the service's database)."),
+    "webhooks-sender": ("llm_train_api.cli.webhooks:webhooks_sender",
+                        "Deliver webhooks from the outbox, until SIGTERM or Ctrl-C."),
     "jobs": ("llm_train_api.cli.jobs:jobs",
              "Training jobs on the service at --url (LLM_TRAIN_API_URL)."),
     "datasets": ("llm_train_api.cli.datasets:datasets",
                  "Datasets on the service at --url (LLM_TRAIN_API_URL)."),
     "models": ("llm_train_api.cli.catalog:models",
                "Models: the built-in catalog, and imported Hugging Face-format models."),
+    "webhooks": ("llm_train_api.cli.webhooks:webhooks",
+                 "Signed webhooks on the service at --url (LLM_TRAIN_API_URL)."),
     "sample": ("llm_train_api.cli.sample:sample",
                "Generate text from a job or a model (runs here, needs torch)."),
 }
@@ -107,9 +111,9 @@ def main() -> None:
     """Self-hosted LLM training jobs.
 
     \b
-    Server side: serve, up, worker, tokens (they read the LLM_TRAIN_API_* settings).
-    Client side: jobs, datasets, models, sample (they talk to LLM_TRAIN_API_URL with
-    LLM_TRAIN_API_TOKEN).
+    Server side: serve, up, worker, tokens, webhooks-sender (they read the LLM_TRAIN_API_*
+    settings). Client side: jobs, datasets, models, webhooks, sample (they talk to
+    LLM_TRAIN_API_URL with LLM_TRAIN_API_TOKEN).
     """
 
 

@@ -66,7 +66,12 @@ def worker(concurrency: int, executor: str | None, ray_address: str | None) -> N
     else:
         runner = LocalExecutor(gpus=gpus, threads=settings.TRAINER_THREADS,
                                lease_s=settings.LEASE_S)
-    service = Worker(runtime.queue, config, executor=runner)
+    sender = None
+    if settings.WEBHOOK_SENDER:
+        from llm_train_api.services.webhooks.sender import SenderConfig, WebhookSender
+
+        sender = WebhookSender(runtime.webhooks, SenderConfig.from_settings(settings))
+    service = Worker(runtime.queue, config, executor=runner, webhook_sender=sender)
 
     def on_signal(signum: int, _frame: object) -> None:
         if service.stopping.is_set():

@@ -55,6 +55,7 @@ from llm_train_api.client.models import (
     Progress,
     to_dict,
 )
+from llm_train_api.client.webhooks import Webhook, WebhookDelivery
 
 __all__ = [
     "DEFAULT_TIMEOUT", "DEFAULT_URL", "TERMINAL_STATUSES", "ApiConnectionError", "ApiError",
@@ -64,5 +65,5 @@ __all__ = [
     "MethodNotAllowed", "MetricPoint", "Model", "NotFound", "Page", "PayloadTooLarge",
     "PreconditionFailed", "Progress", "RetryPolicy", "ServerError", "ServiceUnavailable",
     "TooManyRequests", "Unauthorized", "UnexpectedResponse", "UnsupportedMediaType",
-    "ValidationError", "new_job_id", "to_dict",
+    "ValidationError", "Webhook", "WebhookDelivery", "new_job_id", "to_dict",
 ]

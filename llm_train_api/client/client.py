@@ -63,6 +63,7 @@ from llm_train_api.client.models import (
     parse,
 )
 from llm_train_api.client.retry import NO_RETRY, TRANSIENT, RetryPolicy, failure_reason, retry_after
+from llm_train_api.client.webhooks import Webhooks
 
 __all__ = ["Client", "RetryPolicy", "DEFAULT_URL", "DEFAULT_TIMEOUT", "new_job_id"]
 
@@ -125,7 +126,7 @@ def _iso(value: datetime | str | None) -> str | None:
     return value.isoformat()
 
 
-class Client(Downloads):
+class Client(Downloads, Webhooks):
     """A session with one llm_train_api service.
 
     >>> api = Client("http://127.0.0.1:8000", token="...")

@@ -36,7 +36,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import make_url
 
-from llm_train_api.store import migrations
+from llm_train_api.store import migrations, outbox
 from llm_train_api.store.group_commit import GroupCommitter
 from llm_train_api.store.prepared import PreparedCache
 from llm_train_api.store.tables import job_events
@@ -153,7 +153,7 @@ class Database:
             )
         # Statements wrapped by `write_with_event`, keyed by the identity of the statement:
         # those are built once and live as long as their repository.
-        self._event_stmts: dict[tuple[int, str], Any] = {}
+        self._event_stmts: dict[tuple[int, str, bool], Any] = {}
         # The request path's statements, compiled once (prepared.py).
         self.prepared = PreparedCache(engine.dialect)
 
@@ -233,6 +233,7 @@ class Database:
         message: str | None,
         *,
         prelude: Callable[[Connection], None] | None = None,
+        webhooks: bool = False,
     ) -> Any:
         """Run a write whose RETURNING row, if any, gets its event row atomically with it.
 
@@ -242,16 +243,19 @@ class Database:
         statements in one BEGIN IMMEDIATE transaction. A `prelude` (a lock, a quota check
         that may raise) runs first in the same transaction, on both. Every statement runs
         prepared (prepared.py).
+
+        `webhooks`: the write may end a job's run (a final or paused status), so the same
+        transaction also queues its webhook deliveries (store/outbox.py).
         """
         if self.is_postgresql and prelude is None:
             event_params = {"ev_at": at_us, "ev_actor": actor, "ev_message": message}
             with self._read_engine.connect() as conn:
-                return self.prepared(self._with_event(stmt, kind)).first(
+                return self.prepared(self._with_event(stmt, kind, webhooks)).first(
                     conn, {**params, **event_params})
         if self.is_postgresql:
             # With a prelude: the prelude and the same one statement, in one transaction.
             event_params = {"ev_at": at_us, "ev_actor": actor, "ev_message": message}
-            together = self.prepared(self._with_event(stmt, kind))
+            together = self.prepared(self._with_event(stmt, kind, webhooks))
 
             def locked(conn: Connection) -> Any:
                 prelude(conn)
@@ -260,6 +264,7 @@ class Database:
             return self.write(locked)
         write_stmt = self.prepared(stmt)
         insert_event = self.prepared(INSERT_EVENT)
+        insert_deliveries = self.prepared(outbox.INSERT_DELIVERIES) if webhooks else None
 
         def work(conn: Connection) -> Any:
             if prelude is not None:
@@ -272,13 +277,17 @@ class Database:
                     "to_status": row.status, "actor": actor, "message": message,
                     "attempt": row.attempts, "job_created_us": row.created_us,
                 })
+                deliveries = outbox.delivery_params(row, at_us) if webhooks else None
+                if deliveries is not None:
+                    insert_deliveries.first(conn, deliveries)
             return row
 
         return self.write(work)
 
-    def _with_event(self, stmt: Any, kind: str) -> Any:
-        """`stmt` wrapped so that each row it returns also inserts a job_events row."""
-        key = (id(stmt), kind)
+    def _with_event(self, stmt: Any, kind: str, webhooks: bool = False) -> Any:
+        """`stmt` wrapped so that each row it returns also inserts a job_events row (and,
+        with `webhooks`, its webhook deliveries)."""
+        key = (id(stmt), kind, webhooks)
         wrapped = self._event_stmts.get(key)
         if wrapped is None:
             changed = stmt.cte("changed")
@@ -294,6 +303,9 @@ class Database:
             if kind == "created":  # wake idle workers now rather than at their next poll
                 columns.append(func.pg_notify(NOTIFY_CHANNEL, changed.c.id))
             wrapped = select(*columns).add_cte(event_row)
+            if webhooks:
+                wrapped = wrapped.add_cte(
+                    outbox.deliveries_cte(changed, bindparam("ev_at", type_=BigInteger)))
             self._event_stmts[key] = wrapped
         return wrapped
 

@@ -42,6 +42,7 @@ from llm_train_api.domain import (
     to_epoch_us,
 )
 from llm_train_api.store.database import INSERT_EVENT, Database
+from llm_train_api.store.outbox import EVENT_STATUSES
 from llm_train_api.store.pagination import JobPage, JobQuery, SortKey
 from llm_train_api.store.rows import (
     INSERT_COLUMNS,
@@ -394,7 +395,8 @@ class JobRepository:
             params["expected_version"] = expected.version
             params["expected_created_us"] = expected.created_us
         stmt = _TRANSITIONS[target, expected is not None, owner is not None]
-        row = self.database.write_with_event(stmt, params, "status", ts, actor, message)
+        row = self.database.write_with_event(stmt, params, "status", ts, actor, message,
+                                             webhooks=target.value in EVENT_STATUSES)
         if row is not None:
             if target is JobStatus.CANCELLED:
                 self.database.notify(job_id)

@@ -69,6 +69,13 @@ def _v7_pausing(conn: Connection) -> None:
         conn.execute(text(f"ALTER TABLE jobs ADD COLUMN {column}"))
 
 
+def _v8_webhooks(conn: Connection) -> None:
+    """Webhook endpoints, the event types each wants, and the outbox of deliveries."""
+    tables.metadata.create_all(
+        conn, tables=[tables.webhooks, tables.webhook_events, tables.webhook_deliveries],
+        checkfirst=True)
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1_initial),
     (2, _v2_workers),
@@ -76,6 +83,7 @@ MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (4, _v4_fair_claims),
     (5, _v5_fine_tuning),
     (7, _v7_pausing),
+    (8, _v8_webhooks),
 ]
 LATEST_VERSION = MIGRATIONS[-1][0]
 

@@ -119,9 +119,10 @@ def _apply(repo: JobRepository, job_id: str, verbs: list[tuple[str, str]], *,
     for _ in range(_ATTEMPTS):
         for name, kind in verbs:
             ts = now_us()
+            # A job that became `paused` gets its webhook deliveries in the same statement.
             row = database.write_with_event(
                 statements[name], {"job_id": job_id, "now": ts, "owner_is": owner},
-                kind, ts, actor, None)
+                kind, ts, actor, None, webhooks=True)
             if row is not None:
                 database.notify(job_id)  # a worker learns of a request at once (PostgreSQL)
                 return PauseOutcome(row_to_job(row), True)

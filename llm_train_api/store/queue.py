@@ -39,6 +39,7 @@ from sqlalchemy import (
 from llm_train_api.domain import Job, JobStatus
 from llm_train_api.store.database import INSERT_EVENT, Database
 from llm_train_api.store.jobs import JobRepository
+from llm_train_api.store.outbox import queue_webhook_deliveries
 from llm_train_api.store.rows import JOB_COLUMNS, canonical_json, now_us, row_to_job
 from llm_train_api.store.tables import job_metrics, jobs
 
@@ -234,7 +235,7 @@ def _reap_statement() -> Any:
                 finished_us=case((exhausted, now), else_=None),
                 lease_owner=None, lease_expires_us=None, progress=None,
                 version=jobs.c.version + 1, updated_us=now)
-        .returning(*JOB_COLUMNS)
+        .returning(*JOB_COLUMNS, jobs.c.previous_status)
     )
 
 
@@ -430,7 +431,8 @@ class JobQueue:
         params = {"job_id": job_id, "worker": worker_id, "now": ts,
                   "failure": error_message if target is JobStatus.FAILED else None}
         kind = "requeued" if target is JobStatus.QUEUED else "status"
-        row = self.database.write_with_event(stmt, params, kind, ts, worker_id, error_message)
+        row = self.database.write_with_event(stmt, params, kind, ts, worker_id, error_message,
+                                             webhooks=target is not JobStatus.QUEUED)
         return None if row is None else row_to_job(row)
 
     def finish_paused(self, job_id: str, worker_id: str, message: str | None = None
@@ -441,7 +443,8 @@ class JobQueue:
         ts = now_us()
         row = self.database.write_with_event(_FINISH_PAUSED, {"job_id": job_id,
                                                               "worker": worker_id, "now": ts},
-                                             "paused", ts, worker_id, message)
+                                             "paused", ts, worker_id, message,
+                                             webhooks=True)
         return None if row is None else row_to_job(row)
 
     def requeue_expired(self, actor: str = "reaper") -> list[Job]:
@@ -461,6 +464,7 @@ class JobQueue:
                      "attempt": r.attempts, "job_created_us": r.created_us}
                     for r in rows
                 ])
+                queue_webhook_deliveries(conn, rows, ts)
             return rows
 
         return [row_to_job(r) for r in self.database.write(work)]

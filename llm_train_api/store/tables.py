@@ -140,3 +140,66 @@ schema_version = Table(
     Column("id", Integer, primary_key=True),
     Column("version", Integer, nullable=False),
 )
+
+# v8: webhooks. An endpoint a user (their own jobs) or an admin (every job) registered, the
+# event types it wants (one row each, so that matching is an index probe), and the outbox:
+# one delivery row per (event, endpoint), written in the transaction of the status change.
+webhooks = Table(
+    "webhooks",
+    metadata,
+    Column("seq", _Seq, primary_key=True, autoincrement=True),
+    Column("id", String(40), nullable=False, unique=True),
+    # The principal who registered it; NULL when auth was disabled.
+    Column("owner", String(64)),
+    # 1: every owner's jobs (an admin's hook, or any hook while auth is disabled).
+    Column("all_jobs", Integer, nullable=False),
+    Column("url", Text, nullable=False),
+    Column("description", Text),
+    # The signing secret (`whsec_...`): kept because signing needs it; never returned after
+    # the registration's answer, never logged.
+    Column("secret", String(128), nullable=False),
+    Column("created_us", BigInteger, nullable=False),
+)
+Index("ix_webhooks_owner", webhooks.c.owner, webhooks.c.seq)
+
+webhook_events = Table(
+    "webhook_events",
+    metadata,
+    Column("webhook_id", String(40), primary_key=True),
+    Column("event_type", String(64), primary_key=True),
+)
+# The outbox insert's probe: the hooks that want this event type.
+Index("ix_webhook_events_type", webhook_events.c.event_type, webhook_events.c.webhook_id)
+
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    # The message id sent as `webhook-id` is `msg_<seq>`: the same on every retry.
+    Column("seq", _Seq, primary_key=True, autoincrement=True),
+    Column("webhook_id", String(40), nullable=False),
+    Column("event_type", String(64), nullable=False),
+    # The event, as the status change wrote it (the payload is built from these columns, so
+    # later changes to the job do not alter what was sent).
+    Column("job_id", String(128), nullable=False),
+    Column("job_created_us", BigInteger, nullable=False),
+    Column("job_owner", String(64)),
+    Column("job_status", String(16), nullable=False),
+    Column("previous_status", String(16)),
+    Column("error_message", Text),
+    Column("occurred_us", BigInteger, nullable=False),
+    # pending -> delivered | failed (gave up after WEBHOOK_MAX_AGE_S).
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    # When a sender may next take it: the retry time, and while a sender holds it, the end
+    # of that sender's claim (a sender killed mid-delivery leaves it due again then).
+    Column("next_attempt_us", BigInteger),
+    # Who holds the current claim: the answer is recorded only by the claim's holder.
+    Column("claim", String(64)),
+    Column("last_attempt_us", BigInteger),
+    Column("last_status_code", Integer),
+    Column("last_error", Text),
+    Column("delivered_us", BigInteger),
+)
+Index("ix_webhook_deliveries_due", webhook_deliveries.c.state,
+      webhook_deliveries.c.next_attempt_us)
+Index("ix_webhook_deliveries_hook", webhook_deliveries.c.webhook_id, webhook_deliveries.c.seq)

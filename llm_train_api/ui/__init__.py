@@ -1,5 +1,5 @@
 """The web dashboard at `/ui`: jobs, a New job form with a dry-run preview, a job's loss
-curve, events, log and checkpoints, datasets and models.
+curve, events, log and checkpoints, datasets, models and webhooks.
 
 Server-rendered HTML shells and small vanilla JavaScript files, all shipped in the package:
 no CDN, so it works on a machine without internet access. The shells carry no data and
@@ -77,6 +77,13 @@ def datasets_page():
 def models_page():
     """List, import and delete models."""
     return render_template("ui_models.html", page="models")
+
+
+@bp.get("/webhooks")
+@public
+def webhooks_page():
+    """Register, list and delete webhook endpoints, and see their recent deliveries."""
+    return render_template("ui_webhooks.html", page="webhooks")
 
 
 @bp.get("/static/<path:filename>")

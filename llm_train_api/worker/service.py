@@ -27,6 +27,7 @@ from llm_train_api.artifacts.staging import sweep_stale_uploads
 from llm_train_api.config import Settings
 from llm_train_api.domain import IllegalTransition, Job, JobNotFound, JobStatus
 from llm_train_api.services.models import Place
+from llm_train_api.services.webhooks.sender import WebhookSender
 from llm_train_api.store.queue import HeldJobs, JobQueue
 from llm_train_api.training.datasets import DatasetError
 from llm_train_api.training.events import EXIT_OK, EXIT_PREEMPTED
@@ -96,8 +97,10 @@ def new_worker_id() -> str:
 
 class Worker:
     def __init__(self, queue: JobQueue, config: WorkerConfig, worker_id: str | None = None,
-                 executor: Executor | None = None):
+                 executor: Executor | None = None, webhook_sender: WebhookSender | None = None):
         self.queue = queue
+        # Delivers webhooks on a thread of its own, beside the loop, until the worker stops.
+        self.webhook_sender = webhook_sender
         self.config = config
         self.id = worker_id or new_worker_id()
         self.executor = executor or LocalExecutor(gpus=config.gpus,
@@ -116,12 +119,18 @@ class Worker:
         log.info("worker %s: %s executor, %d slot(s), data in %s", self.id,
                  self.executor.name, self.config.concurrency, self.config.data_dir)
         self._start_listener()
-        while not self.stopping.is_set():
-            self.tick()
-            self.wake.wait(self.config.poll_s)
-            self.wake.clear()
-        self._shutdown()
-        self.executor.close()
+        if self.webhook_sender is not None:
+            self.webhook_sender.start()
+        try:
+            while not self.stopping.is_set():
+                self.tick()
+                self.wake.wait(self.config.poll_s)
+                self.wake.clear()
+            self._shutdown()
+            self.executor.close()
+        finally:
+            if self.webhook_sender is not None:
+                self.webhook_sender.stop()
 
     def tick(self) -> None:
         now = time.monotonic()

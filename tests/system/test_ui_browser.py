@@ -605,7 +605,7 @@ def test_html_pages_are_public_shells_with_strict_security_headers(app):
     client = admin_client(app)
     anonymous = app.test_client()
     for path in ("/ui", "/ui/", "/ui/datasets", "/ui/models", "/ui/new-job",
-                 "/ui/jobs/anything"):
+                 "/ui/jobs/anything", "/ui/webhooks"):
         resp = anonymous.get(path)
         assert resp.status_code == 200 and resp.mimetype == "text/html", path
         assert resp.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
@@ -625,7 +625,7 @@ def test_html_pages_are_public_shells_with_strict_security_headers(app):
     html = anonymous.get("/ui/jobs/%3Cimg%20src%3Dx%3E").get_data(as_text=True)
     assert "<img" not in html and "&lt;img src=x&gt;" in html
     for name in ("common.js", "jobs.js", "job.js", "chart.js", "datasets.js", "models.js",
-                 "newjob.js", "ui.css"):
+                 "newjob.js", "webhooks.js", "ui.css"):
         assert anonymous.get(f"/ui/static/{name}").status_code == 200, name
         code = (REPO_ROOT / "llm_train_api/ui/static" / name).read_text()
         assert not re.search(r"\.(inner|outer)HTML\s*=|insertAdjacentHTML|document\.write",
@@ -635,3 +635,45 @@ def test_html_pages_are_public_shells_with_strict_security_headers(app):
     assert anonymous.get("/jobs").status_code == 401
     assert client.get("/jobs").status_code == 200
 
+
+# A public address: registration only checks it (nothing runs a sender in this test).
+WEBHOOK_ENDPOINT = "http://8.8.8.8/hooks/train"
+
+
+@sqlite_only
+def test_webhooks_page_registers_shows_deliveries_and_deletes(service, ui):
+    open_page(ui, service, "/ui/webhooks")
+    wait(ui, lambda d: "No webhooks." in d.find_element(By.ID, "webhooks-body").text,
+         what="the empty table")
+    ui.find_element(By.ID, "webhook-url").send_keys(WEBHOOK_ENDPOINT)
+    events = Select(ui.find_element(By.ID, "webhook-events"))
+    events.deselect_all()
+    events.select_by_value("job.cancelled")
+    ui.find_element(By.ID, "webhook-create").click()
+    secret = wait(ui, lambda d: (p := d.find_element(By.ID, "webhook-secret")).is_displayed()
+                  and p.text, what="the secret")
+    assert "whsec_" in secret
+    (hook,) = service.http.get(service.url + "/webhooks", timeout=10).json()
+    assert hook["url"] == WEBHOOK_ENDPOINT and hook["events"] == ["job.cancelled"]
+    row = wait(ui, lambda d: d.find_element(By.CSS_SELECTOR,
+                                            f'#webhooks-body tr[data-id="{hook["id"]}"]'),
+               what="the new row")
+    assert WEBHOOK_ENDPOINT in row.text and "job.cancelled" in row.text
+
+    body = {"job_id": "hooked", "model_name": "gpt-nano", "dataset": "builtin:tinytext",
+            "hyperparameters": {"max_steps": 1}}
+    assert service.http.post(service.url + "/jobs", json=body, timeout=10).status_code == 201
+    service.http.post(service.url + "/jobs/hooked/cancel", timeout=10)
+    row.find_element(By.CSS_SELECTOR, "button.show-deliveries").click()
+    delivery = wait(ui, lambda d: d.find_element(By.CSS_SELECTOR,
+                                                 '#deliveries-body tr[data-state="pending"]'),
+                    what="the delivery")
+    assert "job.cancelled" in delivery.text and "hooked" in delivery.text
+
+    delete = row.find_element(By.CSS_SELECTOR, "button.delete")
+    delete.click()
+    delete.click()
+    wait(ui, lambda d: not d.find_elements(By.CSS_SELECTOR,
+                                           f'#webhooks-body tr[data-id="{hook["id"]}"]'),
+         what="the row to go")
+    assert service.http.get(service.url + "/webhooks", timeout=10).json() == []

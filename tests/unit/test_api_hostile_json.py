@@ -58,7 +58,8 @@ def _store_snapshot(app) -> tuple:
 def test_the_json_endpoints_are_the_ones_we_think(app_and_client):
     _app, client = app_and_client
     operations = _json_operations(client.get("/openapi.json").get_json())
-    assert sorted(operations) == [("PATCH", "/jobs/j1/status"), ("POST", "/jobs")]
+    assert sorted(operations) == [("PATCH", "/jobs/j1/status"), ("POST", "/jobs"),
+                                  ("POST", "/webhooks")]
 
 
 @pytest.mark.parametrize("depth", [1_000, 100_000])

@@ -78,7 +78,7 @@ def test_import_creates_then_replaces_and_describes(client, app):
     schema = described.pop("hyperparameters")  # the fine-tuning trainer's, on GET one only
     assert described == body and "hyperparameters" not in body
     by_name = {p["name"]: p for p in schema}
-    assert by_name["method"]["choices"] == ["lora", "full", "qlora"]
+    assert by_name["method"]["choices"] == ["lora", "full", "qlora", "dpo"]
     assert by_name["lora"]["type"] == "object"
     assert {p["name"] for p in by_name["lora"]["properties"]} >= {"r", "alpha", "dropout",
                                                                    "target_modules"}

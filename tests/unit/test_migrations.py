@@ -9,6 +9,7 @@ from llm_train_api.store.database import Database
 from llm_train_api.store.jobs import JobRepository
 from llm_train_api.store.migrations import LATEST_VERSION
 from llm_train_api.store.queue import JobQueue
+from llm_train_api.store.webhooks import WebhookRepository
 
 # The schema exactly as version 1 created it (frozen here on purpose).
 V1_DDL = [
@@ -58,6 +59,12 @@ def test_a_version_1_database_is_upgraded_and_keeps_its_jobs(tmp_path):
     assert claimed.id == "old" and claimed.attempts == 1
     events, _ = jobs.job_events("old")
     assert [(e.kind, e.attempt) for e in events] == [("created", None), ("claimed", 1)]
+    # v8: webhooks, and the outbox a finished run writes to.
+    hooks = WebhookRepository(database)
+    hook = hooks.create(owner=None, all_jobs=True, url="http://h", events=["job.succeeded"],
+                        description=None, secret="whsec_AAAA")
+    JobQueue(database, jobs).finish("old", "w", JobStatus.SUCCEEDED)
+    assert [d.event_type for d in hooks.deliveries(hook.id)[0]] == ["job.succeeded"]
     database.close()
     # Opening it again is a no-op.
     again = Database.from_url(url)

@@ -32,6 +32,11 @@ ROUTES = {
     ("/healthz", "get"): {"200"},
     ("/readyz", "get"): {"200", "503"},
     ("/whoami", "get"): {"200"},
+    ("/webhooks", "get"): {"200"},
+    ("/webhooks", "post"): {"201", "400", "413", "415", "422", "429"},
+    ("/webhooks/{webhook_id}", "get"): {"200", "404"},
+    ("/webhooks/{webhook_id}", "delete"): {"204", "404"},
+    ("/webhooks/{webhook_id}/deliveries", "get"): {"200", "400", "404", "422"},
 }
 PUBLIC = {("/healthz", "get"), ("/readyz", "get")}
 QUOTA_LIMITED = {("/jobs", "post"), ("/datasets/{name}", "put")}
