@@ -99,6 +99,9 @@ class NewJob:
     validation_dataset: str | None = None
     output_model: str | None = None
     model_kind: str | None = None
+    # A branch (`from_checkpoint`): {"job_id", "created_us", "step"} of the source
+    # checkpoint, resolved at creation.
+    origin: dict[str, Any] | None = None
 
     def request_fields(self) -> list[Any]:
         """What makes two creates 'the same request' for idempotent retries. Options left
@@ -110,6 +113,8 @@ class NewJob:
         if self.validation_dataset is not None or self.output_model is not None:
             fields.append({"validation_dataset": self.validation_dataset,
                            "output_model": self.output_model})
+        if self.origin is not None:
+            fields.append({"origin": self.origin})
         return fields
 
 
@@ -141,6 +146,13 @@ class Job:
     validation_dataset: str | None = None
     output_model: str | None = None  # the model a succeeded fine-tuning job registers
     model_kind: str | None = None  # "builtin" or "hf"; None: not admitted (EXECUTOR=none)
+    origin: dict[str, Any] | None = None  # a branch: the checkpoint it started from
+
+    @property
+    def result(self) -> dict[str, Any] | None:
+        """Final and best metrics and the best checkpoint, as the trainer's last run
+        reported them (kept in `progress` by the worker)."""
+        return (self.progress or {}).get("result")
 
     @property
     def fine_tuned_model(self) -> str | None:

@@ -12,7 +12,17 @@ from flask import Flask, send_from_directory
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from llm_train_api import ui
-from llm_train_api.api import artifacts, auth, datasets, health, jobs, models, openapi, whoami
+from llm_train_api.api import (
+    artifacts,
+    auth,
+    checkpoints,
+    datasets,
+    health,
+    jobs,
+    models,
+    openapi,
+    whoami,
+)
 from llm_train_api.api import errors as http_errors
 from llm_train_api.api import metrics as observability
 from llm_train_api.api.base import RUNTIME_KEY
@@ -83,8 +93,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     http_errors.register(app)
     auth.init_app(app, runtime)  # first: nothing else runs for an unauthenticated caller
     app.before_request(http_errors.require_json_body)
-    for blueprint in (jobs.blp, artifacts.blp, models.blp, datasets.blp, health.blp,
-                      whoami.blp):
+    for blueprint in (jobs.blp, artifacts.blp, checkpoints.blp, models.blp, datasets.blp,
+                      health.blp, whoami.blp):
         api.register_blueprint(blueprint)
     _serve_swagger_assets(app)
     observability.init_app(app, runtime)

@@ -63,12 +63,18 @@ def _v5_fine_tuning(conn: Connection) -> None:
         conn.execute(text(f"ALTER TABLE jobs ADD COLUMN {column}"))
 
 
+def _v6_checkpoints(conn: Connection) -> None:
+    """A branched job's origin: the job incarnation and checkpoint step it starts from."""
+    conn.execute(text("ALTER TABLE jobs ADD COLUMN origin TEXT"))
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1_initial),
     (2, _v2_workers),
     (3, _v3_auth),
     (4, _v4_fair_claims),
     (5, _v5_fine_tuning),
+    (6, _v6_checkpoints),
 ]
 LATEST_VERSION = MIGRATIONS[-1][0]
 

@@ -65,6 +65,8 @@ jobs = Table(
     Column("validation_dataset", String(256)),
     Column("output_model", String(128)),
     Column("model_kind", String(16)),
+    # --- v6: a branched job's origin, JSON {"job_id", "created_us", "step"}; NULL otherwise.
+    Column("origin", Text),
 )
 
 # One index per supported single filter, each ending in the sort key, so that every page is
