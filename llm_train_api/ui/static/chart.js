@@ -1,6 +1,7 @@
 // The loss curve as inline SVG, drawn here (no chart library, nothing fetched from a CDN):
 // axes with "nice" ticks, train loss as a line, validation loss as a line with dots, a
-// legend. LossChart(container).draw(points) redraws from the full list of metric points.
+// legend. LossChart(container).draw(points) redraws from the full list of metric points;
+// drawSeries([{name, pts: [[step, loss]], color, dots}]) draws any curves (compare runs).
 // Each axis runs from a round tick at or below the smallest value to a round tick at or
 // above the largest, so the labels cover the whole range, also for a single point or a
 // flat curve; step ticks are whole numbers.
@@ -83,13 +84,22 @@ const LossChart = (() => {
       const train = thin(points.filter((p) => finite(p.train_loss)))
         .map((p) => [p.step, p.train_loss]);
       const val = thin(points.filter((p) => finite(p.val_loss))).map((p) => [p.step, p.val_loss]);
+      drawSeries([
+        { name: "train loss", cls: "series-train", pts: train, dots: train.length === 1 },
+        { name: "validation loss", cls: "series-val", pts: val, dots: true },
+      ]);
+    }
+
+    // Each series: name, pts ([step, value] pairs), and either cls (a CSS class that
+    // colours it) or color (an SVG stroke/fill attribute), and dots.
+    function drawSeries(series) {
       root.replaceChildren(svg("title", {}, "Loss against step"));
-      if (!train.length && !val.length) {
+      const all = series.flatMap((s) => s.pts);
+      if (!all.length) {
         root.append(svg("text", { x: W / 2, y: H / 2, class: "chart-empty",
           "text-anchor": "middle" }, "No metrics yet"));
         return;
       }
-      const all = train.concat(val);
       const ys = all.map((p) => p[1]);
       let [y0, y1] = [Math.min(...ys), Math.max(...ys)];
       const pad = (y1 - y0) * 0.02; // keep the curve off the frame when it ends on a tick
@@ -129,36 +139,38 @@ const LossChart = (() => {
 
       const line = (pts) => pts.map(([x, y]) => `${px(x).toFixed(1)},${py(y).toFixed(1)}`)
         .join(" ");
-      const series = [
-        { name: "train loss", cls: "series-train", pts: train, dots: train.length === 1 },
-        { name: "validation loss", cls: "series-val", pts: val, dots: true },
-      ];
+      const paint = (s) => (s.color ? { stroke: s.color, fill: s.color } : {});
       for (const s of series) {
         if (!s.pts.length) continue;
-        const g = svg("g", { class: "series " + s.cls, "data-series": s.cls });
-        g.append(svg("polyline", { points: line(s.pts), fill: "none" }));
+        const cls = s.cls || "series-custom";
+        const g = svg("g", { class: "series " + cls, "data-series": s.name });
+        g.append(svg("polyline", { points: line(s.pts), fill: "none",
+          ...(s.color ? { stroke: s.color } : {}) }));
         if (s.dots) {
           for (const [x, y] of s.pts.slice(-200)) {
-            g.append(svg("circle", { cx: px(x).toFixed(1), cy: py(y).toFixed(1), r: 3 }));
+            g.append(svg("circle", { cx: px(x).toFixed(1), cy: py(y).toFixed(1), r: 3,
+              ...(s.color ? { fill: s.color } : {}) }));
           }
         }
         root.append(g);
       }
 
+      const width = Math.max(150, 40 + 7 * Math.max(...series.map((s) => s.name.length)));
       const legend = svg("g", { class: "legend",
-        transform: `translate(${W - M.right - 150} ${M.top + 4})` });
-      legend.append(svg("rect", { x: 0, y: 0, width: 150, height: 44, class: "legend-box" }));
+        transform: `translate(${W - M.right - width} ${M.top + 4})` });
+      legend.append(svg("rect", { x: 0, y: 0, width, height: 8 + 18 * series.length,
+        class: "legend-box" }));
       series.forEach((s, i) => {
         const y = 15 + i * 18;
-        const key = svg("g", { class: "series " + s.cls });
-        key.append(svg("line", { x1: 10, x2: 34, y1: y, y2: y }));
+        const key = svg("g", { class: "series " + (s.cls || "series-custom") });
+        key.append(svg("line", { x1: 10, x2: 34, y1: y, y2: y, ...paint(s) }));
         legend.append(key, svg("text", { x: 42, y, "dominant-baseline": "middle" }, s.name));
       });
       root.append(legend);
     }
 
     draw([]);
-    return { draw };
+    return { draw, drawSeries };
   }
 
   return LossChart;
