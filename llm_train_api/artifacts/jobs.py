@@ -2,7 +2,8 @@
 
     DATA_DIR/datasets/<name>[.txt|.jsonl]     uploaded datasets (see training.datasets)
     DATA_DIR/jobs/<job id>-<created_us hex>/  one folder per job incarnation:
-        spec.json, metrics.jsonl, ckpt_latest.pt, ckpt_best.pt   (written by the trainer)
+        spec.json, metrics.jsonl, ckpt_latest.pt, ckpt_best.pt,   (written by the trainer)
+        checkpoints/ and checkpoints.json (the kept step checkpoints and their sha256)
         train.log                                                 (the trainer's stdout+stderr)
 
 The creation time is in the folder name because an id can be reused after a DELETE: a new
