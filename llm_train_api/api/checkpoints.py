@@ -8,9 +8,10 @@ from flask import Response
 from flask.views import MethodView
 from marshmallow import Schema, fields
 
-from llm_train_api.api.base import ApiBlueprint, get_runtime
-from llm_train_api.api.jobs import _visible_job
+from llm_train_api.api.auth import ensure_visible
+from llm_train_api.api.base import ApiBlueprint, get_jobs, get_runtime
 from llm_train_api.artifacts.folder_archive import FolderArchive, visible_files
+from llm_train_api.domain import Job, JobNotFound, is_valid_job_id
 from llm_train_api.services import checkpoints
 
 blp = ApiBlueprint(
@@ -20,6 +21,13 @@ blp = ApiBlueprint(
     description="A job's checkpoints: listed with their metrics and sha256, downloaded "
                 "verified.",
 )
+
+
+def _visible_job(job_id: str) -> Job:
+    """The job, if it exists and the caller may see it; JobNotFound (404) otherwise."""
+    if not is_valid_job_id(job_id):
+        raise JobNotFound(job_id)
+    return ensure_visible(get_jobs().get_job(job_id))
 
 
 class CheckpointSchema(Schema):

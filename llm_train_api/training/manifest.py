@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 import time
@@ -123,8 +124,7 @@ def clean_metrics(metrics: Mapping[str, Any] | None) -> dict[str, Any]:
     for key, value in (metrics or {}).items():
         if isinstance(value, bool) or not isinstance(value, int | float):
             continue
-        if isinstance(value, float) and value != value or value in (float("inf"),
-                                                                    float("-inf")):
+        if isinstance(value, float) and not math.isfinite(value):
             continue
         kept[key] = value
     return kept

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import tarfile
 
 import pytest
@@ -146,3 +147,11 @@ def test_another_users_job_is_404_whatever_the_step(bob, trunk, client):
     # The admin sees every job, so may branch from any.
     resp = client.post("/jobs", json={"job_id": "adm", **BODY, "from_checkpoint": "trunk:10"})
     assert resp.status_code == 201, resp.get_json()
+
+
+def test_storage_counts_a_hard_linked_checkpoint_once(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "ckpt_latest.pt").write_bytes(b"x" * 1000)
+    os.link(tmp_path / "ckpt_latest.pt", tmp_path / "checkpoints/step-00000001.pt")
+    (tmp_path / "metrics.jsonl").write_bytes(b"y" * 10)
+    assert jobfiles.tree_bytes(tmp_path) == 1010
