@@ -549,13 +549,13 @@ def test_the_checkpoint_table_downloads_and_compare_runs_overlays_two_jobs(servi
     for job_id, lr in (("cmp-a", 0.003), ("cmp-b", 0.0005)):
         submit(service, job_id, max_steps=30, eval_interval=10, checkpoint_interval=10,
                learning_rate=lr)
+    open_page(ui, service, "/ui/jobs/cmp-a")  # the table fills in as checkpoints land
     for job_id in ("cmp-a", "cmp-b"):
         job = wait(ui, lambda d, j=job_id: (got := service.http.get(
             f"{service.url}/jobs/{j}", timeout=10).json())["status"] in (
             "succeeded", "failed") and got, timeout=180, what=f"{job_id} to end")
         assert job["status"] == "succeeded", job["error_message"]
 
-    open_page(ui, service, "/ui/jobs/cmp-a")
     wait(ui, lambda d: [tr.get_attribute("data-step") for tr in d.find_elements(
         By.CSS_SELECTOR, "#checkpoints-body tr")] == ["10", "20", "30"],
         what="the checkpoint table")
