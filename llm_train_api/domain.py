@@ -107,6 +107,9 @@ class NewJob:
     validation_dataset: str | None = None
     output_model: str | None = None
     model_kind: str | None = None
+    # A branch (`from_checkpoint`): {"job_id", "created_us", "step"} of the source
+    # checkpoint, resolved at creation.
+    origin: dict[str, Any] | None = None
 
     def request_fields(self) -> list[Any]:
         """What makes two creates 'the same request' for idempotent retries. Options left
@@ -118,6 +121,8 @@ class NewJob:
         if self.validation_dataset is not None or self.output_model is not None:
             fields.append({"validation_dataset": self.validation_dataset,
                            "output_model": self.output_model})
+        if self.origin is not None:
+            fields.append({"origin": self.origin})
         return fields
 
 
@@ -149,12 +154,19 @@ class Job:
     validation_dataset: str | None = None
     output_model: str | None = None  # the model a succeeded fine-tuning job registers
     model_kind: str | None = None  # "builtin" or "hf"; None: not admitted (EXECUTOR=none)
+    origin: dict[str, Any] | None = None  # a branch: the checkpoint it started from
     # A running job asked to pause: its worker stops the run at its next heartbeat, the
     # trainer checkpoints, and the job becomes `paused`. None when no pause is pending.
     pause_requested_at: datetime | None = None
     # How often a run of this job was paused: part of a Ray run's submission id, since a
     # pause takes back the attempt its run counted.
     pauses: int = 0
+
+    @property
+    def result(self) -> dict[str, Any] | None:
+        """Final and best metrics and the best checkpoint, as the trainer's last run
+        reported them (kept in `progress` by the worker)."""
+        return (self.progress or {}).get("result")
 
     @property
     def fine_tuned_model(self) -> str | None:

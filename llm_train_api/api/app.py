@@ -15,6 +15,7 @@ from llm_train_api import ui
 from llm_train_api.api import (
     artifacts,
     auth,
+    checkpoints,
     datasets,
     health,
     jobs,
@@ -93,8 +94,8 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     http_errors.register(app)
     auth.init_app(app, runtime)  # first: nothing else runs for an unauthenticated caller
     app.before_request(http_errors.require_json_body)
-    for blueprint in (jobs.blp, artifacts.blp, models.blp, datasets.blp, health.blp,
-                      whoami.blp, webhooks.blp):
+    for blueprint in (jobs.blp, artifacts.blp, checkpoints.blp, models.blp, datasets.blp,
+                      health.blp, whoami.blp, webhooks.blp):
         api.register_blueprint(blueprint)
     _serve_swagger_assets(app)
     observability.init_app(app, runtime)

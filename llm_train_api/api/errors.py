@@ -31,6 +31,7 @@ from llm_train_api.domain import (
     StatusChangeForbidden,
     StatusManagedByWorkers,
 )
+from llm_train_api.services.checkpoints import CheckpointCorrupt, CheckpointNotFound
 from llm_train_api.services.finetune_plan import PlanUnavailable
 from llm_train_api.services.storage import REASON as STORAGE_QUOTA_REASON
 from llm_train_api.services.storage import StorageQuotaExceeded
@@ -67,6 +68,8 @@ ERROR_STATUS: dict[type[Exception], int] = {
     model_errors.InvalidModel: 422,
     PlanUnavailable: 503,
     WebhookNotFound: 404,
+    CheckpointNotFound: 404,
+    CheckpointCorrupt: 409,
 }
 
 

@@ -3,6 +3,7 @@ and the loss curve. HTTP only: what a job may be and who may change what is in s
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -51,6 +52,7 @@ from llm_train_api.domain import (
     is_valid_job_id,
 )
 from llm_train_api.services import status_changes, storage
+from llm_train_api.services.checkpoints import resolve_origin
 from llm_train_api.services.finetune_plan import PlanSlots
 from llm_train_api.services.job_creation import (
     builtin_executor,
@@ -160,9 +162,12 @@ class Jobs(MethodView):
                       "does not exist (no `Location`, no `ETag`); for a fine-tuning job "
                       "also its `plan` (examples, tokens, truncations, steps, memory).")
     @blp.error(400, "Malformed JSON, NaN/Infinity in it, or an integer outside 64 bits.")
+    @blp.error(404, "`from_checkpoint` names a job that does not exist or that the caller "
+               "cannot see.")
     @blp.error(409, "job_id is already taken by a job with a different body; or "
                "`output_model` already means a model for the caller, or is the result of "
-               "another of their queued or running jobs.")
+               "another of their queued or running jobs; or the `from_checkpoint` "
+               "checkpoint is corrupt (its sha256 no longer matches).")
     @blp.error(413, "Body larger than LLM_TRAIN_API_MAX_JSON_BYTES.")
     @blp.error(415, "Content-Type is not application/json.")
     @blp.alt_response(429, schema=StorageErrorSchema, description="A per-user limit is "
@@ -185,7 +190,9 @@ class Jobs(MethodView):
                "without a chat template, `max_seq_length` over its context, an invalid "
                "`output_model`; for a built-in GPT: a chat or instruction dataset, "
                "`validation_dataset` or `output_model`. A dry run also: data the "
-               "fine-tuning trainer refuses (`dataset`).")
+               "fine-tuning trainer refuses (`dataset`). `from_checkpoint`: malformed, a "
+               "step the source job does not keep, or a source of another model (or "
+               "fine-tuning method).")
     @blp.error(503, "A dry run of a fine-tuning job could not plan the run (too slow: "
                "LLM_TRAIN_API_PLAN_TIMEOUT_S, or no fine-tuning stack on the API host), or "
                "this process already runs LLM_TRAIN_API_PLANS_PER_PROCESS planners (then "
@@ -204,6 +211,11 @@ class Jobs(MethodView):
         data_dir = get_runtime().data_dir
         new = prepare_job(body, owner=principal.owner, settings=settings, data_dir=data_dir,
                           jobs=get_jobs())
+        if body.get("from_checkpoint"):
+            new = replace(new, origin=resolve_origin(
+                body["from_checkpoint"], jobs=get_jobs(), scope=owner_scope(),
+                data_dir=data_dir, model_name=new.model_name,
+                hyperparameters=new.hyperparameters))
         storage.check_room_for_job(data_dir, principal, get_jobs(), settings, new.job_id)
         if query["dry_run"]:
             answer = JobSchema().dump(preview(new))

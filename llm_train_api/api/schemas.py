@@ -190,6 +190,15 @@ class JobCreateSchema(Schema):
                   "listed by GET /models. 409 when the name already means a model for the "
                   "caller, or another of their queued or running jobs will produce it.",
                   "example": "my-assistant"})
+    from_checkpoint = Text(
+        allow_none=True, load_default=None, validate=validate.Length(min=1, max=140),
+        metadata={"description": "Branch: start from the weights of another job's "
+                  "checkpoint, `<job_id>` (its best checkpoint, else its newest) or "
+                  "`<job_id>:<step>`, with a new optimizer, data order and "
+                  "hyperparameters. The same `model_name` (and for fine-tuning the same "
+                  "method and LoRA settings) is required (422); a job the caller cannot "
+                  "see is a 404; a step not kept a 422; a corrupt checkpoint a 409.",
+                  "example": "job-001:200"})
 
     @validates("hyperparameters")
     def _bounded(self, value: dict[str, Any], **_: Any) -> None:
@@ -315,6 +324,13 @@ class JobSchema(LeanDumpSchema):
         "description": "A running job asked to pause (`POST /jobs/{id}/pause`): when. Its "
         "worker checkpoints and stops the run, then the job reads `paused`. Null when no "
         "pause is pending."})
+    origin = fields.Dict(allow_none=True, metadata={
+        "description": "A branched job (`from_checkpoint`): the `job_id`, `created_us` and "
+        "`step` of the checkpoint it started from; null otherwise."})
+    result = fields.Dict(allow_none=True, dump_only=True, metadata={
+        "description": "Once a run ended: `final` (the last evaluated metrics), `best` (the "
+        "best checkpoint's metrics), `best_checkpoint` (its step) and `selection_metric` "
+        "(`val_loss`: lowest is best). Null before."})
 
 
 class PlanSchema(Schema):
@@ -391,7 +407,9 @@ class JobEventSchema(LeanDumpSchema):
     at = UTCDateTime()
     kind = fields.String(metadata={
         "description": "`created`, `status`, `claimed`, `requeued`, `lease_expired`, "
-        "`paused`, `pause_requested`, `pause_withdrawn` or `resumed`."})
+        "`paused`, `pause_requested`, `pause_withdrawn`, `resumed`, or `checkpoint_corrupt` "
+        "(a resume skipped a checkpoint whose sha256 no longer matched; the message says "
+        "which and where the run continued)."})
     from_status = fields.Enum(JobStatus, by_value=True, allow_none=True)
     to_status = fields.Enum(JobStatus, by_value=True, allow_none=True)
     actor = fields.String(allow_none=True,
@@ -433,6 +451,9 @@ class MetricPointSchema(Schema):
     epoch = fields.Float(allow_none=True)
     train_loss = fields.Float(allow_none=True)
     val_loss = fields.Float(allow_none=True)
+    val_perplexity = fields.Float(allow_none=True)
+    val_token_accuracy = fields.Float(allow_none=True)
+    train_token_accuracy = fields.Float(allow_none=True)
     lr = fields.Float(allow_none=True)
     tokens_per_s = fields.Float(allow_none=True)
     elapsed_s = fields.Float(allow_none=True)

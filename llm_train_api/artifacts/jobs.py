@@ -2,7 +2,8 @@
 
     DATA_DIR/datasets/<name>[.txt|.jsonl]     uploaded datasets (see training.datasets)
     DATA_DIR/jobs/<job id>-<created_us hex>/  one folder per job incarnation:
-        spec.json, metrics.jsonl, ckpt_latest.pt, ckpt_best.pt   (written by the trainer)
+        spec.json, metrics.jsonl, ckpt_latest.pt, ckpt_best.pt,   (written by the trainer)
+        checkpoints/ and checkpoints.json (the kept step checkpoints and their sha256)
         train.log                                                 (the trainer's stdout+stderr)
 
 The creation time is in the folder name because an id can be reused after a DELETE: a new
@@ -129,8 +130,10 @@ def sweep_job_dirs(
 
 def tree_bytes(path: str | os.PathLike[str]) -> int:
     """The sizes of the files under `path` added up (0 when it does not exist); symlinks
-    are not followed."""
+    are not followed, and a file with several hard links (a trainer's ``ckpt_latest.pt``
+    and the step checkpoint it is) counts once."""
     total = 0
+    linked: set[tuple[int, int]] = set()
     stack = [os.fspath(path)]
     while stack:
         try:
@@ -140,7 +143,12 @@ def tree_bytes(path: str | os.PathLike[str]) -> int:
                         if entry.is_dir(follow_symlinks=False):
                             stack.append(entry.path)
                         elif entry.is_file(follow_symlinks=False):
-                            total += entry.stat(follow_symlinks=False).st_size
+                            st = entry.stat(follow_symlinks=False)
+                            if st.st_nlink > 1:
+                                if (st.st_dev, st.st_ino) in linked:
+                                    continue
+                                linked.add((st.st_dev, st.st_ino))
+                            total += st.st_size
                     except OSError:
                         continue  # removed while we looked
         except (FileNotFoundError, NotADirectoryError):

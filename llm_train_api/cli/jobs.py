@@ -156,6 +156,8 @@ def _with(options: list[Any]):
               "of a held-out share of --dataset.")
 @click.option("--output-model", help="Fine-tuning: the model name the result gets "
               "(default: the job id).")
+@click.option("--from-checkpoint", metavar="JOB[:STEP]", help="Branch: start from the "
+              "weights of that job's checkpoint (its best without STEP).")
 @click.option("--dry-run", is_flag=True, help="Only validate; create nothing (a fine-tuning "
               "job also prints its plan: examples, tokens, steps, memory).")
 @click.option("--wait", "wait_", is_flag=True,
@@ -167,7 +169,8 @@ def submit(api: Client, model_name: str, dataset: str, hp_pairs: tuple[str, ...]
            gpus: int | None, memory_gb: float | None, method: str | None,
            lora_r: int | None, lora_alpha: float | None, dpo_beta: float | None,
            dpo_loss_type: str | None, validation_dataset: str | None,
-           output_model: str | None, dry_run: bool, wait_: bool,
+           output_model: str | None, from_checkpoint: str | None, dry_run: bool,
+           wait_: bool,
            timeout: float | None, interval: float, as_json: bool) -> None:
     """Submit a training job: a built-in GPT from scratch, or fine-tuning a Hugging
     Face-format model (see `models`). --method, --lora-* and --dpo-* set those
@@ -179,7 +182,8 @@ def submit(api: Client, model_name: str, dataset: str, hp_pairs: tuple[str, ...]
     job = api.create_job(model_name, dataset, hp, job_id=job_id, priority=priority,
                          max_attempts=max_attempts, max_runtime_seconds=max_runtime_seconds,
                          resources=resources, dry_run=dry_run,
-                         validation_dataset=validation_dataset, output_model=output_model)
+                         validation_dataset=validation_dataset, output_model=output_model,
+                         from_checkpoint=from_checkpoint)
     if dry_run or not wait_:
         if as_json:
             print_json(job)
@@ -252,6 +256,13 @@ def _show_job(job: Job) -> None:
         rows.append(("fine-tuned model", job.fine_tuned_model))
     elif job.output_model:
         rows.append(("result", f"model {job.output_model} (once it succeeds)"))
+    if job.origin:
+        rows.append(("branched from", f"{job.origin.get('job_id')} step "
+                                      f"{job.origin.get('step')}"))
+    if job.result:
+        best = job.result.get("best") or {}
+        rows.append(("best checkpoint", f"step {job.result.get('best_checkpoint')} "
+                                        f"(val_loss {best.get('val_loss')})"))
     if job.error_message:
         rows.append(("error", job.error_message))
     if job.worker:
@@ -391,3 +402,7 @@ def logs(api: Client, job_id: str, tail: int | None, follow: bool) -> None:
     for line in api.follow_logs(job_id, tail=tail):
         out.write(line.text + "\n")
         out.flush()
+
+
+# The checkpoint commands live in their own module and join this group when it loads.
+from llm_train_api.cli import jobs_checkpoints  # noqa: E402,F401

@@ -52,6 +52,7 @@ from llm_train_api.client.errors import (
 from llm_train_api.client.logs import LogFollower
 from llm_train_api.client.models import (
     Artifact,
+    Checkpoint,
     Dataset,
     Health,
     Identity,
@@ -290,10 +291,13 @@ class Client(Downloads, Webhooks):
         dry_run: bool = False,
         validation_dataset: str | None = None,
         output_model: str | None = None,
+        from_checkpoint: str | None = None,
     ) -> Job:
         """Submit a job (queued at once; without `job_id` the client makes one, so a retry
         is safe). 409 :class:`Conflict`: the id holds another job, or `output_model` is
-        taken. `dry_run` returns the would-be job (a fine-tuning job's with its `plan`)."""
+        taken. `dry_run` returns the would-be job (a fine-tuning job's with its `plan`).
+        `from_checkpoint` (``"JOB"`` or ``"JOB:STEP"``) branches from another job's
+        checkpoint: 404 :class:`NotFound` when that job is not yours to see."""
         payload: dict[str, Any] = {
             "job_id": job_id or new_job_id(),
             "model_name": model_name,
@@ -303,7 +307,8 @@ class Client(Downloads, Webhooks):
         optional = {"priority": priority, "max_attempts": max_attempts,
                     "max_runtime_seconds": max_runtime_seconds,
                     "resources": dict(resources) if resources is not None else None,
-                    "validation_dataset": validation_dataset, "output_model": output_model}
+                    "validation_dataset": validation_dataset, "output_model": output_model,
+                    "from_checkpoint": from_checkpoint}
         payload.update({k: v for k, v in optional.items() if v is not None})
         params = {"dry_run": "true"} if dry_run else None
         unanswered: list[int] = []
@@ -484,6 +489,10 @@ class Client(Downloads, Webhooks):
 
     def list_artifacts(self, job_id: str) -> list[Artifact]:
         return self._list(Artifact, f"/jobs/{_seg(job_id)}/artifacts")
+
+    def list_checkpoints(self, job_id: str) -> list[Checkpoint]:
+        """The checkpoints the job keeps, oldest first, with metrics, size and sha256."""
+        return self._list(Checkpoint, f"/jobs/{_seg(job_id)}/checkpoints")
 
     # ------------------------------------------------------------------ models
 

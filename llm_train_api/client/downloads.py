@@ -87,6 +87,18 @@ class Downloads:
         self._retried(path, target, extract=extract, progress=progress)
         return target
 
+    def download_checkpoint(self, job_id: str, step: int,
+                            out: str | os.PathLike[str] = ".", *, extract: bool = False,
+                            progress: Progress | None = None) -> Path:
+        """Download one checkpoint (``GET /jobs/{id}/checkpoints/{step}/archive``, which the
+        server sends only once its bytes match the recorded sha256; 409 :class:`Conflict`
+        when they do not): a tar file, or with `extract` a folder. Returns what was
+        written."""
+        path = f"/jobs/{seg(job_id)}/checkpoints/{int(step)}/archive"
+        target = _target(Path(out), f"{job_id}-step-{int(step)}", extract)
+        self._retried(path, target, extract=extract, progress=progress)
+        return target
+
     def _retried(self, path: str, target: Path, *, extract: bool,
                  progress: Progress | None) -> int:
         """Download `path` to `target` (a file, or with `extract` a folder), through a

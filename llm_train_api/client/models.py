@@ -111,6 +111,10 @@ class Job:
     pause_requested_at: datetime | None = None
     #: Only in a dry run of a fine-tuning job: examples, tokens, truncations, steps, memory.
     plan: dict[str, Any] | None = None
+    #: A branched job: ``job_id``, ``created_us`` and ``step`` of the checkpoint it started from.
+    origin: dict[str, Any] | None = None
+    #: Once a run ended: ``final`` and ``best`` metrics and ``best_checkpoint`` (a step).
+    result: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
     #: The job's ETag (from the response header): pass it as ``if_match`` to make a status
     #: change conditional on nobody having changed the job since.
@@ -148,6 +152,24 @@ class MetricPoint:
     lr: float | None = None
     tokens_per_s: float | None = None
     elapsed_s: float | None = None
+    val_perplexity: float | None = None
+    val_token_accuracy: float | None = None
+    train_token_accuracy: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+@dataclass
+class Checkpoint:
+    """One kept checkpoint: its step's metrics, size and sha256 (see docs/api.md)."""
+
+    step: int
+    created_at: str | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)
+    size: int | None = None
+    sha256: str | None = None
+    files: dict[str, str] = field(default_factory=dict)
+    status: str = "good"
+    is_best: bool = False
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property

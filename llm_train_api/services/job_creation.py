@@ -149,4 +149,5 @@ def preview(new: NewJob, now: datetime | None = None) -> Job:
     return Job(new.job_id, new.model_name, new.dataset, new.hyperparameters, JobStatus.QUEUED,
                now, now, None, None, None, 0, new.priority, new.max_attempts, 0,
                new.max_runtime_seconds, new.resources, new.dataset_sha256, None, None,
-               new.owner, new.validation_dataset, new.output_model, new.model_kind)
+               new.owner, new.validation_dataset, new.output_model, new.model_kind,
+               origin=new.origin)

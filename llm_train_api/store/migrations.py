@@ -63,6 +63,11 @@ def _v5_fine_tuning(conn: Connection) -> None:
         conn.execute(text(f"ALTER TABLE jobs ADD COLUMN {column}"))
 
 
+def _v6_checkpoints(conn: Connection) -> None:
+    """A branched job's origin: the job incarnation and checkpoint step it starts from."""
+    conn.execute(text("ALTER TABLE jobs ADD COLUMN origin TEXT"))
+
+
 def _v7_pausing(conn: Connection) -> None:
     """Pausing: a pending pause request of a running job, and how often it was paused."""
     for column in ("pause_requested_us BIGINT", "pauses INTEGER NOT NULL DEFAULT 0"):
@@ -82,6 +87,7 @@ MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (3, _v3_auth),
     (4, _v4_fair_claims),
     (5, _v5_fine_tuning),
+    (6, _v6_checkpoints),
     (7, _v7_pausing),
     (8, _v8_webhooks),
 ]

@@ -274,7 +274,7 @@ _SET_PROGRESS = (
     .where(jobs.c.id == bindparam("job_id"), jobs.c.lease_owner == bindparam("worker"),
            jobs.c.status == _RUNNING)
     .values(progress=bindparam("new_progress"))
-    .returning(jobs.c.id)
+    .returning(jobs.c.id, jobs.c.attempts, jobs.c.created_us)
 )
 _INSERT_METRICS = job_metrics.insert()
 _FORGET_METRICS = delete(job_metrics).where(
@@ -388,8 +388,10 @@ class JobQueue:
         metrics: list[dict[str, Any]] = (),  # type: ignore[assignment]
         *,
         forget_metrics_after: int | None = None,
+        notes: list[tuple[str, str]] = (),  # type: ignore[assignment]
     ) -> bool:
-        """Store the job's progress and new metric rows; False if the lease is gone."""
+        """Store the job's progress and new metric rows, and `notes` ((kind, message)) as
+        events of its timeline; False if the lease is gone."""
         ts = now_us()
 
         def work(conn: Connection) -> bool:
@@ -406,6 +408,12 @@ class JobQueue:
                      "data": canonical_json({k: v for k, v in m.items() if k != "step"})}
                     for m in metrics
                 ])
+            if notes:
+                conn.execute(INSERT_EVENT, [
+                    {"job_id": job_id, "at_us": ts, "kind": kind, "from_status": None,
+                     "to_status": None, "actor": worker_id, "message": message,
+                     "attempt": owned.attempts, "job_created_us": owned.created_us}
+                    for kind, message in notes])
             return True
 
         return self.database.write(work)

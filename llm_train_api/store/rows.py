@@ -43,6 +43,7 @@ JOB_COLUMNS = (
     jobs.c.validation_dataset,
     jobs.c.output_model,
     jobs.c.model_kind,
+    jobs.c.origin,
     jobs.c.pause_requested_us,
     jobs.c.pauses,
 )
@@ -52,7 +53,7 @@ _N_JOB_COLUMNS = len(JOB_COLUMNS)
 INSERT_COLUMNS = ("id", "model_name", "dataset", "hyperparameters", "request_hash", "status",
                   "created_us", "updated_us", "version", "priority", "max_attempts",
                   "max_runtime_s", "resources", "dataset_sha256", "owner",
-                  "validation_dataset", "output_model", "model_kind")
+                  "validation_dataset", "output_model", "model_kind", "origin")
 
 # orjson parses the stored hyperparameters several times faster than the json module.
 loads = orjson.loads
@@ -103,6 +104,7 @@ def insert_params(new: NewJob, ts: int, hyperparameters: str, digest: str) -> di
         "validation_dataset": new.validation_dataset,
         "output_model": new.output_model,
         "model_kind": new.model_kind,
+        "origin": None if new.origin is None else canonical_json(new.origin),
     }
 
 
@@ -112,7 +114,7 @@ def row_to_job(row: Any) -> Job:
     (_seq, job_id, model_name, dataset, hyperparameters, status, error_message, created_us,
      updated_us, started_us, finished_us, version, priority, max_attempts, attempts,
      max_runtime_s, resources, dataset_sha256, progress, lease_owner,
-     owner, validation_dataset, output_model, model_kind,
+     owner, validation_dataset, output_model, model_kind, origin,
      pause_requested_us, pauses) = row[:_N_JOB_COLUMNS]
     return Job(
         job_id,
@@ -138,6 +140,7 @@ def row_to_job(row: Any) -> Job:
         validation_dataset,
         output_model,
         model_kind,
+        None if origin is None else loads(origin),
         None if pause_requested_us is None else EPOCH + timedelta(microseconds=pause_requested_us),
         pauses,
     )

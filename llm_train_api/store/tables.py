@@ -65,6 +65,8 @@ jobs = Table(
     Column("validation_dataset", String(256)),
     Column("output_model", String(128)),
     Column("model_kind", String(16)),
+    # --- v6: a branched job's origin, JSON {"job_id", "created_us", "step"}; NULL otherwise.
+    Column("origin", Text),
     # --- v7: pausing. When a pause of the running job was asked for (NULL: none pending),
     # and how many runs of it have been paused (a Ray run's submission id counts them).
     Column("pause_requested_us", BigInteger),

@@ -5,9 +5,10 @@ Import rules (the API process must stay small):
 * torch-free and numpy-free: :mod:`.catalog`, :mod:`.hyperparams`, :mod:`.datasets`,
   :mod:`.spec`, :mod:`.events`, :mod:`.formats` (dataset record kinds), :mod:`.storage`,
   :mod:`.tinytext`, :mod:`.launch` (the DDP launcher's supervisor), :mod:`.lease` (the
-  lease watchdog a local worker arms), and the fine-tuning trainer's :mod:`.hf` package,
-  :mod:`.hf.hyperparams` and :mod:`.hf.spec`. The API and the worker validate and launch
-  jobs with these.
+  lease watchdog a local worker arms), :mod:`.manifest` (the checkpoints a job keeps,
+  with their sha256; the API lists and serves them), and the fine-tuning trainer's
+  :mod:`.hf` package, :mod:`.hf.hyperparams` and :mod:`.hf.spec`. The API and the worker
+  validate and launch jobs with these.
 * need torch/numpy (the ``train`` extra): :mod:`.model`, :mod:`.data`, :mod:`.checkpoint`,
   :mod:`.distributed`, :mod:`.trainer` (with what it shares with the fine-tuning trainer,
   :mod:`.common_run`), :mod:`.sample`, and the CLI in :mod:`.__main__`.

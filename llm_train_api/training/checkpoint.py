@@ -12,17 +12,19 @@ Only plain containers and tensors go in, so checkpoints load with
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import os
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from llm_train_api.training.model import GPT, GPTConfig
-from llm_train_api.training.storage import JobStorage
+from llm_train_api.training.storage import JobStorage, fsync_dir
 
 CHECKPOINT_FORMAT = "llm_train_api.checkpoint/1"
 LATEST = "ckpt_latest.pt"
@@ -94,6 +96,28 @@ def save_checkpoint(storage: JobStorage, name: str, checkpoint: dict[str, Any]) 
                 "again") from exc
         raise
     return storage.uri(name)
+
+
+def keep_step(job_dir: Path, step: int) -> str:
+    """Keep the ``ckpt_latest.pt`` just written as ``checkpoints/step-NNNNNNNN.pt`` too (a
+    hard link where the filesystem has them, else a copy), atomically; return its path
+    relative to ``job_dir`` for the manifest. The next ``ckpt_latest.pt`` is a new file,
+    so the step's own stays as it was."""
+    folder = job_dir / "checkpoints"
+    folder.mkdir(exist_ok=True)
+    rel = f"checkpoints/step-{step:08d}.pt"
+    tmp = folder / f".step-{step:08d}.pt.tmp-{os.getpid()}"
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    try:
+        os.link(job_dir / LATEST, tmp)
+    except OSError:
+        shutil.copyfile(job_dir / LATEST, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+    os.replace(tmp, job_dir / rel)
+    fsync_dir(folder)
+    return rel
 
 
 def load_checkpoint(

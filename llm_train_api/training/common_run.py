@@ -53,6 +53,8 @@ class RunResult:
     exit_code: int
     step: int
     best_val_loss: float | None
+    # The job's result (see manifest.summary): final and best metrics, best checkpoint.
+    result: dict[str, Any] | None = None
 
 
 def finite(value: float) -> float | None:
@@ -206,7 +208,7 @@ def check_diverged(train_loss: float, step: int) -> None:
 def publish_metrics(events: EventWriter, metrics_log: MetricsLog | None, *, step: int,
                     total_steps: int, steps_per_epoch: int, train: Mapping[str, float],
                     lr: float, tokens_per_s: float, elapsed: float,
-                    val: Mapping[str, Any] | None) -> None:
+                    val: Mapping[str, Any] | None) -> dict[str, Any]:
     """One metrics line: to ``metrics.jsonl`` (rank 0), as an event and as a log line.
 
     ``train`` starts with ``train_loss``; ``val`` (when evaluated) with ``val_loss``; the
@@ -224,6 +226,14 @@ def publish_metrics(events: EventWriter, metrics_log: MetricsLog | None, *, step
     events.log(f"step {step}/{total_steps} loss {train['train_loss']:.4f}"
                + (f" val {val_loss:.4f}" if val_loss is not None else "")
                + f" lr {lr:.2e} {tokens_per_s:,.0f} tok/s")
+    return record
+
+
+def perplexity(loss: float | None) -> float | None:
+    """exp(loss), capped where it would overflow; None without a loss."""
+    if loss is None or not math.isfinite(loss):
+        return None
+    return math.exp(min(loss, 80.0))
 
 
 def end_run(events: EventWriter, preempted: bool, step: int, last_saved: int,
@@ -266,6 +276,7 @@ def run_contract(run: Callable[[], RunResult], events: EventWriter, *,
     except Exception as exc:  # noqa: BLE001 - the contract is to report, not to crash
         traceback.print_exc()
         return report_failure(events, exc, EXIT_FAILED, f"{type(exc).__name__}: {exc}")
+    extra = {"result": result.result} if result.result is not None else {}
     events.emit("done", outcome=result.outcome, exit_code=result.exit_code, step=result.step,
-                best_val_loss=result.best_val_loss)
+                best_val_loss=result.best_val_loss, **extra)
     return result.exit_code

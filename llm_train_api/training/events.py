@@ -20,9 +20,12 @@ Events and their main fields:
 * ``metrics``: ``step``, ``total_steps``, ``epoch``, ``train_loss``, ``val_loss`` (only when
   evaluated), ``lr``, ``tokens_per_s``, ``elapsed_s``.
 * ``checkpoint``: ``step``, ``path``, ``is_best``, ``val_loss``.
+* ``checkpoint_corrupt``: a resume found the checkpoint of ``step`` corrupt (``reason``)
+  and continues from ``fallback_step`` instead (null: from the start).
 * ``error``: ``message``, ``error_type``, ``exit_code``.
 * ``done``: ``outcome`` (``succeeded`` | ``preempted`` | ``failed``), ``exit_code``,
-  ``step``, ``best_val_loss``.
+  ``step``, ``best_val_loss``, and ``result`` where the trainer has one (final and best
+  metrics, ``best_checkpoint``).
 
 Exit codes: :data:`EXIT_OK` (0) success, :data:`EXIT_FAILED` (1) training error,
 :data:`EXIT_USAGE` (2) bad spec/usage (invalid hyperparameters, unknown model or dataset),
@@ -42,7 +45,7 @@ from typing import IO, Any
 
 EVENT_PREFIX = "@@llm_train_api "
 PROTOCOL_VERSION = 1
-EVENTS = ("prepare", "start", "metrics", "checkpoint", "error", "done")
+EVENTS = ("prepare", "start", "metrics", "checkpoint", "checkpoint_corrupt", "error", "done")
 
 EXIT_OK = 0
 EXIT_FAILED = 1

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from llm_train_api.training import checkpoint as ckpt
-from llm_train_api.training import distributed
+from llm_train_api.training import distributed, manifest
 from llm_train_api.training.catalog import UnknownModel, estimate_memory, get_model_spec
 from llm_train_api.training.common_run import (
     MetricsLog,
@@ -50,6 +50,7 @@ from llm_train_api.training.common_run import (
     end_run,
     injected_fault,
     optimizer_step,
+    perplexity,
     publish_metrics,
     raise_injected_fault,
     rank_seed,
@@ -74,7 +75,7 @@ from llm_train_api.training.events import EXIT_PREEMPTED, OUTCOME_PREEMPTED, Eve
 from llm_train_api.training.hyperparams import HyperparameterError
 from llm_train_api.training.model import GPT, GPTConfig
 from llm_train_api.training.spec import RunSpec, SpecError, check_global_batch, validate_spec
-from llm_train_api.training.storage import open_job_storage
+from llm_train_api.training.storage import JobStorage, LocalStorage, open_job_storage
 
 ADAM_BETAS = (0.9, 0.95)
 
@@ -247,10 +248,14 @@ def _train(
 
     step, best_val_loss, elapsed_before = 0, math.inf, 0.0
     resumed_from: int | None = None
-    if storage.exists(ckpt.LATEST):
-        state = ckpt.load_checkpoint(storage, ckpt.LATEST, map_location=device)
+    local_dir = storage.root if isinstance(storage, LocalStorage) else None
+    source = _resume_source(storage, local_dir, events)
+    if source is not None:
+        state = (ckpt.load_checkpoint(source, map_location=device)
+                 if isinstance(source, Path)
+                 else ckpt.load_checkpoint(storage, ckpt.LATEST, map_location=device))
         if state["model_args"] != config.to_dict():
-            raise SpecError("ckpt_latest.pt in the job folder was made for a different "
+            raise SpecError("The checkpoint in the job folder was made for a different "
                             "model configuration; use an empty job folder.")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -270,6 +275,8 @@ def _train(
         del state
         resumed_from = step
         events.log(f"resumed from step {step}")
+    elif local_dir is not None:
+        _load_branch(local_dir, model, config, device, events)
     metrics_log = MetricsLog(storage, step) if is_main else None
 
     ddp_model: Any = wrap_ddp(model, device) if ddp is not None else None
@@ -279,6 +286,7 @@ def _train(
     # Evaluation bypasses the DDP wrapper: no gradient, nothing to synchronise.
     eval_model: Any = train_model if ddp is None else model
     autocast = autocast_for(device, dtype)
+    last_eval: dict[str, Any] | None = None
     events.emit("start", job_id=spec.job_id, model_name=model_spec.name,
                 n_params=model.num_parameters(), dataset=spec.dataset,
                 train_tokens=sampler.n_train, val_tokens=sampler.n_val,
@@ -303,7 +311,8 @@ def _train(
             elapsed_s=elapsed, job_id=spec.job_id,
         )
 
-    def save(name: str, at_step: int, elapsed: float, val_loss: float | None) -> None:
+    def save(name: str, at_step: int, elapsed: float, val_loss: float | None,
+             metrics: Mapping[str, Any] | None = None) -> None:
         # Collective: every rank hands its RNG state to rank 0, which alone writes.
         rng_ranks = ddp.gather_objects(ckpt.capture_rng_state()) if ddp is not None else None
         if not is_main:
@@ -312,22 +321,28 @@ def _train(
         if rng_ranks is not None:
             payload["rng_ranks"] = rng_ranks
         path = ckpt.save_checkpoint(storage, name, payload)
+        if name == ckpt.LATEST and local_dir is not None:
+            rel = ckpt.keep_step(local_dir, at_step)
+            manifest.record(local_dir, at_step, rel, metrics, hp["keep_checkpoints"])
         events.emit("checkpoint", step=at_step, path=path, is_best=name == ckpt.BEST,
                     val_loss=val_loss)
 
     @torch.no_grad()
-    def evaluate() -> float:
+    def evaluate() -> tuple[float, float]:
+        """Mean validation loss and token accuracy (argmax = next byte)."""
         model.eval()
-        total = torch.zeros((), device=device)
+        total = torch.zeros(2, device=device)  # loss, accuracy
         for k in range(hp["eval_steps"]):
             x, y = sampler.val_batch(k)
             with autocast:
-                _, loss = eval_model(x, y)
-            total += loss.float()
+                logits, loss = eval_model(x, y)
+            accuracy = (logits.argmax(-1) == y).float().mean()
+            total += torch.stack([loss.float(), accuracy])
         model.train()
         if ddp is not None:  # equal shards: the mean of the ranks' means is the batch mean
             total = ddp.mean(total)
-        return float(total.item()) / hp["eval_steps"]
+        loss, accuracy = (float(v) / hp["eval_steps"] for v in total.tolist())
+        return loss, accuracy
 
     accum = hp["gradient_accumulation_steps"]
     params = [p for p in model.parameters() if p.requires_grad]
@@ -369,17 +384,22 @@ def _train(
         now = time.perf_counter()
         tokens_per_s = window_steps * tokens_per_step / max(now - window_start, 1e-9)
         check_diverged(train_loss, step)
-        val_loss = evaluate() if do_eval else None
+        val_loss, val_acc = evaluate() if do_eval else (None, None)
         elapsed = elapsed_before + time.perf_counter() - run_start
-        publish_metrics(events, metrics_log, step=step, total_steps=total_steps,
-                        steps_per_epoch=spe, train={"train_loss": train_loss}, lr=lr,
-                        tokens_per_s=tokens_per_s, elapsed=elapsed,
-                        val=None if val_loss is None else {"val_loss": val_loss})
+        record = publish_metrics(
+            events, metrics_log, step=step, total_steps=total_steps, steps_per_epoch=spe,
+            train={"train_loss": train_loss}, lr=lr, tokens_per_s=tokens_per_s,
+            elapsed=elapsed,
+            val=None if val_loss is None else {
+                "val_loss": val_loss, "val_perplexity": perplexity(val_loss),
+                "val_token_accuracy": val_acc})
+        if record.get("val_loss") is not None:
+            last_eval = record
         improved = val_loss is not None and val_loss < best_val_loss
         if improved:
             best_val_loss = val_loss  # type: ignore[assignment]
         if do_ckpt:
-            save(ckpt.LATEST, step, elapsed, val_loss)
+            save(ckpt.LATEST, step, elapsed, val_loss, record)
             last_saved = step
         if improved:
             if last_saved == step:
@@ -392,10 +412,55 @@ def _train(
         loss_sum.zero_()
         window_steps, window_start = 0, time.perf_counter()
 
-    return end_run(events, preempted, step, last_saved,
-                   lambda: save(ckpt.LATEST, step,
-                                elapsed_before + time.perf_counter() - run_start, None),
-                   best_val_loss)
+    result = end_run(events, preempted, step, last_saved,
+                     lambda: save(ckpt.LATEST, step,
+                                  elapsed_before + time.perf_counter() - run_start, None),
+                     best_val_loss)
+    if is_main and local_dir is not None:
+        result.result = manifest.summary(manifest.read(local_dir), last_eval)
+    return result
+
+
+def _resume_source(storage: JobStorage, local_dir: Path | None, events: EventWriter
+                   ) -> str | Path | None:
+    """What a rerun continues from: in a local folder the newest checkpoint whose sha256
+    verifies (each newer corrupt one is reported by a ``checkpoint_corrupt`` event), else
+    ``ckpt_latest.pt`` where a folder has no manifest (older runs, object storage)."""
+    if local_dir is not None and manifest.read(local_dir):
+        corrupt: list[tuple[int, str]] = []
+        entry = manifest.newest_good(
+            local_dir, lambda bad, why: corrupt.append((bad["step"], why)))
+        fallback = None if entry is None else entry["step"]
+        for bad_step, why in corrupt:
+            events.emit("checkpoint_corrupt", step=bad_step, reason=why,
+                        fallback_step=fallback)
+            events.log(f"checkpoint of step {bad_step} is corrupt ({why}); "
+                       + (f"resuming from step {fallback}" if fallback is not None
+                          else "starting over"))
+        return None if entry is None else local_dir / entry["path"]
+    if storage.exists(ckpt.LATEST):
+        local = storage.local_path(ckpt.LATEST)
+        return local if local is not None else ckpt.LATEST
+    return None
+
+
+def _load_branch(local_dir: Path, model: GPT, config: GPTConfig, device: torch.device,
+                 events: EventWriter) -> None:
+    """A branched job's first run: the source checkpoint's weights (verified against the
+    sha256 recorded when it was written), with a fresh optimizer and data order."""
+    branch = manifest.read_branch(local_dir)
+    if branch is None:
+        return
+    problem = manifest.verify_branch(branch)
+    if problem is not None:
+        raise SpecError(f"cannot branch: {problem}")
+    state = ckpt.load_checkpoint(Path(branch["path"]), map_location=device)
+    if state["model_args"] != config.to_dict():
+        raise SpecError("cannot branch: the source checkpoint is of another model "
+                        "configuration")
+    model.load_state_dict(state["model"])
+    origin = branch.get("origin", {})
+    events.log(f"branched from job {origin.get('job_id')} at step {branch.get('step')}")
 
 
 def execute(

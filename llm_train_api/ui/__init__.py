@@ -1,5 +1,5 @@
 """The web dashboard at `/ui`: jobs, a New job form with a dry-run preview, a job's loss
-curve, events, log and checkpoints, datasets, models and webhooks.
+curve, events, log and checkpoints, compare runs, datasets, models and webhooks.
 
 Server-rendered HTML shells and small vanilla JavaScript files, all shipped in the package:
 no CDN, so it works on a machine without internet access. The shells carry no data and
@@ -63,6 +63,14 @@ def new_job_page():
 def job_page(job_id: str):
     """One job: the id is only echoed (escaped) into the shell; the data comes from the API."""
     return render_template("ui_job.html", page="job", job_id=job_id)
+
+
+@bp.get("/compare")
+@public
+def compare_page():
+    """Compare runs: the jobs named in `?jobs=a,b` (or picked on the page), their loss
+    curves on one chart and their hyperparameter differences in a table."""
+    return render_template("ui_compare.html", page="compare")
 
 
 @bp.get("/datasets")

@@ -15,6 +15,7 @@ from typing import Any
 from llm_train_api.training.hf.hyperparams import REWARD_METRICS, VAL_REWARD_METRICS
 
 METRIC_FIELDS = ("epoch", "train_loss", "val_loss", "lr", "tokens_per_s", "elapsed_s",
+                 "val_perplexity", "val_token_accuracy", "train_token_accuracy",
                  *REWARD_METRICS, *VAL_REWARD_METRICS)
 
 
@@ -27,6 +28,8 @@ class ProgressTracker:
     progress: dict[str, Any] = field(default_factory=dict)
     pending_metrics: list[dict[str, Any]] = field(default_factory=list)
     forget_after: int | None = None  # set by a `start` event: metrics after it are rewritten
+    # What the job's timeline should tell (a corrupt checkpoint skipped on resume).
+    pending_notes: list[tuple[str, str]] = field(default_factory=list)
     dirty: bool = True
     _first_step: int = 0
     _started: float = 0.0
@@ -73,8 +76,17 @@ class ProgressTracker:
                     self.progress["eta_s"] = round(rate * (total - step), 1)
         elif kind == "checkpoint":
             self.progress["last_checkpoint_step"] = event.get("step")
+        elif kind == "checkpoint_corrupt":
+            fallback = event.get("fallback_step")
+            self.pending_notes.append(("checkpoint_corrupt", (
+                f"checkpoint of step {event.get('step')} is corrupt "
+                f"({event.get('reason')}); "
+                + (f"resumed from step {fallback}" if fallback is not None
+                   else "started over: no good checkpoint left"))))
         elif kind == "done":
             self.progress["phase"] = event.get("outcome", "done")
+            if isinstance(event.get("result"), dict):
+                self.progress["result"] = event["result"]
         else:
             return
         self.dirty = True

@@ -26,6 +26,7 @@ from llm_train_api.artifacts.model_roots import parse_roots
 from llm_train_api.artifacts.staging import sweep_stale_uploads
 from llm_train_api.config import Settings
 from llm_train_api.domain import IllegalTransition, Job, JobNotFound, JobStatus
+from llm_train_api.services.checkpoints import prepare_branch
 from llm_train_api.services.models import Place
 from llm_train_api.services.webhooks.sender import WebhookSender
 from llm_train_api.store.queue import HeldJobs, JobQueue
@@ -221,6 +222,10 @@ class Worker:
         folder = job_dir(self.config.data_dir, job)
         try:
             folder.mkdir(parents=True, exist_ok=True)
+            problem = prepare_branch(self.config.data_dir, job, folder)
+            if problem:
+                self.queue.finish(job.id, self.id, JobStatus.FAILED, error_message=problem)
+                return True
             proc = self.executor.launch(job, spec, folder, log_path(self.config.data_dir, job),
                                         [r.proc for r in self.runs.values()])
         except LaunchRefused as refusal:
@@ -288,9 +293,10 @@ class Worker:
         if not run.tracker.dirty or (not force and now - run.last_flush < _FLUSH_S):
             return
         progress, metrics, forget = run.tracker.take()
+        notes, run.tracker.pending_notes = run.tracker.pending_notes, []
         run.last_flush = now
         if not self.queue.record_progress(run.job.id, self.id, progress, metrics,
-                                          forget_metrics_after=forget):
+                                          forget_metrics_after=forget, notes=notes):
             if run.stop_reason is None and run.proc.poll() is None:
                 run.stop_reason = "lease_lost"
                 log.info("job %s: lease lost; stopping %s", run.job.id, run.proc.ident())

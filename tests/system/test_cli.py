@@ -94,7 +94,7 @@ def test_a_client_command_imports_no_server_code(tmp_path):
     assert ours and all(m.startswith(allowed) for m in ours), sorted(ours)
     assert not {m for m in ours if m.startswith("llm_train_api.cli.")} - {
         "llm_train_api.cli.main", "llm_train_api.cli.jobs", "llm_train_api.cli.common",
-        "llm_train_api.cli.progress"}
+        "llm_train_api.cli.progress", "llm_train_api.cli.jobs_checkpoints"}
 
 
 @pytest.mark.parametrize("command", [["tokens", "list"], ["worker"]])

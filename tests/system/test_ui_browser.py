@@ -677,3 +677,49 @@ def test_webhooks_page_registers_shows_deliveries_and_deletes(service, ui):
                                            f'#webhooks-body tr[data-id="{hook["id"]}"]'),
          what="the row to go")
     assert service.http.get(service.url + "/webhooks", timeout=10).json() == []
+
+
+@sqlite_only
+def test_the_checkpoint_table_downloads_and_compare_runs_overlays_two_jobs(service, ui):
+    service.start_worker()
+    for job_id, lr in (("cmp-a", 0.003), ("cmp-b", 0.0005)):
+        submit(service, job_id, max_steps=30, eval_interval=10, checkpoint_interval=10,
+               learning_rate=lr)
+    open_page(ui, service, "/ui/jobs/cmp-a")  # the table fills in as checkpoints land
+    for job_id in ("cmp-a", "cmp-b"):
+        job = wait(ui, lambda d, j=job_id: (got := service.http.get(
+            f"{service.url}/jobs/{j}", timeout=10).json())["status"] in (
+            "succeeded", "failed") and got, timeout=180, what=f"{job_id} to end")
+        assert job["status"] == "succeeded", job["error_message"]
+
+    wait(ui, lambda d: [tr.get_attribute("data-step") for tr in d.find_elements(
+        By.CSS_SELECTOR, "#checkpoints-body tr")] == ["10", "20", "30"],
+        what="the checkpoint table")
+    listed = service.http.get(f"{service.url}/jobs/cmp-a/checkpoints", timeout=10).json()
+    best = next(c["step"] for c in listed if c["is_best"])
+    row = ui.find_element(By.CSS_SELECTOR, f'#checkpoints-body tr[data-step="{best}"]')
+    assert "★" in row.text
+    assert f"step {best}" in ui.find_element(By.ID, "job-best").text
+    row.find_element(By.CSS_SELECTOR, "button.download").click()
+    saved = ui.downloads / f"cmp-a-step-{best}.tar"
+    wait(ui, lambda d: saved.is_file() and saved.stat().st_size > 0,
+         what="the checkpoint download")
+    with tarfile.open(saved) as tar:
+        data = tar.extractfile(f"step-{best:08d}.pt").read()
+    assert hashlib.sha256(data).hexdigest() == next(
+        c["sha256"] for c in listed if c["step"] == best)
+
+    ui.find_element(By.ID, "compare-link").click()
+    wait(ui, lambda d: "/ui/compare" in d.current_url, what="the compare page")
+    wait(ui, lambda d: d.find_element(
+        By.CSS_SELECTOR, '#compare-picker label[data-job-id="cmp-b"] input'),
+        what="the job picker").click()
+    wait(ui, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#compare-chart g.series polyline"))
+         == 2, what="two curves")
+    assert [e.text for e in ui.find_elements(By.CSS_SELECTOR, "#compare-chart .legend text")
+            ] == ["cmp-a", "cmp-b"]
+    assert ui.current_url.endswith("/ui/compare?jobs=cmp-a,cmp-b")
+    lr_row = ui.find_element(By.CSS_SELECTOR, '#compare-body tr[data-row="learning_rate"]')
+    assert lr_row.text.split() == ["learning_rate", "0.003", "0.0005"]
+    assert not ui.find_elements(By.CSS_SELECTOR, '#compare-body tr[data-row="max_steps"]')
+    screenshot(ui, "compare.png")

@@ -25,7 +25,8 @@ MAX_LINES = 600
 # the API and the other light layers validate and describe jobs with these.
 TRAINING_LIGHT = {"training", "training.catalog", "training.datasets", "training.events",
                   "training.formats", "training.hyperparams", "training.launch",
-                  "training.lease", "training.spec", "training.storage", "training.tinytext",
+                  "training.lease", "training.manifest", "training.spec", "training.storage",
+                  "training.tinytext",
                   "training.hf", "training.hf.hyperparams", "training.hf.spec"}
 # CLI modules of the server side: they need the whole service, so the client commands
 # (everything else under cli/) load them lazily and stay fast and light.

@@ -8,7 +8,7 @@ import pytest
 
 ROUTES = {
     ("/jobs", "get"): {"200", "400", "422"},
-    ("/jobs", "post"): {"200", "201", "400", "409", "413", "415", "422"},
+    ("/jobs", "post"): {"200", "201", "400", "404", "409", "413", "415", "422"},
     ("/jobs/{job_id}", "get"): {"200", "304", "404"},
     ("/jobs/{job_id}", "delete"): {"204", "404", "412"},
     ("/jobs/{job_id}/status", "patch"): {"200", "404", "409", "412", "415", "422"},
@@ -20,6 +20,8 @@ ROUTES = {
     ("/jobs/{job_id}/logs", "get"): {"200", "404", "422"},
     ("/jobs/{job_id}/artifacts", "get"): {"200", "404"},
     ("/jobs/{job_id}/artifacts/{name}", "get"): {"200", "404"},
+    ("/jobs/{job_id}/checkpoints", "get"): {"200", "404"},
+    ("/jobs/{job_id}/checkpoints/{step}/archive", "get"): {"200", "404", "409"},
     ("/models", "get"): {"200"},
     ("/models/{name}", "get"): {"200", "404", "422"},
     ("/models/{name}", "put"): {"200", "201", "404", "409", "413", "415", "422", "507"},

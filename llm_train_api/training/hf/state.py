@@ -10,9 +10,12 @@ A checkpoint is a folder ``checkpoints/step-NNNNNNNN/`` in the job folder:
   the GradScaler, Python's RNG, the data position, and the settings that must not change
   across a resume.
 
-``checkpoints/latest.json`` names the current one. A checkpoint folder is complete before
-the pointer is replaced (atomically), and older folders are removed only after, so a kill
-at any moment leaves a loadable checkpoint. The learning rate is a pure function of the
+``checkpoints/latest.json`` names the current one, and ``checkpoints.json`` (see
+:mod:`llm_train_api.training.manifest`) lists every one kept with its sha256 and metrics.
+A checkpoint folder is complete before the pointer and the manifest are replaced
+(atomically), and folders beyond ``keep_checkpoints`` (besides the best) are removed only
+after, so a kill at any moment leaves a loadable checkpoint; a resume takes the newest one
+whose files still hash to what was recorded. The learning rate is a pure function of the
 step and batches of ``(seed, step)``, so no scheduler or sampler object needs saving.
 """
 
@@ -23,12 +26,14 @@ import os
 import random
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from llm_train_api.training import manifest
 from llm_train_api.training.spec import SpecError
 from llm_train_api.training.storage import fsync_dir
 
@@ -81,8 +86,10 @@ def _optimizer_join(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> d
 
 def save(job_dir: Path, step: int, trainable: dict[str, torch.nn.Parameter],
          optimizer: torch.optim.Optimizer, rng_ranks: list[dict[str, Any]],
-         state: dict[str, Any]) -> Path:
-    """Write the checkpoint of ``step`` and point ``latest.json`` at it; return its folder."""
+         state: dict[str, Any], metrics: dict[str, Any] | None = None,
+         keep: int = 1) -> Path:
+    """Write the checkpoint of ``step``, point ``latest.json`` at it and record it in the
+    manifest (which prunes to ``keep`` + the best); return its folder."""
     root = job_dir / FOLDER
     root.mkdir(parents=True, exist_ok=True)
     name = f"step-{step:08d}"
@@ -113,10 +120,29 @@ def save(job_dir: Path, step: int, trainable: dict[str, torch.nn.Parameter],
     pointer_tmp.write_text(json.dumps({"step": step, "folder": name}), encoding="utf-8")
     os.replace(pointer_tmp, root / POINTER)
     fsync_dir(root)
-    for old in root.iterdir():
-        if old.name.startswith("step-") and old.name != name:
-            shutil.rmtree(old, ignore_errors=True)
+    manifest.record(job_dir, step, f"{FOLDER}/{name}", metrics, keep)
     return final
+
+
+def resume_folder(job_dir: Path, on_corrupt: Callable[[int, str], None]) -> Path | None:
+    """The checkpoint a rerun continues from: the newest whose files verify against the
+    manifest (each newer corrupt one goes to ``on_corrupt(step, reason)``), or where a
+    folder has no manifest (older runs), the one ``latest.json`` names."""
+    if manifest.read(job_dir):
+        entry = manifest.newest_good(job_dir, lambda bad, why: on_corrupt(bad["step"], why))
+        return None if entry is None else job_dir / entry["path"]
+    return latest(job_dir)
+
+
+def load_weights(folder: Path, trainable: dict[str, torch.nn.Parameter]) -> None:
+    """Only the trained weights of a checkpoint (a branch: fresh optimizer and data order)."""
+    weights = load_file(folder / "trainable.safetensors")
+    if set(weights) != set(trainable):
+        raise SpecError("cannot branch: the source checkpoint trains other weights than "
+                        "this job (another model, method or LoRA setting).")
+    with torch.no_grad():
+        for name, param in trainable.items():
+            param.copy_(weights[name].to(param.dtype))
 
 
 def latest(job_dir: Path) -> Path | None:

@@ -38,7 +38,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from llm_train_api.training import distributed
+from llm_train_api.training import distributed, manifest
 from llm_train_api.training.common_run import (
     METRICS_FILE,
     MetricsLog,
@@ -50,6 +50,7 @@ from llm_train_api.training.common_run import (
     finite,
     injected_fault,
     optimizer_step,
+    perplexity,
     publish_metrics,
     raise_injected_fault,
     rank_seed,
@@ -130,8 +131,11 @@ class TokenObjective:
     @staticmethod
     def metrics(totals: torch.Tensor, prefix: str = "") -> dict[str, float]:
         n, prefix = max(float(totals[1].item()), 1.0), prefix or "train_"
-        return {f"{prefix}loss": float(totals[0].item()) / n,
-                f"{prefix}token_accuracy": float(totals[2].item()) / n}
+        out = {f"{prefix}loss": float(totals[0].item()) / n,
+               f"{prefix}token_accuracy": float(totals[2].item()) / n}
+        if prefix == "val_":
+            out["val_perplexity"] = perplexity(out["val_loss"])
+        return out
 
 
 def run_training(spec: FineTuneSpec | Mapping[str, Any], job_dir: str | os.PathLike[str],
@@ -192,7 +196,15 @@ def _train(valid: ValidSpec, device: torch.device, ddp: distributed.DistContext 
     n_trainable = sum(p.numel() for p in trainable.values())
 
     step, best_val, elapsed_before, resumed_from = 0, math.inf, 0.0, None
-    found = state.latest(job_dir)
+    corrupt: list[tuple[int, str]] = []
+    found = state.resume_folder(job_dir, lambda bad, why: corrupt.append((bad, why)))
+    if corrupt:
+        fallback = None if found is None else int(found.name.removeprefix("step-"))
+        for bad, why in corrupt:
+            events.emit("checkpoint_corrupt", step=bad, reason=why, fallback_step=fallback)
+            events.log(f"checkpoint of step {bad} is corrupt ({why}); "
+                       + (f"resuming from step {fallback}" if fallback is not None
+                          else "starting over"))
     if found is not None:
         saved = state.load(found, trainable, optimizer, rank, world)
         changed = [k for k in FIXED_ON_RESUME if saved["config"].get(k) != hp[k]]
@@ -204,7 +216,10 @@ def _train(valid: ValidSpec, device: torch.device, ddp: distributed.DistContext 
         step, best_val = int(saved["step"]), float(saved["best_val_loss"] or math.inf)
         elapsed_before, resumed_from = float(saved["elapsed_s"]), step
         events.log(f"resumed from step {step}")
+    else:
+        _load_branch(job_dir, trainable, events)
     metrics_log = MetricsLog(storage, step) if is_main else None
+    last_eval: dict[str, Any] | None = None
 
     train_model: Any = wrap_ddp(model, device) if ddp is not None else model
     autocast = autocast_for(device, dtype)
@@ -230,7 +245,8 @@ def _train(valid: ValidSpec, device: torch.device, ddp: distributed.DistContext 
     events.log(f"fine-tuning {name} ({hp['method']}, {n_trainable:,} of {n_params:,} params "
                f"trainable) on {device} {dtype_name}: {total_steps} steps")
 
-    def save(at_step: int, elapsed: float, val_loss: float | None) -> None:
+    def save(at_step: int, elapsed: float, val_loss: float | None,
+             metrics: dict[str, Any] | None = None) -> None:
         rngs = (ddp.gather_objects(state.capture_rng()) if ddp is not None
                 else [state.capture_rng()])
         if not is_main:
@@ -239,7 +255,8 @@ def _train(valid: ValidSpec, device: torch.device, ddp: distributed.DistContext 
             "best_val_loss": finite(best_val),
             "elapsed_s": elapsed, "scaler": scaler.state_dict() if scaler.is_enabled()
             else None, "config": hp, "epoch": at_step / spe,
-            "data": {"kind": "seeded-per-step", "seed": hp["seed"], "next_step": at_step}})
+            "data": {"kind": "seeded-per-step", "seed": hp["seed"], "next_step": at_step}},
+            metrics=metrics, keep=hp["keep_checkpoints"])
         events.emit("checkpoint", step=at_step, path=str(folder), is_best=False,
                     val_loss=val_loss)
 
@@ -299,11 +316,13 @@ def _train(valid: ValidSpec, device: torch.device, ddp: distributed.DistContext 
         elapsed = elapsed_before + time.perf_counter() - run_start
         if val_loss is not None:
             best_val = min(best_val, val_loss)
-        publish_metrics(
+        record = publish_metrics(
             events, metrics_log, step=step, total_steps=total_steps, steps_per_epoch=spe,
             train=train, lr=lr, tokens_per_s=tokens_per_s, elapsed=elapsed, val=val)
+        if record.get("val_loss") is not None:
+            last_eval = record
         if do_ckpt:
-            save(step, elapsed, val_loss)
+            save(step, elapsed, val_loss, record)
             last_saved = step
         window.zero_()
         window_tokens, window_start = 0, time.perf_counter()
@@ -315,7 +334,24 @@ def _train(valid: ValidSpec, device: torch.device, ddp: distributed.DistContext 
     if result.outcome == OUTCOME_SUCCEEDED and is_main:
         written = modeling.save_outputs(model, tokenizer, weights_hp, job_dir / OUTPUT_FOLDER)
         events.log(f"saved {', '.join(OUTPUT_FOLDER + '/' + w for w in written)}")
+    if is_main:
+        result.result = manifest.summary(manifest.read(job_dir), last_eval)
     return result
+
+
+def _load_branch(job_dir: Path, trainable: dict[str, torch.nn.Parameter],
+                 events: EventWriter) -> None:
+    """A branched job's first run: the source checkpoint's trained weights, verified
+    against the sha256 recorded when they were written; optimizer and data order anew."""
+    branch = manifest.read_branch(job_dir)
+    if branch is None:
+        return
+    problem = manifest.verify_branch(branch)
+    if problem is not None:
+        raise SpecError(f"cannot branch: {problem}")
+    state.load_weights(Path(branch["path"]), trainable)
+    origin = branch.get("origin", {})
+    events.log(f"branched from job {origin.get('job_id')} at step {branch.get('step')}")
 
 
 def execute(spec: FineTuneSpec | Mapping[str, Any], job_dir: str | os.PathLike[str],

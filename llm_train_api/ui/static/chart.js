@@ -1,6 +1,7 @@
 // The loss curve as inline SVG, drawn here (no chart library, nothing fetched from a CDN):
 // axes with "nice" ticks, train loss as a line, validation loss as a line with dots, a
-// legend. LossChart(container).draw(points) redraws from the full list of metric points.
+// legend. LossChart(container).draw(points) redraws from the full list of metric points;
+// drawSeries([{name, pts: [[step, loss]], color, dots}]) draws any curves (compare runs).
 // LossChart(container, options) draws other series of the same points: options.series
 // lists { key, name, cls, dots } (key: the metric's name in a point), options.label names
 // the y axis and options.title the chart (a DPO job's rewards use this).
@@ -93,15 +94,22 @@ const LossChart = (() => {
     container.replaceChildren(root);
 
     function draw(points) {
-      const drawn = opts.series.map((s) => thin(points.filter((p) => finite(p[s.key])))
-        .map((p) => [p.step, p[s.key]]));
+      drawSeries(opts.series.map((s) => {
+        const pts = thin(points.filter((p) => finite(p[s.key]))).map((p) => [p.step, p[s.key]]);
+        return { name: s.name, cls: s.cls, pts, dots: s.dots || pts.length === 1 };
+      }));
+    }
+
+    // Each series: name, pts ([step, value] pairs), and either cls (a CSS class that
+    // colours it) or color (an SVG stroke/fill attribute), and dots.
+    function drawSeries(series) {
       root.replaceChildren(svg("title", {}, opts.title));
-      if (!drawn.some((pts) => pts.length)) {
+      const all = series.flatMap((s) => s.pts);
+      if (!all.length) {
         root.append(svg("text", { x: W / 2, y: H / 2, class: "chart-empty",
           "text-anchor": "middle" }, "No metrics yet"));
         return;
       }
-      const all = [].concat(...drawn);
       const ys = all.map((p) => p[1]);
       let [y0, y1] = [Math.min(...ys), Math.max(...ys)];
       const pad = (y1 - y0) * 0.02; // keep the curve off the frame when it ends on a tick
@@ -141,35 +149,38 @@ const LossChart = (() => {
 
       const line = (pts) => pts.map(([x, y]) => `${px(x).toFixed(1)},${py(y).toFixed(1)}`)
         .join(" ");
-      const series = opts.series.map((s, i) => ({ name: s.name, cls: s.cls, pts: drawn[i],
-        dots: s.dots || drawn[i].length === 1 }));
+      const paint = (s) => (s.color ? { stroke: s.color, fill: s.color } : {});
       for (const s of series) {
         if (!s.pts.length) continue;
-        const g = svg("g", { class: "series " + s.cls, "data-series": s.cls });
-        g.append(svg("polyline", { points: line(s.pts), fill: "none" }));
+        const cls = s.cls || "series-custom";
+        const g = svg("g", { class: "series " + cls, "data-series": s.name });
+        g.append(svg("polyline", { points: line(s.pts), fill: "none",
+          ...(s.color ? { stroke: s.color } : {}) }));
         if (s.dots) {
           for (const [x, y] of s.pts.slice(-200)) {
-            g.append(svg("circle", { cx: px(x).toFixed(1), cy: py(y).toFixed(1), r: 3 }));
+            g.append(svg("circle", { cx: px(x).toFixed(1), cy: py(y).toFixed(1), r: 3,
+              ...(s.color ? { fill: s.color } : {}) }));
           }
         }
         root.append(g);
       }
 
+      const width = Math.max(150, 40 + 7 * Math.max(...series.map((s) => s.name.length)));
       const legend = svg("g", { class: "legend",
-        transform: `translate(${W - M.right - 150} ${M.top + 4})` });
-      legend.append(svg("rect", { x: 0, y: 0, width: 150, height: 8 + 18 * series.length,
+        transform: `translate(${W - M.right - width} ${M.top + 4})` });
+      legend.append(svg("rect", { x: 0, y: 0, width, height: 8 + 18 * series.length,
         class: "legend-box" }));
       series.forEach((s, i) => {
         const y = 15 + i * 18;
-        const key = svg("g", { class: "series " + s.cls });
-        key.append(svg("line", { x1: 10, x2: 34, y1: y, y2: y }));
+        const key = svg("g", { class: "series " + (s.cls || "series-custom") });
+        key.append(svg("line", { x1: 10, x2: 34, y1: y, y2: y, ...paint(s) }));
         legend.append(key, svg("text", { x: 42, y, "dominant-baseline": "middle" }, s.name));
       });
       root.append(legend);
     }
 
     draw([]);
-    return { draw };
+    return { draw, drawSeries };
   }
 
   return LossChart;

@@ -60,6 +60,14 @@
     text("job-created", UI.time(job.created_at));
     text("job-started", job.started_at && UI.time(job.started_at));
     text("job-finished", job.finished_at && UI.time(job.finished_at));
+    const origin = job.origin;
+    if (origin) link("job-origin", origin.job_id + " at step " + origin.step, UI.jobUrl(origin.job_id));
+    else text("job-origin", null);
+    const summary = job.result || {};
+    const bestLoss = (summary.best || {}).val_loss;
+    text("job-best", summary.best_checkpoint === undefined || summary.best_checkpoint === null
+      ? null : "step " + summary.best_checkpoint
+        + (typeof bestLoss === "number" ? " (val_loss " + bestLoss.toFixed(4) + ")" : ""));
     const p = job.progress || {};
     const bar = $("job-progress");
     bar.value = p.fraction !== undefined ? p.fraction : job.status === "succeeded" ? 1 : 0;
@@ -180,6 +188,40 @@
     $("artifacts-body").replaceChildren(...rows);
   }
 
+  function metric(value, digits) {
+    return typeof value === "number" ? value.toFixed(digits) : "—";
+  }
+
+  async function refreshCheckpoints() {
+    const kept = await UI.json(base + "/checkpoints");
+    const rows = kept.map((c) => el("tr", { dataset: { step: c.step, status: c.status } },
+      el("td", {}, String(c.step)),
+      el("td", {}, c.is_best ? "★" : ""),
+      el("td", {}, c.status),
+      el("td", {}, metric(c.metrics.train_loss, 4)),
+      el("td", {}, metric(c.metrics.val_loss, 4)),
+      el("td", {}, metric(c.metrics.val_perplexity, 2)),
+      el("td", {}, metric(c.metrics.val_token_accuracy, 3)),
+      el("td", { title: c.size + " bytes" }, UI.bytes(c.size)),
+      el("td", {}, c.created_at ? UI.time(c.created_at) : "—"),
+      el("td", { className: "mono small", title: c.sha256 || "" }, (c.sha256 || "").slice(0, 12)),
+      el("td", {}, c.status === "good" ? el("button", { type: "button", className: "download",
+        onclick: () => saveCheckpoint(c.step) }, "Download") : null)));
+    if (!rows.length) rows.push(el("tr", { className: "placeholder" }, el("td", { colSpan: 11 }, "None yet")));
+    $("checkpoints-body").replaceChildren(...rows);
+  }
+
+  async function saveCheckpoint(stepNumber) {
+    const name = id + "-step-" + stepNumber + ".tar";
+    try {
+      await UI.download(base + "/checkpoints/" + stepNumber + "/archive", name);
+    } catch (err) {
+      if (err instanceof UI.ApiError && err.status !== 401) {
+        UI.showBanner("Download of checkpoint " + stepNumber + " failed: " + err.message, "error");
+      }
+    }
+  }
+
   async function save(name) {
     try {
       await UI.download(base + "/artifacts/" + encodeURIComponent(name), name);
@@ -206,7 +248,8 @@
     renderJob();
     const final = UI.FINAL.has(job.status);
     await Promise.all([refreshMetrics(), refreshEvents(), refreshLog(),
-      final || tick % 3 === 0 ? refreshArtifacts() : null]);
+      final || tick % 3 === 0 ? refreshArtifacts() : null,
+      final || tick % 3 === 0 ? refreshCheckpoints() : null]);
     tick += 1;
     return !final; // a final job changes no more: this was the last full refresh
   }
