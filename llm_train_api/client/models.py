@@ -157,6 +157,13 @@ class MetricPoint:
     train_token_accuracy: float | None = None
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
+    @property
+    def rewards(self) -> dict[str, float]:
+        """A DPO job's rewards at this step, by the server's names (``rewards/margins``,
+        ``rewards/accuracies``, ``val_rewards/margins``, ...); empty for other jobs."""
+        return {k: v for k, v in self.extra.items()
+                if k.startswith(("rewards/", "val_rewards/")) and v is not None}
+
 
 @dataclass
 class Checkpoint:
@@ -171,13 +178,6 @@ class Checkpoint:
     status: str = "good"
     is_best: bool = False
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
-
-    @property
-    def rewards(self) -> dict[str, float]:
-        """A DPO job's rewards at this step, by the server's names (``rewards/margins``,
-        ``rewards/accuracies``, ``val_rewards/margins``, ...); empty for other jobs."""
-        return {k: v for k, v in self.extra.items()
-                if k.startswith(("rewards/", "val_rewards/")) and v is not None}
 
 
 @dataclass
