@@ -99,6 +99,11 @@ class NewJob:
     validation_dataset: str | None = None
     output_model: str | None = None
     model_kind: str | None = None
+    # Jobs created through the OpenAI-compatible `/v1` API: origin "openai", their
+    # `metadata` (up to 16 string pairs) and `suffix` (part of the fine-tuned model's name).
+    origin: str | None = None
+    metadata: dict[str, str] | None = None
+    suffix: str | None = None
 
     def request_fields(self) -> list[Any]:
         """What makes two creates 'the same request' for idempotent retries. Options left
@@ -141,6 +146,9 @@ class Job:
     validation_dataset: str | None = None
     output_model: str | None = None  # the model a succeeded fine-tuning job registers
     model_kind: str | None = None  # "builtin" or "hf"; None: not admitted (EXECUTOR=none)
+    origin: str | None = None  # "openai": created through /v1; None: the native API
+    metadata: dict[str, str] | None = None  # /v1 jobs' OpenAI metadata
+    suffix: str | None = None  # /v1 jobs' OpenAI suffix
 
     @property
     def fine_tuned_model(self) -> str | None:

@@ -63,12 +63,21 @@ def _v5_fine_tuning(conn: Connection) -> None:
         conn.execute(text(f"ALTER TABLE jobs ADD COLUMN {column}"))
 
 
+def _v9_openai(conn: Connection) -> None:
+    """Jobs created through the OpenAI-compatible /v1 API: where a job came from, its
+    OpenAI metadata and suffix. (Versions 6 to 8 belong to other changes; a database
+    migrates over the gap.)"""
+    for column in ("origin VARCHAR(16)", "metadata TEXT", "suffix VARCHAR(64)"):
+        conn.execute(text(f"ALTER TABLE jobs ADD COLUMN {column}"))
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1_initial),
     (2, _v2_workers),
     (3, _v3_auth),
     (4, _v4_fair_claims),
     (5, _v5_fine_tuning),
+    (9, _v9_openai),
 ]
 LATEST_VERSION = MIGRATIONS[-1][0]
 

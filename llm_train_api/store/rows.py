@@ -43,6 +43,9 @@ JOB_COLUMNS = (
     jobs.c.validation_dataset,
     jobs.c.output_model,
     jobs.c.model_kind,
+    jobs.c.origin,
+    jobs.c.metadata,
+    jobs.c.suffix,
 )
 _N_JOB_COLUMNS = len(JOB_COLUMNS)
 
@@ -50,7 +53,8 @@ _N_JOB_COLUMNS = len(JOB_COLUMNS)
 INSERT_COLUMNS = ("id", "model_name", "dataset", "hyperparameters", "request_hash", "status",
                   "created_us", "updated_us", "version", "priority", "max_attempts",
                   "max_runtime_s", "resources", "dataset_sha256", "owner",
-                  "validation_dataset", "output_model", "model_kind")
+                  "validation_dataset", "output_model", "model_kind", "origin",
+                  "metadata", "suffix")
 
 # orjson parses the stored hyperparameters several times faster than the json module.
 loads = orjson.loads
@@ -101,6 +105,9 @@ def insert_params(new: NewJob, ts: int, hyperparameters: str, digest: str) -> di
         "validation_dataset": new.validation_dataset,
         "output_model": new.output_model,
         "model_kind": new.model_kind,
+        "origin": new.origin,
+        "metadata": None if new.metadata is None else canonical_json(new.metadata),
+        "suffix": new.suffix,
     }
 
 
@@ -110,7 +117,8 @@ def row_to_job(row: Any) -> Job:
     (_seq, job_id, model_name, dataset, hyperparameters, status, error_message, created_us,
      updated_us, started_us, finished_us, version, priority, max_attempts, attempts,
      max_runtime_s, resources, dataset_sha256, progress, lease_owner,
-     owner, validation_dataset, output_model, model_kind) = row[:_N_JOB_COLUMNS]
+     owner, validation_dataset, output_model, model_kind, origin, metadata,
+     suffix) = row[:_N_JOB_COLUMNS]
     return Job(
         job_id,
         model_name,
@@ -135,4 +143,7 @@ def row_to_job(row: Any) -> Job:
         validation_dataset,
         output_model,
         model_kind,
+        origin,
+        None if metadata is None else loads(metadata),
+        suffix,
     )

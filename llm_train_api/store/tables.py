@@ -65,6 +65,11 @@ jobs = Table(
     Column("validation_dataset", String(256)),
     Column("output_model", String(128)),
     Column("model_kind", String(16)),
+    # --- v9: jobs created through the OpenAI-compatible /v1 API: origin "openai" (NULL
+    # for the native API), their metadata (a JSON object of strings) and name suffix.
+    Column("origin", String(16)),
+    Column("metadata", Text),
+    Column("suffix", String(64)),
 )
 
 # One index per supported single filter, each ending in the sort key, so that every page is
