@@ -311,6 +311,14 @@ class JobSchema(LeanDumpSchema):
         "(its `output_model`, registered before the job was marked succeeded; "
         "`GET /models/{name}`, `GET /models/{name}/archive`). Null otherwise, and for "
         "jobs that save an adapter only."})
+    origin = fields.String(allow_none=True, dump_only=True, metadata={
+        "enum": ["openai", None],
+        "description": "`openai` for a job created through the OpenAI-compatible API "
+        "(POST /v1/fine_tuning/jobs); null for the native API."})
+    metadata = fields.Dict(keys=fields.String(), values=fields.String(), allow_none=True,
+                           dump_only=True, metadata={
+                               "description": "A `/v1` job's OpenAI metadata (up to 16 "
+                               "string pairs); null otherwise."})
 
 
 class PlanSchema(Schema):
