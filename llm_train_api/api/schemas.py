@@ -319,6 +319,9 @@ class JobSchema(LeanDumpSchema):
                            dump_only=True, metadata={
                                "description": "A `/v1` job's OpenAI metadata (up to 16 "
                                "string pairs); null otherwise."})
+    suffix = fields.String(allow_none=True, dump_only=True, metadata={
+        "description": "A `/v1` job's OpenAI suffix (part of its fine-tuned model's OpenAI "
+        "name, `ft:<base>:<org>:<suffix>:<job id>`); null otherwise."})
 
 
 class PlanSchema(Schema):
