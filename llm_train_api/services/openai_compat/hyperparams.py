@@ -97,7 +97,8 @@ def native_hyperparameters(body: Mapping[str, Any]) -> dict[str, Any]:
         raise TranslationError("Give either `method` or the deprecated `hyperparameters`, "
                                "not both.", "hyperparameters")
     if method is None:
-        native = _translate(legacy or {}, SUPERVISED, "hyperparameters")
+        native = _translate({} if legacy is None else legacy, SUPERVISED,
+                            "hyperparameters")
     else:
         native = _method_hyperparameters(method)
     if body.get("seed") is not None:
@@ -105,16 +106,24 @@ def native_hyperparameters(body: Mapping[str, Any]) -> dict[str, Any]:
     return native
 
 
+def _settings(method: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
+    """`method[kind]`'s hyperparameters (an object, or absent)."""
+    settings = method.get(kind)
+    if settings is None:
+        return {}
+    if not isinstance(settings, Mapping):
+        raise TranslationError(f"method.{kind} must be an object.", f"method.{kind}")
+    hyperparameters = settings.get("hyperparameters")
+    return {} if hyperparameters is None else hyperparameters
+
+
 def _method_hyperparameters(method: Mapping[str, Any]) -> dict[str, Any]:
     kind = method.get("type")
     if kind == "supervised":
-        settings = method.get("supervised") or {}
-        return _translate(settings.get("hyperparameters") or {}, SUPERVISED,
+        return _translate(_settings(method, "supervised"), SUPERVISED,
                           "method.supervised.hyperparameters")
     if kind == "dpo":
-        settings = method.get("dpo") or {}
-        native = dpo_hyperparameters(settings.get("hyperparameters") or {},
-                                     "method.dpo.hyperparameters")
+        native = dpo_hyperparameters(_settings(method, "dpo"), "method.dpo.hyperparameters")
         if not DPO_SUPPORTED:
             raise TranslationError("method.type 'dpo' is not supported yet by this "
                                    "service's trainer; use 'supervised'.", "method.type",

@@ -21,6 +21,7 @@ from llm_train_api.services.openai_compat.names import (
     result_file_id,
 )
 from llm_train_api.services.openai_compat.statuses import openai_status
+from llm_train_api.training.hf.hyperparams import DEFAULTS
 
 ORIGIN = "openai"
 
@@ -59,6 +60,14 @@ def estimated_finish(job: Job, now: float | None = None) -> int | None:
     return int((time.time() if now is None else now) + eta)
 
 
+def _seed(job: Job) -> int | None:
+    """The job's seed: a fine-tuning job's (the trainer's default when none was given),
+    or an integer `seed` hyperparameter of another job; None otherwise."""
+    seed = job.hyperparameters.get("seed", DEFAULTS["seed"] if job.model_kind == "hf"
+                                   else None)
+    return seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+
+
 def job_object(job: Job) -> dict[str, Any]:
     """A native job as OpenAI's `fine_tuning.job` object."""
     hyperparameters = job.hyperparameters if job.model_kind == "hf" else {}
@@ -79,8 +88,7 @@ def job_object(job: Job) -> dict[str, Any]:
         "organization_id": org_of(job.owner),
         "result_files": ([result_file_id(job.id)]
                          if job.status is JobStatus.SUCCEEDED else []),
-        "seed": hyperparameters.get("seed", 42) if job.model_kind == "hf" else
-        job.hyperparameters.get("seed"),
+        "seed": _seed(job),
         "status": openai_status(job.status),
         "trained_tokens": trained_tokens(job),
         "training_file": job.dataset,
