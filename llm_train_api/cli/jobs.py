@@ -238,6 +238,10 @@ def _show_job(job: Job) -> None:
         rows.append(("result", f"model {job.output_model} (once it succeeds)"))
     if job.error_message:
         rows.append(("error", job.error_message))
+    if job.origin:
+        rows.append(("origin", job.origin + (f" (suffix {job.suffix})" if job.suffix else "")))
+    if job.metadata:
+        rows.append(("metadata", json.dumps(job.metadata, sort_keys=True)))
     if job.worker:
         rows.append(("worker", job.worker))
     progress = progress_text(job.progress_info, bar=False)

@@ -108,6 +108,11 @@ class Job:
     fine_tuned_model: str | None = None
     #: Only in a dry run of a fine-tuning job: examples, tokens, truncations, steps, memory.
     plan: dict[str, Any] | None = None
+    #: ``openai`` for a job created through the OpenAI-compatible API (``/v1``), with its
+    #: OpenAI ``metadata`` and ``suffix``; None for the native API.
+    origin: str | None = None
+    metadata: dict[str, str] | None = None
+    suffix: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
     #: The job's ETag (from the response header): pass it as ``if_match`` to make a status
     #: change conditional on nobody having changed the job since.

@@ -321,3 +321,27 @@ def test_the_openapi_document_has_v1_with_openai_errors(app):
                 if status == "default" or int(status) >= 400:
                     assert response["content"]["application/json"]["schema"]["$ref"] == ref
             assert "422" not in operation["responses"]
+
+
+def test_the_python_client_and_the_cli_show_a_v1_jobs_origin(server, api, tmp_path):
+    import requests
+    from click.testing import CliRunner
+
+    from llm_train_api.cli.main import main
+    from tests.helpers.hf_models import write_folder
+
+    api.import_model("llama", write_folder(tmp_path / "src", tiny_llama()))
+    auth = {"Authorization": f"Bearer {server.token}"}
+    file_id = requests.post(f"{server.url}/v1/files", headers=auth, timeout=30,
+                            files={"file": ("t.jsonl", CHAT)},
+                            data={"purpose": "fine-tune"}).json()["id"]
+    created = requests.post(f"{server.url}/v1/fine_tuning/jobs", headers=auth, timeout=30,
+                            json={"model": "llama", "training_file": file_id,
+                                  "suffix": "s1", "metadata": {"team": "nlp"}})
+    assert created.status_code == 200, created.text
+    job = api.get_job(created.json()["id"])
+    assert (job.origin, job.metadata, job.suffix) == ("openai", {"team": "nlp"}, "s1")
+    shown = CliRunner().invoke(main, ["jobs", "get", job.id, "--url", server.url,
+                                      "--token", server.token])
+    assert shown.exit_code == 0, shown.output
+    assert "openai (suffix s1)" in shown.output and '{"team": "nlp"}' in shown.output
