@@ -102,7 +102,7 @@ def test_the_openai_sdk_fine_tunes_against_this_service(service, tiny_hf_model):
         model="tiny", training_file=uploaded.id, suffix="demo", seed=3,
         metadata={"team": "nlp"},
         method={"type": "supervised", "supervised": {"hyperparameters": {
-            "n_epochs": 1, "batch_size": 4, "learning_rate_multiplier": 50}}})
+            "n_epochs": 1, "batch_size": 4, "learning_rate_multiplier": 10}}})
     assert job.status == "queued" and job.id.startswith("ftjob-")
     other = alice.fine_tuning.jobs.create(model="tiny", training_file=uploaded.id)
     # the queued-jobs quota (MAX_QUEUED) is the SDK's RateLimitError
