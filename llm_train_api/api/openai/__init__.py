@@ -27,13 +27,40 @@ def init_app(app: flask.Flask, api: Api) -> None:
         api.register_blueprint(blueprint)
 
 
+_LINKS = {
+    ("/v1/files", "post"): ("file_id", {
+        "GetFile": ("/v1/files/{file_id}", "get"),
+        "GetFileContent": ("/v1/files/{file_id}/content", "get"),
+        "DeleteFile": ("/v1/files/{file_id}", "delete")}),
+    ("/v1/fine_tuning/jobs", "post"): ("job_id", {
+        "GetFineTuningJob": ("/v1/fine_tuning/jobs/{job_id}", "get"),
+        "CancelFineTuningJob": ("/v1/fine_tuning/jobs/{job_id}/cancel", "post"),
+        "ListFineTuningJobEvents": ("/v1/fine_tuning/jobs/{job_id}/events", "get")}),
+}
+
+
+def _operation_ref(path: str, method: str) -> str:
+    return "#/paths/" + path.replace("~", "~0").replace("/", "~1") + "/" + method
+
+
+def _links(paths: dict[str, Any]) -> None:
+    """OpenAPI links from the file or job a 200 created to what reads or changes it."""
+    for (path, method), (parameter, targets) in _LINKS.items():
+        paths[path][method]["responses"]["200"]["links"] = {
+            name: {"operationRef": _operation_ref(*target),
+                   "parameters": {parameter: "$response.body#/id"}}
+            for name, target in targets.items()}
+
+
 def document(api: Api) -> None:
-    """Every error response of a `/v1` operation (including the 401/403 that auth adds to
-    every operation, and flask-smorest's defaults) is stated in OpenAI's shape."""
+    """Links from what creates a file or a job to what reads it; and every error
+    response of a `/v1` operation (including the 401/403 that auth adds to every
+    operation, and flask-smorest's defaults) stated in OpenAI's shape."""
     schemas = api.spec.components.schemas
     if _ERROR_SCHEMA_NAME not in schemas:
         api.spec.components.schema(_ERROR_SCHEMA_NAME, schema=OpenAIErrorSchema)
     ref = {"$ref": f"#/components/schemas/{_ERROR_SCHEMA_NAME}"}
+    _links(api.spec._paths)
     for path, operations in api.spec._paths.items():
         if not is_openai_path(path):
             continue
