@@ -73,3 +73,20 @@ def test_every_native_status_has_an_openai_one():
     for status in JobStatus:
         assert statuses.openai_status(status) in statuses.OPENAI_STATUSES
     assert statuses.openai_status("paused") == "paused"
+
+
+def test_a_checkpoint_reads_as_openais_checkpoint_object():
+    from datetime import datetime, timezone
+
+    from llm_train_api.domain import Job
+    from llm_train_api.services.openai_compat.objects import checkpoint_object
+
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    job = Job("ftjob-1", "llama", "file-1", {}, JobStatus.RUNNING, now, now, None, now, None,
+              1, owner="alice", suffix="s", origin="openai", model_kind="hf")
+    checkpoint = checkpoint_object(job, 8, now, {"train_loss": 1.5, "val_loss": 1.75})
+    assert checkpoint == {
+        "id": "ftckpt-ftjob-1-8", "object": "fine_tuning.job.checkpoint",
+        "created_at": int(now.timestamp()), "fine_tuning_job_id": "ftjob-1",
+        "fine_tuned_model_checkpoint": "ft:llama:alice:s:ftjob-1:ckpt-step-8",
+        "step_number": 8, "metrics": {"step": 8, "train_loss": 1.5, "valid_loss": 1.75}}

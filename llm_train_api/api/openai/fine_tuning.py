@@ -74,7 +74,7 @@ _METADATA_FILTER = {
 }
 
 
-def _visible(job_id: str) -> Job:
+def visible_job(job_id: str) -> Job:
     if not is_valid_job_id(job_id):
         raise JobNotFound(job_id)
     return ensure_visible(get_jobs().get_job(job_id))
@@ -87,7 +87,7 @@ def _base_model(name: str) -> str:
     if job_id is None or not is_valid_job_id(job_id):
         return name
     try:
-        job = _visible(job_id)
+        job = visible_job(job_id)
     except JobNotFound:
         return name
     if fine_tuned_model_name(job) == name and job.fine_tuned_model is not None:
@@ -151,7 +151,7 @@ class Jobs(MethodView):
     def get(self, args: dict[str, Any]):
         """List fine-tuning jobs (every job the caller sees, native ones too)"""
         filters = _metadata_filters()
-        key = get_jobs().sort_key(_visible(args["after"]).id) if "after" in args else None
+        key = get_jobs().sort_key(visible_job(args["after"]).id) if "after" in args else None
         limit = args["limit"]
         found: list[Job] = []
         scanned = 0
@@ -187,7 +187,7 @@ class JobResource(MethodView):
     @blp.error(404, "No such job (or another user's).")
     def get(self, job_id: str):
         """Get a fine-tuning job"""
-        return job_object(_visible(job_id))
+        return job_object(visible_job(job_id))
 
 
 @blp.route("/<job_id>/cancel")
@@ -198,12 +198,12 @@ class JobCancel(MethodView):
     def post(self, job_id: str):
         """Cancel a fine-tuning job"""
         principal = current_principal()
-        _visible(job_id)
+        visible_job(job_id)
         job = status_changes.cancel(
             lambda target, message: get_jobs().transition(
                 job_id, target, error_message=message, actor=principal.actor,
                 owner=owner_scope())[0],
-            principal, visible_job=lambda: _visible(job_id))
+            principal, visible_job=lambda: visible_job(job_id))
         return job_object(job)
 
 
@@ -217,7 +217,7 @@ class JobEvents(MethodView):
     @blp.error(404, "No such job (or another user's).")
     def get(self, args: dict[str, Any], job_id: str):
         """List a fine-tuning job's events (status changes and `Step N/M` metrics)"""
-        job = _visible(job_id)
+        job = visible_job(job_id)
         events, _more = get_jobs().job_events(job.id, limit=1000)
         total = (job.progress or {}).get("total_steps")
         timeline = [(int(e.at.timestamp() * 1_000_000), 0, e.seq, job_event_object(job, e))

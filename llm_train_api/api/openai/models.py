@@ -12,7 +12,7 @@ from flask.views import MethodView
 from llm_train_api.api.auth import current_principal
 from llm_train_api.api.base import get_runtime, get_settings
 from llm_train_api.api.openai.base import OpenAIBlueprint
-from llm_train_api.api.openai.fine_tuning import _visible
+from llm_train_api.api.openai.fine_tuning import visible_job
 from llm_train_api.api.openai.schemas import OpenAIModelListSchema, OpenAIModelSchema
 from llm_train_api.artifacts.model_errors import ModelNotFound
 from llm_train_api.domain import JobNotFound, is_valid_job_id
@@ -72,7 +72,7 @@ class ModelResource(MethodView):
         native = model_id
         if job_id is not None:
             try:
-                job = _visible(job_id) if is_valid_job_id(job_id) else None
+                job = visible_job(job_id) if is_valid_job_id(job_id) else None
             except JobNotFound:
                 job = None
             if job is None or fine_tuned_model_name(job) != model_id:

@@ -191,5 +191,22 @@ def model_object(model_id: str, created: datetime | None, owned_by: str) -> dict
             "owned_by": owned_by}
 
 
-__all__ = ["ORIGIN", "RESULT_FILE_PREFIX", "file_object", "job_event_object", "job_object",
-           "metrics_csv", "metrics_event_object", "model_object", "result_file_object"]
+__all__ = ["ORIGIN", "RESULT_FILE_PREFIX", "checkpoint_object", "file_object",
+           "job_event_object", "job_object", "metrics_csv", "metrics_event_object",
+           "model_object", "result_file_object"]
+
+
+def checkpoint_object(job: Job, step: int, created: datetime | None,
+                      metrics: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A checkpoint of a job at `step` as OpenAI's `fine_tuning.job.checkpoint`: what
+    `GET /v1/fine_tuning/jobs/{id}/checkpoints` lists once the native API lists a job's
+    checkpoints. `fine_tuned_model_checkpoint` follows the model naming with the step
+    appended (`ft:...:<job id>:ckpt-step-<n>`, OpenAI's own spelling)."""
+    base = openai_model_name(job.model_name, job.owner, job.suffix, job.id)
+    point = dict(metrics or {})
+    return {"id": f"ftckpt-{job.id}-{step}", "object": "fine_tuning.job.checkpoint",
+            "created_at": epoch(created) or 0, "fine_tuning_job_id": job.id,
+            "fine_tuned_model_checkpoint": f"{base}:ckpt-step-{step}",
+            "step_number": step,
+            "metrics": {"step": step, "train_loss": point.get("train_loss"),
+                        "valid_loss": point.get("val_loss")}}
