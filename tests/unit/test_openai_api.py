@@ -345,3 +345,13 @@ def test_the_python_client_and_the_cli_show_a_v1_jobs_origin(server, api, tmp_pa
                                       "--token", server.token])
     assert shown.exit_code == 0, shown.output
     assert "openai (suffix s1)" in shown.output and '{"team": "nlp"}' in shown.output
+
+
+def test_the_dashboard_shows_a_v1_jobs_origin_and_metadata(app):
+    page = app.test_client().get("/ui/jobs/ftjob-1")
+    assert page.status_code == 200
+    assert b'id="job-openai"' in page.data and b'id="job-metadata"' in page.data
+    script = app.test_client().get("/ui/static/job.js").data
+    assert b'job.origin === "openai"' in script and b"job.metadata" in script
+    listing = app.test_client().get("/ui/static/jobs.js").data
+    assert b"badge-openai" in listing
