@@ -9,6 +9,7 @@ the statuses become those the OpenAI API uses (a field error is a 400, not a 422
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any
 
 import flask
@@ -103,11 +104,18 @@ def openai_param(native: str | None) -> str | None:
     return native
 
 
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return f"HTTP {status}"
+
+
 def translate(native: dict[str, Any], status: int) -> tuple[dict[str, Any], int]:
     """A native error body (`{code, status, message, errors?}`) as OpenAI's, with the
     status OpenAI's API would answer."""
     new_status = STATUS_REMAP.get(status, status)
-    message = str(native.get("message") or flask.current_app.name)
+    message = str(native.get("message") or _phrase(status))
     param, detail = _first_field(native.get("errors"))
     param = openai_param(param)
     if detail and (message.startswith("Invalid request") or "see `errors`" in message):
@@ -127,7 +135,7 @@ def rewrite(response: flask.Response) -> flask.Response:
     if isinstance(native, dict) and isinstance(native.get("error"), dict):
         return response  # already OpenAI's
     if not isinstance(native, dict):
-        native = {"message": response.status}
+        native = {}
     payload, status = translate(native, response.status_code)
     response.set_data(flask.json.dumps(payload))
     response.mimetype = "application/json"
