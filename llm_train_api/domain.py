@@ -110,6 +110,11 @@ class NewJob:
     # A branch (`from_checkpoint`): {"job_id", "created_us", "step"} of the source
     # checkpoint, resolved at creation.
     origin: dict[str, Any] | None = None
+    # Jobs created through the OpenAI-compatible `/v1` API: api "openai", their
+    # `metadata` (up to 16 string pairs) and `suffix` (part of the fine-tuned model's name).
+    api: str | None = None
+    metadata: dict[str, str] | None = None
+    suffix: str | None = None
 
     def request_fields(self) -> list[Any]:
         """What makes two creates 'the same request' for idempotent retries. Options left
@@ -161,6 +166,10 @@ class Job:
     # How often a run of this job was paused: part of a Ray run's submission id, since a
     # pause takes back the attempt its run counted.
     pauses: int = 0
+
+    api: str | None = None  # "openai": created through /v1; None: the native API
+    metadata: dict[str, str] | None = None  # /v1 jobs' OpenAI metadata
+    suffix: str | None = None  # /v1 jobs' OpenAI suffix
 
     @property
     def result(self) -> dict[str, Any] | None:

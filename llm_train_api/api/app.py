@@ -26,6 +26,7 @@ from llm_train_api.api import (
 )
 from llm_train_api.api import errors as http_errors
 from llm_train_api.api import metrics as observability
+from llm_train_api.api import openai as openai_api
 from llm_train_api.api.base import RUNTIME_KEY
 from llm_train_api.api.json_provider import OrjsonProvider
 from llm_train_api.api.lingering import DrainUnreadBody
@@ -97,11 +98,13 @@ def create_app(test_config: Mapping[str, Any] | None = None) -> Flask:
     for blueprint in (jobs.blp, artifacts.blp, checkpoints.blp, models.blp, datasets.blp,
                       health.blp, whoami.blp, webhooks.blp):
         api.register_blueprint(blueprint)
+    openai_api.init_app(app, api)
     _serve_swagger_assets(app)
     observability.init_app(app, runtime)
     ui.init_app(app)
     auth.document(api, app)
     openapi.amend(api)
+    openai_api.document(api)
     return app
 
 

@@ -85,8 +85,11 @@ def status_of(error: Exception) -> int:
 JSON_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 # Endpoints whose body is not JSON: they read and limit it themselves (dataset uploads,
 # model imports).
-RAW_BODY_ENDPOINTS = frozenset({"datasets.DatasetResource", "models.ModelResource"})
-NO_BODY_ENDPOINTS = frozenset({"jobs.JobCancel", "jobs.JobPause", "jobs.JobResume"})
+# The OpenAI-compatible API's multipart upload and cancel (api.openai) likewise.
+RAW_BODY_ENDPOINTS = frozenset({"datasets.DatasetResource", "models.ModelResource",
+                                "openai_files.Files"})
+NO_BODY_ENDPOINTS = frozenset({"jobs.JobCancel", "jobs.JobPause", "jobs.JobResume",
+                               "openai_fine_tuning.JobCancel"})
 
 
 class _UnrepresentableNumber(ValueError):

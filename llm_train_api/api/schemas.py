@@ -331,6 +331,17 @@ class JobSchema(LeanDumpSchema):
         "description": "Once a run ended: `final` (the last evaluated metrics), `best` (the "
         "best checkpoint's metrics), `best_checkpoint` (its step) and `selection_metric` "
         "(`val_loss`: lowest is best). Null before."})
+    api = fields.String(allow_none=True, dump_only=True, metadata={
+        "enum": ["openai", None],
+        "description": "`openai` for a job created through the OpenAI-compatible API "
+        "(POST /v1/fine_tuning/jobs); null for the native API."})
+    metadata = fields.Dict(keys=fields.String(), values=fields.String(), allow_none=True,
+                           dump_only=True, metadata={
+                               "description": "A `/v1` job's OpenAI metadata (up to 16 "
+                               "string pairs); null otherwise."})
+    suffix = fields.String(allow_none=True, dump_only=True, metadata={
+        "description": "A `/v1` job's OpenAI suffix (part of its fine-tuned model's OpenAI "
+        "name, `ft:<base>:<org>:<suffix>:<job id>`); null otherwise."})
 
 
 class PlanSchema(Schema):

@@ -265,6 +265,10 @@ def _show_job(job: Job) -> None:
                                         f"(val_loss {best.get('val_loss')})"))
     if job.error_message:
         rows.append(("error", job.error_message))
+    if job.api:
+        rows.append(("api", job.api + (f" (suffix {job.suffix})" if job.suffix else "")))
+    if job.metadata:
+        rows.append(("metadata", json.dumps(job.metadata, sort_keys=True)))
     if job.worker:
         rows.append(("worker", job.worker))
     if job.pause_requested_at:

@@ -115,6 +115,11 @@ class Job:
     origin: dict[str, Any] | None = None
     #: Once a run ended: ``final`` and ``best`` metrics and ``best_checkpoint`` (a step).
     result: dict[str, Any] | None = None
+    #: ``openai`` for a job created through the OpenAI-compatible API (``/v1``), with its
+    #: OpenAI ``metadata`` and ``suffix``; None for the native API.
+    api: str | None = None
+    metadata: dict[str, str] | None = None
+    suffix: str | None = None
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
     #: The job's ETag (from the response header): pass it as ``if_match`` to make a status
     #: change conditional on nobody having changed the job since.

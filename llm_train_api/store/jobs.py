@@ -97,6 +97,8 @@ _SELECT_STATES = select(jobs.c.id, jobs.c.status, jobs.c.created_us).where(
     jobs.c.id.in_(bindparam("ids", expanding=True)))
 _SELECT_OWNER_INCARNATIONS = select(jobs.c.id, jobs.c.created_us).where(
     jobs.c.owner == bindparam("owner"))
+_SELECT_SORT_KEY = select(jobs.c.created_us, jobs.c.seq).where(
+    jobs.c.id == bindparam("job_id"))
 _IN_CHUNK = 500  # ids per IN (...) list, well under SQLite's bound-parameter limit
 _DELETE_METRICS = delete(job_metrics).where(job_metrics.c.job_id == bindparam("job_id"))
 
@@ -275,6 +277,15 @@ class JobRepository:
             next_key = SortKey(last.created_us, last.seq)
         return JobPage([row_to_job(r) for r in rows], next_key)
 
+    def sort_key(self, job_id: str) -> SortKey:
+        """The job's place in the listing order (created_us, seq): where a page that
+        starts after it begins (the OpenAI-compatible API pages by job id). JobNotFound
+        when there is no such job."""
+        row = self.database.read_first(_SELECT_SORT_KEY, {"job_id": job_id})
+        if row is None:
+            raise JobNotFound(job_id)
+        return SortKey(row.created_us, row.seq)
+
     def dataset_in_use(self, dataset: str, *, owner: str | None = None) -> list[str]:
         """Ids of queued, running or paused jobs that train on `dataset` (at most 10, newest
         first); with `owner`, only that owner's jobs (a user's own datasets are theirs)."""
@@ -367,6 +378,21 @@ class JobRepository:
             # is returned as it is, rather than a page that makes no progress.
             rows = [r for r in rows[:limit] if r.step != cut] or rows[:limit]
         return [{"step": r.step, **loads(r.data)} for r in rows], more
+
+    def metric_rows(self, job_id: str, *, limit: int = 10_000
+                    ) -> list[tuple[int, int, int, dict[str, Any]]]:
+        """The job's last `limit` metric points as (seq, step, at_us, data), ascending:
+        what the OpenAI-compatible events interleave with the job's events by time."""
+        stmt = (
+            select(job_metrics.c.seq, job_metrics.c.step, job_metrics.c.at_us,
+                   job_metrics.c.data)
+            .where(job_metrics.c.job_id == job_id)
+            .order_by(job_metrics.c.step.desc(), job_metrics.c.seq.desc())
+            .limit(limit)
+        )
+        with self.database.reading() as conn:
+            rows = conn.execute(stmt).all()
+        return [(r.seq, r.step, r.at_us, loads(r.data)) for r in reversed(rows)]
 
     # ------------------------------------------------------------------ changes
     def transition(

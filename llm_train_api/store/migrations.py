@@ -81,6 +81,13 @@ def _v8_webhooks(conn: Connection) -> None:
         checkfirst=True)
 
 
+def _v9_openai(conn: Connection) -> None:
+    """Jobs created through the OpenAI-compatible /v1 API: which API a job came through,
+    its OpenAI metadata and suffix."""
+    for column in ("api VARCHAR(16)", "metadata TEXT", "suffix VARCHAR(64)"):
+        conn.execute(text(f"ALTER TABLE jobs ADD COLUMN {column}"))
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1_initial),
     (2, _v2_workers),
@@ -90,6 +97,7 @@ MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (6, _v6_checkpoints),
     (7, _v7_pausing),
     (8, _v8_webhooks),
+    (9, _v9_openai),
 ]
 LATEST_VERSION = MIGRATIONS[-1][0]
 

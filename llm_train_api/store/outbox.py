@@ -20,6 +20,7 @@ from sqlalchemy import (
     Integer,
     String,
     Text,
+    and_,
     bindparam,
     case,
     insert,
@@ -54,8 +55,8 @@ _DELIVERY_COLUMNS = ["webhook_id", "event_type", "job_id", "job_created_us", "jo
 
 
 def job_api(row: Any) -> str:
-    """Which API a job came through. Every job is native until the jobs table records it
-    (a column `api`, read here and in `event_type_sql` when it exists)."""
+    """Which API a job came through: the jobs row's `api` ("openai" for `/v1`), native
+    when NULL."""
     return getattr(row, "api", None) or NATIVE_API
 
 
@@ -65,11 +66,16 @@ def event_type(status: str, api: str = NATIVE_API) -> str | None:
     return None if verb is None else EVENT_PREFIXES[api] + verb
 
 
-def event_type_sql(status: Any) -> Any:
-    """`event_type` as SQL over a status column (NULL for a status that is no event)."""
-    prefix = EVENT_PREFIXES[NATIVE_API]
-    return case(*((status == literal(s, String), literal(prefix + verb, String))
-                  for s, verb in EVENT_STATUSES.items()), else_=literal(None, String))
+def event_type_sql(status: Any, api: Any) -> Any:
+    """`event_type` as SQL over a job's status and api columns (NULL for a status that is
+    no event)."""
+    whens = []
+    for name, prefix in EVENT_PREFIXES.items():
+        is_api = api == literal(name, String) if name != NATIVE_API else or_(
+            api.is_(None), api == literal(NATIVE_API, String))
+        whens += [(and_(status == literal(s, String), is_api), literal(prefix + verb, String))
+                  for s, verb in EVENT_STATUSES.items()]
+    return case(*whens, else_=literal(None, String))
 
 
 def _deliveries_from(source: dict[str, Any], event: Any, owner: Any) -> Any:
@@ -120,7 +126,8 @@ def deliveries_cte(changed: Any, at_us: Any) -> Any:
     source = {"job_id": changed.c.id, "job_created_us": changed.c.created_us,
               "job_status": changed.c.status, "previous_status": previous,
               "error_message": changed.c.error_message, "occurred_us": at_us}
-    rows = _deliveries_from(source, event_type_sql(changed.c.status), changed.c.owner)
+    rows = _deliveries_from(source, event_type_sql(changed.c.status, changed.c.api),
+                            changed.c.owner)
     rows = rows.select_from(changed)
     return insert(webhook_deliveries).from_select(_DELIVERY_COLUMNS, rows).cte("outbox")
 

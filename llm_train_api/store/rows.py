@@ -46,6 +46,9 @@ JOB_COLUMNS = (
     jobs.c.origin,
     jobs.c.pause_requested_us,
     jobs.c.pauses,
+    jobs.c.api,
+    jobs.c.metadata,
+    jobs.c.suffix,
 )
 _N_JOB_COLUMNS = len(JOB_COLUMNS)
 
@@ -53,7 +56,8 @@ _N_JOB_COLUMNS = len(JOB_COLUMNS)
 INSERT_COLUMNS = ("id", "model_name", "dataset", "hyperparameters", "request_hash", "status",
                   "created_us", "updated_us", "version", "priority", "max_attempts",
                   "max_runtime_s", "resources", "dataset_sha256", "owner",
-                  "validation_dataset", "output_model", "model_kind", "origin")
+                  "validation_dataset", "output_model", "model_kind", "origin", "api",
+                  "metadata", "suffix")
 
 # orjson parses the stored hyperparameters several times faster than the json module.
 loads = orjson.loads
@@ -105,6 +109,9 @@ def insert_params(new: NewJob, ts: int, hyperparameters: str, digest: str) -> di
         "output_model": new.output_model,
         "model_kind": new.model_kind,
         "origin": None if new.origin is None else canonical_json(new.origin),
+        "api": new.api,
+        "metadata": None if new.metadata is None else canonical_json(new.metadata),
+        "suffix": new.suffix,
     }
 
 
@@ -115,7 +122,7 @@ def row_to_job(row: Any) -> Job:
      updated_us, started_us, finished_us, version, priority, max_attempts, attempts,
      max_runtime_s, resources, dataset_sha256, progress, lease_owner,
      owner, validation_dataset, output_model, model_kind, origin,
-     pause_requested_us, pauses) = row[:_N_JOB_COLUMNS]
+     pause_requested_us, pauses, api, metadata, suffix) = row[:_N_JOB_COLUMNS]
     return Job(
         job_id,
         model_name,
@@ -143,4 +150,7 @@ def row_to_job(row: Any) -> Job:
         None if origin is None else loads(origin),
         None if pause_requested_us is None else EPOCH + timedelta(microseconds=pause_requested_us),
         pauses,
+        api,
+        None if metadata is None else loads(metadata),
+        suffix,
     )

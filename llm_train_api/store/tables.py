@@ -71,6 +71,11 @@ jobs = Table(
     # and how many runs of it have been paused (a Ray run's submission id counts them).
     Column("pause_requested_us", BigInteger),
     Column("pauses", Integer, nullable=False, server_default=text("0")),
+    # --- v9: jobs created through the OpenAI-compatible /v1 API: api "openai" (NULL for
+    # the native API), their metadata (a JSON object of strings) and name suffix.
+    Column("api", String(16)),
+    Column("metadata", Text),
+    Column("suffix", String(64)),
 )
 
 # One index per supported single filter, each ending in the sort key, so that every page is

@@ -57,6 +57,11 @@ class ProgressTracker:
             self.progress.update(phase="training", step=resumed,
                                  total_steps=event.get("total_steps"),
                                  resumed_from_step=resumed, device=event.get("device"))
+            # What a fine-tuning run trains on per epoch: the OpenAI-compatible API's
+            # `trained_tokens` is computed from these once the job succeeds.
+            for key in ("train_tokens", "steps_per_epoch"):
+                if event.get(key) is not None:
+                    self.progress[key] = event[key]
         elif kind == "metrics":
             step = int(event.get("step", 0))
             point = {"step": step, **{k: event[k] for k in METRIC_FIELDS if k in event}}

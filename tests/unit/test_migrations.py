@@ -55,6 +55,8 @@ def test_a_version_1_database_is_upgraded_and_keeps_its_jobs(tmp_path):
     # Made before fine-tuning: no validation data, no output model, the kind unrecorded
     # (workers run such a job with the built-in trainer).
     assert (job.validation_dataset, job.output_model, job.model_kind) == (None, None, None)
+    # Made before the OpenAI-compatible API (schema v9): a native job.
+    assert (job.origin, job.metadata, job.suffix) == (None, None, None)
     claimed = JobQueue(database, jobs).claim("w", 30)
     assert claimed.id == "old" and claimed.attempts == 1
     events, _ = jobs.job_events("old")

@@ -39,6 +39,19 @@ ROUTES = {
     ("/webhooks/{webhook_id}", "get"): {"200", "404"},
     ("/webhooks/{webhook_id}", "delete"): {"204", "404"},
     ("/webhooks/{webhook_id}/deliveries", "get"): {"200", "400", "404", "422"},
+    # The OpenAI-compatible API: field errors are 400s, as OpenAI's API answers them.
+    ("/v1/files", "get"): {"200", "400"},
+    ("/v1/files", "post"): {"200", "400", "409", "413", "415", "429", "507"},
+    ("/v1/files/{file_id}", "get"): {"200", "404"},
+    ("/v1/files/{file_id}", "delete"): {"200", "400", "404", "409"},
+    ("/v1/files/{file_id}/content", "get"): {"200", "404"},
+    ("/v1/fine_tuning/jobs", "get"): {"200", "400", "404"},
+    ("/v1/fine_tuning/jobs", "post"): {"200", "400", "409", "413", "415", "429", "503"},
+    ("/v1/fine_tuning/jobs/{job_id}", "get"): {"200", "404"},
+    ("/v1/fine_tuning/jobs/{job_id}/cancel", "post"): {"200", "404"},
+    ("/v1/fine_tuning/jobs/{job_id}/events", "get"): {"200", "400", "404"},
+    ("/v1/models", "get"): {"200"},
+    ("/v1/models/{model_id}", "get"): {"200", "404"},
 }
 PUBLIC = {("/healthz", "get"), ("/readyz", "get")}
 QUOTA_LIMITED = {("/jobs", "post"), ("/datasets/{name}", "put")}

@@ -118,6 +118,21 @@ def test_pausing_queues_job_paused_deliveries_and_resuming_none(database, jobs, 
         ("q", "job.paused", "queued"), ("r", "job.paused", "running")]
 
 
+def test_a_v1_jobs_events_have_openais_names(database, jobs, queue, hooks):
+    _hook(hooks, events=("fine_tuning.job.cancelled", "fine_tuning.job.succeeded",
+                         "job.cancelled"))
+    jobs.create_job(NewJob("ftjob-1", "m", "d", owner="alice", api="openai"))
+    jobs.create_job(NewJob("native", "m", "d", owner="alice"))
+    jobs.transition("ftjob-1", JobStatus.CANCELLED, actor="user:alice")  # one statement
+    jobs.transition("native", JobStatus.CANCELLED, actor="user:alice")
+    jobs.create_job(NewJob("ftjob-2", "m", "d", owner="alice", api="openai"))
+    claimed = queue.claim("w1", 30)
+    queue.finish(claimed.id, "w1", JobStatus.SUCCEEDED)  # the worker's path
+    assert [(r.job_id, r.event_type) for r in _rows(database)] == [
+        ("ftjob-1", "fine_tuning.job.cancelled"), ("native", "job.cancelled"),
+        ("ftjob-2", "fine_tuning.job.succeeded")]
+
+
 def test_a_requeue_is_no_event(database, jobs, queue, hooks):
     _hook(hooks)
     jobs.create_job(NewJob("a", "m", "d", owner="alice"))

@@ -55,6 +55,17 @@
     const result = job.fine_tuned_model || (job.status === "succeeded" && job.output_model);
     if (result) link("job-output-model", result, UI.modelUrl(result));
     else text("job-output-model", job.output_model && job.output_model + " (once it succeeds)");
+    // A job created through the OpenAI-compatible API (/v1): where it came from, the
+    // suffix of its OpenAI model name, and its metadata pairs.
+    const openai = job.api === "openai";
+    $("job-openai-row").hidden = !openai;
+    $("job-metadata-row").hidden = !openai;
+    if (openai) {
+      text("job-openai", "created through /v1/fine_tuning/jobs (api: openai)" +
+        (job.suffix ? ", suffix " + job.suffix : ""));
+      const pairs = Object.entries(job.metadata || {}).map(([k, v]) => k + "=" + v);
+      text("job-metadata", pairs.join(", "));
+    }
     text("job-attempts", job.attempts + " of " + job.max_attempts);
     text("job-worker", job.worker);
     text("job-created", UI.time(job.created_at));

@@ -26,7 +26,11 @@
     const status = UI.badge(job.status);
     if (job.error_message) status.title = job.error_message;
     return el("tr", { dataset: { jobId: job.id, status: job.status } },
-      el("td", {}, el("a", { href: UI.jobUrl(job.id) }, job.id)),
+      el("td", {}, el("a", { href: UI.jobUrl(job.id) }, job.id),
+        // Jobs created through the OpenAI-compatible API (/v1) carry a badge.
+        job.api === "openai"
+          ? el("span", { className: "badge badge-openai", title: "Created through /v1" }, "OpenAI")
+          : null),
       el("td", {}, status),
       el("td", {}, job.model_name),
       el("td", {}, job.dataset),

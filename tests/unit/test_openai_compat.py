@@ -1,0 +1,92 @@
+"""The OpenAI-compatible API's translations, without HTTP: model names both ways,
+hyperparameters and methods into the trainer's and back, and the status table."""
+
+from __future__ import annotations
+
+import pytest
+
+from llm_train_api.artifacts.models import is_valid_name
+from llm_train_api.domain import JobStatus
+from llm_train_api.services.openai_compat import hyperparams, names, statuses
+from llm_train_api.services.openai_compat.hyperparams import TranslationError
+
+
+def test_fine_tuned_model_names_round_trip():
+    job = names.new_job_id()
+    assert job.startswith("ftjob-") and len(job) == 30
+    for suffix in (None, "bot", "x" * 64):
+        native = names.native_model_name(job, suffix)
+        assert is_valid_name(native)  # the native registry accepts it
+        assert names.suffix_of_native(native, job) == suffix
+        openai = names.openai_model_name("llama", "alice", suffix, job)
+        assert names.job_of_model_name(openai) == job
+    assert names.openai_model_name("llama", None, "bot", job) == f"ft:llama:local:bot:{job}"
+    # a base that is itself an ft: name keeps the job id last
+    nested = names.openai_model_name(f"ft:llama:alice:{job}", "alice", None, "ftjob-2")
+    assert names.job_of_model_name(nested) == "ftjob-2"
+    assert names.job_of_model_name("llama") is None
+    assert names.job_of_model_name("ft:x") is None
+    assert names.suffix_of_native("ft-a-other", job) is False
+    assert names.suffix_of_native(job, job) is False
+
+
+def test_hyperparameters_translate_to_the_trainers():
+    body = {"method": {"type": "supervised", "supervised": {"hyperparameters": {
+        "n_epochs": 3, "batch_size": 8, "learning_rate_multiplier": 0.5}}}, "seed": 9}
+    native = hyperparams.native_hyperparameters(body)
+    assert native == {"epochs": 3, "batch_size": 8, "learning_rate": pytest.approx(1e-4),
+                      "seed": 9}
+    assert hyperparams.native_hyperparameters({"hyperparameters": {
+        "n_epochs": "auto", "batch_size": "auto"}}) == {}
+    # back: "auto" resolved to the trainer's defaults
+    assert hyperparams.openai_hyperparameters({}) == {
+        "n_epochs": 1, "batch_size": 4, "learning_rate_multiplier": 1.0}
+    assert hyperparams.openai_hyperparameters(native)["learning_rate_multiplier"] == 0.5
+
+
+@pytest.mark.parametrize(("body", "param"), [
+    ({"hyperparameters": {"n_epochs": True}}, "hyperparameters.n_epochs"),
+    ({"hyperparameters": {"batch_size": 257}}, "hyperparameters.batch_size"),
+    ({"hyperparameters": {"learning_rate_multiplier": 0}},
+     "hyperparameters.learning_rate_multiplier"),
+    ({"hyperparameters": {"beta": 0.1}}, "hyperparameters.beta"),
+    ({"method": {"type": "supervised", "supervised": []}}, "method.supervised"),
+    ({"method": {"type": "other"}}, "method.type"),
+    ({"method": {"type": "dpo"}}, "method.type"),
+])
+def test_refusals_name_the_param(body, param):
+    with pytest.raises(TranslationError) as refused:
+        hyperparams.native_hyperparameters(body)
+    assert refused.value.param == param
+
+
+def test_dpo_translation_is_ready_for_the_trainer():
+    native = hyperparams.dpo_hyperparameters({"beta": 0.3, "n_epochs": 2}, "m")
+    assert native == {"method": "dpo", "beta": 0.3, "epochs": 2}
+    assert hyperparams.dpo_hyperparameters({"beta": "auto"}, "m")["beta"] == \
+        hyperparams.DEFAULT_BETA
+    assert hyperparams.openai_method(native) == {"type": "dpo", "dpo": {"hyperparameters": {
+        "n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 1.0, "beta": 0.3}}}
+
+
+def test_every_native_status_has_an_openai_one():
+    for status in JobStatus:
+        assert statuses.openai_status(status) in statuses.OPENAI_STATUSES
+    assert statuses.openai_status("paused") == "paused"
+
+
+def test_a_checkpoint_reads_as_openais_checkpoint_object():
+    from datetime import datetime, timezone
+
+    from llm_train_api.domain import Job
+    from llm_train_api.services.openai_compat.objects import checkpoint_object
+
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    job = Job("ftjob-1", "llama", "file-1", {}, JobStatus.RUNNING, now, now, None, now, None,
+              1, owner="alice", suffix="s", api="openai", model_kind="hf")
+    checkpoint = checkpoint_object(job, 8, now, {"train_loss": 1.5, "val_loss": 1.75})
+    assert checkpoint == {
+        "id": "ftckpt-ftjob-1-8", "object": "fine_tuning.job.checkpoint",
+        "created_at": int(now.timestamp()), "fine_tuning_job_id": "ftjob-1",
+        "fine_tuned_model_checkpoint": "ft:llama:alice:s:ftjob-1:ckpt-step-8",
+        "step_number": 8, "metrics": {"step": 8, "train_loss": 1.5, "valid_loss": 1.75}}
