@@ -21,10 +21,9 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.helpers.hf_models import tar_archive
+from tests.helpers.finetune import import_model_and_chat
 from tests.helpers.live import alive, events, wait_for, wait_progress, wait_status
 from tests.helpers.servers import REPO_ROOT, TINY
-from tests.helpers.tiny_hf import chat_records
 
 pytestmark = pytest.mark.slow
 
@@ -188,14 +187,7 @@ def test_branch_from_a_checkpoint_and_not_from_another_users_job(service):
 
 
 def _import_tiny(service, tiny_hf_model) -> None:
-    files = {p.name: p.read_bytes() for p in tiny_hf_model.iterdir() if p.is_file()}
-    resp = service.http.put(f"{service.url}/models/tiny", data=tar_archive(files),
-                            headers={"Content-Type": "application/x-tar"}, timeout=30)
-    assert resp.status_code == 201, resp.text
-    chat = "".join(json.dumps(r) + "\n" for r in chat_records(32)).encode()
-    resp = service.http.put(f"{service.url}/datasets/chat.jsonl", data=chat,
-                            headers={"Content-Type": "application/jsonl"}, timeout=30)
-    assert resp.status_code == 201, resp.text
+    import_model_and_chat(service, tiny_hf_model)
 
 
 def test_lora_resumes_from_the_checkpoint_before_a_corrupt_one_and_branches(

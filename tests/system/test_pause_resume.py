@@ -9,8 +9,8 @@ import json
 
 import pytest
 
+from tests.helpers.finetune import import_model_and_chat
 from tests.helpers.live import alive, events, get, submit, wait_for, wait_progress, wait_status
-from tests.helpers.tiny_hf import chat_records
 
 # Float tolerance only: the resumed run computes the same steps on the same batches.
 LOSS = {"rel": 1e-6, "abs": 1e-7}
@@ -108,16 +108,7 @@ HF_HP = {"max_steps": 60, "batch_size": 4, "learning_rate": 0.01, "warmup_steps"
 @pytest.mark.parametrize("service", ["sqlite"], indirect=True)
 def test_a_paused_lora_job_on_the_tiny_llama_resumes_to_the_same_losses(service,
                                                                          tiny_hf_model):
-    from tests.helpers.hf_models import tar_archive
-
-    files = {p.name: p.read_bytes() for p in tiny_hf_model.iterdir() if p.is_file()}
-    resp = service.http.put(f"{service.url}/models/tiny", data=tar_archive(files),
-                            headers={"Content-Type": "application/x-tar"}, timeout=30)
-    assert resp.status_code == 201, resp.text
-    chat = "".join(json.dumps(r) + "\n" for r in chat_records(32)).encode()
-    resp = service.http.put(f"{service.url}/datasets/chat.jsonl", data=chat,
-                            headers={"Content-Type": "application/jsonl"}, timeout=30)
-    assert resp.status_code == 201, resp.text
+    import_model_and_chat(service, tiny_hf_model)
     service.start_worker()
 
     def create(job_id: str) -> None:

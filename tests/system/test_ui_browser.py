@@ -7,7 +7,6 @@ Run with LLM_TRAIN_API_SCREENSHOTS=1 to (re)write docs/screenshots/*.png.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 import tarfile
@@ -20,7 +19,7 @@ from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from llm_train_api.ui import CONTENT_SECURITY_POLICY
 from tests.helpers.clients import admin_client
-from tests.helpers.hf_models import tar_archive
+from tests.helpers.finetune import import_model, upload_jsonl
 from tests.helpers.servers import REPO_ROOT, TINY
 from tests.helpers.tiny_hf import chat_records, preference_records
 
@@ -287,15 +286,9 @@ def fill(driver, element_id: str, value: str) -> None:
 
 @sqlite_only
 def test_new_job_form_previews_a_fine_tuning_run_then_creates_it(service, ui, tiny_hf_model):
-    files = {p.name: p.read_bytes() for p in tiny_hf_model.iterdir() if p.is_file()}
-    resp = service.http.put(f"{service.url}/models/tiny", data=tar_archive(files),
-                            headers={"Content-Type": "application/x-tar"}, timeout=30)
-    assert resp.status_code == 201, resp.text
+    import_model(service, tiny_hf_model)
     for name, records in (("chat", chat_records(32)), ("chat-val", chat_records(8))):
-        data = "".join(json.dumps(r) + "\n" for r in records).encode()
-        resp = service.http.put(f"{service.url}/datasets/{name}", data=data,
-                                headers={"Content-Type": "application/jsonl"}, timeout=30)
-        assert resp.status_code == 201, resp.text
+        upload_jsonl(service, name, records)
     ui.expect_status = (422,)  # the refused dry run below
     open_page(ui, service, "/ui")
     ui.find_element(By.ID, "new-job-link").click()
@@ -410,12 +403,8 @@ def test_new_job_form_previews_a_fine_tuning_run_then_creates_it(service, ui, ti
 
 @sqlite_only
 def test_a_fine_tuned_model_links_to_its_job_and_back(service, ui, tiny_hf_model):
-    files = {p.name: p.read_bytes() for p in tiny_hf_model.iterdir() if p.is_file()}
-    assert service.http.put(f"{service.url}/models/tiny", data=tar_archive(files), timeout=30,
-                            headers={"Content-Type": "application/x-tar"}).status_code == 201
-    data = "".join(json.dumps(r) + "\n" for r in chat_records(16)).encode()
-    assert service.http.put(f"{service.url}/datasets/chat", data=data, timeout=30,
-                            headers={"Content-Type": "application/jsonl"}).status_code == 201
+    import_model(service, tiny_hf_model)
+    upload_jsonl(service, "chat", chat_records(16))
     service.start_worker()
     body = {"job_id": "ui-tuned", "model_name": "tiny", "dataset": "chat",
             "output_model": "tiny-tuned", "hyperparameters": {
@@ -447,12 +436,8 @@ def test_a_fine_tuned_model_links_to_its_job_and_back(service, ui, tiny_hf_model
 
 @sqlite_only
 def test_a_dpo_job_page_charts_the_rewards(service, ui, tiny_hf_model):
-    files = {p.name: p.read_bytes() for p in tiny_hf_model.iterdir() if p.is_file()}
-    assert service.http.put(f"{service.url}/models/tiny", data=tar_archive(files), timeout=30,
-                            headers={"Content-Type": "application/x-tar"}).status_code == 201
-    data = "".join(json.dumps(r) + "\n" for r in preference_records(16)).encode()
-    assert service.http.put(f"{service.url}/datasets/prefs", data=data, timeout=30,
-                            headers={"Content-Type": "application/jsonl"}).status_code == 201
+    import_model(service, tiny_hf_model)
+    upload_jsonl(service, "prefs", preference_records(16))
     service.start_worker()
     body = {"job_id": "ui-dpo", "model_name": "tiny", "dataset": "prefs",
             "hyperparameters": {

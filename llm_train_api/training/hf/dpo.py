@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from llm_train_api.training.hf import data as hfdata
+from llm_train_api.training.hf import modeling
 from llm_train_api.training.hf.preference import Pair
 
 #: The objective's statistics per micro-batch, summed over a reporting window:
@@ -42,11 +43,7 @@ WIDTH = 5
 def sequence_logps(model: Any, batch: Mapping[str, torch.Tensor], autocast: Any
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of the target tokens' log-probabilities, their count), per sequence."""
-    with autocast:
-        logits = model(input_ids=batch["input_ids"],
-                       attention_mask=batch["attention_mask"]).logits
-    logits = logits[:, :-1].float()
-    labels = batch["labels"][:, 1:]
+    logits, labels = modeling.next_token_logits(model, batch, autocast)
     per_token = -F.cross_entropy(logits.transpose(1, 2), labels,
                                  ignore_index=hfdata.IGNORE, reduction="none")
     return per_token.sum(-1), (labels != hfdata.IGNORE).sum(-1)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -127,3 +128,13 @@ def save_outputs(model: Any, tokenizer: Any, hp: dict[str, Any], folder: Path) -
     tokenizer.save_pretrained(folder / "model")
     written.append("model")
     return written
+
+
+def next_token_logits(model: Any, batch: Mapping[str, torch.Tensor], autocast: Any
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits of each position's next token (in float32, for a stable loss) and the
+    labels they are scored against: the shift every causal-LM loss makes."""
+    with autocast:
+        logits = model(input_ids=batch["input_ids"],
+                       attention_mask=batch["attention_mask"]).logits
+    return logits[:, :-1].float(), batch["labels"][:, 1:]

@@ -100,11 +100,7 @@ def local_job_dir(job_dir: str | os.PathLike[str]) -> Path:
 def _sums(model: Any, batch: dict[str, torch.Tensor], autocast: Any
           ) -> tuple[torch.Tensor, torch.Tensor]:
     """(cross-entropy sum, correct predictions) over the batch's target tokens."""
-    with autocast:
-        logits = model(input_ids=batch["input_ids"],
-                       attention_mask=batch["attention_mask"]).logits
-    logits = logits[:, :-1].float()
-    labels = batch["labels"][:, 1:]
+    logits, labels = modeling.next_token_logits(model, batch, autocast)
     loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1),
                            ignore_index=hfdata.IGNORE, reduction="sum")
     correct = ((logits.argmax(-1) == labels) & (labels != hfdata.IGNORE)).sum()
