@@ -334,11 +334,8 @@ class JobCancel(MethodView):
         """
         principal = current_principal()
         checked = _checked_id(job_id)
-        job = status_changes.cancel(
-            lambda target, message: get_jobs().transition(
-                checked, target, error_message=message, actor=principal.actor,
-                owner=owner_scope())[0],
-            principal, visible_job=lambda: _visible_job(job_id))
+        job = status_changes.cancel(get_jobs(), checked, principal, owner=owner_scope(),
+                                    visible_job=lambda: _visible_job(job_id))
         return _with_etag(job)
 
 

@@ -32,6 +32,7 @@ from llm_train_api.domain import (
     StatusChangeForbidden,
     StatusManagedByWorkers,
 )
+from llm_train_api.store.jobs import JobRepository
 
 
 def check_status_change(
@@ -88,18 +89,22 @@ def error_message_for(target: JobStatus, message: str | None) -> str | None:
 
 
 def cancel(
-    transition: Callable[[JobStatus, str], Job],
+    jobs: JobRepository,
+    job_id: str,
     principal: Principal,
     *,
+    owner: str | None,
     visible_job: Callable[[], Job],
 ) -> Job:
     """Cancel a job; cancelling one that has already ended changes nothing and is no error.
 
-    `transition(target, error_message)` makes the change in the store (IllegalTransition
-    when the job is no longer cancellable); `visible_job` reads the ended job back.
+    `owner` limits the change to that owner's job (a user's cancel); `visible_job` reads
+    the ended job back (JobNotFound when the caller may not see it).
     """
     try:
-        return transition(JobStatus.CANCELLED, f"cancelled by {principal.actor}")
+        return jobs.transition(job_id, JobStatus.CANCELLED,
+                               error_message=f"cancelled by {principal.actor}",
+                               actor=principal.actor, owner=owner)[0]
     except IllegalTransition as exc:
         job = visible_job()
         if not exc.current.is_final:

@@ -267,6 +267,19 @@ def read_branch(job_dir: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
+def checked_branch(job_dir: Path) -> dict[str, Any] | None:
+    """The checkpoint a branched job starts from (None for a job that is no branch),
+    verified against the sha256 recorded at creation; ValueError saying why when it no
+    longer matches: a branch never starts from weights other than those it named."""
+    branch = read_branch(job_dir)
+    if branch is None:
+        return None
+    problem = verify_branch(branch)
+    if problem is not None:
+        raise ValueError(f"cannot branch: {problem}")
+    return branch
+
+
 def verify_branch(branch: Mapping[str, Any]) -> str | None:
     """None when the branch's source checkpoint still hashes to what was recorded."""
     path = Path(str(branch.get("path", "")))

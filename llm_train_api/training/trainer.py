@@ -448,12 +448,12 @@ def _load_branch(local_dir: Path, model: GPT, config: GPTConfig, device: torch.d
                  events: EventWriter) -> None:
     """A branched job's first run: the source checkpoint's weights (verified against the
     sha256 recorded when it was written), with a fresh optimizer and data order."""
-    branch = manifest.read_branch(local_dir)
+    try:
+        branch = manifest.checked_branch(local_dir)
+    except ValueError as exc:
+        raise SpecError(str(exc)) from None
     if branch is None:
         return
-    problem = manifest.verify_branch(branch)
-    if problem is not None:
-        raise SpecError(f"cannot branch: {problem}")
     state = ckpt.load_checkpoint(Path(branch["path"]), map_location=device)
     if state["model_args"] != config.to_dict():
         raise SpecError("cannot branch: the source checkpoint is of another model "

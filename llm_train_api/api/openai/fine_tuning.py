@@ -199,11 +199,8 @@ class JobCancel(MethodView):
         """Cancel a fine-tuning job"""
         principal = current_principal()
         visible_job(job_id)
-        job = status_changes.cancel(
-            lambda target, message: get_jobs().transition(
-                job_id, target, error_message=message, actor=principal.actor,
-                owner=owner_scope())[0],
-            principal, visible_job=lambda: visible_job(job_id))
+        job = status_changes.cancel(get_jobs(), job_id, principal, owner=owner_scope(),
+                                    visible_job=lambda: visible_job(job_id))
         return job_object(job)
 
 

@@ -339,12 +339,12 @@ def _load_branch(job_dir: Path, trainable: dict[str, torch.nn.Parameter],
                  events: EventWriter) -> None:
     """A branched job's first run: the source checkpoint's trained weights, verified
     against the sha256 recorded when they were written; optimizer and data order anew."""
-    branch = manifest.read_branch(job_dir)
+    try:
+        branch = manifest.checked_branch(job_dir)
+    except ValueError as exc:
+        raise SpecError(str(exc)) from None
     if branch is None:
         return
-    problem = manifest.verify_branch(branch)
-    if problem is not None:
-        raise SpecError(f"cannot branch: {problem}")
     state.load_weights(Path(branch["path"]), trainable)
     origin = branch.get("origin", {})
     events.log(f"branched from job {origin.get('job_id')} at step {branch.get('step')}")

@@ -119,5 +119,9 @@ def test_a_branch_is_verified_against_its_recorded_hash(tmp_path):
     branch = manifest.read_branch(job)
     assert branch["path"] == str(source / "checkpoints/step-00000010.pt")
     assert manifest.verify_branch(branch) is None
+    assert manifest.checked_branch(job) == branch
+    assert manifest.checked_branch(source) is None  # no branch: nothing to check
     (source / "checkpoints/step-00000010.pt").write_bytes(b"weighty")
     assert "corrupt" in manifest.verify_branch(branch)
+    with pytest.raises(ValueError, match="cannot branch: .*corrupt"):
+        manifest.checked_branch(job)
