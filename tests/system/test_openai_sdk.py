@@ -199,11 +199,12 @@ def test_the_openai_sdk_pauses_resumes_and_runs_dpo(service, tiny_hf_model):
     prefs = alice.files.create(file=("prefs.jsonl", jsonl(preference_records(32, "openai"))),
                                purpose="fine-tune")
 
-    # enough steps (about 14 a epoch) for the pause to land mid-run
+    # 750 steps (15 an epoch): the tiny Llama runs about 100 a second on a CPU, so
+    # several seconds, well past the worker's 1 s heartbeat that carries the pause
     job = alice.fine_tuning.jobs.create(
         model="tiny", training_file=chat.id, suffix="sft",
         method={"type": "supervised", "supervised": {"hyperparameters": {
-            "n_epochs": 10, "batch_size": 4, "learning_rate_multiplier": 10}}})
+            "n_epochs": 50, "batch_size": 4, "learning_rate_multiplier": 10}}})
     service.start_worker()
     running = wait_for(lambda: (j := native.get(f"{service.url}/jobs/{job.id}",
                                                 timeout=10).json())["status"] == "running"
@@ -215,7 +216,9 @@ def test_the_openai_sdk_pauses_resumes_and_runs_dpo(service, tiny_hf_model):
     paused = wait_job(alice, job.id, 60, ("paused", "succeeded", "failed"))
     assert paused.status == "paused", paused.error
     wait_for(lambda: not alive(trainer), 10, "the paused job's trainer to exit")
-    at = native.get(f"{service.url}/jobs/{job.id}", timeout=10).json()["progress"]["step"]
+    progress = native.get(f"{service.url}/jobs/{job.id}", timeout=10).json()["progress"]
+    at = progress["step"]
+    assert 0 < at < progress["total_steps"], progress
     messages = [e.message for e in alice.fine_tuning.jobs.list_events(job.id, limit=100)]
     assert messages[0].startswith("The job was paused")
     assert alice.fine_tuning.jobs.resume(job.id).status == "queued"
