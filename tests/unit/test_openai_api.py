@@ -448,6 +448,16 @@ def test_every_v1_error_is_in_openais_shape_and_native_ones_keep_theirs(app, ali
     assert native["code"] == 401 and "error" not in native
 
 
+def test_the_v1_actions_without_a_body_are_exempt_from_the_json_rule():
+    from llm_train_api.api import errors as native_errors
+    from llm_train_api.api import openai as v1
+
+    assert v1.NO_BODY_ENDPOINTS <= native_errors.NO_BODY_ENDPOINTS
+    assert v1.RAW_BODY_ENDPOINTS <= native_errors.RAW_BODY_ENDPOINTS
+    assert {"openai_fine_tuning.JobPause", "openai_fine_tuning.JobResume"} <= \
+        v1.NO_BODY_ENDPOINTS
+
+
 def test_the_openapi_document_has_v1_with_openai_errors(app):
     spec = app.test_client().get("/openapi.json").get_json()
     paths = {p for p in spec["paths"] if p.startswith("/v1/")}
