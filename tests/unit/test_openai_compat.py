@@ -3,6 +3,8 @@ hyperparameters and methods into the trainer's and back, and the status table.""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from llm_train_api.artifacts.models import is_valid_name
@@ -107,6 +109,12 @@ def test_a_checkpoint_reads_as_openais_checkpoint_object():
             "step": 8, "train_loss": 1.5, "train_mean_token_accuracy": None,
             "valid_loss": 1.75, "valid_mean_token_accuracy": 0.25, "full_valid_loss": None,
             "full_valid_mean_token_accuracy": None}}
+    # a native job's checkpoints are named after the model it registers, or its id
+    native = dataclasses.replace(job, api=None, output_model="mine")
+    assert checkpoint_object(native, 8, now)["fine_tuned_model_checkpoint"] == \
+        "mine:ckpt-step-8"
+    assert checkpoint_object(dataclasses.replace(native, output_model=None), 8, now)[
+        "fine_tuned_model_checkpoint"] == "ftjob-1:ckpt-step-8"
     # and the SDK parses it as its own
     from openai.types.fine_tuning.jobs import FineTuningJobCheckpoint
 

@@ -215,9 +215,12 @@ _CHECKPOINT_METRICS = {
 def checkpoint_object(job: Job, step: int, created: datetime | None,
                       metrics: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """A checkpoint a job keeps (services.checkpoints.listing) as OpenAI's
-    `fine_tuning.job.checkpoint`. `fine_tuned_model_checkpoint` follows the model naming
-    with the step appended (`ft:...:<job id>:ckpt-step-<n>`, OpenAI's own spelling)."""
-    base = openai_model_name(job.model_name, job.owner, job.suffix, job.id)
+    `fine_tuning.job.checkpoint`. `fine_tuned_model_checkpoint` is the name of the model
+    the job makes with the step appended (`ft:...:<job id>:ckpt-step-<n>`, OpenAI's own
+    spelling, for a `/v1` job; a native job's `output_model`, or its id when it registers
+    none)."""
+    base = (openai_model_name(job.model_name, job.owner, job.suffix, job.id)
+            if job.api == OPENAI_API else job.output_model or job.id)
     point = dict(metrics or {})
     values: dict[str, Any] = {"step": step}
     for name, native in _CHECKPOINT_METRICS.items():
