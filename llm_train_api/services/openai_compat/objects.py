@@ -103,7 +103,7 @@ def job_object(job: Job) -> dict[str, Any]:
 # then by the status an event reaches (a worker's claim, finish, a requeue, a cancel).
 _KIND_MESSAGES = {
     "created": "Created fine-tuning job: {id}",
-    "pause_requested": "Pause requested: the job pauses at its next checkpoint",
+    "pause_requested": "Pause requested: the job pauses once its worker has checkpointed the run",
     "pause_withdrawn": "The pause request was withdrawn",
     "resumed": "The job was resumed",
 }
