@@ -85,11 +85,13 @@ def status_of(error: Exception) -> int:
 JSON_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 # Endpoints whose body is not JSON: they read and limit it themselves (dataset uploads,
 # model imports).
-# The OpenAI-compatible API's multipart upload and cancel (api.openai) likewise.
+# The OpenAI-compatible API's multipart upload, cancel, pause and resume (api.openai)
+# likewise.
 RAW_BODY_ENDPOINTS = frozenset({"datasets.DatasetResource", "models.ModelResource",
                                 "openai_files.Files"})
 NO_BODY_ENDPOINTS = frozenset({"jobs.JobCancel", "jobs.JobPause", "jobs.JobResume",
-                               "openai_fine_tuning.JobCancel"})
+                               "openai_fine_tuning.JobCancel", "openai_fine_tuning.JobPause",
+                               "openai_fine_tuning.JobResume"})
 
 
 class _UnrepresentableNumber(ValueError):

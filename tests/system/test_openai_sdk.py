@@ -1,9 +1,11 @@
 """The real `openai` Python SDK, with only `base_url` and `api_key` changed, against a real
 gunicorn and a real `llm-train-api worker`: upload a chat file, fine-tune the tiny Llama
-to `succeeded`, read its events, result file and model, list jobs page by page and by
-metadata, cancel another job, and the errors a workflow meets (a bad file, an unknown
-model, another user's job, the queued-jobs quota) as the SDK's own exceptions. The job
-and its model are the native API's too: GET /jobs/{id}, GET /models/{name}/archive."""
+to `succeeded`, read its events, checkpoints, result file and model, list jobs page by
+page and by metadata, cancel another job, and the errors a workflow meets (a bad file, an
+unknown model, another user's job, the queued-jobs quota) as the SDK's own exceptions.
+The job and its model are the native API's too: GET /jobs/{id}, GET /models/{name}/archive.
+Then pause a running job and resume it to `succeeded`, and run DPO from its result on an
+OpenAI-shape preference file."""
 
 from __future__ import annotations
 
@@ -20,8 +22,9 @@ import pytest
 import requests
 
 from tests.helpers.hf_models import tar_archive
+from tests.helpers.live import alive, wait_for
 from tests.helpers.servers import FAST, REPO_ROOT, WorkerProcess
-from tests.helpers.tiny_hf import chat_records
+from tests.helpers.tiny_hf import chat_records, preference_records
 
 pytestmark = pytest.mark.slow
 
@@ -63,24 +66,35 @@ def sdk(server, token: str) -> openai.OpenAI:
                          timeout=120)
 
 
-def wait_job(client: openai.OpenAI, job_id: str, timeout: float = 240):
+def wait_job(client: openai.OpenAI, job_id: str, timeout: float = 240,
+             statuses: tuple[str, ...] = ("succeeded", "failed", "cancelled")):
     deadline = time.monotonic() + timeout
     while True:
         job = client.fine_tuning.jobs.retrieve(job_id)
-        if job.status in ("succeeded", "failed", "cancelled"):
+        if job.status in statuses:
             return job
         assert time.monotonic() < deadline, f"{job_id} still {job.status}"
-        time.sleep(1)
+        time.sleep(0.5)
 
 
-def test_the_openai_sdk_fine_tunes_against_this_service(service, tiny_hf_model):
-    alice_token, bob_token = user_token(service, "alice"), user_token(service, "bob")
+def jsonl(records: list[dict]) -> bytes:
+    return "".join(json.dumps(r) + "\n" for r in records).encode()
+
+
+def start(service, tiny_hf_model, token: str) -> requests.Session:
+    """The caller's native session, with the tiny Llama imported as `tiny`."""
     native = requests.Session()
-    native.headers["Authorization"] = f"Bearer {alice_token}"
+    native.headers["Authorization"] = f"Bearer {token}"
     files = {p.name: p.read_bytes() for p in tiny_hf_model.iterdir() if p.is_file()}
     resp = native.put(f"{service.url}/models/tiny", data=tar_archive(files),
                       headers={"Content-Type": "application/x-tar"}, timeout=60)
     assert resp.status_code == 201, resp.text
+    return native
+
+
+def test_the_openai_sdk_fine_tunes_against_this_service(service, tiny_hf_model):
+    alice_token, bob_token = user_token(service, "alice"), user_token(service, "bob")
+    native = start(service, tiny_hf_model, alice_token)
     alice, bob = sdk(service, alice_token), sdk(service, bob_token)
 
     # files: a chat JSONL file is stored; a bad one is a BadRequestError
@@ -141,6 +155,18 @@ def test_the_openai_sdk_fine_tunes_against_this_service(service, tiny_hf_model):
     assert [e.id for e in alice.fine_tuning.jobs.list_events(job.id, limit=2)] == \
         [e.id for e in events.data]
 
+    # checkpoints: at least the final one, with OpenAI's metric names
+    checkpoints = alice.fine_tuning.jobs.checkpoints.list(job.id)
+    assert checkpoints.data, "a succeeded job keeps its final checkpoint"
+    final = checkpoints.data[0]
+    steps = native.get(f"{service.url}/jobs/{job.id}", timeout=10).json()["progress"]
+    assert final.step_number == steps["total_steps"] and final.fine_tuning_job_id == job.id
+    assert final.metrics.train_loss is not None and final.metrics.valid_loss is not None
+    assert final.fine_tuned_model_checkpoint == \
+        f"{done.fine_tuned_model}:ckpt-step-{final.step_number}"
+    with pytest.raises(openai.NotFoundError):
+        bob.fine_tuning.jobs.checkpoints.list(job.id)
+
     (result,) = done.result_files
     assert alice.files.content(result).text.startswith("step,train_loss")
 
@@ -162,3 +188,66 @@ def test_the_openai_sdk_fine_tunes_against_this_service(service, tiny_hf_model):
                                                      "dataset": uploaded.id}, timeout=60)
     assert made.status_code == 201, made.text
     assert alice.fine_tuning.jobs.retrieve(made.json()["id"]).training_file == uploaded.id
+
+
+def test_the_openai_sdk_pauses_resumes_and_runs_dpo(service, tiny_hf_model):
+    token = user_token(service, "alice")
+    native = start(service, tiny_hf_model, token)
+    alice = sdk(service, token)
+    chat = alice.files.create(file=("chat.jsonl", jsonl(chat_records(64))),
+                              purpose="fine-tune")
+    prefs = alice.files.create(file=("prefs.jsonl", jsonl(preference_records(32, "openai"))),
+                               purpose="fine-tune")
+
+    # 750 steps (15 an epoch): the tiny Llama runs about 100 a second on a CPU, so
+    # several seconds, well past the worker's 1 s heartbeat that carries the pause
+    job = alice.fine_tuning.jobs.create(
+        model="tiny", training_file=chat.id, suffix="sft",
+        method={"type": "supervised", "supervised": {"hyperparameters": {
+            "n_epochs": 50, "batch_size": 4, "learning_rate_multiplier": 10}}})
+    service.start_worker()
+    running = wait_for(lambda: (j := native.get(f"{service.url}/jobs/{job.id}",
+                                                timeout=10).json())["status"] == "running"
+                       and (j["progress"] or {}).get("step") and j, 120,
+                       f"{job.id} to run a step")
+    trainer = running["progress"]["pid"]
+    asked = alice.fine_tuning.jobs.pause(job.id)
+    assert asked.id == job.id and asked.status in ("running", "paused")
+    paused = wait_job(alice, job.id, 60, ("paused", "succeeded", "failed"))
+    assert paused.status == "paused", paused.error
+    wait_for(lambda: not alive(trainer), 10, "the paused job's trainer to exit")
+    progress = native.get(f"{service.url}/jobs/{job.id}", timeout=10).json()["progress"]
+    at = progress["step"]
+    assert 0 < at < progress["total_steps"], progress
+    messages = [e.message for e in alice.fine_tuning.jobs.list_events(job.id, limit=100)]
+    assert messages[0].startswith("The job was paused")
+    assert alice.fine_tuning.jobs.resume(job.id).status == "queued"
+    done = wait_job(alice, job.id)
+    assert done.status == "succeeded", done.error
+    timeline = native.get(f"{service.url}/jobs/{job.id}/events", timeout=10).json()
+    assert [e["kind"] for e in timeline].count("claimed") == 2
+    assert any(e["message"] == f"paused at step {at}" for e in timeline)
+    with pytest.raises(openai.ConflictError):
+        alice.fine_tuning.jobs.pause(job.id)
+
+    # DPO from the supervised result, named as /v1 names it
+    dpo = alice.fine_tuning.jobs.create(
+        model=done.fine_tuned_model, training_file=prefs.id, suffix="dpo",
+        method={"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.1, "n_epochs": 1,
+                                                           "batch_size": 4}}})
+    assert dpo.method.type == "dpo" and dpo.method.dpo.hyperparameters.beta == 0.1
+    finished = wait_job(alice, dpo.id)
+    assert finished.status == "succeeded", finished.error
+    assert finished.method.type == "dpo"
+    assert finished.fine_tuned_model.endswith(f":alice:dpo:{dpo.id}")
+    assert finished.fine_tuned_model in [m.id for m in alice.models.list()]
+    seen = native.get(f"{service.url}/jobs/{dpo.id}", timeout=10).json()
+    assert seen["hyperparameters"]["method"] == "dpo"
+    assert seen["model_name"] == native.get(f"{service.url}/jobs/{job.id}",
+                                            timeout=10).json()["fine_tuned_model"]
+    curve = native.get(f"{service.url}/jobs/{dpo.id}/metrics", timeout=10).json()
+    assert curve and "rewards/margins" in curve[-1]
+    assert alice.fine_tuning.jobs.checkpoints.list(dpo.id).data
+    archive = native.get(f"{service.url}/models/{seen['fine_tuned_model']}/archive",
+                         timeout=60)
+    assert archive.status_code == 200, archive.text

@@ -10,13 +10,17 @@ import json
 import pytest
 
 from llm_train_api import create_app
+from llm_train_api.artifacts import jobs as jobfiles
 from llm_train_api.domain import JobStatus
+from llm_train_api.training import manifest
 from tests.helpers.clients import client_as
 from tests.helpers.hf_models import tar_archive, tiny_llama
-from tests.helpers.tiny_hf import chat_records
+from tests.helpers.tiny_hf import chat_records, preference_records
 
 TAR = "application/x-tar"
 CHAT = "".join(json.dumps(r) + "\n" for r in chat_records(16)).encode()
+PREFERENCES = "".join(json.dumps(r) + "\n"
+                      for r in preference_records(16, shape="openai")).encode()
 
 
 @pytest.fixture
@@ -174,6 +178,9 @@ def test_another_users_job_is_not_found(alice, bob):
     assert_openai_error(bob.get(f"/v1/fine_tuning/jobs/{job_id}"), 404)
     assert_openai_error(bob.post(f"/v1/fine_tuning/jobs/{job_id}/cancel"), 404)
     assert_openai_error(bob.get(f"/v1/fine_tuning/jobs/{job_id}/events"), 404)
+    assert_openai_error(bob.post(f"/v1/fine_tuning/jobs/{job_id}/pause"), 404)
+    assert_openai_error(bob.post(f"/v1/fine_tuning/jobs/{job_id}/resume"), 404)
+    assert_openai_error(bob.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints"), 404)
     assert bob.get("/v1/fine_tuning/jobs").get_json()["data"] == []
     # nor may another user train on alice's file
     err = assert_openai_error(create_job(bob, file_id), 400, "training_file")
@@ -193,6 +200,113 @@ def test_cancel(alice):
     assert_openai_error(alice.post("/v1/fine_tuning/jobs/ftjob-nope/cancel"), 404)
 
 
+def test_pause_and_resume_a_queued_job(app, alice):
+    file_id = upload(alice).get_json()["id"]
+    job_id = create_job(alice, file_id).get_json()["id"]
+    paused = alice.post(f"/v1/fine_tuning/jobs/{job_id}/pause")
+    assert paused.status_code == 200 and paused.get_json()["status"] == "paused"
+    assert paused.get_json()["object"] == "fine_tuning.job"
+    assert alice.get(f"/jobs/{job_id}").get_json()["status"] == "paused"
+    # a paused job is not claimed; pausing it again changes nothing
+    runtime = app.extensions["llm_train_api.runtime"]
+    assert runtime.queue.claim("w1", 60) is None
+    assert alice.post(f"/v1/fine_tuning/jobs/{job_id}/pause").get_json()["status"] == \
+        "paused"
+    events = alice.get(f"/v1/fine_tuning/jobs/{job_id}/events").get_json()["data"]
+    assert events[0]["message"].startswith("The job was paused")
+    resumed = alice.post(f"/v1/fine_tuning/jobs/{job_id}/resume")
+    assert resumed.status_code == 200 and resumed.get_json()["status"] == "queued"
+    events = alice.get(f"/v1/fine_tuning/jobs/{job_id}/events").get_json()["data"]
+    assert events[0]["message"] == "The job was resumed" and events[0]["level"] == "info"
+    assert runtime.queue.claim("w1", 60).id == job_id
+    events = alice.get(f"/v1/fine_tuning/jobs/{job_id}/events").get_json()["data"]
+    assert events[0]["message"] == "Fine-tuning job started"
+
+
+def test_pausing_a_running_job_asks_its_worker(app, alice):
+    file_id = upload(alice).get_json()["id"]
+    job_id = create_job(alice, file_id).get_json()["id"]
+    runtime = app.extensions["llm_train_api.runtime"]
+    assert runtime.queue.claim("w1", 60).id == job_id
+    asked = alice.post(f"/v1/fine_tuning/jobs/{job_id}/pause")
+    # OpenAI's answer is the job object; it reads running until the worker stops the run
+    assert asked.status_code == 200 and asked.get_json()["status"] == "running"
+    assert alice.get(f"/jobs/{job_id}").get_json()["pause_requested_at"] is not None
+    events = alice.get(f"/v1/fine_tuning/jobs/{job_id}/events").get_json()["data"]
+    assert events[0]["message"].startswith("Pause requested")
+    withdrawn = alice.post(f"/v1/fine_tuning/jobs/{job_id}/resume")
+    assert withdrawn.status_code == 200 and withdrawn.get_json()["status"] == "running"
+    assert alice.get(f"/jobs/{job_id}").get_json()["pause_requested_at"] is None
+
+
+def test_a_finished_job_cannot_pause_or_resume(alice):
+    file_id = upload(alice).get_json()["id"]
+    job_id = create_job(alice, file_id).get_json()["id"]
+    assert alice.post(f"/v1/fine_tuning/jobs/{job_id}/cancel").status_code == 200
+    for verb in ("pause", "resume"):
+        err = assert_openai_error(alice.post(f"/v1/fine_tuning/jobs/{job_id}/{verb}"), 409)
+        assert err["code"] == "conflict" and "cancelled" in err["message"]
+    assert alice.get(f"/jobs/{job_id}").get_json()["status"] == "cancelled"
+    assert_openai_error(alice.post("/v1/fine_tuning/jobs/ftjob-nope/pause"), 404)
+    assert_openai_error(alice.post("/v1/fine_tuning/jobs/bad id!/resume"), 404)
+
+
+def _checkpoint(app, job_id: str, step: int, metrics: dict) -> None:
+    runtime = app.extensions["llm_train_api.runtime"]
+    folder = jobfiles.job_dir(runtime.data_dir, runtime.jobs.get_job(job_id))
+    (folder / "checkpoints" / manifest.step_name(step)).mkdir(parents=True)
+    (folder / "checkpoints" / manifest.step_name(step) / "state.json").write_text(
+        json.dumps({"step": step}))
+    manifest.record(folder, step, f"checkpoints/{manifest.step_name(step)}",
+                    {"step": step, **metrics}, keep=10)
+
+
+def test_checkpoints_newest_first_in_pages(app, alice):
+    file_id = upload(alice).get_json()["id"]
+    job_id = create_job(alice, file_id, suffix="s").get_json()["id"]
+    empty = alice.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints").get_json()
+    assert empty == {"object": "list", "data": [], "has_more": False, "first_id": None,
+                     "last_id": None}
+    for step in (2, 4, 6):
+        _checkpoint(app, job_id, step, {"train_loss": 3.0 - step / 4,
+                                        "train_token_accuracy": 0.5,
+                                        "val_loss": 2.0 if step == 4 else None})
+    listed = alice.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints").get_json()
+    assert [c["step_number"] for c in listed["data"]] == [6, 4, 2]
+    assert listed["has_more"] is False and listed["first_id"] == f"ftckpt-{job_id}-6"
+    four = listed["data"][1]
+    assert four["object"] == "fine_tuning.job.checkpoint"
+    assert four["fine_tuning_job_id"] == job_id and four["created_at"] > 0
+    assert four["fine_tuned_model_checkpoint"] == f"ft:llama:alice:s:{job_id}:ckpt-step-4"
+    assert four["metrics"] == {"step": 4, "train_loss": 2.0, "train_mean_token_accuracy": 0.5,
+                               "valid_loss": 2.0, "valid_mean_token_accuracy": None,
+                               "full_valid_loss": None,
+                               "full_valid_mean_token_accuracy": None}
+    assert listed["data"][0]["metrics"]["valid_loss"] is None
+    first = alice.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints?limit=2").get_json()
+    assert [c["step_number"] for c in first["data"]] == [6, 4] and first["has_more"] is True
+    rest = alice.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints?limit=2"
+                     f"&after={first['last_id']}").get_json()
+    assert [c["step_number"] for c in rest["data"]] == [2] and rest["has_more"] is False
+    # a corrupt checkpoint cannot be used, so it is not listed
+    runtime = app.extensions["llm_train_api.runtime"]
+    manifest.mark_corrupt(jobfiles.job_dir(runtime.data_dir, runtime.jobs.get_job(job_id)),
+                          4, "test")
+    after = alice.get(f"/v1/fine_tuning/jobs/{job_id}/checkpoints").get_json()
+    assert [c["step_number"] for c in after["data"]] == [6, 2]
+
+
+def test_bad_checkpoint_queries_are_400s(alice):
+    file_id = upload(alice).get_json()["id"]
+    job_id = create_job(alice, file_id).get_json()["id"]
+    url = f"/v1/fine_tuning/jobs/{job_id}/checkpoints"
+    assert_openai_error(alice.get(f"{url}?after=ftckpt-nope"), 400, "after")
+    assert_openai_error(alice.get(f"{url}?limit=0"), 400, "limit")
+    assert_openai_error(alice.get(f"{url}?limit=101"), 400, "limit")
+    assert_openai_error(alice.get(f"{url}?order=asc"), 400, "order")
+    assert_openai_error(alice.get("/v1/fine_tuning/jobs/ftjob-nope/checkpoints"), 404)
+
+
 @pytest.mark.parametrize(("fields", "param"), [
     ({"model": "no-such-model"}, "model"),
     ({"training_file": "file-000000000000000000000000"}, "training_file"),
@@ -201,7 +315,12 @@ def test_cancel(alice):
     ({"hyperparameters": {"learning_rate_multiplier": "high"}},
      "hyperparameters.learning_rate_multiplier"),
     ({"hyperparameters": {"warmup": 3}}, "hyperparameters.warmup"),
-    ({"method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2}}}}, "method.type"),
+    ({"method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0}}}},
+     "method.dpo.hyperparameters.beta"),
+    ({"method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": "high"}}}},
+     "method.dpo.hyperparameters.beta"),
+    ({"method": {"type": "dpo", "dpo": {"hyperparameters": {"loss": 1}}}},
+     "method.dpo.hyperparameters.loss"),
     ({"method": {"type": "reinforcement"}}, "method.type"),
     ({"method": {"type": "supervised"}, "hyperparameters": {}}, "hyperparameters"),
     ({"suffix": "has:colon"}, "suffix"),
@@ -217,11 +336,35 @@ def test_bad_creates_are_400s_naming_the_param(alice, fields, param):
     assert alice.get("/jobs").get_json() == []
 
 
-def test_dpo_is_refused_clearly_until_the_trainer_has_it(alice):
-    file_id = upload(alice).get_json()["id"]
-    err = assert_openai_error(create_job(alice, file_id, method={"type": "dpo"}), 400,
-                              "method.type")
-    assert "dpo" in err["message"] and err["code"] == "unsupported_method"
+def test_a_dpo_job_trains_on_an_openai_preference_file(alice):
+    uploaded = upload(alice, PREFERENCES, "prefs.jsonl")
+    assert uploaded.status_code == 200, uploaded.get_json()
+    file_id = uploaded.get_json()["id"]
+    assert alice.get(f"/datasets/{file_id}").get_json()["kind"] == "preference"
+    resp = create_job(alice, file_id, method={"type": "dpo", "dpo": {"hyperparameters": {
+        "beta": 0.25, "n_epochs": 2}}})
+    assert resp.status_code == 200, resp.get_json()
+    job = resp.get_json()
+    assert job["method"] == {"type": "dpo", "dpo": {"hyperparameters": {
+        "n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 1.0, "beta": 0.25}}}
+    assert job["hyperparameters"]["beta"] == 0.25
+    native = alice.get(f"/jobs/{job['id']}").get_json()["hyperparameters"]
+    assert native["method"] == "dpo" and native["dpo"] == {"beta": 0.25}
+    # "auto" is the trainer's default beta
+    auto = create_job(alice, file_id, method={"type": "dpo", "dpo": {"hyperparameters": {
+        "beta": "auto"}}}).get_json()
+    assert auto["method"]["dpo"]["hyperparameters"]["beta"] == 0.1
+
+
+def test_dpo_and_the_training_files_kind_must_agree(alice):
+    chat = upload(alice).get_json()["id"]
+    prefs = upload(alice, PREFERENCES, "prefs.jsonl").get_json()["id"]
+    err = assert_openai_error(create_job(alice, chat, method={"type": "dpo"}), 400,
+                              "training_file")
+    assert "preference" in err["message"]
+    err = assert_openai_error(create_job(alice, prefs), 400, "training_file")
+    assert "dpo" in err["message"]
+    assert alice.get("/jobs").get_json() == []
 
 
 def test_the_queued_jobs_quota_is_a_rate_limit_error(alice):
@@ -305,12 +448,24 @@ def test_every_v1_error_is_in_openais_shape_and_native_ones_keep_theirs(app, ali
     assert native["code"] == 401 and "error" not in native
 
 
+def test_the_v1_actions_without_a_body_are_exempt_from_the_json_rule():
+    from llm_train_api.api import errors as native_errors
+    from llm_train_api.api import openai as v1
+
+    assert v1.NO_BODY_ENDPOINTS <= native_errors.NO_BODY_ENDPOINTS
+    assert v1.RAW_BODY_ENDPOINTS <= native_errors.RAW_BODY_ENDPOINTS
+    assert {"openai_fine_tuning.JobPause", "openai_fine_tuning.JobResume"} <= \
+        v1.NO_BODY_ENDPOINTS
+
+
 def test_the_openapi_document_has_v1_with_openai_errors(app):
     spec = app.test_client().get("/openapi.json").get_json()
     paths = {p for p in spec["paths"] if p.startswith("/v1/")}
     assert {"/v1/files", "/v1/files/{file_id}", "/v1/files/{file_id}/content",
             "/v1/fine_tuning/jobs", "/v1/fine_tuning/jobs/{job_id}",
             "/v1/fine_tuning/jobs/{job_id}/cancel", "/v1/fine_tuning/jobs/{job_id}/events",
+            "/v1/fine_tuning/jobs/{job_id}/pause", "/v1/fine_tuning/jobs/{job_id}/resume",
+            "/v1/fine_tuning/jobs/{job_id}/checkpoints",
             "/v1/models", "/v1/models/{model_id}"} == paths
     ref = "#/components/schemas/OpenAIError"
     for path in paths:

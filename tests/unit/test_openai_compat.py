@@ -3,12 +3,15 @@ hyperparameters and methods into the trainer's and back, and the status table.""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from llm_train_api.artifacts.models import is_valid_name
 from llm_train_api.domain import JobStatus
 from llm_train_api.services.openai_compat import hyperparams, names, statuses
 from llm_train_api.services.openai_compat.hyperparams import TranslationError
+from llm_train_api.training.hf.hyperparams import DEFAULTS, validate_hyperparameters
 
 
 def test_fine_tuned_model_names_round_trip():
@@ -52,7 +55,9 @@ def test_hyperparameters_translate_to_the_trainers():
     ({"hyperparameters": {"beta": 0.1}}, "hyperparameters.beta"),
     ({"method": {"type": "supervised", "supervised": []}}, "method.supervised"),
     ({"method": {"type": "other"}}, "method.type"),
-    ({"method": {"type": "dpo"}}, "method.type"),
+    ({"method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 2.5}}}},
+     "method.dpo.hyperparameters.beta"),
+    ({"method": {"type": "dpo", "dpo": []}}, "method.dpo"),
 ])
 def test_refusals_name_the_param(body, param):
     with pytest.raises(TranslationError) as refused:
@@ -60,13 +65,22 @@ def test_refusals_name_the_param(body, param):
     assert refused.value.param == param
 
 
-def test_dpo_translation_is_ready_for_the_trainer():
-    native = hyperparams.dpo_hyperparameters({"beta": 0.3, "n_epochs": 2}, "m")
-    assert native == {"method": "dpo", "beta": 0.3, "epochs": 2}
-    assert hyperparams.dpo_hyperparameters({"beta": "auto"}, "m")["beta"] == \
-        hyperparams.DEFAULT_BETA
+def test_dpo_translates_to_the_trainers_dpo_object():
+    body = {"method": {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.3,
+                                                                  "n_epochs": 2}}}}
+    native = hyperparams.native_hyperparameters(body)
+    assert native == {"method": "dpo", "dpo": {"beta": 0.3}, "epochs": 2}
+    # the trainer's own validation takes it as it is
+    resolved = validate_hyperparameters(native)
+    assert resolved["method"] == "dpo" and resolved["dpo"]["beta"] == 0.3
+    assert hyperparams.native_hyperparameters({"method": {"type": "dpo"}}) == {
+        "method": "dpo", "dpo": {}}
     assert hyperparams.openai_method(native) == {"type": "dpo", "dpo": {"hyperparameters": {
         "n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 1.0, "beta": 0.3}}}
+    # a native DPO job's default beta reads as the trainer's default
+    assert hyperparams.openai_method({"method": "dpo"})["dpo"]["hyperparameters"][
+        "beta"] == DEFAULTS["dpo"]["beta"]
+    assert hyperparams.openai_method({"method": "full"})["type"] == "supervised"
 
 
 def test_every_native_status_has_an_openai_one():
@@ -84,9 +98,25 @@ def test_a_checkpoint_reads_as_openais_checkpoint_object():
     now = datetime(2026, 1, 1, tzinfo=timezone.utc)
     job = Job("ftjob-1", "llama", "file-1", {}, JobStatus.RUNNING, now, now, None, now, None,
               1, owner="alice", suffix="s", api="openai", model_kind="hf")
-    checkpoint = checkpoint_object(job, 8, now, {"train_loss": 1.5, "val_loss": 1.75})
+    checkpoint = checkpoint_object(job, 8, now, {"train_loss": 1.5, "val_loss": 1.75,
+                                                 "val_token_accuracy": 0.25,
+                                                 "val_perplexity": 5.75})
     assert checkpoint == {
         "id": "ftckpt-ftjob-1-8", "object": "fine_tuning.job.checkpoint",
         "created_at": int(now.timestamp()), "fine_tuning_job_id": "ftjob-1",
         "fine_tuned_model_checkpoint": "ft:llama:alice:s:ftjob-1:ckpt-step-8",
-        "step_number": 8, "metrics": {"step": 8, "train_loss": 1.5, "valid_loss": 1.75}}
+        "step_number": 8, "metrics": {
+            "step": 8, "train_loss": 1.5, "train_mean_token_accuracy": None,
+            "valid_loss": 1.75, "valid_mean_token_accuracy": 0.25, "full_valid_loss": None,
+            "full_valid_mean_token_accuracy": None}}
+    # a native job's checkpoints are named after the model it registers, or its id
+    native = dataclasses.replace(job, api=None, output_model="mine")
+    assert checkpoint_object(native, 8, now)["fine_tuned_model_checkpoint"] == \
+        "mine:ckpt-step-8"
+    assert checkpoint_object(dataclasses.replace(native, output_model=None), 8, now)[
+        "fine_tuned_model_checkpoint"] == "ftjob-1:ckpt-step-8"
+    # and the SDK parses it as its own
+    from openai.types.fine_tuning.jobs import FineTuningJobCheckpoint
+
+    parsed = FineTuningJobCheckpoint.model_validate(checkpoint)
+    assert parsed.metrics.valid_loss == 1.75 and parsed.step_number == 8

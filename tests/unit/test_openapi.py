@@ -50,6 +50,9 @@ ROUTES = {
     ("/v1/fine_tuning/jobs/{job_id}", "get"): {"200", "404"},
     ("/v1/fine_tuning/jobs/{job_id}/cancel", "post"): {"200", "404"},
     ("/v1/fine_tuning/jobs/{job_id}/events", "get"): {"200", "400", "404"},
+    ("/v1/fine_tuning/jobs/{job_id}/pause", "post"): {"200", "404", "409"},
+    ("/v1/fine_tuning/jobs/{job_id}/resume", "post"): {"200", "404", "409"},
+    ("/v1/fine_tuning/jobs/{job_id}/checkpoints", "get"): {"200", "400", "404"},
     ("/v1/models", "get"): {"200"},
     ("/v1/models/{model_id}", "get"): {"200", "404"},
 }

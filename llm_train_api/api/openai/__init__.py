@@ -16,7 +16,8 @@ from llm_train_api.api.openai.errors import OpenAIErrorSchema, is_openai_path
 BLUEPRINTS = (files.blp, fine_tuning.blp, models.blp)
 # Endpoints whose POST has no JSON body: a multipart upload, an action without payload.
 RAW_BODY_ENDPOINTS = frozenset({files.UPLOAD_ENDPOINT})
-NO_BODY_ENDPOINTS = frozenset({fine_tuning.CANCEL_ENDPOINT})
+NO_BODY_ENDPOINTS = frozenset({fine_tuning.CANCEL_ENDPOINT, fine_tuning.PAUSE_ENDPOINT,
+                               fine_tuning.RESUME_ENDPOINT})
 _ERROR_SCHEMA_NAME = "OpenAIError"
 
 
@@ -35,7 +36,11 @@ _LINKS = {
     ("/v1/fine_tuning/jobs", "post"): ("job_id", {
         "GetFineTuningJob": ("/v1/fine_tuning/jobs/{job_id}", "get"),
         "CancelFineTuningJob": ("/v1/fine_tuning/jobs/{job_id}/cancel", "post"),
-        "ListFineTuningJobEvents": ("/v1/fine_tuning/jobs/{job_id}/events", "get")}),
+        "PauseFineTuningJob": ("/v1/fine_tuning/jobs/{job_id}/pause", "post"),
+        "ResumeFineTuningJob": ("/v1/fine_tuning/jobs/{job_id}/resume", "post"),
+        "ListFineTuningJobEvents": ("/v1/fine_tuning/jobs/{job_id}/events", "get"),
+        "ListFineTuningJobCheckpoints": ("/v1/fine_tuning/jobs/{job_id}/checkpoints",
+                                         "get")}),
 }
 
 

@@ -85,8 +85,9 @@ class Files(MethodView):
         """Upload a file (OpenAI's `files.create`, `purpose=fine-tune`)
 
         The file becomes a dataset of the caller's, named by its id, with the same checks,
-        caps and storage quota as `PUT /datasets/{name}`: JSON Lines of chat, instruction
-        or text records.
+        caps and storage quota as `PUT /datasets/{name}`: JSON Lines of chat, instruction,
+        text or preference records (OpenAI's `input`/`preferred_output`/
+        `non_preferred_output` shape or TRL's, for DPO jobs).
         """
         principal = require_role(Role.ADMIN, Role.USER)
         if request.mimetype != "multipart/form-data":

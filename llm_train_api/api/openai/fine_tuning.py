@@ -3,18 +3,21 @@
 A job created here is a native job (services.job_creation.prepare_job: the same
 admission, owner, quotas and workers) whose id is `ftjob-<hex>`, with api `openai`,
 its metadata and suffix; every native job is listed here too, and every job made here is
-in `GET /jobs`. Pause, resume and checkpoints are not offered until the native API has
-them (see docs/openai.md).
+in `GET /jobs`. Cancel, pause and resume are the native verbs (services.status_changes,
+store.pausing) with the same ownership rules; checkpoints are the job's manifest
+(services.checkpoints) as OpenAI's checkpoint objects.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from datetime import datetime, timezone
 from typing import Any
 
 from flask import request
 from flask.views import MethodView
+from marshmallow import RAISE
 
 from llm_train_api.api.auth import (
     Role,
@@ -26,6 +29,8 @@ from llm_train_api.api.auth import (
 from llm_train_api.api.base import get_jobs, get_runtime, get_settings
 from llm_train_api.api.openai.base import OpenAIBlueprint, page
 from llm_train_api.api.openai.schemas import (
+    FineTuningCheckpointListQuerySchema,
+    FineTuningCheckpointListSchema,
     FineTuningEventListQuerySchema,
     FineTuningEventListSchema,
     FineTuningJobCreateSchema,
@@ -35,8 +40,8 @@ from llm_train_api.api.openai.schemas import (
 )
 from llm_train_api.artifacts.model_errors import ModelNotFound
 from llm_train_api.domain import Job, JobNotFound, is_valid_job_id
-from llm_train_api.services import status_changes, storage
-from llm_train_api.services.job_creation import prepare_job, queued_cap
+from llm_train_api.services import checkpoints, status_changes, storage
+from llm_train_api.services.job_creation import builtin_executor, prepare_job, queued_cap
 from llm_train_api.services.models import Place, resolve_for_owner
 from llm_train_api.services.openai_compat.hyperparams import (
     TranslationError,
@@ -49,11 +54,13 @@ from llm_train_api.services.openai_compat.names import (
 )
 from llm_train_api.services.openai_compat.objects import (
     OPENAI_API,
+    checkpoint_object,
     fine_tuned_model_name,
     job_event_object,
     job_object,
     metrics_event_object,
 )
+from llm_train_api.store import pausing
 from llm_train_api.store.pagination import JobQuery
 
 blp = OpenAIBlueprint("openai_fine_tuning", __name__, url_prefix="/v1/fine_tuning/jobs",
@@ -61,6 +68,8 @@ blp = OpenAIBlueprint("openai_fine_tuning", __name__, url_prefix="/v1/fine_tunin
                       "OpenAI's shape.")
 
 CANCEL_ENDPOINT = "openai_fine_tuning.JobCancel"
+PAUSE_ENDPOINT = "openai_fine_tuning.JobPause"
+RESUME_ENDPOINT = "openai_fine_tuning.JobResume"
 # How many jobs a metadata-filtered listing reads at most to fill one page.
 MAX_SCAN = 10_000
 _SCAN_PAGE = 200
@@ -112,7 +121,9 @@ class Jobs(MethodView):
     @blp.response(200, FineTuningJobSchema, description="Created and queued.")
     @blp.error(400, "Invalid fields (named by `param` in OpenAI's names): an unknown model, "
                "a file the caller does not have or whose data the trainer refuses, "
-               "hyperparameters out of range, a `dpo` or `reinforcement` method.")
+               "hyperparameters out of range, a `reinforcement` method, a `dpo` method "
+               "whose training file is not preference data (or preference data with "
+               "another method).")
     @blp.error(409, "The fine-tuned model's name is already taken.")
     @blp.error(413, "Body larger than LLM_TRAIN_API_MAX_JSON_BYTES.")
     @blp.error(415, "Content-Type is not application/json.")
@@ -230,3 +241,77 @@ class JobEvents(MethodView):
                                        "after")
             objects = objects[ids.index(args["after"]) + 1:]
         return page(objects[:args["limit"]], len(objects) > args["limit"])
+
+
+@blp.route("/<job_id>/pause")
+class JobPause(MethodView):
+    @blp.response(200, FineTuningJobSchema, description="The job: `paused` when it was "
+                  "queued (or paused already); a running job still reads `running` until "
+                  "its worker has checkpointed and stopped the run, moments later.")
+    @blp.error(404, "No such job (or another user's).")
+    @blp.error(409, "The job is finished (succeeded, failed or cancelled): nothing is left "
+               "to pause.")
+    def post(self, job_id: str):
+        """Pause a fine-tuning job (its next run continues from the checkpoint it stops at)"""
+        principal = current_principal()
+        visible_job(job_id)
+        outcome = pausing.pause_job(get_jobs(), job_id, actor=principal.actor,
+                                    owner=owner_scope(),
+                                    workers_stop_runs=builtin_executor(get_settings()))
+        return job_object(outcome.job)
+
+
+@blp.route("/<job_id>/resume")
+class JobResume(MethodView):
+    @blp.response(200, FineTuningJobSchema, description="The job: `queued` again (it was "
+                  "paused); still `running` with its pending pause withdrawn; or "
+                  "unchanged (queued, or running with no pause pending).")
+    @blp.error(404, "No such job (or another user's).")
+    @blp.error(409, "The job is finished (succeeded, failed or cancelled): it cannot run "
+               "again.")
+    def post(self, job_id: str):
+        """Resume a paused fine-tuning job"""
+        principal = current_principal()
+        visible_job(job_id)
+        outcome = pausing.resume_job(get_jobs(), job_id, actor=principal.actor,
+                                     owner=owner_scope())
+        return job_object(outcome.job)
+
+
+@blp.route("/<job_id>/checkpoints")
+class JobCheckpoints(MethodView):
+    @blp.arguments(FineTuningCheckpointListQuerySchema(), location="query", unknown=RAISE,
+                   error_status_code=400)
+    @blp.response(200, FineTuningCheckpointListSchema, description="The checkpoints the job "
+                  "keeps, newest first (a corrupt one is left out: it cannot be used).")
+    @blp.error(400, "Invalid query parameters, or an `after` that is not one of the job's "
+               "checkpoints.")
+    @blp.error(404, "No such job (or another user's).")
+    def get(self, args: dict[str, Any], job_id: str):
+        """List a fine-tuning job's checkpoints"""
+        job = visible_job(job_id)
+        objects = [checkpoint_object(job, entry["step"], _written_at(entry["created_at"]),
+                                     entry["metrics"])
+                   for entry in reversed(checkpoints.listing(get_runtime().data_dir, job))
+                   if entry["status"] != "corrupt"]
+        if "after" in args:
+            ids = [o["id"] for o in objects]
+            if args["after"] not in ids:
+                raise TranslationError(f"after: no checkpoint {args['after']!r} in this job.",
+                                       "after")
+            objects = objects[ids.index(args["after"]) + 1:]
+        data = objects[:args["limit"]]
+        return page(data, len(objects) > args["limit"],
+                    first_id=data[0]["id"] if data else None,
+                    last_id=data[-1]["id"] if data else None)
+
+
+def _written_at(value: Any) -> datetime | None:
+    """A manifest entry's `created_at` (ISO 8601, UTC); None when missing or unreadable."""
+    if not isinstance(value, str):
+        return None
+    try:
+        written = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return written if written.tzinfo is not None else written.replace(tzinfo=timezone.utc)

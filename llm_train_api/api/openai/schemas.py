@@ -17,6 +17,7 @@ METADATA_KEY_MAX = 64
 METADATA_VALUE_MAX = 512
 JOBS_DEFAULT_LIMIT = 20
 EVENTS_DEFAULT_LIMIT = 20
+CHECKPOINTS_DEFAULT_LIMIT = 10
 MAX_PAGE = 100
 FILES_DEFAULT_LIMIT = 10_000
 AUTO_OR_NUMBER = {"oneOf": [{"type": "string", "enum": ["auto"]}, {"type": "number"}]}
@@ -43,9 +44,10 @@ class FineTuningJobCreateSchema(Schema):
                                             "learning_rate_multiplier ('auto' or a number)."})
     method = fields.Dict(keys=fields.String(), allow_none=True, load_default=None,
                          metadata={"description": "`{\"type\": \"supervised\", "
-                                   "\"supervised\": {\"hyperparameters\": {...}}}`; `dpo` "
-                                   "(with `beta`) is answered 400 until the trainer has "
-                                   "DPO; `reinforcement` is not supported."})
+                                   "\"supervised\": {\"hyperparameters\": {...}}}` or "
+                                   "`{\"type\": \"dpo\", \"dpo\": {\"hyperparameters\": "
+                                   "{...}}}` (DPO adds `beta`, and needs a preference "
+                                   "training file); `reinforcement` is not supported."})
     suffix = Text(allow_none=True, load_default=None,
                   validate=validate.Regexp(SUFFIX_PATTERN, error="Up to 64 letters, digits, "
                                            "'_' or '-'."),
@@ -81,6 +83,14 @@ class FineTuningEventListQuerySchema(Schema):
     after = Text(validate=validate.Length(min=1, max=128),
                  metadata={"description": "The id of the last event of the previous page."})
     limit = fields.Integer(load_default=EVENTS_DEFAULT_LIMIT,
+                           validate=validate.Range(min=1, max=MAX_PAGE))
+
+
+class FineTuningCheckpointListQuerySchema(Schema):
+    after = Text(validate=validate.Length(min=1, max=128),
+                 metadata={"description": "The id of the last checkpoint of the previous "
+                           "page."})
+    limit = fields.Integer(load_default=CHECKPOINTS_DEFAULT_LIMIT,
                            validate=validate.Range(min=1, max=MAX_PAGE))
 
 
@@ -151,6 +161,39 @@ class FineTuningJobEventSchema(Schema):
 
 class FineTuningEventListSchema(_List):
     data = fields.List(fields.Nested(FineTuningJobEventSchema), required=True)
+
+
+class FineTuningCheckpointMetricsSchema(Schema):
+    step = fields.Integer(required=True)
+    train_loss = fields.Float(required=True, allow_none=True)
+    train_mean_token_accuracy = fields.Float(required=True, allow_none=True)
+    valid_loss = fields.Float(required=True, allow_none=True, metadata={
+        "description": "The validation loss over the trainer's `eval_steps` batches, when "
+        "the step was evaluated."})
+    valid_mean_token_accuracy = fields.Float(required=True, allow_none=True)
+    full_valid_loss = fields.Float(required=True, allow_none=True, metadata={
+        "description": "Not measured by this service: null."})
+    full_valid_mean_token_accuracy = fields.Float(required=True, allow_none=True, metadata={
+        "description": "Not measured by this service: null."})
+
+
+class FineTuningCheckpointSchema(Schema):
+    id = fields.String(required=True)
+    object = fields.String(required=True,
+                           metadata={"enum": ["fine_tuning.job.checkpoint"]})
+    created_at = fields.Integer(required=True)
+    fine_tuned_model_checkpoint = fields.String(required=True, metadata={
+        "description": "`<fine-tuned model name>:ckpt-step-<n>`; the checkpoint's files are "
+        "`GET /jobs/{job_id}/checkpoints/{step}/archive` of the native API."})
+    fine_tuning_job_id = fields.String(required=True)
+    step_number = fields.Integer(required=True)
+    metrics = fields.Nested(FineTuningCheckpointMetricsSchema, required=True)
+
+
+class FineTuningCheckpointListSchema(_List):
+    data = fields.List(fields.Nested(FineTuningCheckpointSchema), required=True)
+    first_id = fields.String(required=True, allow_none=True)
+    last_id = fields.String(required=True, allow_none=True)
 
 
 class OpenAIFileSchema(Schema):

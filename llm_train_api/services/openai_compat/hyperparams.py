@@ -4,9 +4,11 @@ fine-tuning trainer's hyperparameters, and the native ones back as OpenAI's.
 - `n_epochs` is `epochs`; `batch_size` is `batch_size`; `learning_rate_multiplier`
   multiplies the trainer's default `learning_rate` (training.hf.hyperparams); `"auto"`
   means the trainer's default. `seed` is `seed`.
-- `method.type` `supervised` is the trainer's default method (LoRA). `dpo` is translated
-  (`beta`) by `dpo_hyperparameters` but refused with a 400 until the native trainer has a
-  DPO method (`DPO_SUPPORTED`); `reinforcement` is not supported.
+- `method.type` `supervised` is the trainer's default method (LoRA). `dpo` is the
+  trainer's `method: "dpo"` (LoRA adapters, TRL's sigmoid loss) with `beta` as `dpo.beta`;
+  the training file must then be a preference dataset (OpenAI's `input` /
+  `preferred_output` / `non_preferred_output` records or TRL's), which admission checks.
+  `reinforcement` is not supported.
 """
 
 from __future__ import annotations
@@ -18,10 +20,7 @@ from typing import Any
 from llm_train_api.training.hf.hyperparams import DEFAULTS
 
 DEFAULT_LEARNING_RATE: float = DEFAULTS["learning_rate"]
-# Whether the native trainer accepts `method: "dpo"` with a `beta`: the day it does, this
-# is True and `/v1` DPO jobs run.
-DPO_SUPPORTED = False
-DEFAULT_BETA = 0.1
+DEFAULT_BETA: float = DEFAULTS["dpo"]["beta"]
 AUTO = "auto"
 METHOD_TYPES = ("supervised", "dpo", "reinforcement")
 
@@ -84,9 +83,11 @@ DPO = ("n_epochs", "batch_size", "learning_rate_multiplier", "beta")
 
 
 def dpo_hyperparameters(values: Mapping[str, Any], where: str) -> dict[str, Any]:
-    """A DPO method's hyperparameters as the native trainer's (`method: "dpo"`, `beta`)."""
+    """A DPO method's hyperparameters as the native trainer's: `method: "dpo"` and its `dpo`
+    object (`beta`; "auto" leaves the trainer's default)."""
     native = _translate(values, DPO, where)
-    return {"method": "dpo", "beta": native.pop("beta", DEFAULT_BETA), **native}
+    beta = native.pop("beta", None)
+    return {"method": "dpo", "dpo": {} if beta is None else {"beta": beta}, **native}
 
 
 def native_hyperparameters(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -123,12 +124,7 @@ def _method_hyperparameters(method: Mapping[str, Any]) -> dict[str, Any]:
         return _translate(_settings(method, "supervised"), SUPERVISED,
                           "method.supervised.hyperparameters")
     if kind == "dpo":
-        native = dpo_hyperparameters(_settings(method, "dpo"), "method.dpo.hyperparameters")
-        if not DPO_SUPPORTED:
-            raise TranslationError("method.type 'dpo' is not supported yet by this "
-                                   "service's trainer; use 'supervised'.", "method.type",
-                                   "unsupported_method")
-        return native
+        return dpo_hyperparameters(_settings(method, "dpo"), "method.dpo.hyperparameters")
     if kind == "reinforcement":
         raise TranslationError("Reinforcement fine-tuning (method.type 'reinforcement', "
                                "graders) is not supported by this service.", "method.type",
@@ -147,7 +143,9 @@ def openai_hyperparameters(native: Mapping[str, Any]) -> dict[str, Any]:
     out["learning_rate_multiplier"] = (round(rate / DEFAULT_LEARNING_RATE, 10)
                                        if isinstance(rate, (int, float)) else None)
     if native.get("method") == "dpo":
-        out["beta"] = native.get("beta", DEFAULT_BETA)
+        dpo = native.get("dpo")
+        out["beta"] = (dpo.get("beta", DEFAULT_BETA) if isinstance(dpo, Mapping)
+                       else DEFAULT_BETA)
     return out
 
 

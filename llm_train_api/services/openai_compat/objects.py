@@ -99,27 +99,36 @@ def job_object(job: Job) -> dict[str, Any]:
     }
 
 
-_EVENT_MESSAGES = {
+# Messages by event kind (the verbs whose kind says more than the status they reach),
+# then by the status an event reaches (a worker's claim, finish, a requeue, a cancel).
+_KIND_MESSAGES = {
     "created": "Created fine-tuning job: {id}",
-    ("status", "running"): "Fine-tuning job started",
-    ("status", "succeeded"): "The job has successfully completed",
-    ("status", "failed"): "The job failed",
-    ("status", "cancelled"): "The job was cancelled",
-    ("status", "queued"): "The job was returned to the queue",
-    ("status", "paused"): "The job was paused",
+    "pause_requested": "Pause requested: the job pauses once its worker has checkpointed the run",
+    "pause_withdrawn": "The pause request was withdrawn",
+    "resumed": "The job was resumed",
 }
+_STATUS_MESSAGES = {
+    "running": "Fine-tuning job started",
+    "succeeded": "The job has successfully completed",
+    "failed": "The job failed",
+    "cancelled": "The job was cancelled",
+    "queued": "The job was returned to the queue",
+    "paused": "The job was paused",
+}
+_QUIET_KINDS = frozenset({"created", "resumed"})
 
 
 def job_event_object(job: Job, event: JobEvent) -> dict[str, Any]:
     """A native job event as a `fine_tuning.job.event` (type `message`)."""
     target = event.to_status.value if event.to_status is not None else None
-    template = _EVENT_MESSAGES.get((event.kind, target)) or _EVENT_MESSAGES.get(event.kind)
-    message = (template.format(id=job.id) if isinstance(template, str)
+    template = _KIND_MESSAGES.get(event.kind) or _STATUS_MESSAGES.get(target or "")
+    message = (template.format(id=job.id) if template is not None
                else f"{event.kind}: {target or ''}".strip(": "))
     if event.message:
         message = f"{message}: {event.message}"
     level = ("error" if target == "failed" else
-             "warn" if target in ("queued", "cancelled") and event.kind != "created" else "info")
+             "warn" if target in ("queued", "cancelled") and event.kind not in _QUIET_KINDS
+             else "info")
     data: dict[str, Any] = {"kind": event.kind}
     if target == "succeeded" and job.fine_tuned_model is not None:
         data["fine_tuned_model"] = fine_tuned_model_name(job)
@@ -190,22 +199,39 @@ def model_object(model_id: str, created: datetime | None, owned_by: str) -> dict
             "owned_by": owned_by}
 
 
-__all__ = ["OPENAI_API", "RESULT_FILE_PREFIX", "checkpoint_object", "file_object",
-           "job_event_object", "job_object", "metrics_csv", "metrics_event_object",
-           "model_object", "result_file_object"]
+# OpenAI's checkpoint metric -> the native metrics line's key. The native validation loss
+# is over `eval_steps` batches of the validation set, OpenAI's `valid_*` (a sample of it);
+# nothing reports OpenAI's `full_valid_*`, which stay null.
+_CHECKPOINT_METRICS = {
+    "train_loss": "train_loss",
+    "train_mean_token_accuracy": "train_token_accuracy",
+    "valid_loss": "val_loss",
+    "valid_mean_token_accuracy": "val_token_accuracy",
+    "full_valid_loss": None,
+    "full_valid_mean_token_accuracy": None,
+}
 
 
 def checkpoint_object(job: Job, step: int, created: datetime | None,
                       metrics: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """A checkpoint of a job at `step` as OpenAI's `fine_tuning.job.checkpoint`: what
-    `GET /v1/fine_tuning/jobs/{id}/checkpoints` lists once the native API lists a job's
-    checkpoints. `fine_tuned_model_checkpoint` follows the model naming with the step
-    appended (`ft:...:<job id>:ckpt-step-<n>`, OpenAI's own spelling)."""
-    base = openai_model_name(job.model_name, job.owner, job.suffix, job.id)
+    """A checkpoint a job keeps (services.checkpoints.listing) as OpenAI's
+    `fine_tuning.job.checkpoint`. `fine_tuned_model_checkpoint` is the name of the model
+    the job makes with the step appended (`ft:...:<job id>:ckpt-step-<n>`, OpenAI's own
+    spelling, for a `/v1` job; a native job's `output_model`, or its id when it registers
+    none)."""
+    base = (openai_model_name(job.model_name, job.owner, job.suffix, job.id)
+            if job.api == OPENAI_API else job.output_model or job.id)
     point = dict(metrics or {})
+    values: dict[str, Any] = {"step": step}
+    for name, native in _CHECKPOINT_METRICS.items():
+        value = point.get(native) if native is not None else None
+        values[name] = value if isinstance(value, (int, float)) else None
     return {"id": f"ftckpt-{job.id}-{step}", "object": "fine_tuning.job.checkpoint",
             "created_at": epoch(created) or 0, "fine_tuning_job_id": job.id,
             "fine_tuned_model_checkpoint": f"{base}:ckpt-step-{step}",
-            "step_number": step,
-            "metrics": {"step": step, "train_loss": point.get("train_loss"),
-                        "valid_loss": point.get("val_loss")}}
+            "step_number": step, "metrics": values}
+
+
+__all__ = ["OPENAI_API", "RESULT_FILE_PREFIX", "checkpoint_object", "file_object",
+           "job_event_object", "job_object", "metrics_csv", "metrics_event_object",
+           "model_object", "result_file_object"]

@@ -2,8 +2,8 @@
 
 A native `queued` job is OpenAI's `queued`: the files were checked when the job was
 created (a bad file is a 400 then), so there is no separate `validating_files` phase to
-report. `paused` is listed for the native status of that name, which the pause/resume
-feature adds; the table is keyed by the status's value so that it needs no change then.
+report. A native `paused` job (`POST .../pause`, store.pausing) is OpenAI's `paused`; one
+whose pause is still pending runs until its worker stops it, and reads `running`.
 """
 
 from __future__ import annotations
