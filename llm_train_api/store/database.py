@@ -15,6 +15,8 @@ a change between two statements, so they skip BEGIN/ROLLBACK round trips.
 from __future__ import annotations
 
 import contextlib
+import sqlite3
+import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -107,6 +109,29 @@ def autocommit_engine(engine: Engine) -> Engine:
     )
 
 
+def use_wal(cur: Any, busy_timeout_s: float) -> None:
+    """Put the database in WAL mode (it stays so, in the file) unless it already is.
+
+    Switching a new database's journal mode needs an exclusive lock, and SQLite answers
+    "database is locked" at once, without its busy handler, when another connection holds
+    a lock meanwhile: gunicorn workers starting together on a new database (one of them
+    migrating it) would fail to boot at random. So the switch is retried until the busy
+    timeout; a database already in WAL mode is only read.
+    """
+    deadline = time.monotonic() + busy_timeout_s
+    while True:
+        try:
+            if str(cur.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
+
+
 def _sqlite_engine(url: str, *, durability: str, busy_timeout_s: float) -> Engine:
     engine = create_engine(
         url, connect_args={"timeout": busy_timeout_s, "check_same_thread": False}
@@ -118,9 +143,9 @@ def _sqlite_engine(url: str, *, durability: str, busy_timeout_s: float) -> Engin
         # Take transaction control away from the sqlite3 module so that BEGIN is ours.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute(f"PRAGMA synchronous={synchronous}")
         cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+        use_wal(cur, busy_timeout_s)
+        cur.execute(f"PRAGMA synchronous={synchronous}")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
