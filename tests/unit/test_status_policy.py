@@ -94,26 +94,34 @@ def test_error_message_only_with_failed_or_cancelled():
         "Not allowed with status 'succeeded'."]}}
 
 
+class Jobs:
+    """The repository's `transition`, answering with `answer(target)` and recording calls."""
+
+    def __init__(self, answer) -> None:
+        self.answer, self.calls = answer, []
+
+    def transition(self, job_id, target, *, error_message, actor, owner):
+        self.calls.append((job_id, target, error_message, actor, owner))
+        return self.answer(target), None
+
+
 def test_cancel_records_who_and_tolerates_a_job_that_already_ended():
-    calls = []
+    jobs = Jobs(job)
+    assert cancel(jobs, "j", USER, owner="alice", visible_job=Reads()).status \
+        is JobStatus.CANCELLED
+    assert jobs.calls == [("j", JobStatus.CANCELLED, "cancelled by user:alice",
+                           "user:alice", "alice")]
 
-    def transition(target, message):
-        calls.append((target, message))
-        return job(target)
-
-    assert cancel(transition, USER, visible_job=Reads()).status is JobStatus.CANCELLED
-    assert calls == [(JobStatus.CANCELLED, "cancelled by user:alice")]
-
-    def ended(target, message):
+    def ended(target):
         raise IllegalTransition("j", JobStatus.SUCCEEDED, target)
 
-    assert cancel(ended, USER, visible_job=Reads(JobStatus.SUCCEEDED)).status \
-        is JobStatus.SUCCEEDED
+    assert cancel(Jobs(ended), "j", USER, owner="alice",
+                  visible_job=Reads(JobStatus.SUCCEEDED)).status is JobStatus.SUCCEEDED
 
 
 def test_cancel_reraises_when_the_job_is_not_final():
-    def racing(target, message):
+    def racing(target):
         raise IllegalTransition("j", JobStatus.QUEUED, target)
 
     with pytest.raises(IllegalTransition):
-        cancel(racing, ADMIN, visible_job=Reads(JobStatus.QUEUED))
+        cancel(Jobs(racing), "j", ADMIN, owner=None, visible_job=Reads(JobStatus.QUEUED))
