@@ -83,10 +83,15 @@ _METADATA_FILTER = {
 }
 
 
-def visible_job(job_id: str) -> Job:
+def checked_id(job_id: str) -> str:
+    """`job_id`, or JobNotFound for an id no job can have: answered before the database."""
     if not is_valid_job_id(job_id):
         raise JobNotFound(job_id)
-    return ensure_visible(get_jobs().get_job(job_id))
+    return job_id
+
+
+def visible_job(job_id: str) -> Job:
+    return ensure_visible(get_jobs().get_job(checked_id(job_id)))
 
 
 def _base_model(name: str) -> str:
@@ -209,8 +214,7 @@ class JobCancel(MethodView):
     def post(self, job_id: str):
         """Cancel a fine-tuning job"""
         principal = current_principal()
-        visible_job(job_id)
-        job = status_changes.cancel(get_jobs(), job_id, principal, owner=owner_scope(),
+        job = status_changes.cancel(get_jobs(), checked_id(job_id), principal, owner=owner_scope(),
                                     visible_job=lambda: visible_job(job_id))
         return job_object(job)
 
@@ -254,8 +258,7 @@ class JobPause(MethodView):
     def post(self, job_id: str):
         """Pause a fine-tuning job (its next run continues from the checkpoint it stops at)"""
         principal = current_principal()
-        visible_job(job_id)
-        outcome = pausing.pause_job(get_jobs(), job_id, actor=principal.actor,
+        outcome = pausing.pause_job(get_jobs(), checked_id(job_id), actor=principal.actor,
                                     owner=owner_scope(),
                                     workers_stop_runs=builtin_executor(get_settings()))
         return job_object(outcome.job)
@@ -272,8 +275,7 @@ class JobResume(MethodView):
     def post(self, job_id: str):
         """Resume a paused fine-tuning job"""
         principal = current_principal()
-        visible_job(job_id)
-        outcome = pausing.resume_job(get_jobs(), job_id, actor=principal.actor,
+        outcome = pausing.resume_job(get_jobs(), checked_id(job_id), actor=principal.actor,
                                      owner=owner_scope())
         return job_object(outcome.job)
 
