@@ -17,6 +17,9 @@ the process, `/healthz` included. Here:
 - **Streams leave the thread.** A view that answers with a detachable stream (see
   api.streams) gets its response head written by the StreamHub of this process, which
   serves every such stream from one thread (api.stream_hub); the request thread moves on.
+- **Connections spread evenly over the processes.** A process steps aside for a moment
+  when a peer holds fewer connections (api.connection_balance), so a burst of keep-alive
+  connections does not all land on whichever process runs first.
 - **gunicorn's own error pages are JSON.** A request line too long (414), header fields too
   large or too many (431 or 400) or a malformed request never reach Flask: gunicorn answers
   them itself. gunicorn still decides the status and logs as usual; only the body it
@@ -46,6 +49,8 @@ from gunicorn import http, util
 from gunicorn.http import wsgi
 from gunicorn.workers.gthread import TConn, ThreadWorker
 
+from llm_train_api.api import connection_balance
+from llm_train_api.api.connection_balance import ConnectionTable
 from llm_train_api.api.gunicorn_logging import redact
 from llm_train_api.api.stream_hub import StreamHub
 from llm_train_api.api.streams import DETACHED_STREAM_KEY, STREAM_HUB_KEY, DetachedStream
@@ -145,6 +150,15 @@ class _Conn(TConn):
 class ServiceWorker(ThreadWorker):
     """gunicorn's gthread worker; see the module's docstring for what it changes."""
 
+    # Made by the master with its first worker, before the fork, so that every worker it
+    # forks shares it.
+    connection_table: ConnectionTable | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # in gunicorn's master, before the fork
+        if ServiceWorker.connection_table is None:
+            ServiceWorker.connection_table = ConnectionTable()
+
     def init_process(self) -> None:
         settings = Settings.load()
         self.head_timeout = settings.REQUEST_HEAD_TIMEOUT_S
@@ -153,10 +167,24 @@ class ServiceWorker(ThreadWorker):
         _raise_open_files_limit()
         # (deadline, connection) in the order reading began: the deadlines ascend.
         self.reading_conns: deque[tuple[float, _Conn]] = deque()
+        self.balance = ServiceWorker.connection_table or ConnectionTable()
+        self.balance.join(self.age)
         super().init_process()  # loads the app, then runs the loop until the worker stops
 
     # ------------------------------------------------------------ the event loop
+    def wait_for_and_dispatch_events(self, timeout: float) -> None:
+        self.balance.publish(self.nr_conns, self._accepting)
+        super().wait_for_and_dispatch_events(timeout)
+
+    def set_accept_enabled(self, enabled: bool) -> None:
+        super().set_accept_enabled(enabled)
+        self.balance.publish(self.nr_conns, enabled)
+
     def accept(self, listener: socket.socket) -> None:
+        if self.balance.should_defer(self.nr_conns):
+            # A peer that holds fewer connections was woken too: let it take this one.
+            time.sleep(connection_balance.YIELD_S)
+            return
         try:
             client_sock, client_addr = listener.accept()
         except OSError as e:
@@ -170,6 +198,7 @@ class ServiceWorker(ThreadWorker):
                 raise
             return
         self.nr_conns += 1
+        self.balance.publish(self.nr_conns, self._accepting)
         _bound_blocking_io(client_sock, self.read_timeout)
         conn = _Conn(self.cfg, client_sock, client_addr, listener.getsockname())
         if self.cfg.is_ssl:
@@ -260,6 +289,7 @@ class ServiceWorker(ThreadWorker):
         try:
             super().run()
         finally:
+            self.balance.leave()
             self.stream_hub.stop()
 
     # ------------------------------------------------------------ on a thread
