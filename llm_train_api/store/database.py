@@ -40,7 +40,7 @@ from sqlalchemy.engine import make_url
 
 from llm_train_api.store import migrations, outbox
 from llm_train_api.store.group_commit import GroupCommitter
-from llm_train_api.store.prepared import PreparedCache
+from llm_train_api.store.prepared import PreparedCache, execute_on_driver
 from llm_train_api.store.tables import job_events
 
 T = TypeVar("T")
@@ -154,8 +154,11 @@ def _sqlite_engine(url: str, *, durability: str, busy_timeout_s: float) -> Engin
         # Writers take the write lock up front: a deferred transaction that later upgrades
         # can fail with SQLITE_BUSY without waiting, which would surface as a 500. Readers
         # open no transaction at all: each SELECT reads one consistent WAL snapshot.
-        if not conn.get_execution_options().get("llm_read_only"):
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # The group committer opens its transactions on the driver itself (group_commit.py);
+        # SQLAlchemy beginning inside one of them has nothing left to send.
+        if (not conn.get_execution_options().get("llm_read_only")
+                and not conn.connection.dbapi_connection.in_transaction):
+            execute_on_driver(conn, "BEGIN IMMEDIATE")
 
     return engine
 
@@ -209,6 +212,8 @@ class Database:
         return migrations.migrate(self.engine)
 
     def close(self) -> None:
+        if self._group is not None:
+            self._group.close()
         if self._read_engine is not self.engine:
             self._read_engine.dispose()
         self.engine.dispose()

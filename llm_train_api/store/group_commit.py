@@ -3,9 +3,12 @@ therefore one fsync.
 
 SQLite has a single writer and, with durable commits, pays an fsync per transaction, so
 write throughput is bounded by the disk's fsync rate however many threads wait. Here the
-first writer to arrive becomes the leader: it takes every write queued so far, runs each in
-its own SAVEPOINT (one writer's error undoes only that writer's statements), commits once,
-and wakes the others. Writers arriving meanwhile form the next batch. Nobody is answered
+first writer to arrive becomes the leader: once it holds the process lock (below), it takes
+every write queued by then, runs each in its own SAVEPOINT (one writer's error undoes only
+that writer's statements), commits once, and wakes the others. Writers arriving meanwhile
+form the next batch. BEGIN, the savepoints and COMMIT go to the driver directly, on a
+connection the committer keeps: SQLAlchemy's transaction machinery would cost more than the
+one-row writes it wraps, while the lock is held. Nobody is answered
 before the commit that contains their write, so a 2xx still means durable.
 
 The mutex here is the store's in-process lock: it guards only the queue, and is never held
@@ -26,6 +29,8 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from sqlalchemy import Connection, Engine
+
+from llm_train_api.store.prepared import execute_on_driver
 
 T = TypeVar("T")
 
@@ -48,6 +53,33 @@ class GroupCommitter:
         self._cond = threading.Condition(threading.Lock())
         self._queue: list[_Write[Any]] = []
         self._leading = False
+        # The leader's connection, kept between batches: only a leader uses it, and there
+        # is one leader at a time. Opened in the process that writes (after gunicorn's fork).
+        self._conn: Connection | None = None
+        self._conn_pid = 0
+        self._inherited: list[Connection] = []
+        # Transactions committed: how many batches the writes of this process formed.
+        self.commits = 0
+
+    def _connection(self) -> Connection:
+        conn = self._conn
+        if conn is not None and self._conn_pid != os.getpid():
+            # Inherited through a fork: the parent's, never to be used or closed here.
+            self._inherited.append(conn)
+            conn = None
+        if conn is None or conn.closed or conn.invalidated:
+            if conn is not None and not conn.closed:
+                conn.close()
+            conn = self._conn = self._engine.connect()
+            self._conn_pid = os.getpid()
+        return conn
+
+    def close(self) -> None:
+        """Return the leader's connection (the database is being closed)."""
+        with self._cond:
+            if self._conn is not None and self._conn_pid == os.getpid():
+                self._conn.close()
+            self._conn = None
 
     def run(self, work: Callable[[Connection], T]) -> T:
         """Run `work(conn)` inside a committed transaction and return its result."""
@@ -59,11 +91,9 @@ class GroupCommitter:
                     self._cond.wait()
                     continue
                 self._leading = True
-                batch = self._queue[: self._max_batch]
-                del self._queue[: len(batch)]
                 self._cond.release()
                 try:
-                    self._commit(batch)
+                    self._lead()
                 finally:
                     self._cond.acquire()
                     self._leading = False
@@ -71,6 +101,22 @@ class GroupCommitter:
         if mine.error is not None:
             raise mine.error
         return mine.result
+
+    def _lead(self) -> None:
+        """Commit one batch. The batch is taken once the process lock is held, so that
+        the writes that arrived while another process held it join this commit."""
+        try:
+            with self._process_lock():
+                self._commit(self._take_batch())
+        except Exception as exc:  # the lock itself failed: the queued writes cannot run
+            for write in self._take_batch():
+                write.error, write.finished = exc, True
+
+    def _take_batch(self) -> list[_Write[Any]]:
+        with self._cond:
+            batch = self._queue[: self._max_batch]
+            del self._queue[: len(batch)]
+        return batch
 
     @contextlib.contextmanager
     def _process_lock(self) -> Iterator[None]:
@@ -87,26 +133,23 @@ class GroupCommitter:
 
     def _commit(self, batch: list[_Write[Any]]) -> None:
         try:
-            with self._process_lock(), self._engine.begin() as conn:
-                if len(batch) == 1:
-                    write = batch[0]
-                    try:
-                        write.result = write.work(conn)
-                    except Exception as exc:
-                        write.error = exc
-                        raise
+            conn = self._connection()
+            # BEGIN and COMMIT go straight to the driver: SQLAlchemy's transaction objects
+            # and events cost more than the one-row writes they would wrap, and the
+            # process lock is held meanwhile.
+            execute_on_driver(conn, "BEGIN IMMEDIATE")
+            try:
+                self._run_writes(conn, batch)
+                if conn.in_transaction():
+                    # A write ran through SQLAlchemy, which began a transaction of its
+                    # own inside ours (sending nothing, see database.py): it ends it.
+                    conn.commit()
                 else:
-                    # The savepoints go straight to the driver: SQLAlchemy's nested
-                    # transactions cost more than the writes they wrap.
-                    raw = conn.connection.dbapi_connection
-                    for write in batch:
-                        raw.execute("SAVEPOINT group_write")
-                        try:
-                            write.result = write.work(conn)
-                        except Exception as exc:  # only this writer's statements are undone
-                            write.error = exc
-                            raw.execute("ROLLBACK TO group_write")
-                        raw.execute("RELEASE group_write")
+                    execute_on_driver(conn, "COMMIT")
+            except BaseException:
+                self._roll_back(conn)
+                raise
+            self.commits += 1
         except Exception as exc:
             # The commit itself failed (I/O error, disk full): no write of the batch is
             # durable, so every writer that had succeeded learns it failed.
@@ -116,3 +159,36 @@ class GroupCommitter:
         finally:
             for write in batch:
                 write.finished = True
+
+    @staticmethod
+    def _run_writes(conn: Connection, batch: list[_Write[Any]]) -> None:
+        if len(batch) == 1:
+            write = batch[0]
+            try:
+                write.result = write.work(conn)
+            except Exception as exc:
+                write.error = exc
+                raise
+            return
+        # Each write in its own savepoint, also straight on the driver.
+        raw = conn.connection.dbapi_connection
+        for write in batch:
+            raw.execute("SAVEPOINT group_write")  # type: ignore[union-attr]
+            try:
+                write.result = write.work(conn)
+            except Exception as exc:  # only this writer's statements are undone
+                write.error = exc
+                raw.execute("ROLLBACK TO group_write")  # type: ignore[union-attr]
+            raw.execute("RELEASE group_write")  # type: ignore[union-attr]
+
+    def _roll_back(self, conn: Connection) -> None:
+        """End a failed batch's transaction; a connection that cannot is dropped."""
+        try:
+            if conn.in_transaction():
+                conn.rollback()
+            elif conn.connection.dbapi_connection.in_transaction:  # type: ignore[union-attr]
+                execute_on_driver(conn, "ROLLBACK")
+        except Exception:
+            conn.invalidate()
+            conn.close()
+            self._conn = None

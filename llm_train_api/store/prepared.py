@@ -77,6 +77,17 @@ class Prepared:
         return None if row is None else self._row._make(row)
 
 
+def execute_on_driver(conn: Connection, sql: str) -> None:
+    """Run one statement without parameters or rows (BEGIN, COMMIT) on the driver
+    connection of `conn`, a driver error wrapped as `Connection.execute` would wrap it."""
+    dbapi_connection = conn.connection.dbapi_connection
+    try:
+        dbapi_connection.execute(sql)  # type: ignore[union-attr]
+    except conn.dialect.loaded_dbapi.Error as error:
+        conn._handle_dbapi_exception(error, sql, (), None, None)
+        raise
+
+
 class PreparedCache:
     """The prepared form of each statement, by the statement's identity: the statements of
     the store are module constants or live as long as their repository, and the cache keeps

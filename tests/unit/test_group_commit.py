@@ -3,11 +3,13 @@ never undoes or hides another's write."""
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from sqlalchemy import event, text
+import sqlalchemy.exc
+from sqlalchemy import text
 
 from llm_train_api.domain import JobNotFound, JobStatus, NewJob
 from llm_train_api.store.database import Database
@@ -21,14 +23,13 @@ def sqlite_jobs(tmp_path):
     database.close()
 
 
-def count_commits(jobs):
-    commits = []
-    event.listen(jobs.database.engine, "commit", lambda conn: commits.append(1))
-    return commits
+def commits_of(jobs) -> int:
+    """Transactions the group committer has committed (it sends COMMIT to the driver)."""
+    return jobs.database._group.commits
 
 
 def test_concurrent_writers_share_commits_and_all_land(sqlite_jobs):
-    commits = count_commits(sqlite_jobs)
+    before = commits_of(sqlite_jobs)
     n = 200
     barrier = threading.Barrier(16)
 
@@ -48,7 +49,8 @@ def test_concurrent_writers_share_commits_and_all_land(sqlite_jobs):
         assert sqlite_jobs.get_job(f"g{i}").status is JobStatus.RUNNING
         assert [e.to_status for e in sqlite_jobs.job_events(f"g{i}")[0]] == [
             JobStatus.QUEUED, JobStatus.RUNNING]
-    assert len(commits) < 2 * n, "no two writes ever shared a commit"
+    commits = commits_of(sqlite_jobs) - before
+    assert 0 < commits < 2 * n, "no two writes ever shared a commit"
 
 
 def test_a_failing_writer_does_not_undo_its_batch_mates(sqlite_jobs):
@@ -83,3 +85,48 @@ def test_a_database_error_reaches_its_writer_and_changes_nothing(sqlite_jobs):
     with pytest.raises(Exception, match="disk full"):
         sqlite_jobs.transition("x", JobStatus.RUNNING)
     assert sqlite_jobs.get_job("x").status is JobStatus.QUEUED
+
+
+def test_a_write_lock_held_elsewhere_is_a_wrapped_error_and_the_next_write_lands(tmp_path):
+    """BEGIN and COMMIT go to the driver directly: a busy database still surfaces as
+    SQLAlchemy's OperationalError (the API's 503), and the committer's connection serves
+    the next batch once the lock is free."""
+    path = tmp_path / "busy.sqlite3"
+    database = Database.from_url(f"sqlite:///{path}", busy_timeout_s=0.2)
+    jobs = JobRepository(database)
+    try:
+        jobs.create_job(NewJob("before", "m", "d", {}))
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(sqlalchemy.exc.OperationalError, match="locked"):
+            jobs.create_job(NewJob("blocked", "m", "d", {}))
+        other.execute("ROLLBACK")
+        other.close()
+        with pytest.raises(JobNotFound):
+            jobs.get_job("blocked")
+        job, created = jobs.create_job(NewJob("after", "m", "d", {}))
+        assert created and jobs.get_job("after").id == "after"
+    finally:
+        database.close()
+
+
+def test_writes_through_sqlalchemy_share_the_drivers_transaction(sqlite_jobs):
+    """A write that executes through SQLAlchemy (not a prepared statement) runs inside the
+    transaction the committer opened, and commits or rolls back with it."""
+    database = sqlite_jobs.database
+
+    def insert_then_fail(conn):
+        conn.execute(text("INSERT INTO schema_version (version) VALUES (999)"))
+        raise RuntimeError("changed my mind")
+
+    with pytest.raises(RuntimeError):
+        database.write(insert_then_fail)
+    count = "SELECT count(*) FROM schema_version WHERE version = 999"
+    with database.reading() as conn:
+        assert conn.execute(text(count)).scalar_one() == 0
+    database.write(lambda conn: conn.execute(
+        text("INSERT INTO schema_version (version) VALUES (999)")))
+    with database.reading() as conn:
+        assert conn.execute(text(count)).scalar_one() == 1
+    sqlite_jobs.create_job(NewJob("later", "m", "d", {}))  # the connection is clean again
+    assert sqlite_jobs.get_job("later").id == "later"
