@@ -34,6 +34,9 @@ def main() -> int:
     p.add_argument("--seed-jobs", type=int, default=20_000)
     p.add_argument("--durability", default="full")
     p.add_argument("--top", type=int, default=25)
+    p.add_argument("--gil", action="store_true",
+                   help="sample only threads holding the GIL: where the Python CPU goes, "
+                   "without the time spent waiting on sockets, fsync and locks")
     opts = p.parse_args()
     args = R.parse_args(["--no-doc"])
     scratch = Path(tempfile.mkdtemp(prefix="bench_api_prof_"))
@@ -98,6 +101,7 @@ def main() -> int:
                             "-o",
                             str(out),
                             "--nonblocking",
+                            *(["--gil"] if opts.gil else []),
                         ],
                         stdout=subprocess.DEVNULL,
                         stderr=subprocess.PIPE,
