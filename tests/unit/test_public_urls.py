@@ -108,3 +108,11 @@ def test_the_python_client_pages_through_relative_links(make_app):
         queue.record_progress("p0", "w1", {"step": 5}, curve)
         assert [p.step for p in api.job_metrics("p0")] == [1, 2, 3, 4, 5]
         assert len(list(api.job_events("p0", page_size=1))) == 2  # created, claimed
+
+
+def test_under_a_path_prefix_the_urls_keep_it(make_app):
+    """Mounted below a prefix (SCRIPT_NAME, as a proxy's sub-path gives it): every URL the
+    API hands out, the created job's Location included, starts with the prefix."""
+    urls = urls_handed_out(make_app(), base_url="http://localhost/api")
+    assert urls[0] == "/api/jobs/j2" and urls[1] == "/api/datasets/tiny"
+    assert all(url.startswith("/api/") for url in urls), urls
