@@ -171,15 +171,14 @@ class GroupCommitter:
                 raise
             return
         # Each write in its own savepoint, also straight on the driver.
-        raw = conn.connection.dbapi_connection
         for write in batch:
-            raw.execute("SAVEPOINT group_write")  # type: ignore[union-attr]
+            execute_on_driver(conn, "SAVEPOINT group_write")
             try:
                 write.result = write.work(conn)
             except Exception as exc:  # only this writer's statements are undone
                 write.error = exc
-                raw.execute("ROLLBACK TO group_write")  # type: ignore[union-attr]
-            raw.execute("RELEASE group_write")  # type: ignore[union-attr]
+                execute_on_driver(conn, "ROLLBACK TO group_write")
+            execute_on_driver(conn, "RELEASE group_write")
 
     def _roll_back(self, conn: Connection) -> None:
         """End a failed batch's transaction; a connection that cannot is dropped."""
