@@ -41,6 +41,7 @@ from sqlalchemy.engine import make_url
 from llm_train_api.store import migrations, outbox
 from llm_train_api.store.group_commit import GroupCommitter
 from llm_train_api.store.prepared import PreparedCache, execute_on_driver
+from llm_train_api.store.sqlite_readers import ThreadReaders
 from llm_train_api.store.tables import job_events
 
 T = TypeVar("T")
@@ -173,9 +174,13 @@ class Database:
         # Autocommit on PostgreSQL; on SQLite, reads are marked so that no BEGIN is sent.
         self._read_engine = autocommit_engine(engine) if self.is_postgresql else engine
         self._group: GroupCommitter | None = None
+        # SQLite: the point reads of the request path run on per-thread connections.
+        self._readers: ThreadReaders | None = None
         if self.dialect == "sqlite":
             database = engine.url.database
             on_disk = database and database != ":memory:" and not database.startswith("file:")
+            # A new connection to an in-memory database would be a different database.
+            self._readers = ThreadReaders(engine) if on_disk else None
             self._group = GroupCommitter(
                 engine, lock_path=f"{database}-writelock" if on_disk else None
             )
@@ -214,6 +219,8 @@ class Database:
     def close(self) -> None:
         if self._group is not None:
             self._group.close()
+        if self._readers is not None:
+            self._readers.close()
         if self._read_engine is not self.engine:
             self._read_engine.dispose()
         self.engine.dispose()
@@ -238,7 +245,10 @@ class Database:
             yield conn.execution_options(llm_read_only=True)
 
     def read_first(self, stmt: Any, params: dict[str, Any]) -> Any:
-        """The first row of one read statement (None when there is none), run prepared."""
+        """The first row of one read statement (None when there is none), run prepared:
+        on SQLite on this thread's own read connection (sqlite_readers.py)."""
+        if self._readers is not None:
+            return self._readers.first(self.prepared(stmt), params)
         with self.reading() as conn:
             return self.prepared(stmt).first(conn, params)
 

@@ -60,10 +60,14 @@ class Prepared:
                                rename=True) if columns else None
         self._dbapi_error = dialect.loaded_dbapi.Error
 
+    def arguments(self, params: Mapping[str, Any]) -> Any:
+        """The driver's parameters for `params`: a tuple in order, or the mapping."""
+        merged = {**self._defaults, **params} if self._defaults else params
+        return merged if self._names is None else tuple(merged[n] for n in self._names)
+
     def first(self, conn: Connection, params: Mapping[str, Any]) -> Any:
         """Run on `conn` (inside its transaction, if it has one); the first row or None."""
-        merged = {**self._defaults, **params} if self._defaults else params
-        args: Any = merged if self._names is None else tuple(merged[n] for n in self._names)
+        args = self.arguments(params)
         cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
             cursor.execute(self.sql, args)
@@ -72,6 +76,18 @@ class Prepared:
             # Raises: wrapped as SQLAlchemy does, invalidating a dead connection.
             conn._handle_dbapi_exception(error, self.sql, args, cursor, None)
             raise
+        finally:
+            cursor.close()
+        return None if row is None else self._row._make(row)
+
+    def first_on_driver(self, dbapi_connection: Any, params: Mapping[str, Any]) -> Any:
+        """Run on a bare driver connection; a driver error propagates as the driver's own
+        (the caller wraps it). The cursor is closed before returning, so that no statement
+        is left holding a read snapshot."""
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(self.sql, self.arguments(params))
+            row = cursor.fetchone() if self._row is not None else None
         finally:
             cursor.close()
         return None if row is None else self._row._make(row)

@@ -1,0 +1,166 @@
+"""Per-thread SQLite read connections (store/sqlite_readers.py): fresh snapshots on every
+read, one connection per thread, no snapshot left open, SQLAlchemy's exceptions, and
+connections that never cross a fork or outlive `close()`."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Integer, bindparam, column, select, table
+from sqlalchemy import exc as sa_exc
+
+from llm_train_api.domain import NewJob
+from llm_train_api.store.database import Database
+from llm_train_api.store.jobs import JobRepository
+from llm_train_api.store.sqlite_readers import ThreadReaders
+
+_ITEMS = table("items", column("id", Integer), column("value", Integer))
+_VALUE = select(_ITEMS.c.value).where(_ITEMS.c.id == bindparam("id"))
+
+
+@pytest.fixture()
+def db_path(tmp_path: Path) -> Path:
+    path = tmp_path / "readers.sqlite3"
+    with sqlite3.connect(path) as setup:
+        setup.execute("PRAGMA journal_mode=WAL")
+        setup.execute("CREATE TABLE items (id INTEGER PRIMARY KEY, value INTEGER)")
+        setup.execute("INSERT INTO items VALUES (1, 10)")
+    return path
+
+
+@pytest.fixture()
+def database(db_path: Path):
+    db = Database.from_url(f"sqlite:///{db_path}", migrate=False)
+    yield db
+    db.close()
+
+
+def _readers(database: Database) -> ThreadReaders:
+    readers = database._readers
+    assert readers is not None
+    return readers
+
+
+def _value(database: Database) -> int:
+    return database.read_first(_VALUE, {"id": 1}).value
+
+
+def test_each_read_sees_what_other_connections_committed_before_it(
+    database: Database, db_path: Path
+) -> None:
+    assert _value(database) == 10
+    with sqlite3.connect(db_path) as other:
+        other.execute("UPDATE items SET value = 11 WHERE id = 1")
+    assert _value(database) == 11
+    assert _readers(database).open_count() == 1
+
+
+def test_no_read_snapshot_outlives_the_read(database: Database, db_path: Path) -> None:
+    # A statement left unfinished keeps its read transaction, and with it the WAL: a
+    # TRUNCATE checkpoint would then report busy and leave the log in place.
+    _value(database)
+    other = sqlite3.connect(db_path)
+    try:
+        for value in range(200):
+            with other:
+                other.execute("UPDATE items SET value = ? WHERE id = 1", (value,))
+        busy, _, _ = other.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+    finally:
+        other.close()
+    assert busy == 0
+    assert Path(f"{db_path}-wal").stat().st_size == 0
+    assert _value(database) == 199
+
+
+def test_a_thread_keeps_its_connection_and_threads_do_not_share(database: Database) -> None:
+    readers = _readers(database)
+    for _ in range(5):
+        _value(database)
+    assert readers.open_count() == 1
+    seen: list[int] = []
+    all_read = threading.Barrier(3)
+    counted = threading.Event()
+
+    def read_and_wait() -> None:
+        seen.append(_value(database))
+        all_read.wait(timeout=10)
+        counted.wait(timeout=10)  # alive, holding its connection, until counted
+
+    threads = [threading.Thread(target=read_and_wait) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    all_read.wait(timeout=10)
+    assert readers.open_count() == 3
+    counted.set()
+    for thread in threads:
+        thread.join()
+    assert seen == [10, 10]
+
+
+def test_a_driver_error_is_sqlalchemys_and_the_next_read_reconnects(
+    database: Database, db_path: Path
+) -> None:
+    readers = _readers(database)
+    _value(database)
+    with sqlite3.connect(db_path) as other:
+        other.execute("ALTER TABLE items RENAME TO kept")
+    with pytest.raises(sa_exc.OperationalError, match="no such table"):
+        _value(database)
+    assert readers.open_count() == 0  # the connection that failed was closed
+    with sqlite3.connect(db_path) as other:
+        other.execute("ALTER TABLE kept RENAME TO items")
+    assert _value(database) == 10
+    assert readers.open_count() == 1
+
+
+def test_close_closes_every_threads_connection(database: Database) -> None:
+    readers = _readers(database)
+    _value(database)
+    worker = threading.Thread(target=_value, args=(database,))
+    worker.start()
+    worker.join()
+    readers.close()
+    assert readers.open_count() == 0
+    assert _value(database) == 10  # a read after close opens a new one
+
+
+def test_a_forked_child_opens_its_own_connection(database: Database, db_path: Path) -> None:
+    readers = _readers(database)
+    _value(database)
+    parents = readers._local.slot.connection
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, and never return into pytest
+        code = 1
+        try:
+            value = _value(database)
+            code = 0 if (value == 10 and readers._local.slot.connection is not parents
+                         and readers._inherited == [parents]) else 2
+        finally:
+            os.write(write_end, bytes([code]))
+            os._exit(code)
+    os.close(write_end)
+    _, status = os.waitpid(pid, 0)
+    reported = os.read(read_end, 1)
+    os.close(read_end)
+    assert reported == b"\x00" and os.waitstatus_to_exitcode(status) == 0
+    # The parent's connection still works after the child has gone.
+    assert readers._local.slot.connection is parents
+    assert _value(database) == 10
+
+
+def test_in_memory_databases_read_on_their_one_connection() -> None:
+    # A second connection to `sqlite://` would be a different, empty database.
+    database = Database.from_url("sqlite://")
+    try:
+        assert database._readers is None
+        jobs = JobRepository(database)
+        jobs.create_job(NewJob(job_id="mem-1", model_name="m", dataset="d",
+                               hyperparameters={}, owner=None), actor="admin")
+        assert jobs.get_job("mem-1").id == "mem-1"
+    finally:
+        database.close()
