@@ -143,14 +143,25 @@ def init_app(app: Flask, runtime: Runtime) -> None:
         # another hook refuses (401, 415) are timed too.
         request.environ[_START_KEY] = time.perf_counter()
 
+    # The histogram's child per label values: `labels()` validates and converts its
+    # arguments and takes a lock on every call. Endpoints, methods and status classes are
+    # finite, so this stays small.
+    children: dict[tuple[str | None, str, int], Any] = {}
+
     def observe(response: Response) -> Response:
-        started = request.environ.get(_START_KEY)
+        req = request._get_current_object()  # one proxy lookup, not one per attribute
+        started = req.environ.get(_START_KEY)
         if started is not None:
-            method = request.method if request.method in _METHODS else "other"
-            requests_histogram.labels(
-                request.endpoint or "unmatched", method,
-                f"{response.status_code // 100}xx",
-            ).observe(time.perf_counter() - started)
+            # Any method outside _METHODS is "other", here too: a client's made-up methods
+            # must not grow the dictionary.
+            method = req.method if req.method in _METHODS else "other"
+            key = (req.endpoint, method, response.status_code // 100)
+            child = children.get(key)
+            if child is None:
+                endpoint, _, status_class = key
+                child = children.setdefault(key, requests_histogram.labels(
+                    endpoint or "unmatched", method, f"{status_class}xx"))
+            child.observe(time.perf_counter() - started)
         return response
 
     request_started.connect(start_timer, app, weak=False)
