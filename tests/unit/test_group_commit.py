@@ -3,8 +3,10 @@ never undoes or hides another's write."""
 
 from __future__ import annotations
 
+import fcntl
 import sqlite3
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -130,3 +132,75 @@ def test_writes_through_sqlalchemy_share_the_drivers_transaction(sqlite_jobs):
         assert conn.execute(text(count)).scalar_one() == 1
     sqlite_jobs.create_job(NewJob("later", "m", "d", {}))  # the connection is clean again
     assert sqlite_jobs.get_job("later").id == "later"
+
+
+def _batched(database: Database, works: list) -> list:
+    """Run `works` as one batch: the process lock is held here until all of them wait in
+    the committer's queue, so its leader takes them together. Each outcome is the write's
+    result, or the exception it raised."""
+    group = database._group
+    lock = open(group._lock_path, "a+b")
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    outcomes: list = [None] * len(works)
+
+    def run(i: int) -> None:
+        try:
+            outcomes[i] = database.write(works[i])
+        except Exception as exc:  # the outcome under test
+            outcomes[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(works))]
+    try:
+        for thread in threads:
+            thread.start()
+        deadline = time.monotonic() + 10
+        while len(group._queue) < len(works) - 1 and time.monotonic() < deadline:
+            time.sleep(0.005)  # one is the leader, waiting for the lock; the rest queue
+        assert len(group._queue) >= len(works) - 1
+    finally:
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        lock.close()
+    for thread in threads:
+        thread.join(timeout=10)
+    return outcomes
+
+
+def _driver_statements(database: Database) -> list[str]:
+    """What the committer's connection sends from now on (a trace on the driver)."""
+    sent: list[str] = []
+    conn = database._group._connection()
+    conn.connection.dbapi_connection.set_trace_callback(sent.append)
+    return sent
+
+
+def _insert(value: int, *, then_fail: bool = False):
+    def work(conn):
+        conn.connection.dbapi_connection.execute("INSERT INTO marks VALUES (?)", (value,))
+        if then_fail:
+            raise ValueError(f"write {value} failed after its insert")
+        return value
+    return work
+
+
+@pytest.fixture
+def marks_db(tmp_path):
+    database = Database.from_url(f"sqlite:///{tmp_path / 'marks.sqlite3'}")
+    database.write(lambda conn: conn.connection.dbapi_connection.execute(
+        "CREATE TABLE marks (value INTEGER PRIMARY KEY)"))
+    yield database
+    database.close()
+
+
+def _marks(database: Database) -> list[int]:
+    with database.reading() as conn:
+        return [row[0] for row in conn.execute(text("SELECT value FROM marks ORDER BY 1"))]
+
+
+def test_a_write_failing_mid_batch_loses_its_own_statements_only(marks_db):
+    sent = _driver_statements(marks_db)
+    works = [_insert(0), _insert(1), _insert(2, then_fail=True), _insert(3), _insert(4)]
+    outcomes = _batched(marks_db, works)
+    assert outcomes[:2] == [0, 1] and outcomes[3:] == [3, 4]
+    assert isinstance(outcomes[2], ValueError)
+    assert _marks(marks_db) == [0, 1, 3, 4]  # write 2's insert was undone with it
+    assert sum(s.upper() == "COMMIT" for s in sent) == 1  # one batch, one commit
