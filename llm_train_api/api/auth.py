@@ -27,6 +27,8 @@ from llm_train_api.store.tokens import TokenRepository
 F = TypeVar("F", bound=Callable[..., Any])
 log = logging.getLogger("llm_train_api.auth")
 _CORS_KEY = "llm_train_api.cors_origins"
+_PUBLIC_KEY = "llm_train_api.public_endpoints"
+_AUTH_KEY = "llm_train_api.auth_enabled"
 _PUBLIC_ATTR = "_llm_train_api_public"
 _REALM = 'Bearer realm="llm_train_api"'
 # Flask's and flask-smorest's own endpoints that must stay open.
@@ -43,16 +45,26 @@ def public(view: F) -> F:
     return view
 
 
-def _is_public(endpoint: str | None) -> bool:
-    if endpoint in _PUBLIC_ENDPOINTS:
-        return True
-    view = current_app.view_functions.get(endpoint or "")
-    return bool(view is not None and (getattr(view, _PUBLIC_ATTR, False) or getattr(
-        getattr(view, "view_class", None), _PUBLIC_ATTR, False)))
+def _is_public(app: flask.Flask, endpoint: str | None) -> bool:
+    """Whether `endpoint` is open without a token; asked on every request, so each
+    endpoint's answer is kept (views are marked when they are defined, never later)."""
+    known: dict[str | None, bool] = app.extensions[_PUBLIC_KEY]
+    try:
+        return known[endpoint]
+    except KeyError:
+        pass
+    view = app.view_functions.get(endpoint or "")
+    answer = endpoint in _PUBLIC_ENDPOINTS or bool(view is not None and (
+        getattr(view, _PUBLIC_ATTR, False)
+        or getattr(getattr(view, "view_class", None), _PUBLIC_ATTR, False)))
+    # Only endpoints the app has: the dictionary cannot grow past them.
+    if view is not None or endpoint in _PUBLIC_ENDPOINTS:
+        known[endpoint] = answer
+    return answer
 
 
 def auth_enabled() -> bool:
-    return get_settings().AUTH != "disabled"
+    return bool(current_app.extensions[_AUTH_KEY])
 
 
 def token_store() -> TokenRepository:
@@ -84,9 +96,10 @@ def authenticate_request() -> None:
     req = request._get_current_object()  # one proxy lookup, not one per attribute
     if req.method == "OPTIONS" or req.routing_exception is not None:
         return  # CORS preflights carry no credentials; unknown URLs are 404/405 for all
-    if _is_public(req.endpoint):
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    if _is_public(app, req.endpoint):
         return
-    if not auth_enabled():
+    if not app.extensions[_AUTH_KEY]:
         g.principal = ANONYMOUS
         return
     token = _bearer_token()
@@ -199,6 +212,8 @@ BEARER_SCHEME = {"type": "http", "scheme": "bearer",
 def init_app(app: flask.Flask, runtime: Runtime) -> None:
     settings = runtime.settings
     app.extensions[_CORS_KEY] = _cors_origins(settings.CORS_ORIGINS)
+    app.extensions[_PUBLIC_KEY] = {}
+    app.extensions[_AUTH_KEY] = settings.AUTH != "disabled"
     app.before_request(authenticate_request)
     app.after_request(cors_headers)
     app.after_request(security_headers)

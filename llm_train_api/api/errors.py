@@ -192,6 +192,9 @@ class StrictJSONParser(FlaskParser):
 def require_json_body() -> None:
     """415 for a write whose body is not declared as JSON, before any parsing happens."""
     request = flask.request._get_current_object()  # one proxy lookup, not one per attribute
+    if (request.method not in JSON_BODY_METHODS
+            and "HTTP_TRANSFER_ENCODING" not in request.environ):
+        return  # a GET, HEAD, DELETE or OPTIONS without a body: nothing to check or read
     if request.routing_exception is not None:
         return  # 404/405 win: there is no resource to send a body to
     if request.endpoint in RAW_BODY_ENDPOINTS:

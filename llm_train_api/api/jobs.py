@@ -241,9 +241,10 @@ class JobResource(MethodView):
     def get(self, job_id: str):
         """Get one job"""
         job = _visible_job(job_id)
-        if request.if_none_match.contains_weak(job.etag):
-            return Response(status=304, headers={"ETag": f'"{job.etag}"'})
-        return _with_etag(job)
+        etag = job.etag
+        if "HTTP_IF_NONE_MATCH" in request.environ and request.if_none_match.contains_weak(etag):
+            return Response(status=304, headers={"ETag": f'"{etag}"'})
+        return job, 200, {"ETag": f'"{etag}"'}
 
     @blp.response(204, description="Deleted, with its folder (logs, checkpoints). A running "
                   "job is stopped by its worker, and its folder removed by a worker's sweep "
