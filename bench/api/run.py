@@ -163,8 +163,8 @@ class Server:
         except subprocess.TimeoutExpired:
             pass
 
-    def worker_rss_kib(self) -> list[int]:
-        """VmRSS of the gunicorn workers: the leaf processes under the started process."""
+    def worker_pids(self) -> list[int]:
+        """The gunicorn workers: the leaf processes under the started process."""
         tree = _children_map()
         leaves, stack = [], [self.proc.pid]
         while stack:
@@ -174,8 +174,41 @@ class Server:
                 stack.extend(kids)
             elif pid != self.proc.pid:
                 leaves.append(pid)
+        return sorted(leaves)
+
+    def connection_split(self) -> list[int]:
+        """How many established connections to this server each worker process holds."""
+        inodes: set[str] = set()
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            try:
+                lines = Path(table).read_text().splitlines()[1:]
+            except OSError:
+                continue
+            for line in lines:
+                fields = line.split()
+                # local address, state (01: ESTABLISHED), inode
+                if fields[1].endswith(f":{self.port:04X}") and fields[3] == "01":
+                    inodes.add(fields[9])
+        split = []
+        for pid in self.worker_pids():
+            held = 0
+            try:
+                for fd in os.listdir(f"/proc/{pid}/fd"):
+                    try:
+                        target = os.readlink(f"/proc/{pid}/fd/{fd}")
+                    except OSError:
+                        continue
+                    if target.startswith("socket:[") and target[8:-1] in inodes:
+                        held += 1
+            except OSError:
+                continue
+            split.append(held)
+        return split
+
+    def worker_rss_kib(self) -> list[int]:
+        """VmRSS of the gunicorn workers."""
         out = []
-        for pid in sorted(leaves):
+        for pid in self.worker_pids():
             try:
                 for line in Path(f"/proc/{pid}/status").read_text().splitlines():
                     if line.startswith("VmRSS:"):
@@ -543,15 +576,31 @@ def run_wrk(args, scratch: Path, load: Load, seconds: float, invocation: int) ->
     ]
     if script_args:
         cmd += ["--", *script_args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
-    m = re.search(r"^BENCH_JSON (\{.*\})$", proc.stdout, re.M)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # wrk opens its connections at once when it starts and keeps them: once they are open,
+    # which worker process holds how many stays so for the whole invocation.
+    time.sleep(min(0.5, seconds / 3))
+    split = load.server.connection_split()
+    try:
+        stdout, stderr = proc.communicate(timeout=seconds + 60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        stdout, stderr = proc.communicate()
+    m = re.search(r"^BENCH_JSON (\{.*\})$", stdout, re.M)
     if proc.returncode != 0 or not m:
-        raise RuntimeError(
-            f"wrk failed ({proc.returncode}): {proc.stdout[-2000:]}\n{proc.stderr[-2000:]}"
-        )
+        raise RuntimeError(f"wrk failed ({proc.returncode}): {stdout[-2000:]}\n{stderr[-2000:]}")
     res = json.loads(m.group(1))
     res["rps"] = res["requests"] / (res["duration_us"] / 1e6)
+    res["split"] = split
     return res
+
+
+def uneven(args, split: list[int]) -> bool:
+    """Whether wrk's connections landed unevenly on the worker processes: more than a
+    quarter of them away from an even share (with 16 over 2 processes, worse than 10/6)."""
+    if len(split) < 2 or not sum(split):
+        return False
+    return max(split) - min(split) > args.connections // 4
 
 
 def aggregate(rounds: list[dict]) -> dict:
@@ -610,11 +659,26 @@ def measure_case(args, scratch: Path, case: str, loads: dict[str, Load], inv: In
         run_wrk(args, scratch, loads[k], args.warmup, inv.next(loads[k]))
     per_round = args.duration / args.rounds
     results: dict[str, list[dict]] = {k: [] for k in keys}
+    repeated: dict[str, list[list[int]]] = {k: [] for k in keys}
     for r in range(args.rounds):
         order = keys if r % 2 == 0 else list(reversed(keys))
         for k in order:
-            results[k].append(run_wrk(args, scratch, loads[k], per_round, inv.next(loads[k])))
+            # A round whose connections the kernel handed mostly to one worker process
+            # measures that lottery, not the server: it is run again, for every server
+            # alike, up to --split-retries times (the last try counts whatever its split).
+            for attempt in range(args.split_retries + 1):
+                res = run_wrk(args, scratch, loads[k], per_round, inv.next(loads[k]))
+                if not uneven(args, res["split"]):
+                    break
+                if attempt < args.split_retries:
+                    repeated[k].append(res["split"])
+            results[k].append(res)
     agg = {k: aggregate(v) for k, v in results.items()}
+    for k in keys:
+        agg[k]["repeated_splits"] = repeated[k]
+        agg[k]["splits"] = [r["split"] for r in results[k]]
+        # Rounds still uneven after every retry: they count, and the report says so.
+        agg[k]["uneven_kept"] = sum(uneven(args, r["split"]) for r in results[k])
     foreign = foreign_cores(snap, cpu_snapshot())
     line = "  ".join(
         f"{k}={a['rps']:.0f}/s p50={a['p50_ms']:.2f}ms p99={a['p99_ms']:.2f}ms"
@@ -622,6 +686,12 @@ def measure_case(args, scratch: Path, case: str, loads: dict[str, Load], inv: In
         for k, a in agg.items()
     )
     log(f"{case}: {line}  [other load: {foreign:.2f} cores]")
+    redone = {k: len(v) for k, v in repeated.items() if v}
+    if redone:
+        log(f"{case}: rounds run again for an uneven connection split: {redone}")
+    kept = {k: a["uneven_kept"] for k, a in agg.items() if a["uneven_kept"]}
+    if kept:
+        log(f"{case}: rounds still uneven after {args.split_retries} retries, counted: {kept}")
     return agg, foreign
 
 
@@ -1045,6 +1115,14 @@ def render(all_res: list[dict], args, info: dict) -> str:
         f"per side, then {args.duration:g} s per side split into {args.rounds} alternating "
         f"rounds; req/s = total requests / total time, p50/p99 = mean of the per-round wrk "
         f"percentiles"
+        + (
+            f". A round in which the kernel gave one worker process more than "
+            f"{args.connections // 4} connections beyond another's is run again (at most "
+            f"{args.split_retries} times, every server alike): such a round measures how "
+            f"the connections landed, not the server"
+            if getattr(args, "split_retries", 0)
+            else ""
+        )
     )
     L.append(
         f"- Data: {args.seed_jobs} jobs seeded before the run; deep page = cursor after "
@@ -1091,6 +1169,33 @@ def render(all_res: list[dict], args, info: dict) -> str:
                     if max(fc.values()) > 0.2
                     else ""
                 )
+                + "."
+            )
+        redone = [
+            f"{CASE_TITLES.get(case, case)}, "
+            f"{SIDE_TITLES.get(side, side).format(deep=args.deep, plain=args.worker_class)}: "
+            + ", ".join(str(split) for split in a["repeated_splits"])
+            for case, sides in res["cases"].items()
+            for side, a in sides.items()
+            if a.get("repeated_splits")
+        ]
+        if redone:
+            L.append(
+                "<br>Rounds run again because wrk's connections landed unevenly on the worker "
+                "processes (connections per process): " + "; ".join(redone) + "."
+            )
+        kept = [
+            f"{CASE_TITLES.get(case, case)}, "
+            f"{SIDE_TITLES.get(side, side).format(deep=args.deep, plain=args.worker_class)}: "
+            f"{a['uneven_kept']} of {len(a['splits'])}"
+            for case, sides in res["cases"].items()
+            for side, a in sides.items()
+            if a.get("uneven_kept")
+        ]
+        if kept:
+            L.append(
+                "<br>**Rounds still uneven after every retry, and counted:** "
+                + "; ".join(kept)
                 + "."
             )
         for note in res["notes"]:
@@ -1193,6 +1298,13 @@ def parse_args(argv=None):
         help="max seconds to wait before each case for other load to drop (0: never wait)",
     )
     p.add_argument("--quiet-cores", type=float, default=0.25, help="what counts as quiet")
+    p.add_argument(
+        "--split-retries",
+        type=int,
+        default=8,
+        help="times a round is run again when wrk's connections land unevenly on the "
+        "worker processes (0: never)",
+    )
     p.add_argument(
         "--servers",
         default="app,plain,bare,mlflow",
