@@ -27,6 +27,10 @@ the process, `/healthz` included. Here:
 
 TLS connections (gunicorn's `certfile`) keep gthread's own handling; the service expects
 TLS to end at a proxy in front (docs/deployment.md).
+
+This builds on the gthread worker of gunicorn 27 (its event loop's
+`wait_for_and_dispatch_events`, `set_accept_enabled`, `murder_pending` and keep-alive
+bookkeeping), which earlier releases do not have: setup.cfg holds gunicorn to 27.x.
 """
 
 from __future__ import annotations
