@@ -1087,6 +1087,20 @@ def targets(res: dict, deep: int) -> list[tuple[str, str, str, bool | None]]:
     return rows
 
 
+def case_side(args, case: str, side: str) -> str:
+    """`case, server` as the report names them."""
+    server = SIDE_TITLES.get(side, side).format(deep=args.deep, plain=args.worker_class)
+    return f"{CASE_TITLES.get(case, case)}, {server}"
+
+
+def sides_where(res: dict, key: str):
+    """(case, side, aggregate) of every side whose aggregate has a true `key`."""
+    for case, sides in res["cases"].items():
+        for side, a in sides.items():
+            if a.get(key):
+                yield case, side, a
+
+
 def render(all_res: list[dict], args, info: dict) -> str:
     L = []
     L.append(
@@ -1172,12 +1186,8 @@ def render(all_res: list[dict], args, info: dict) -> str:
                 + "."
             )
         redone = [
-            f"{CASE_TITLES.get(case, case)}, "
-            f"{SIDE_TITLES.get(side, side).format(deep=args.deep, plain=args.worker_class)}: "
-            + ", ".join(str(split) for split in a["repeated_splits"])
-            for case, sides in res["cases"].items()
-            for side, a in sides.items()
-            if a.get("repeated_splits")
+            f"{case_side(args, case, side)}: " + ", ".join(map(str, a["repeated_splits"]))
+            for case, side, a in sides_where(res, "repeated_splits")
         ]
         if redone:
             L.append(
@@ -1185,12 +1195,8 @@ def render(all_res: list[dict], args, info: dict) -> str:
                 "processes (connections per process): " + "; ".join(redone) + "."
             )
         kept = [
-            f"{CASE_TITLES.get(case, case)}, "
-            f"{SIDE_TITLES.get(side, side).format(deep=args.deep, plain=args.worker_class)}: "
-            f"{a['uneven_kept']} of {len(a['splits'])}"
-            for case, sides in res["cases"].items()
-            for side, a in sides.items()
-            if a.get("uneven_kept")
+            f"{case_side(args, case, side)}: {a['uneven_kept']} of {len(a['splits'])}"
+            for case, side, a in sides_where(res, "uneven_kept")
         ]
         if kept:
             L.append(
