@@ -64,12 +64,16 @@ def ui(browser, service):
     """The browser, with the server's URL at hand; after the test, the browser's console
     must hold no error (a 401, or a status in `expect_status`, counts only where a test
     expects one)."""
-    browser.get_log("browser")  # forget what earlier tests left behind
+    # An earlier test's page could still be polling its own server, stopped by now: leave
+    # it first, then forget what it logged.
+    browser.get("about:blank")
+    browser.get_log("browser")
     browser.base = service.url
     browser.expect_401 = False
     browser.expect_status = ()
     yield browser
     errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+    browser.get("about:blank")  # stop this page's polling before its server stops
     if browser.expect_401 or service.token is not None:
         # Pages load before the token is entered: their first calls are refused.
         errors = [e for e in errors if "401" not in e["message"]]
