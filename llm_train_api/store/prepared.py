@@ -68,25 +68,24 @@ class Prepared:
     def first(self, conn: Connection, params: Mapping[str, Any]) -> Any:
         """Run on `conn` (inside its transaction, if it has one); the first row or None."""
         args = self.arguments(params)
-        cursor = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
         try:
-            cursor.execute(self.sql, args)
-            row = cursor.fetchone() if self._row is not None else None
+            return self._fetch_first(conn.connection.dbapi_connection, args)
         except self._dbapi_error as error:
             # Raises: wrapped as SQLAlchemy does, invalidating a dead connection.
-            conn._handle_dbapi_exception(error, self.sql, args, cursor, None)
+            conn._handle_dbapi_exception(error, self.sql, args, None, None)
             raise
-        finally:
-            cursor.close()
-        return None if row is None else self._row._make(row)
 
     def first_on_driver(self, dbapi_connection: Any, params: Mapping[str, Any]) -> Any:
         """Run on a bare driver connection; a driver error propagates as the driver's own
-        (the caller wraps it). The cursor is closed before returning, so that no statement
-        is left holding a read snapshot."""
+        (the caller wraps it)."""
+        return self._fetch_first(dbapi_connection, self.arguments(params))
+
+    def _fetch_first(self, dbapi_connection: Any, args: Any) -> Any:
+        # The cursor is closed before returning, so that no statement is left holding a
+        # read snapshot.
         cursor = dbapi_connection.cursor()
         try:
-            cursor.execute(self.sql, self.arguments(params))
+            cursor.execute(self.sql, args)
             row = cursor.fetchone() if self._row is not None else None
         finally:
             cursor.close()
