@@ -376,8 +376,12 @@ class Database:
                 while True:
                     yield from raw.notifies(timeout=1.0)
 
+            stream = notifications()
             try:
-                yield notifications()
+                yield stream
             finally:
+                # A caller that stops iterating leaves psycopg's `notifies()` suspended,
+                # holding the connection's lock: close it first, or UNLISTEN waits forever.
+                stream.close()
                 raw.execute(f"UNLISTEN {NOTIFY_CHANNEL}")
                 raw.autocommit = False
