@@ -41,8 +41,8 @@ from sqlalchemy.engine import make_url
 from llm_train_api.store import migrations, outbox
 from llm_train_api.store.group_commit import GroupCommitter
 from llm_train_api.store.prepared import PreparedCache, execute_on_driver
-from llm_train_api.store.sqlite_readers import ThreadReaders
 from llm_train_api.store.tables import job_events
+from llm_train_api.store.thread_connections import ThreadConnections
 
 T = TypeVar("T")
 
@@ -174,13 +174,18 @@ class Database:
         # Autocommit on PostgreSQL; on SQLite, reads are marked so that no BEGIN is sent.
         self._read_engine = autocommit_engine(engine) if self.is_postgresql else engine
         self._group: GroupCommitter | None = None
-        # SQLite: the point reads of the request path run on per-thread connections.
-        self._readers: ThreadReaders | None = None
+        # The request path's single statements run on per-thread connections
+        # (thread_connections.py): on SQLite the point reads, on PostgreSQL also the
+        # single-statement writes, all in autocommit.
+        self._threads: ThreadConnections | None = None
+        if self.is_postgresql:
+            self._threads = ThreadConnections(
+                self._read_engine, max_age_s=self._read_engine.pool._recycle)  # type: ignore[attr-defined]
         if self.dialect == "sqlite":
             database = engine.url.database
             on_disk = database and database != ":memory:" and not database.startswith("file:")
             # A new connection to an in-memory database would be a different database.
-            self._readers = ThreadReaders(engine) if on_disk else None
+            self._threads = ThreadConnections(engine) if on_disk else None
             self._group = GroupCommitter(
                 engine, lock_path=f"{database}-writelock" if on_disk else None
             )
@@ -219,8 +224,8 @@ class Database:
     def close(self) -> None:
         if self._group is not None:
             self._group.close()
-        if self._readers is not None:
-            self._readers.close()
+        if self._threads is not None:
+            self._threads.close()
         if self._read_engine is not self.engine:
             self._read_engine.dispose()
         self.engine.dispose()
@@ -245,10 +250,10 @@ class Database:
             yield conn.execution_options(llm_read_only=True)
 
     def read_first(self, stmt: Any, params: dict[str, Any]) -> Any:
-        """The first row of one read statement (None when there is none), run prepared:
-        on SQLite on this thread's own read connection (sqlite_readers.py)."""
-        if self._readers is not None:
-            return self._readers.first(self.prepared(stmt), params)
+        """The first row of one read statement (None when there is none), run prepared on
+        this thread's own connection (thread_connections.py)."""
+        if self._threads is not None:
+            return self._threads.first(self.prepared(stmt), params)
         with self.reading() as conn:
             return self.prepared(stmt).first(conn, params)
 
@@ -289,9 +294,9 @@ class Database:
         """
         if self.is_postgresql and prelude is None:
             event_params = {"ev_at": at_us, "ev_actor": actor, "ev_message": message}
-            with self._read_engine.connect() as conn:
-                return self.prepared(self._with_event(stmt, kind, webhooks)).first(
-                    conn, {**params, **event_params})
+            return self._threads.first(  # type: ignore[union-attr]
+                self.prepared(self._with_event(stmt, kind, webhooks)),
+                {**params, **event_params})
         if self.is_postgresql:
             # With a prelude: the prelude and the same one statement, in one transaction.
             event_params = {"ev_at": at_us, "ev_actor": actor, "ev_message": message}

@@ -80,6 +80,15 @@ class Prepared:
         (the caller wraps it)."""
         return self._fetch_first(dbapi_connection, self.arguments(params))
 
+    def first_on_cursor(self, cursor: Any, params: Mapping[str, Any]) -> Any:
+        """Run on a driver cursor the caller keeps open between statements: only for a
+        driver whose cursor holds nothing on the server once its rows are fetched
+        (psycopg's client-side cursor in autocommit). A driver error propagates as the
+        driver's own."""
+        cursor.execute(self.sql, self.arguments(params))
+        row = cursor.fetchone() if self._row is not None else None
+        return None if row is None else self._row._make(row)
+
     def _fetch_first(self, dbapi_connection: Any, args: Any) -> Any:
         # The cursor is closed before returning, so that no statement is left holding a
         # read snapshot.

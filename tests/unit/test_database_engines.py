@@ -41,11 +41,17 @@ def test_single_statements_run_in_autocommit_with_no_mode_switch_or_reset(pg_url
             assert dbapi.autocommit is True
         calls.clear()
         probe = select(func.txid_current_if_assigned())
-        for _ in range(3):  # the request path: prepared statements on the pooled connection
+        for _ in range(3):  # the request path: prepared statements on the thread's connection
             assert database.read_first(probe, {})[0] is None  # no transaction was opened
         assert calls == []
-        with database.reading() as conn:
-            assert conn.connection.dbapi_connection is dbapi  # the same one, still autocommit
+        assert database._threads.open_count() == 1
+        with database.reading() as conn:  # the pool opens another (set once, on connect)
+            pooled = conn.connection.dbapi_connection
+        calls.clear()
+        with database.reading() as conn:  # and reuses it as it is
+            assert conn.connection.dbapi_connection is pooled
+            assert pooled.autocommit is True
+        assert calls == []
         with database.engine.connect() as conn:  # the transactional pool is untouched
             assert conn.connection.dbapi_connection.autocommit is False
     finally:

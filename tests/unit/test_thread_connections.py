@@ -1,22 +1,25 @@
-"""Per-thread SQLite read connections (store/sqlite_readers.py): fresh snapshots on every
+"""Per-thread connections (store/thread_connections.py). SQLite: fresh snapshots on every
 read, one connection per thread, no snapshot left open, SQLAlchemy's exceptions, and
-connections that never cross a fork or outlive `close()`."""
+connections that never cross a fork or outlive `close()`. PostgreSQL: the same connection
+for every statement of a thread, kept through refused statements, replaced when broken or
+past its age, and never used across a fork."""
 
 from __future__ import annotations
 
 import os
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Integer, bindparam, column, select, table
+from sqlalchemy import Integer, bindparam, column, func, literal_column, select, table, text
 from sqlalchemy import exc as sa_exc
 
-from llm_train_api.domain import NewJob
+from llm_train_api.domain import JobStatus, NewJob
 from llm_train_api.store.database import Database
 from llm_train_api.store.jobs import JobRepository
-from llm_train_api.store.sqlite_readers import ThreadReaders
+from llm_train_api.store.thread_connections import ThreadConnections
 
 _ITEMS = table("items", column("id", Integer), column("value", Integer))
 _VALUE = select(_ITEMS.c.value).where(_ITEMS.c.id == bindparam("id"))
@@ -39,8 +42,8 @@ def database(db_path: Path):
     db.close()
 
 
-def _readers(database: Database) -> ThreadReaders:
-    readers = database._readers
+def _readers(database: Database) -> ThreadConnections:
+    readers = database._threads
     assert readers is not None
     return readers
 
@@ -157,10 +160,96 @@ def test_in_memory_databases_read_on_their_one_connection() -> None:
     # A second connection to `sqlite://` would be a different, empty database.
     database = Database.from_url("sqlite://")
     try:
-        assert database._readers is None
+        assert database._threads is None
         jobs = JobRepository(database)
         jobs.create_job(NewJob(job_id="mem-1", model_name="m", dataset="d",
                                hyperparameters={}, owner=None), actor="admin")
         assert jobs.get_job("mem-1").id == "mem-1"
     finally:
         database.close()
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+
+_BACKEND = select(func.pg_backend_pid().label("pid"))
+_DIVIDE = select((literal_column("1") / bindparam("zero", type_=Integer)).label("q"))
+
+
+@pytest.fixture()
+def pg_database(pg_url: str):
+    db = Database.from_url(pg_url)
+    yield db
+    db.close()
+
+
+def _backend(database: Database) -> int:
+    return database.read_first(_BACKEND, {}).pid
+
+
+@pytest.mark.postgres
+def test_postgres_a_thread_runs_every_statement_on_its_one_connection(
+    pg_database: Database,
+) -> None:
+    jobs = JobRepository(pg_database)
+    pid = _backend(pg_database)
+    # A create (one data-modifying statement), a read and a status change: same session.
+    jobs.create_job(NewJob("tc-1", "m", "d", {}), actor="admin")
+    assert jobs.get_job("tc-1").status.value == "queued"
+    jobs.transition("tc-1", JobStatus.CANCELLED, actor="admin")
+    assert _backend(pg_database) == pid
+    assert pg_database._threads.open_count() == 1
+    other: list[int] = []
+    thread = threading.Thread(target=lambda: other.append(_backend(pg_database)))
+    thread.start()
+    thread.join()
+    assert other and other[0] != pid
+
+
+@pytest.mark.postgres
+def test_postgres_a_refused_statement_keeps_the_connection(pg_database: Database) -> None:
+    pid = _backend(pg_database)
+    with pytest.raises(sa_exc.DataError, match="division by zero") as raised:
+        pg_database.read_first(_DIVIDE, {"zero": 0})
+    assert not raised.value.connection_invalidated
+    # Still the same session, in autocommit, with no transaction left open.
+    assert _backend(pg_database) == pid
+    assert pg_database.read_first(select(func.txid_current_if_assigned()), {})[0] is None
+
+
+@pytest.mark.postgres
+def test_postgres_a_connection_past_its_age_is_replaced_and_closed(pg_url: str) -> None:
+    database = Database.from_url(pg_url)
+    try:
+        database._threads = ThreadConnections(database.read_engine, max_age_s=0.2)
+        first = _backend(database)
+        assert _backend(database) == first
+        time.sleep(0.3)
+        second = _backend(database)
+        assert second != first
+        with database.reading() as conn:
+            alive = conn.execute(text("SELECT count(*) FROM pg_stat_activity WHERE pid = :p"),
+                                 {"p": first}).scalar_one()
+        assert alive == 0
+    finally:
+        database.close()
+
+
+@pytest.mark.postgres
+def test_postgres_a_forked_child_opens_its_own_session(pg_database: Database) -> None:
+    parents = _backend(pg_database)
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, and never return into pytest
+        code = 1
+        try:
+            code = 0 if _backend(pg_database) != parents else 2
+        finally:
+            os.write(write_end, bytes([code]))
+            os._exit(code)
+    os.close(write_end)
+    _, status = os.waitpid(pid, 0)
+    reported = os.read(read_end, 1)
+    os.close(read_end)
+    assert reported == b"\x00" and os.waitstatus_to_exitcode(status) == 0
+    # The child did not touch the parent's session: it still answers.
+    assert _backend(pg_database) == parents
