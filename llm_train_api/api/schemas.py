@@ -20,6 +20,7 @@ from marshmallow import (
 )
 
 from llm_train_api.api.base import get_settings
+from llm_train_api.api.lean_schemas import LeanDumpSchema, LeanLoadSchema
 from llm_train_api.domain import JOB_ID_PATTERN, JobStatus
 from llm_train_api.store.pagination import CURSOR_PATTERN, DEFAULT_LIMIT, MAX_LIMIT
 
@@ -79,6 +80,9 @@ class NonBlank(validate.Validator):
 class UTCDateTime(fields.DateTime):
     """ISO 8601 with microseconds and an explicit +00:00, always the same width."""
 
+    # What LeanDumpSchema inlines for it: `value.isoformat(timespec="microseconds")`.
+    lean_isoformat = True
+
     def _serialize(self, value: datetime | None, attr: str | None, obj: Any, **kwargs: Any):
         if value is None:
             return None
@@ -125,7 +129,7 @@ class ResourcesSchema(Schema):
         return data
 
 
-class JobCreateSchema(Schema):
+class JobCreateSchema(LeanLoadSchema):
     job_id = Text(
         validate=validate.Regexp(
             JOB_ID_PATTERN,
@@ -223,53 +227,6 @@ def _check_json_value(value: Any, *, depth: int, max_depth: int) -> None:
             _check_json_value(item, depth=depth + 1, max_depth=max_depth)
     elif isinstance(value, str):
         _reject_unstorable(value)
-
-
-class LeanDumpSchema(Schema):
-    """A schema whose dump runs one generated function per schema instead of marshmallow's
-    generic per-field machinery.
-
-    marshmallow's generic path (accessor lookup, missing/default handling, one method call
-    per field and value) costs more than the conversions themselves when a page holds
-    hundreds of objects. The generated function reads the same attributes, writes the same
-    keys and applies the same conversions, inlined for the field types whose conversion is
-    trivial and through the field's own `_serialize` for any other. It is derived from the
-    declared fields, so the schema stays the one definition; a test checks that the output
-    equals marshmallow's own dump.
-    """
-
-    def dump(self, obj: Any, *, many: bool | None = None) -> Any:
-        if self._hooks["pre_dump"] or self._hooks["post_dump"]:
-            return super().dump(obj, many=many)
-        one = self.__dict__.get("_lean_dump") or self._compile_dump()
-        many = self.many if many is None else bool(many)
-        return [one(item) for item in obj] if many else one(obj)
-
-    def _compile_dump(self):
-        namespace: dict[str, Any] = {}
-        items = []
-        for index, (name, field) in enumerate(self.dump_fields.items()):
-            attr = field.attribute or name
-            if not attr.isidentifier():
-                raise TypeError(f"lean dump needs identifier attributes, got {attr!r}")
-            value = f"o.{attr}"
-            kind = type(field)
-            if kind is fields.String:
-                expr = f"(None if {value} is None else str({value}))"
-            elif kind is fields.Dict and field.key_field is None and field.value_field is None:
-                expr = value  # marshmallow copies the mapping; the encoder only reads it
-            elif kind is fields.Enum and field.by_value and type(field.field) is fields.Raw:
-                expr = f"(None if {value} is None else {value}.value)"
-            elif kind is UTCDateTime:
-                expr = f"(None if {value} is None else {value}.isoformat(timespec='microseconds'))"
-            else:
-                namespace[f"_f{index}"] = field._serialize
-                expr = f"_f{index}({value}, {attr!r}, o)"
-            items.append(f"{(field.data_key or name)!r}: {expr}")
-        source = "def _dump(o):\n    return {" + ", ".join(items) + "}\n"
-        exec(compile(source, f"<lean dump of {type(self).__name__}>", "exec"), namespace)
-        self._lean_dump = namespace["_dump"]
-        return self._lean_dump
 
 
 class JobSchema(LeanDumpSchema):
