@@ -16,7 +16,7 @@ from flask import Flask, Response, current_app, request, send_file
 from flask.blueprints import BlueprintSetupState
 from flask.views import MethodView
 from flask_smorest import abort
-from marshmallow import RAISE, Schema, fields, validate
+from marshmallow import RAISE, fields, validate
 
 from llm_train_api.api.auth import current_principal, ensure_visible
 from llm_train_api.api.base import (
@@ -26,6 +26,7 @@ from llm_train_api.api.base import (
     get_runtime,
     get_settings,
 )
+from llm_train_api.api.schema_base import Schema
 from llm_train_api.api.schemas import UTCDateTime
 from llm_train_api.api.streams import (
     DETACHED_STREAM_KEY,

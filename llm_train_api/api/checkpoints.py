@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from flask import Response
 from flask.views import MethodView
-from marshmallow import Schema, fields
+from marshmallow import fields
 
 from llm_train_api.api.auth import ensure_visible
 from llm_train_api.api.base import ApiBlueprint, get_jobs, get_runtime
+from llm_train_api.api.schema_base import Schema
 from llm_train_api.artifacts.folder_archive import FolderArchive, visible_files
 from llm_train_api.domain import Job, JobNotFound, is_valid_job_id
 from llm_train_api.services import checkpoints

@@ -12,7 +12,7 @@ from __future__ import annotations
 from flask import Response, request
 from flask.views import MethodView
 from flask_smorest import abort
-from marshmallow import Schema, fields
+from marshmallow import fields
 
 from llm_train_api.api.auth import Role, current_principal, require_role
 from llm_train_api.api.base import (
@@ -22,6 +22,7 @@ from llm_train_api.api.base import (
     get_settings,
     public_url_for,
 )
+from llm_train_api.api.schema_base import Schema
 from llm_train_api.api.schemas import StorageErrorSchema, UTCDateTime
 from llm_train_api.artifacts import datasets as dataset_files
 from llm_train_api.services import datasets as dataset_access

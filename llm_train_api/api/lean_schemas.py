@@ -12,8 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import RAISE, Schema, ValidationError, fields, missing
+from marshmallow import RAISE, ValidationError, fields, missing
 from marshmallow.error_store import ErrorStore
+
+from llm_train_api.api.schema_base import Schema
 
 
 class LeanDumpSchema(Schema):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from flask import Response, request
 from flask.views import MethodView
 from flask_smorest import abort
-from marshmallow import Schema, fields, validate
+from marshmallow import fields, validate
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from llm_train_api.api.auth import Role, current_principal, require_role
@@ -21,6 +21,7 @@ from llm_train_api.api.base import (
     get_settings,
     public_url_for,
 )
+from llm_train_api.api.schema_base import Schema
 from llm_train_api.api.schemas import StorageErrorSchema, UTCDateTime
 from llm_train_api.domain import GIB
 from llm_train_api.services import models as model_access

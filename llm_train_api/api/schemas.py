@@ -10,7 +10,6 @@ from typing import Any
 
 from flask_smorest.error_handler import ErrorSchema
 from marshmallow import (
-    Schema,
     ValidationError,
     fields,
     post_load,
@@ -21,6 +20,7 @@ from marshmallow import (
 
 from llm_train_api.api.base import get_settings
 from llm_train_api.api.lean_schemas import LeanDumpSchema, LeanLoadSchema
+from llm_train_api.api.schema_base import Schema
 from llm_train_api.domain import JOB_ID_PATTERN, JobStatus
 from llm_train_api.store.pagination import CURSOR_PATTERN, DEFAULT_LIMIT, MAX_LIMIT
 

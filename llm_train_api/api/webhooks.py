@@ -10,10 +10,11 @@ from urllib.parse import quote, urlencode
 
 from flask import Response, request
 from flask.views import MethodView
-from marshmallow import RAISE, Schema, fields, validate
+from marshmallow import RAISE, fields, validate
 
 from llm_train_api.api.auth import Role, current_principal, require_role
 from llm_train_api.api.base import ApiBlueprint, get_runtime, get_settings, public_url
+from llm_train_api.api.schema_base import Schema
 from llm_train_api.api.schemas import NonBlank, PageQuerySchema, Text, UTCDateTime
 from llm_train_api.services.webhooks import registration
 from llm_train_api.services.webhooks.sender import payload

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from flask.views import MethodView
-from marshmallow import Schema, fields
+from marshmallow import fields
 
 from llm_train_api.api.auth import current_principal
 from llm_train_api.api.base import ApiBlueprint, get_settings
+from llm_train_api.api.schema_base import Schema
 
 blp = ApiBlueprint("whoami", __name__, description="The caller's identity.")
 

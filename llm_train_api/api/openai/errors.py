@@ -13,8 +13,9 @@ from http import HTTPStatus
 from typing import Any
 
 import flask
-from marshmallow import Schema, fields
+from marshmallow import fields
 
+from llm_train_api.api.schema_base import Schema
 from llm_train_api.services.openai_compat.hyperparams import TranslationError
 
 PREFIX = "/v1"

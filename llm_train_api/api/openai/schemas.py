@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from marshmallow import Schema, ValidationError, fields, validate, validates
+from marshmallow import ValidationError, fields, validate, validates
 
+from llm_train_api.api.schema_base import Schema
 from llm_train_api.api.schemas import Text
 from llm_train_api.services.openai_compat.names import SUFFIX_PATTERN
 from llm_train_api.services.openai_compat.statuses import OPENAI_STATUSES
