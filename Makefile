@@ -31,10 +31,11 @@ test: $(STAMP) browser
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# The in-process tier (tests/unit) alone: the quick check while changing code. `make test`
-# runs both tiers and stays the CI command.
+# The in-process tier (tests/unit) alone: the quick check while changing code, with a
+# quarter of the property tests' examples (tests/helpers/properties.py). `make test` runs
+# both tiers at full depth and stays the CI command.
 test-unit: $(STAMP)
-	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests/unit --hypothesis-profile=quick $(PYTEST_ARGS)
 
 # Benchmarks (not part of `make test`): results go to docs/benchmarks.md.
 bench: $(STAMP)

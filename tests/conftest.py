@@ -20,6 +20,7 @@ from llm_train_api import create_app
 from llm_train_api.store.database import Database
 from llm_train_api.store.jobs import JobRepository
 from llm_train_api.store.queue import JobQueue
+from tests.helpers import properties  # noqa: F401 - registers the quick profile
 from tests.helpers.clients import admin_client
 from tests.helpers.training import PARAGRAPH
 

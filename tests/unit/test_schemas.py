@@ -14,6 +14,7 @@ from marshmallow import Schema, ValidationError
 from llm_train_api import create_app
 from llm_train_api.api.schemas import JobCreateSchema, JobEventSchema, JobSchema
 from llm_train_api.domain import Job, JobEvent, JobStatus
+from tests.helpers.properties import example_count
 
 T0 = datetime(2026, 1, 2, 3, 4, 5, 0, tzinfo=timezone.utc)
 
@@ -91,7 +92,7 @@ def _outcome(load, schema, document):
         return "error", error.messages
 
 
-@settings(max_examples=150, deadline=None,
+@settings(max_examples=example_count(150), deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(document=_DOCUMENTS | _VALUES)
 def test_create_load_matches_marshmallow(app_context, document):

@@ -51,6 +51,7 @@ from llm_train_api.domain import (
 )
 from llm_train_api.store.database import build_engine
 from llm_train_api.store.tables import job_events, job_metrics, jobs
+from tests.helpers.properties import example_count
 
 ALLOWED_EDGES = {(src.value, dst.value) for src, dsts in ALLOWED_TRANSITIONS.items()
                  for dst in dsts}
@@ -368,7 +369,8 @@ class JobLifecycle(RuleBasedStateMachine):
 def test_store_follows_the_transition_table(queue, audit):
     run_state_machine_as_test(
         lambda: JobLifecycle(queue, audit),
-        settings=settings(max_examples=40, stateful_step_count=40, **PROPERTY_SETTINGS),
+        settings=settings(max_examples=example_count(40), stateful_step_count=40,
+                          **PROPERTY_SETTINGS),
     )
 
 
@@ -532,7 +534,8 @@ def test_concurrent_transitions_never_break_the_table(queue, audit):
     examples = 0
 
     @given(plans=_plans)
-    @settings(max_examples=80, phases=[Phase.explicit, Phase.generate], **PROPERTY_SETTINGS)
+    @settings(max_examples=example_count(80), phases=[Phase.explicit, Phase.generate],
+              **PROPERTY_SETTINGS)
     def explore(plans):
         nonlocal examples
         examples += 1
