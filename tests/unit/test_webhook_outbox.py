@@ -175,7 +175,7 @@ def test_failures_are_retried_with_growing_delays_then_given_up(database, jobs, 
         hook = _hook(hooks, url=receiver.url + "/h")
         jobs.create_job(NewJob("a", "m", "d", owner="alice"))
         jobs.transition("a", JobStatus.CANCELLED)
-        sender = _sender(hooks, backoff_s=0.3, max_age_s=3.0)
+        sender = _sender(hooks, backoff_s=0.15, max_age_s=1.5)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             sender.run_once()
