@@ -26,6 +26,10 @@ Why this stays correct:
   connection it happened on is closed; on PostgreSQL only a connection that is broken
   (a refused statement leaves an autocommit connection as it was), and the thread's next
   statement opens a fresh one.
+- A broken connection means the others are likely broken too (the server restarted, a
+  proxy dropped its sessions): every thread replaces a connection opened before that
+  before its next statement, as SQLAlchemy invalidates a whole pool on a disconnect, so
+  a restart costs one failed request per process rather than one per thread.
 - A connection older than the pool's recycle time is replaced before its next statement,
   as the pool would replace it (PostgreSQL: 30 minutes).
 """
@@ -49,13 +53,14 @@ class _Slot:
     """One thread's connection (a plain object, so that the registry can hold it weakly:
     a thread that ends takes its connection with it)."""
 
-    __slots__ = ("connection", "cursor", "pid", "opened", "__weakref__")
+    __slots__ = ("connection", "cursor", "pid", "opened", "generation", "__weakref__")
 
     def __init__(self) -> None:
         self.connection: Any = None
         self.cursor: Any = None  # PostgreSQL: one cursor for all of the thread's statements
         self.pid = 0
         self.opened = 0.0
+        self.generation = 0
 
 
 class ThreadConnections:
@@ -78,12 +83,15 @@ class ThreadConnections:
         self._inherited: list[Any] = []
         self._dialect = engine.dialect
         self._error = engine.dialect.loaded_dbapi.Error
+        # Bumped when a connection is found broken: older connections are replaced.
+        self._generation = 0
 
     def first(self, prepared: Prepared, params: Mapping[str, Any]) -> Any:
         """Run `prepared` on this thread's connection; its first row, or None."""
         slot = self._slot()
         connection = slot.connection
         if (connection is None or slot.pid != os.getpid()
+                or slot.generation != self._generation
                 or (self._max_age_s > 0 and time.monotonic() - slot.opened > self._max_age_s)):
             connection = self._open(slot)
         try:
@@ -92,6 +100,8 @@ class ThreadConnections:
             return prepared.first_on_driver(connection, params)
         except self._error as error:
             broken = self._broken(error, connection)
+            if broken:
+                self._generation += 1
             if broken or self._sqlite:
                 slot.connection = slot.cursor = None
                 connection.close()
@@ -137,7 +147,7 @@ class ThreadConnections:
             # connection), or end the parent's PostgreSQL session.
             self._inherited.append(old)
         elif old is not None:
-            old.close()  # past its age
+            old.close()  # past its age, or opened before another was found broken
         slot.connection = slot.cursor = None
         pooled = self._engine.raw_connection()
         pooled.detach()
@@ -145,4 +155,5 @@ class ThreadConnections:
         slot.cursor = None if self._sqlite else slot.connection.cursor()
         slot.pid = os.getpid()
         slot.opened = time.monotonic()
+        slot.generation = self._generation
         return slot.connection

@@ -253,3 +253,39 @@ def test_postgres_a_forked_child_opens_its_own_session(pg_database: Database) ->
     assert reported == b"\x00" and os.waitstatus_to_exitcode(status) == 0
     # The child did not touch the parent's session: it still answers.
     assert _backend(pg_database) == parents
+
+
+@pytest.mark.postgres
+def test_postgres_after_one_broken_connection_no_thread_meets_another(
+    pg_database: Database, pg_url: str
+) -> None:
+    # A restart of the server (or a proxy) breaks every thread's connection at once: the
+    # first thread to notice costs one failed request, and the others reconnect before
+    # their next statement instead of failing in turn.
+    import psycopg
+
+    mine = _backend(pg_database)
+    asked, answered = threading.Event(), threading.Event()
+    theirs: list[int] = []
+
+    def other_thread() -> None:
+        theirs.append(_backend(pg_database))
+        answered.set()
+        asked.wait(10)
+        answered.clear()
+        theirs.append(_backend(pg_database))
+        answered.set()
+
+    thread = threading.Thread(target=other_thread)
+    thread.start()
+    assert answered.wait(10)
+    with psycopg.connect(pg_url.replace("+psycopg", ""), autocommit=True) as admin:
+        for pid in (mine, theirs[0]):
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+    with pytest.raises(sa_exc.OperationalError) as raised:
+        _backend(pg_database)
+    assert raised.value.connection_invalidated
+    asked.set()
+    thread.join(10)
+    assert len(theirs) == 2 and theirs[1] != theirs[0]  # no error: a fresh session
+    assert _backend(pg_database) not in (mine, theirs[0])
