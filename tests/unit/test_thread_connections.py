@@ -10,6 +10,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -50,6 +51,25 @@ def _readers(database: Database) -> ThreadConnections:
 
 def _value(database: Database) -> int:
     return database.read_first(_VALUE, {"id": 1}).value
+
+
+def _in_a_forked_child(check: Callable[[], bool]) -> bool:
+    """Run `check` in a forked child (which never returns into pytest) and say whether it
+    held there."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            code = 0 if check() else 2
+        finally:
+            os.write(write_end, bytes([code]))
+            os._exit(code)
+    os.close(write_end)
+    _, status = os.waitpid(pid, 0)
+    reported = os.read(read_end, 1)
+    os.close(read_end)
+    return reported == b"\x00" and os.waitstatus_to_exitcode(status) == 0
 
 
 def test_each_read_sees_what_other_connections_committed_before_it(
@@ -135,22 +155,12 @@ def test_a_forked_child_opens_its_own_connection(database: Database, db_path: Pa
     readers = _readers(database)
     _value(database)
     parents = readers._local.slot.connection
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: report, and never return into pytest
-        code = 1
-        try:
-            value = _value(database)
-            code = 0 if (value == 10 and readers._local.slot.connection is not parents
-                         and readers._inherited == [parents]) else 2
-        finally:
-            os.write(write_end, bytes([code]))
-            os._exit(code)
-    os.close(write_end)
-    _, status = os.waitpid(pid, 0)
-    reported = os.read(read_end, 1)
-    os.close(read_end)
-    assert reported == b"\x00" and os.waitstatus_to_exitcode(status) == 0
+
+    def child_reads_on_its_own() -> bool:
+        return (_value(database) == 10 and readers._local.slot.connection is not parents
+                and readers._inherited == [parents])
+
+    assert _in_a_forked_child(child_reads_on_its_own)
     # The parent's connection still works after the child has gone.
     assert readers._local.slot.connection is parents
     assert _value(database) == 10
@@ -237,20 +247,7 @@ def test_postgres_a_connection_past_its_age_is_replaced_and_closed(pg_url: str) 
 @pytest.mark.postgres
 def test_postgres_a_forked_child_opens_its_own_session(pg_database: Database) -> None:
     parents = _backend(pg_database)
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: report, and never return into pytest
-        code = 1
-        try:
-            code = 0 if _backend(pg_database) != parents else 2
-        finally:
-            os.write(write_end, bytes([code]))
-            os._exit(code)
-    os.close(write_end)
-    _, status = os.waitpid(pid, 0)
-    reported = os.read(read_end, 1)
-    os.close(read_end)
-    assert reported == b"\x00" and os.waitstatus_to_exitcode(status) == 0
+    assert _in_a_forked_child(lambda: _backend(pg_database) != parents)
     # The child did not touch the parent's session: it still answers.
     assert _backend(pg_database) == parents
 
