@@ -252,11 +252,12 @@ def test_a_worker_runs_a_sender_thread_and_stops_it_on_shutdown(database, jobs, 
         _hook(hooks, url=receiver.url + "/h")
         worker = build_worker(queue, tmp_path / "data", FakeExecutor())
         worker.webhook_sender = sender = _sender(hooks, poll_s=0.05)
+        # Cancelled before the loop starts: a running loop could claim the job first.
+        jobs.create_job(NewJob("a", "m", "d", owner="alice"))
+        jobs.transition("a", JobStatus.CANCELLED)
         loop = threading.Thread(target=worker.run)
         loop.start()
         try:
-            jobs.create_job(NewJob("a", "m", "d", owner="alice"))
-            jobs.transition("a", JobStatus.CANCELLED)
             (got,) = receiver.wait(1)
             assert got.headers["webhook-id"] == "msg_1"
             assert sender._thread is not None and sender._thread.is_alive()
