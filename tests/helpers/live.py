@@ -4,7 +4,10 @@ processes): submit a job, read it back, and wait for a state with a deadline."""
 from __future__ import annotations
 
 import os
+import signal
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from tests.helpers.servers import TINY
 
@@ -51,6 +54,42 @@ def alive(pid: int) -> bool:
     # A zombie is dead for our purposes.
     with open(f"/proc/{pid}/stat") as f:
         return f.read().split(")")[-1].split()[0] != "Z"
+
+
+@contextmanager
+def frozen(pid: int) -> Iterator[None]:
+    """Hold a process stopped (SIGSTOP) for the block, and continue it after, whatever
+    happens. A test that acts on a run before it ends (pauses it, kills its worker) freezes
+    the trainer first, so that a fast machine cannot finish the run while the act travels
+    through the API, the database and the worker."""
+    os.kill(pid, signal.SIGSTOP)
+    wait_for(lambda: _state(pid) in ("T", "t", "Z", None), 10, f"process {pid} to stop")
+    try:
+        yield
+    finally:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+
+
+def signal_pending(pid: int, sig: int) -> bool:
+    """Whether `sig` was sent to the (stopped) process and waits undelivered: the shared
+    pending mask in /proc."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            mask = next(int(line.split()[1], 16) for line in f if line.startswith("ShdPnd:"))
+    except FileNotFoundError:
+        return False
+    return bool(mask >> (sig - 1) & 1)
+
+
+def _state(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[-1].split()[0]
+    except FileNotFoundError:
+        return None
 
 
 def events(server, job_id):

@@ -36,6 +36,7 @@ class GunicornServer:
         # that sends it: live tests make their requests through `http`.
         self.token: str | None = None
         self.http = requests.Session()
+        self._sessions = [self.http]
 
     def start(self, timeout: float = 30.0) -> None:
         gunicorn = Path(sys.executable).with_name("gunicorn")
@@ -71,6 +72,7 @@ class GunicornServer:
         """A new session (a new connection) that carries the token."""
         s = requests.Session()
         s.headers.update(self.http.headers)
+        self._sessions.append(s)
         return s
 
     def worker_pids(self) -> list[int]:
@@ -83,6 +85,10 @@ class GunicornServer:
         self.proc.wait(timeout=10)
 
     def stop(self) -> None:
+        # Idle keep-alive connections would hold a gunicorn worker's graceful exit for
+        # seconds; the tests' own sessions are done with them.
+        for session in self._sessions:
+            session.close()
         if self.proc is not None and self.proc.poll() is None:
             os.killpg(self.proc.pid, signal.SIGTERM)
             try:

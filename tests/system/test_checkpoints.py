@@ -22,12 +22,13 @@ import pytest
 import requests
 
 from tests.helpers.finetune import import_model_and_chat
-from tests.helpers.live import alive, events, wait_for, wait_progress, wait_status
+from tests.helpers.live import alive, events, frozen, wait_for, wait_progress, wait_status
 from tests.helpers.servers import REPO_ROOT, TINY
 
 pytestmark = pytest.mark.slow
 
-GPT_HP = {**TINY, "max_steps": 1500, "checkpoint_interval": 10, "eval_interval": 10,
+GPT_STEPS = 200
+GPT_HP = {**TINY, "max_steps": GPT_STEPS, "checkpoint_interval": 10, "eval_interval": 10,
           "keep_checkpoints": 2}
 HF_HP = {"max_steps": 120, "batch_size": 4, "learning_rate": 0.01, "warmup_steps": 2,
          "log_interval": 2, "eval_interval": 2, "checkpoint_interval": 2,
@@ -57,8 +58,9 @@ def _kill_worker_and_corrupt_newest(service, worker, job_id: str, newest_file: s
     return (corrupted step, the step before it)."""
     job = wait_progress(service, job_id, "last_checkpoint_step", 4)
     trainer = job["progress"]["pid"]
-    worker.stop(signal.SIGKILL)
-    wait_for(lambda: not alive(trainer), 10, "the orphaned trainer to die with its worker")
+    with frozen(trainer):  # so that the run cannot end before its worker dies
+        worker.stop(signal.SIGKILL)
+        wait_for(lambda: not alive(trainer), 10, "the orphaned trainer to die with its worker")
     kept = _manifest(service, job_id)
     assert len(kept) >= 2, kept
     newest, before = kept[-1], kept[-2]
@@ -112,18 +114,18 @@ def test_gpt_resumes_from_the_checkpoint_before_a_corrupt_one(service):
 
     listing = _assert_listing_matches_files(service, "gpt")
     steps = [c["step"] for c in listing]
-    assert steps[-2:] == [1498, 1500] and len(steps) <= 3, steps  # keep 2 + the best
+    assert steps[-2:] == [GPT_STEPS - 2, GPT_STEPS] and len(steps) <= 3, steps  # keep 2 + the best
     best = [c for c in listing if c["is_best"]]
     assert len(best) == 1 and job["result"]["best_checkpoint"] == best[0]["step"]
     assert job["result"]["best"]["val_loss"] == min(c["metrics"]["val_loss"] for c in listing)
     final = job["result"]["final"]
-    assert final["step"] == 1500 and 0 <= final["val_token_accuracy"] <= 1
+    assert final["step"] == GPT_STEPS and 0 <= final["val_token_accuracy"] <= 1
     assert final["val_perplexity"] == pytest.approx(2.718281828 ** final["val_loss"], rel=1e-6)
 
-    resp = service.http.get(f"{service.url}/jobs/gpt/checkpoints/1500/archive", timeout=30)
+    resp = service.http.get(f"{service.url}/jobs/gpt/checkpoints/{GPT_STEPS}/archive", timeout=30)
     assert resp.status_code == 200 and int(resp.headers["Content-Length"]) == len(resp.content)
     with tarfile.open(fileobj=io.BytesIO(resp.content)) as tar:
-        member = tar.extractfile("step-00001500.pt")
+        member = tar.extractfile(f"step-{GPT_STEPS:08d}.pt")
         assert member is not None
         assert hashlib.sha256(member.read()).hexdigest() == listing[-1]["sha256"]
     assert service.http.get(f"{service.url}/jobs/gpt/checkpoints/7/archive",

@@ -6,11 +6,22 @@ losses, step by step, of the same job run without a pause."""
 from __future__ import annotations
 
 import json
+import signal
 
 import pytest
 
 from tests.helpers.finetune import import_model_and_chat
-from tests.helpers.live import alive, events, get, submit, wait_for, wait_progress, wait_status
+from tests.helpers.live import (
+    alive,
+    events,
+    frozen,
+    get,
+    signal_pending,
+    submit,
+    wait_for,
+    wait_progress,
+    wait_status,
+)
 
 # Float tolerance only: the resumed run computes the same steps on the same batches.
 LOSS = {"rel": 1e-6, "abs": 1e-7}
@@ -37,8 +48,11 @@ def _pause_mid_run(service, job_id: str, *, at_step: int) -> dict:
     trainer gone. Returns the paused job."""
     running = wait_progress(service, job_id, "step", at_step)
     trainer = running["progress"]["pid"]
-    requested = _post(service, f"/jobs/{job_id}/pause", 202)
-    assert requested["status"] == "running" and requested["pause_requested_at"]
+    with frozen(trainer):  # so that the run cannot end before the worker passes the pause on
+        requested = _post(service, f"/jobs/{job_id}/pause", 202)
+        assert requested["status"] == "running" and requested["pause_requested_at"]
+        wait_for(lambda: signal_pending(trainer, signal.SIGTERM), 30,
+                 "the worker to ask the trainer to checkpoint and stop")
     paused = wait_status(service, job_id, {"paused", "succeeded", "failed"}, timeout=60)
     assert paused["status"] == "paused", paused
     wait_for(lambda: not alive(trainer), 10, "the paused job's trainer to exit")
@@ -70,7 +84,7 @@ def _assert_timeline(service, job_id: str, paused_at: int) -> None:
 
 def test_a_paused_gpt_nano_job_frees_its_worker_and_resumes_to_the_same_losses(service):
     service.start_worker()
-    steps = 1500
+    steps = 300
     # No periodic checkpoint: the one the resume starts from is the one the pause wrote.
     hp = {"max_steps": steps, "checkpoint_interval": 100_000, "seed": 7}
     submit(service, "paused", **hp)
