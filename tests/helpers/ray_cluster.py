@@ -119,7 +119,9 @@ class RayHead:
         return processes_naming(str(self.temp_dir))
 
     def stop(self) -> None:
-        for sig in (signal.SIGTERM, signal.SIGKILL):
+        # A few seconds for a clean exit; some of Ray's processes sit out SIGTERM, and
+        # nothing of a test head needs to outlive it.
+        for sig, grace_s in ((signal.SIGTERM, 3), (signal.SIGKILL, 10)):
             pids = self.pids()
             groups = {os.getpgid(p) for p in pids if _exists(p)}
             groups.discard(os.getpgid(0))
@@ -130,7 +132,7 @@ class RayHead:
                     os.killpg(group, sig)
                 except (ProcessLookupError, PermissionError):
                     pass
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + grace_s
             while self.pids() and time.monotonic() < deadline:
                 time.sleep(0.2)
             if not self.pids():
