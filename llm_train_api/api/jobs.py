@@ -192,6 +192,8 @@ class Jobs(MethodView):
                "fine-tuning trainer refuses (`dataset`). `from_checkpoint`: malformed, a "
                "step the source job does not keep, or a source of another model (or "
                "fine-tuning method).")
+    @blp.error(507, "The disk is full: the `from_checkpoint` checkpoint could not be "
+               "held for the new job, which was not created.")
     @blp.error(503, "A dry run of a fine-tuning job could not plan the run (too slow: "
                "LLM_TRAIN_API_PLAN_TIMEOUT_S, or no fine-tuning stack on the API host), or "
                "this process already runs LLM_TRAIN_API_PLANS_PER_PROCESS planners (then "
@@ -214,7 +216,7 @@ class Jobs(MethodView):
             new = replace(new, origin=resolve_origin(
                 body["from_checkpoint"], jobs=jobs, scope=owner_scope(),
                 data_dir=data_dir, model_name=new.model_name,
-                hyperparameters=new.hyperparameters))
+                hyperparameters=new.hyperparameters, pin=not query["dry_run"]))
         storage.check_room_for_job(data_dir, principal, jobs, settings, new.job_id)
         if query["dry_run"]:
             answer = JobSchema().dump(preview(new))

@@ -283,7 +283,9 @@ class JobSchema(LeanDumpSchema):
         "pause is pending."})
     origin = fields.Dict(allow_none=True, metadata={
         "description": "A branched job (`from_checkpoint`): the `job_id`, `created_us` and "
-        "`step` of the checkpoint it started from; null otherwise."})
+        "`step` of the checkpoint it starts from, and that checkpoint's `sha256`; null "
+        "otherwise. The checkpoint is held for the branch until the branch ends, even if "
+        "its source job prunes it meanwhile."})
     result = fields.Dict(allow_none=True, dump_only=True, metadata={
         "description": "Once a run ended: `final` (the last evaluated metrics), `best` (the "
         "best checkpoint's metrics), `best_checkpoint` (its step) and `selection_metric` "

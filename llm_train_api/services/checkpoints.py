@@ -14,6 +14,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from llm_train_api.artifacts import checkpoint_pins
+from llm_train_api.artifacts.dataset_errors import DiskFull
+from llm_train_api.artifacts.datasets import DISK_FULL_ERRNOS
 from llm_train_api.artifacts.jobs import job_dir, job_dir_of
 from llm_train_api.domain import DomainError, InvalidRequest, Job, JobNotFound
 from llm_train_api.store.jobs import JobRepository
@@ -68,14 +71,19 @@ def _invalid(message: str) -> InvalidRequest:
 
 def resolve_origin(value: str, *, jobs: JobRepository, scope: str | None,
                    data_dir: str | os.PathLike[str], model_name: str,
-                   hyperparameters: Mapping[str, Any]) -> dict[str, Any]:
-    """``"<job_id>"`` or ``"<job_id>:<step>"`` as the origin a branched job records.
+                   hyperparameters: Mapping[str, Any], pin: bool = True) -> dict[str, Any]:
+    """``"<job_id>"`` or ``"<job_id>:<step>"`` as the origin a branched job records: the
+    source's ``job_id`` and ``created_us``, the ``step`` and the checkpoint's ``sha256``.
 
     The source must exist and be visible to the caller (``scope``: a user's own jobs
     only), else JobNotFound (404, as for a job that does not exist). Without a step the
     best checkpoint is taken (lowest validation loss), else the newest. The step must be
     kept (422) and intact (CheckpointCorrupt, 409); the model must be the same, and for
-    a fine-tuning job the same method and LoRA settings (422): the weights must fit."""
+    a fine-tuning job the same method and LoRA settings (422): the weights must fit.
+
+    With ``pin`` (a branch about to be created, not a dry run) the checkpoint is pinned
+    for the branch (artifacts.checkpoint_pins), so that the source pruning it before the
+    branch starts takes nothing away, and it is the pin whose bytes are verified."""
     match = FROM_CHECKPOINT_RE.match(value)
     if match is None:
         raise _invalid("Must be '<job_id>' or '<job_id>:<step>'.")
@@ -90,7 +98,8 @@ def resolve_origin(value: str, *, jobs: JobRepository, scope: str | None,
                 hyperparameters.get(key):
             raise _invalid(f"Job {source.id!r} used another {key!r}: a branch needs the "
                            "same trained weights (method and LoRA settings).")
-    entries = manifest.read(job_dir(data_dir, source))
+    folder = job_dir(data_dir, source)
+    entries = manifest.read(folder)
     if match["step"] is None:
         chosen = manifest.best(entries) or next(
             (e for e in reversed(entries) if e.get("status") == manifest.GOOD), None)
@@ -99,27 +108,73 @@ def resolve_origin(value: str, *, jobs: JobRepository, scope: str | None,
         step = int(chosen["step"])
     else:
         step = int(match["step"])
-        if manifest.find(entries, step) is None:
-            kept = ", ".join(str(e["step"]) for e in entries) or "none"
-            raise _invalid(f"Job {source.id!r} has no checkpoint at step {step} "
-                           f"(kept: {kept}).")
-    verified(data_dir, source, step)
-    return {"job_id": source.id, "created_us": source.revision.created_us, "step": step}
+    entry = manifest.find(entries, step)
+    if entry is None:
+        raise _no_checkpoint(source, step, entries)
+    if not pin:
+        _, entry = verified(data_dir, source, step)
+    elif entry.get("status") != manifest.GOOD or not isinstance(entry.get("sha256"), str):
+        raise CheckpointCorrupt(f"The checkpoint of job {source.id!r} at step {step} is "
+                                f"corrupt and cannot be used: {entry.get('problem')}")
+    else:
+        _pin_verified(folder, source, entry)
+    return {"job_id": source.id, "created_us": source.revision.created_us, "step": step,
+            "sha256": entry["sha256"]}
+
+
+def _no_checkpoint(source: Job, step: int, entries: list[dict[str, Any]]) -> InvalidRequest:
+    kept = ", ".join(str(e["step"]) for e in entries) or "none"
+    return _invalid(f"Job {source.id!r} has no checkpoint at step {step} (kept: {kept}).")
+
+
+def _pin_verified(folder: Path, source: Job, entry: Mapping[str, Any]) -> None:
+    """Pin the checkpoint and hash the pin: a pin of other bytes is removed and refused
+    (CheckpointCorrupt); a checkpoint pruned meanwhile is a 422 as if it had been gone."""
+    step = int(entry["step"])
+    try:
+        pinned = checkpoint_pins.pin(folder, entry)
+    except FileNotFoundError:
+        raise _no_checkpoint(source, step, manifest.read(folder)) from None
+    except ValueError as exc:
+        raise CheckpointCorrupt(f"The checkpoint of job {source.id!r} at step {step} "
+                                f"cannot be used: {exc}") from None
+    except OSError as exc:
+        if exc.errno in DISK_FULL_ERRNOS:
+            raise DiskFull("The disk is full: the checkpoint to branch from could not be "
+                           "held for the new job.") from None
+        raise
+    problem = manifest.verify_branch(manifest.branch_record(pinned, entry, {}))
+    if problem is None:
+        return
+    checkpoint_pins.unpin(pinned)
+    original = manifest.resolve(folder, entry)
+    if original is None or not original.exists():
+        raise _no_checkpoint(source, step, manifest.read(folder))  # pruned mid-way
+    raise CheckpointCorrupt(f"The checkpoint of job {source.id!r} at step {step} is "
+                            f"corrupt and cannot be used: {problem}")
 
 
 def prepare_branch(data_dir: str | os.PathLike[str], job: Job, folder: Path) -> str | None:
     """Before a branched job's run: write ``branch.json`` naming its verified source
-    checkpoint; None when done (or not a branch), else why the job cannot run."""
+    checkpoint (its pin, where the branch has one); None when done (or not a branch),
+    else why the job cannot run."""
     origin = job.origin
     if not origin:
         return None
     source_dir = job_dir_of(data_dir, str(origin["job_id"]), int(origin["created_us"]))
-    entry = manifest.find(manifest.read(source_dir), int(origin["step"]))
-    if entry is None:
-        return (f"the checkpoint to branch from (job {origin['job_id']!r}, step "
-                f"{origin['step']}) no longer exists")
-    problem = manifest.verify(source_dir, entry)
+    pinned = checkpoint_pins.find(source_dir, origin)
+    if pinned is not None:
+        path, entry = pinned
+    else:
+        found = manifest.find(manifest.read(source_dir), int(origin["step"]))
+        path = None if found is None else manifest.resolve(source_dir, found)
+        if found is None or path is None:
+            return (f"the checkpoint to branch from (job {origin['job_id']!r}, step "
+                    f"{origin['step']}) no longer exists")
+        entry = found
+    body = manifest.branch_record(path, entry, origin)
+    problem = manifest.verify_branch(body)
     if problem:
-        return f"the checkpoint to branch from is corrupt: {problem}"
-    manifest.write_branch(folder, source_dir, entry, origin)
+        return f"the checkpoint to branch from is unusable: {problem}"
+    manifest.write_branch(folder, body)
     return None

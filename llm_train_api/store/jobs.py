@@ -99,6 +99,9 @@ _SELECT_OWNER_INCARNATIONS = select(jobs.c.id, jobs.c.created_us).where(
     jobs.c.owner == bindparam("owner"))
 _SELECT_SORT_KEY = select(jobs.c.created_us, jobs.c.seq).where(
     jobs.c.id == bindparam("job_id"))
+_SELECT_PENDING_ORIGINS = select(jobs.c.origin).where(
+    jobs.c.status.in_([s.value for s in JobStatus if not s.is_final]),
+    jobs.c.origin.is_not(None))
 _IN_CHUNK = 500  # ids per IN (...) list, well under SQLite's bound-parameter limit
 _DELETE_METRICS = delete(job_metrics).where(job_metrics.c.job_id == bindparam("job_id"))
 
@@ -489,6 +492,12 @@ class JobRepository:
                                     {"ids": ids[start:start + _IN_CHUNK]})
                 found.update((r.id, r.created_us) for r in rows)
         return found & wanted
+
+    def pending_branch_origins(self) -> list[dict[str, Any]]:
+        """The origins of the branches that may still start (queued, running or paused):
+        the checkpoints the pin sweeper keeps (artifacts.checkpoint_pins)."""
+        with self.database.reading() as conn:
+            return [loads(r.origin) for r in conn.execute(_SELECT_PENDING_ORIGINS)]
 
     def job_states(self, ids: Iterable[str]) -> dict[str, tuple[str, int]]:
         """The status and created_us of each of these jobs that exists, in a few queries

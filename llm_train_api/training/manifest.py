@@ -245,15 +245,17 @@ def summary(entries: list[Mapping[str, Any]], final_metrics: Mapping[str, Any] |
 BRANCH_FILE = "branch.json"
 
 
-def write_branch(job_dir: Path, source_dir: Path, entry: Mapping[str, Any],
-                 origin: Mapping[str, Any]) -> None:
+def branch_record(path: Path, entry: Mapping[str, Any],
+                  origin: Mapping[str, Any]) -> dict[str, Any]:
+    """What ``branch.json`` says: the starting weights at ``path`` (the source's
+    checkpoint, or its pin), the hash and size they must have, and the origin."""
+    return {"path": str(path), "sha256": entry["sha256"], "size": entry["size"],
+            "step": entry["step"], "origin": dict(origin)}
+
+
+def write_branch(job_dir: Path, body: Mapping[str, Any]) -> None:
     """Tell the trainer of a branched job where its starting weights are (the worker
     writes it before the first run; the trainer verifies the hash before loading)."""
-    path = resolve(source_dir, entry)
-    if path is None:
-        raise ValueError("not a checkpoint path")
-    body = {"path": str(path), "sha256": entry["sha256"], "size": entry["size"],
-            "step": entry["step"], "origin": dict(origin)}
     tmp = job_dir / f".{BRANCH_FILE}.tmp"
     tmp.write_text(json.dumps(body), encoding="utf-8")
     os.replace(tmp, job_dir / BRANCH_FILE)

@@ -20,6 +20,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from llm_train_api.artifacts import checkpoint_pins
 from llm_train_api.artifacts.homes import ResolvedDataset, resolve_owned_dataset
 from llm_train_api.artifacts.jobs import job_dir, log_path, sweep_job_dirs
 from llm_train_api.artifacts.model_roots import parse_roots
@@ -145,6 +146,7 @@ class Worker:
             self._next_sweep = now + self.config.sweep_s
             self.sweep_job_dirs()
             self.sweep_stale_uploads()
+            self.sweep_branch_pins()
         if now >= self._next_heartbeat:
             owned = self._heartbeat()
         else:
@@ -190,6 +192,15 @@ class Worker:
             return sweep_job_dirs(self.config.data_dir, self.queue.jobs.existing_incarnations)
         except Exception:  # noqa: BLE001 - housekeeping must not stop the loop
             log.warning("sweeping the folders of deleted jobs failed", exc_info=True)
+            return []
+
+    def sweep_branch_pins(self) -> list[str]:
+        """Remove the checkpoints held for branches that no longer need them."""
+        try:
+            return checkpoint_pins.sweep(self.config.data_dir,
+                                         self.queue.jobs.pending_branch_origins)
+        except Exception:  # noqa: BLE001 - housekeeping must not stop the loop
+            log.warning("sweeping the checkpoints held for branches failed", exc_info=True)
             return []
 
     def sweep_stale_uploads(self) -> None:

@@ -188,6 +188,33 @@ def test_branch_from_a_checkpoint_and_not_from_another_users_job(service):
     assert twig_curve[0]["train_loss"] < untrained - 0.1, (twig_curve[0], trunk_curve[0])
 
 
+@pytest.mark.parametrize("service", ["sqlite"], indirect=True)
+def test_a_branch_starts_from_its_checkpoint_after_the_running_source_pruned_it(service):
+    service.start_worker()
+    resp = service.http.post(f"{service.url}/jobs", timeout=10, json={
+        "job_id": "trunk", "model_name": "gpt-nano", "dataset": "builtin:tinytext",
+        "hyperparameters": {**TINY, "max_steps": 60, "checkpoint_interval": 10,
+                            "eval_interval": 10, "keep_checkpoints": 1}})
+    assert resp.status_code == 201, resp.text
+    running = wait_progress(service, "trunk", "last_checkpoint_step", 10)
+    with frozen(running["progress"]["pid"]):  # the trunk is mid-run while we branch
+        step = _manifest(service, "trunk")[-1]["step"]
+        resp = service.http.post(f"{service.url}/jobs", timeout=10, json={
+            "job_id": "twig", "model_name": "gpt-nano", "dataset": "builtin:tinytext",
+            "from_checkpoint": f"trunk:{step}",
+            "hyperparameters": {**TINY, "max_steps": 4}})
+        assert resp.status_code == 201, resp.text
+    # One worker, one slot: the twig starts once the trunk is done, and by then the trunk
+    # has pruned the step (it keeps the newest and the best, and its loss kept falling).
+    trunk = wait_status(service, "trunk", {"succeeded", "failed"}, timeout=120)
+    assert trunk["status"] == "succeeded", trunk["error_message"]
+    assert step not in [c["step"] for c in _manifest(service, "trunk")]
+    twig = wait_status(service, "twig", {"succeeded", "failed"}, timeout=120)
+    assert twig["status"] == "succeeded", twig["error_message"]
+    log = (_job_dir(service, "twig") / "train.log").read_text()
+    assert f"branched from job trunk at step {step}" in log
+
+
 def _import_tiny(service, tiny_hf_model) -> None:
     import_model_and_chat(service, tiny_hf_model)
 

@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import tarfile
+import time
+from pathlib import Path
 
 import pytest
 
+from llm_train_api.artifacts import checkpoint_pins
 from llm_train_api.artifacts import jobs as jobfiles
+from llm_train_api.services.checkpoints import prepare_branch
 from llm_train_api.training import manifest
 from tests.helpers.clients import client_as
 
@@ -110,8 +115,9 @@ def test_branch_records_its_origin(app, alice, trunk):
     assert resp.status_code == 201, resp.get_json()
     created_us = app.extensions["llm_train_api.runtime"].jobs.get_job(
         "trunk").revision.created_us
-    assert resp.get_json()["origin"] == {"job_id": "trunk", "created_us": created_us,
-                                         "step": 30}
+    assert resp.get_json()["origin"] == {
+        "job_id": "trunk", "created_us": created_us, "step": 30,
+        "sha256": hashlib.sha256(trunk[30].read_bytes()).hexdigest()}
     assert alice.get("/jobs/twig").get_json()["origin"]["step"] == 30
     # Without a step: the best checkpoint (the lowest validation loss).
     resp = alice.post("/jobs", json={"job_id": "twig2", **BODY, "from_checkpoint": "trunk"})
@@ -147,6 +153,79 @@ def test_another_users_job_is_404_whatever_the_step(bob, trunk, client):
     # The admin sees every job, so may branch from any.
     resp = client.post("/jobs", json={"job_id": "adm", **BODY, "from_checkpoint": "trunk:10"})
     assert resp.status_code == 201, resp.get_json()
+
+
+def _prepare(app, job_id, tmp_path):
+    """What a worker does before a branched job's first run; the branch.json it wrote."""
+    runtime = app.extensions["llm_train_api.runtime"]
+    run_dir = tmp_path / f"run-{job_id}"
+    run_dir.mkdir()
+    problem = prepare_branch(runtime.data_dir, runtime.jobs.get_job(job_id), run_dir)
+    assert problem is None, problem
+    return manifest.checked_branch(run_dir)
+
+
+def test_a_branch_keeps_its_checkpoint_when_the_source_prunes_it(app, alice, trunk,
+                                                                tmp_path):
+    weights = trunk[10].read_bytes()
+    resp = alice.post("/jobs", json={"job_id": "twig", **BODY, "from_checkpoint": "trunk:10"})
+    assert resp.status_code == 201, resp.get_json()
+    # The trunk goes on training and keeps 3 + the best (20): step 10 is pruned.
+    for step in (40, 50, 60):
+        checkpoint(app, "trunk", step, 2.9)
+    assert not trunk[10].exists()
+    assert [c["step"] for c in alice.get("/jobs/trunk/checkpoints").get_json()] == \
+        [20, 40, 50, 60]
+    branch = _prepare(app, "twig", tmp_path)
+    pinned = folder(app, "trunk") / checkpoint_pins.PINS_FOLDER
+    assert branch["path"].startswith(str(pinned)) and branch["step"] == 10
+    with open(branch["path"], "rb") as f:
+        assert f.read() == weights
+    # Another branch of the same step shares the pin; one of a pruned step is refused.
+    assert alice.post("/jobs", json={"job_id": "twig2", **BODY,
+                                     "from_checkpoint": "trunk:40"}).status_code == 201
+    assert alice.post("/jobs", json={"job_id": "twig3", **BODY,
+                                     "from_checkpoint": "trunk:10"}).status_code == 422
+    assert sorted(p.name for p in pinned.iterdir() if not p.name.endswith(".json")) == \
+        sorted(checkpoint_pins.pin_name(e) for e in manifest.read(folder(app, "trunk"))
+               if e["step"] == 40) + [Path(branch["path"]).name]
+
+
+def test_a_dry_run_pins_nothing(app, alice, trunk):
+    resp = alice.post("/jobs?dry_run=true", json={"job_id": "twig", **BODY,
+                                                  "from_checkpoint": "trunk:10"})
+    assert resp.status_code == 200 and resp.get_json()["origin"]["step"] == 10
+    assert not (folder(app, "trunk") / checkpoint_pins.PINS_FOLDER).exists()
+
+
+def test_the_sweep_removes_a_pin_once_no_pending_branch_needs_it(app, alice, trunk):
+    runtime = app.extensions["llm_train_api.runtime"]
+    for job_id, step in (("twig", 10), ("twig2", 10), ("twig3", 30)):
+        resp = alice.post("/jobs", json={"job_id": job_id, **BODY,
+                                         "from_checkpoint": f"trunk:{step}"})
+        assert resp.status_code == 201, resp.get_json()
+    pins = folder(app, "trunk") / checkpoint_pins.PINS_FOLDER
+    (pins / ".tmp-leftover").write_bytes(b"a pin a killed process left half-made")
+
+    def sweep(after_s):
+        return checkpoint_pins.sweep(runtime.data_dir, runtime.jobs.pending_branch_origins,
+                                     now=time.time() + after_s)
+
+    def pinned_steps():
+        return sorted(json.loads(p.read_text())["step"] for p in pins.glob("[!.]*.json"))
+
+    assert sweep(0) == [] and pinned_steps() == [10, 30]  # fresh: kept whatever
+    assert sweep(checkpoint_pins.FRESH_S + 1) == []  # every branch is queued
+    assert not (pins / ".tmp-leftover").exists()
+    for job_id in ("twig", "twig3"):
+        assert alice.patch(f"/jobs/{job_id}/status",
+                           json={"status": "cancelled"}).status_code == 200
+    assert sweep(checkpoint_pins.FRESH_S + 1) != []
+    assert pinned_steps() == [10]  # twig2 still needs it
+    assert alice.delete("/jobs/twig2").status_code == 204
+    sweep(checkpoint_pins.FRESH_S + 1)
+    assert list(pins.iterdir()) == []
+    assert trunk[10].read_bytes()  # the source's own checkpoints are untouched
 
 
 def test_storage_counts_a_hard_linked_checkpoint_once(tmp_path):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import pytest
 
@@ -121,6 +122,18 @@ def test_delete_removes_job_and_events(jobs):
     # The id is free again, and the new job has a fresh timeline.
     jobs.create_job(new("a", dataset="other"))
     assert [e.kind for e in jobs.job_events("a")[0]] == ["created"]
+
+
+def test_pending_branch_origins_are_those_of_branches_that_may_still_start(jobs):
+    origin = {"job_id": "trunk", "created_us": 7, "step": 10, "sha256": "ab" * 32}
+    jobs.create_job(new("trunk"))
+    for n, status in enumerate(S):
+        jobs.create_job(replace(new(f"b-{status.value}"), origin={**origin, "step": n}))
+        bring_to(jobs, f"b-{status.value}", status)
+    pending = jobs.pending_branch_origins()
+    assert sorted(o["step"] for o in pending) == sorted(
+        n for n, status in enumerate(S) if not status.is_final)
+    assert all(o["sha256"] == origin["sha256"] for o in pending)
 
 
 def test_conditional_delete_is_a_compare_and_set(jobs):

@@ -115,7 +115,8 @@ def test_a_branch_is_verified_against_its_recorded_hash(tmp_path):
     source.mkdir()
     job.mkdir()
     entry = _write(source, 10, b"weights", 1.0)
-    manifest.write_branch(job, source, entry, {"job_id": "src", "step": 10})
+    manifest.write_branch(job, manifest.branch_record(
+        manifest.resolve(source, entry), entry, {"job_id": "src", "step": 10}))
     branch = manifest.read_branch(job)
     assert branch["path"] == str(source / "checkpoints/step-00000010.pt")
     assert manifest.verify_branch(branch) is None
