@@ -3,8 +3,8 @@
 A branched job (``from_checkpoint``) starts when a worker claims it, which can be long
 after it was created, while its source job may still be training and pruning its
 checkpoints (``keep_checkpoints``). So creating a branch pins the checkpoint: hard links to
-its files under the source job's folder, ``branch-pins/<sha256 prefix>-<step name>``, with
-the manifest entry beside them (``.json``).
+its files under the source job's folder, ``branch-pins/<sha256 prefix>-<random>-<step
+name>``, with the manifest entry beside them (``.json``).
 
 - A link is made from a name that exists, so a checkpoint pruned meanwhile fails the pin
   (and the branch request); it never pins half a checkpoint unnoticed: the caller hashes
@@ -12,11 +12,12 @@ the manifest entry beside them (``.json``).
 - Pruning unlinks names under ``checkpoints/`` only, so the pinned bytes live on for as
   long as a branch that may still start needs them. While the source also keeps the
   checkpoint, the links take no space. A filesystem without hard links gets a copy.
-- Branches of the same bytes share one pin (its name holds their hash).
+- Each branch request makes its own pin, and any pin of the same bytes serves a branch
+  (:func:`find` matches on the hash), so the sweep never races a request reusing an old pin.
 
-The worker's sweep (:func:`sweep`) removes the pins that no queued, running or paused
-branch names any more, sparing fresh ones: a pin is made just before its branch's row is
-inserted, so a pin the database does not know yet may be one that is about to be used.
+The worker's sweep (:func:`sweep`) removes the pins of bytes that no queued, running or
+paused branch names any more, sparing fresh ones: a pin is made just before its branch's
+row is inserted, so a pin the database does not know yet may be one about to be used.
 
 Torch-free: the API pins, the worker sweeps.
 """
@@ -49,8 +50,16 @@ _NO_LINK_ERRNOS = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTS
 PinKey = tuple[str, int, str]
 
 
-def pin_name(entry: Mapping[str, Any]) -> str:
-    return f"{str(entry['sha256'])[:16]}-{Path(str(entry['path'])).name}"
+_HEX = frozenset("0123456789abcdef")
+
+
+def _sha256_of(record: Mapping[str, Any]) -> str:
+    """The record's sha256, refused unless it is 64 lowercase hex digits: it is part of a
+    file name and of a glob pattern."""
+    sha = record.get("sha256")
+    if not isinstance(sha, str) or len(sha) != 64 or not _HEX.issuperset(sha):
+        raise ValueError("the checkpoint has no valid sha256")
+    return sha
 
 
 def pin(source_dir: Path, entry: Mapping[str, Any]) -> Path:
@@ -62,33 +71,33 @@ def pin(source_dir: Path, entry: Mapping[str, Any]) -> Path:
     source = manifest.resolve(source_dir, entry)
     if source is None:
         raise ValueError(f"{entry.get('path')!r} is not a checkpoint of this job")
+    sha = _sha256_of(entry)
     pins = source_dir / PINS_FOLDER
     pins.mkdir(exist_ok=True)
-    target = pins / pin_name(entry)
-    if not target.exists():
-        staging = pins / f".tmp-{uuid.uuid4().hex}"
-        try:
-            _link_tree(source, staging)
-            try:
-                os.rename(staging, target)
-            except OSError:
-                if not target.exists():  # else another branch pinned the same bytes
-                    raise
-        finally:
-            _remove(staging)
-    # Written (or rewritten) last: its time is the pin's age for the sweep.
-    record = dict(entry, path=target.name)
-    tmp = pins / f".tmp-{uuid.uuid4().hex}{RECORD_SUFFIX}"
-    tmp.write_text(json.dumps(record), encoding="utf-8")
-    os.replace(tmp, _record_path(target))
+    target = pins / f"{sha[:16]}-{uuid.uuid4().hex[:12]}-{source.name}"
+    staging = pins / f".tmp-{uuid.uuid4().hex}"
+    try:
+        _link_tree(source, staging)
+        # The record before the pin itself: the sweep finds every pin by its record (whose
+        # time is the pin's age), and leaves a record of a pin not there yet to find() as
+        # nothing; staging leftovers of a killed process go by their name.
+        tmp = pins / f".tmp-{uuid.uuid4().hex}{RECORD_SUFFIX}"
+        tmp.write_text(json.dumps(dict(entry, path=target.name)), encoding="utf-8")
+        os.replace(tmp, _record_path(target))
+        os.rename(staging, target)
+    except BaseException:
+        _remove(staging)
+        unpin(target)
+        raise
     return target
 
 
 def find(source_dir: Path, origin: Mapping[str, Any]) -> tuple[Path, dict[str, Any]] | None:
     """The pinned checkpoint a branch's ``origin`` names, with its entry; None when the
     origin names no pin (a branch created before pins) or the pin is gone."""
-    sha = origin.get("sha256")
-    if not isinstance(sha, str):
+    try:
+        sha = _sha256_of(origin)
+    except ValueError:
         return None
     pins = source_dir / PINS_FOLDER
     for record_path in pins.glob(f"{sha[:16]}-*{RECORD_SUFFIX}"):
@@ -99,8 +108,8 @@ def find(source_dir: Path, origin: Mapping[str, Any]) -> tuple[Path, dict[str, A
         if not isinstance(record, dict) or record.get("sha256") != sha \
                 or record.get("step") != origin.get("step"):
             continue
-        path = pins / str(record.get("path", ""))
-        if path.parent == pins and path.exists() and not path.is_symlink():
+        path = _pinned_path(pins, record)
+        if path is not None and path.exists() and not path.is_symlink():
             return path, record
     return None
 
@@ -138,8 +147,8 @@ def sweep(data_dir: str | os.PathLike[str],
                 record = json.loads(record_path.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 continue
-            if age >= FRESH_S and isinstance(record, dict):
-                pinned = pins / str(record.get("path", ""))
+            pinned = _pinned_path(pins, record) if isinstance(record, dict) else None
+            if age >= FRESH_S and pinned is not None:
                 candidates.append(((key[0], key[1], str(record.get("sha256"))), pinned))
         for leftover in pins.glob(".tmp-*"):
             _remove_if_old(leftover, now)
@@ -149,10 +158,20 @@ def sweep(data_dir: str | os.PathLike[str],
               for o in pending()}
     removed = []
     for key, pinned in candidates:
-        if key not in needed and pinned.parent.name == PINS_FOLDER:
+        if key not in needed:
             unpin(pinned)
             removed.append(str(pinned.relative_to(root)))
     return removed
+
+
+def _pinned_path(pins: Path, record: Mapping[str, Any]) -> Path | None:
+    """The pin a record names, inside ``pins``; None for any other name (a record is
+    never trusted to point elsewhere)."""
+    name = record.get("path")
+    if not isinstance(name, str) or not name or name.startswith(".") or "/" in name \
+            or "\0" in name:
+        return None
+    return pins / name
 
 
 def _record_path(pinned: Path) -> Path:

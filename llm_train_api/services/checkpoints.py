@@ -171,6 +171,9 @@ def prepare_branch(data_dir: str | os.PathLike[str], job: Job, folder: Path) -> 
         if found is None or path is None:
             return (f"the checkpoint to branch from (job {origin['job_id']!r}, step "
                     f"{origin['step']}) no longer exists")
+        if origin.get("sha256") not in (None, found.get("sha256")):
+            return (f"the checkpoint to branch from (job {origin['job_id']!r}, step "
+                    f"{origin['step']}) was rewritten since the branch was created")
         entry = found
     body = manifest.branch_record(path, entry, origin)
     problem = manifest.verify_branch(body)

@@ -5,6 +5,7 @@ without hard links gets a copy."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 
 import pytest
@@ -26,7 +27,8 @@ def lora_checkpoint(job_dir, step, loss):
 def test_a_pinned_folder_checkpoint_outlives_its_pruning(tmp_path):
     entry = lora_checkpoint(tmp_path, 2, 1.0)
     pinned = checkpoint_pins.pin(tmp_path, entry)
-    assert checkpoint_pins.pin(tmp_path, entry) == pinned  # the same bytes: one pin
+    again = checkpoint_pins.pin(tmp_path, entry)  # each request pins on its own
+    assert again != pinned
     original = tmp_path / entry["path"]
     assert os.path.samefile(pinned / "adapter_model.safetensors",
                             original / "adapter_model.safetensors")  # a link, no copy
@@ -35,11 +37,28 @@ def test_a_pinned_folder_checkpoint_outlives_its_pruning(tmp_path):
     assert not original.exists()
     assert manifest.verify_branch(manifest.branch_record(pinned, entry, {})) is None
     found = checkpoint_pins.find(tmp_path, {"step": 2, "sha256": entry["sha256"]})
-    assert found is not None and found[0] == pinned and found[1]["size"] == entry["size"]
+    assert found is not None and found[0] in (pinned, again)
+    assert found[1]["size"] == entry["size"]
     assert checkpoint_pins.find(tmp_path, {"step": 4, "sha256": entry["sha256"]}) is None
     assert checkpoint_pins.find(tmp_path, {"step": 2}) is None  # a branch made before pins
+    checkpoint_pins.unpin(found[0])
+    assert checkpoint_pins.find(tmp_path, {"step": 2, "sha256": entry["sha256"]}) is not None
     checkpoint_pins.unpin(pinned)
+    checkpoint_pins.unpin(again)
     assert list((tmp_path / checkpoint_pins.PINS_FOLDER).iterdir()) == []
+
+
+def test_a_record_naming_anything_but_a_pin_is_not_followed(tmp_path):
+    job = tmp_path / "jobs" / "trunk-1"
+    entry = lora_checkpoint(job, 2, 1.0)
+    pinned = checkpoint_pins.pin(job, entry)
+    record = pinned.with_name(pinned.name + ".json")
+    for hostile in ("..", ".", "../../..", "checkpoints/../..", ""):
+        record.write_text(json.dumps({**entry, "path": hostile}))
+        os.utime(record, (0, 0))
+        assert checkpoint_pins.find(job, {"step": 2, "sha256": entry["sha256"]}) is None
+        assert checkpoint_pins.sweep(tmp_path, lambda: []) == []
+        assert (job / entry["path"]).is_dir() and pinned.is_dir()
 
 
 def test_a_checkpoint_already_pruned_pins_nothing(tmp_path):
