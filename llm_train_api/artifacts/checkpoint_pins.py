@@ -86,7 +86,7 @@ def pin(source_dir: Path, entry: Mapping[str, Any]) -> Path:
         os.replace(tmp, _record_path(target))
         os.rename(staging, target)
     except BaseException:
-        _remove(staging)
+        manifest.remove_path(staging)
         unpin(target)
         raise
     return target
@@ -116,7 +116,7 @@ def find(source_dir: Path, origin: Mapping[str, Any]) -> tuple[Path, dict[str, A
 
 def unpin(path: Path) -> None:
     """Remove a pin (its files and its record)."""
-    _remove(path)
+    manifest.remove_path(path)
     with contextlib.suppress(OSError):
         _record_path(path).unlink()
 
@@ -201,16 +201,8 @@ def _link(source: Path, target: Path) -> None:
         shutil.copyfile(source, target)
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(OSError):
-            path.unlink()
-
-
 def _remove_if_old(path: Path, now: float) -> None:
     """Leftovers of a pin interrupted mid-way (a killed API process)."""
     with contextlib.suppress(OSError):
         if now - path.lstat().st_mtime >= FRESH_S:
-            _remove(path)
+            manifest.remove_path(path)

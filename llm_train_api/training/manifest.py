@@ -166,8 +166,13 @@ def to_prune(entries: list[Mapping[str, Any]], keep: int) -> list[Mapping[str, A
 
 def remove_files(job_dir: Path, entry: Mapping[str, Any]) -> None:
     path = resolve(job_dir, entry)
-    if path is None:
-        return
+    if path is not None:
+        remove_path(path)
+
+
+def remove_path(path: Path) -> None:
+    """Remove a checkpoint file or folder (a link itself, never what it points to);
+    what is already gone is no error."""
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
