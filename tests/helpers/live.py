@@ -47,13 +47,8 @@ def wait_progress(server, job_id: str, key: str, minimum: int) -> dict:
 
 
 def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie is dead for our purposes.
-    with open(f"/proc/{pid}/stat") as f:
-        return f.read().split(")")[-1].split()[0] != "Z"
+    """Whether the process exists; a zombie is dead for our purposes."""
+    return _state(pid) not in (None, "Z")
 
 
 @contextmanager
