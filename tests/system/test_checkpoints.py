@@ -190,15 +190,19 @@ def test_branch_from_a_checkpoint_and_not_from_another_users_job(service):
 
 @pytest.mark.parametrize("service", ["sqlite"], indirect=True)
 def test_a_branch_starts_from_its_checkpoint_after_the_running_source_pruned_it(service):
+    trunk_steps = 400
     service.start_worker()
     resp = service.http.post(f"{service.url}/jobs", timeout=10, json={
         "job_id": "trunk", "model_name": "gpt-nano", "dataset": "builtin:tinytext",
-        "hyperparameters": {**TINY, "max_steps": 60, "checkpoint_interval": 10,
+        "hyperparameters": {**TINY, "max_steps": trunk_steps, "checkpoint_interval": 10,
                             "eval_interval": 10, "keep_checkpoints": 1}})
     assert resp.status_code == 201, resp.text
     running = wait_progress(service, "trunk", "last_checkpoint_step", 10)
     with frozen(running["progress"]["pid"]):  # the trunk is mid-run while we branch
         step = _manifest(service, "trunk")[-1]["step"]
+        # Steps run fast: many may pass before the freeze, and the last checkpoint is
+        # never pruned. The trunk is long enough that the step is not the last.
+        assert step < trunk_steps, f"the trunk ran to step {step} before it was frozen"
         resp = service.http.post(f"{service.url}/jobs", timeout=10, json={
             "job_id": "twig", "model_name": "gpt-nano", "dataset": "builtin:tinytext",
             "from_checkpoint": f"trunk:{step}",
