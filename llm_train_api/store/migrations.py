@@ -32,7 +32,7 @@ def _v2_workers(conn: Connection) -> None:
         conn.execute(text(f"ALTER TABLE jobs ADD COLUMN {column}"))
     conn.execute(text("ALTER TABLE job_events ADD COLUMN attempt INTEGER"))
     for index in tables.jobs.indexes:
-        if index.name in ("ix_jobs_claim", "ix_jobs_lease"):
+        if index.name == "ix_jobs_claim":
             index.create(conn)
     tables.metadata.create_all(conn, tables=[tables.job_metrics], checkfirst=True)
 
@@ -42,7 +42,7 @@ def _v3_auth(conn: Connection) -> None:
     conn.execute(text("ALTER TABLE jobs ADD COLUMN owner VARCHAR(64)"))
     conn.execute(text("ALTER TABLE job_events ADD COLUMN job_created_us BIGINT"))
     for index in tables.jobs.indexes:
-        if index.name in ("ix_jobs_owner_created", "ix_jobs_owner_status"):
+        if index.name == "ix_jobs_owner_created":
             index.create(conn)
     tables.metadata.create_all(conn, tables=[tables.api_tokens], checkfirst=True)
 
@@ -88,6 +88,14 @@ def _v9_openai(conn: Connection) -> None:
         conn.execute(text(f"ALTER TABLE jobs ADD COLUMN {column}"))
 
 
+def _v10_fewer_indexes(conn: Connection) -> None:
+    """Drop two indexes that others already serve: (owner, status), whose lookups
+    ix_jobs_owner_claim's (status, owner) prefix answers, and (status, lease_expires_us),
+    whose scans cover only running jobs. Every insert and status change wrote both."""
+    for name in ("ix_jobs_owner_status", "ix_jobs_lease"):
+        conn.execute(text(f"DROP INDEX IF EXISTS {name}"))
+
+
 MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (1, _v1_initial),
     (2, _v2_workers),
@@ -98,6 +106,7 @@ MIGRATIONS: list[tuple[int, Callable[[Connection], None]]] = [
     (7, _v7_pausing),
     (8, _v8_webhooks),
     (9, _v9_openai),
+    (10, _v10_fewer_indexes),
 ]
 LATEST_VERSION = MIGRATIONS[-1][0]
 

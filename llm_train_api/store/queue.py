@@ -86,11 +86,11 @@ def _fair_pick(*, skip_locked: bool, capped: bool) -> Any:
 
     It costs a few index probes per owner with queued jobs, whatever the queue's depth:
     a recursive CTE walks the distinct owners of queued jobs through ix_jobs_owner_claim
-    (a loose index scan), and for each one counts its running jobs (ix_jobs_owner_status),
-    finds its latest start (ix_jobs_owner_started) and takes the head of its queue
-    (ix_jobs_owner_claim again). On PostgreSQL the head is taken FOR UPDATE SKIP LOCKED,
-    so a concurrent claimer passes over a head another one is taking and gets that
-    owner's next job.
+    (a loose index scan), and for each one counts its running jobs (the same index's
+    (status, owner) prefix), finds its latest start (ix_jobs_owner_started) and takes the
+    head of its queue (ix_jobs_owner_claim again). On PostgreSQL the head is taken FOR
+    UPDATE SKIP LOCKED, so a concurrent claimer passes over a head another one is taking
+    and gets that owner's next job.
     """
     step = jobs.alias("next_owner")
     owners = (select(func.min(jobs.c.owner).label("owner"))

@@ -84,14 +84,15 @@ Index("ix_jobs_created", jobs.c.created_us, jobs.c.seq)
 Index("ix_jobs_status_created", jobs.c.status, jobs.c.created_us, jobs.c.seq)
 Index("ix_jobs_model_created", jobs.c.model_name, jobs.c.created_us, jobs.c.seq)
 Index("ix_jobs_dataset_created", jobs.c.dataset, jobs.c.created_us, jobs.c.seq)
-# The claim order (priority, then age) and the reaper's scan of expired leases.
+# The claim order (priority, then age). Its status prefix also serves the scans of
+# running jobs (expired leases, a worker's own jobs): those are as few as the slots that
+# run them, so they need no index of their own.
 Index("ix_jobs_claim", jobs.c.status, jobs.c.priority.desc(), jobs.c.created_us, jobs.c.seq)
-Index("ix_jobs_lease", jobs.c.status, jobs.c.lease_expires_us)
-# v3: a user's own listing (same shape as the others), and the per-user quota counts.
+# v3: a user's own listing (same shape as the others).
 Index("ix_jobs_owner_created", jobs.c.owner, jobs.c.created_us, jobs.c.seq)
-Index("ix_jobs_owner_status", jobs.c.owner, jobs.c.status)
 # v4: the fair claim's walk over the owners of queued jobs and each one's queue in claim
-# order (priority, then age), and each owner's latest start.
+# order (priority, then age), and each owner's latest start. Its (status, owner) prefix
+# is also what the per-user counts (quotas, running jobs) read.
 Index("ix_jobs_owner_claim", jobs.c.status, jobs.c.owner, jobs.c.priority.desc(),
       jobs.c.created_us, jobs.c.seq)
 Index("ix_jobs_owner_started", jobs.c.owner, jobs.c.started_us)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, inspect, text
 
 from llm_train_api.domain import JobStatus
 from llm_train_api.store.database import Database
@@ -72,3 +72,21 @@ def test_a_version_1_database_is_upgraded_and_keeps_its_jobs(tmp_path):
     again = Database.from_url(url)
     assert again.ping() == LATEST_VERSION
     again.close()
+
+
+def test_version_10_drops_the_indexes_that_others_serve(tmp_path):
+    url = f"sqlite:///{tmp_path / 'v9.sqlite3'}"
+    Database.from_url(url).close()
+    engine = create_engine(url)
+    with engine.begin() as conn:  # the two indexes as versions 2 and 3 created them
+        conn.execute(text("CREATE INDEX ix_jobs_lease ON jobs (status, lease_expires_us)"))
+        conn.execute(text("CREATE INDEX ix_jobs_owner_status ON jobs (owner, status)"))
+        conn.execute(text("UPDATE schema_version SET version = 9"))
+
+    database = Database.from_url(url)
+    assert database.ping() == LATEST_VERSION >= 10
+    database.close()
+    names = {index["name"] for index in inspect(engine).get_indexes("jobs")}
+    engine.dispose()
+    assert not names & {"ix_jobs_lease", "ix_jobs_owner_status"}
+    assert {"ix_jobs_claim", "ix_jobs_owner_claim"} <= names

@@ -300,3 +300,35 @@ def _statement_for(jobs, query):
     finally:
         event.remove(engine, "before_cursor_execute", grab)
     return captured[-1]
+
+
+def test_per_user_counts_and_lease_scans_read_an_index(jobs):
+    """The quota and running counts, the lease reaper and a worker's heartbeat each read a
+    status-led index (no table scan), now that they have no index of their own."""
+    from llm_train_api.store import jobs as job_statements
+    from llm_train_api.store import queue as queue_statements
+
+    jobs.insert_many(new(f"j{i}") for i in range(50))
+    statements = {
+        "count by owner and status": (job_statements.COUNT_OWNER_STATUS,
+                                      {"owner": "alice", "status": "running"}),
+        "queued quota": (job_statements._COUNT_OWNER_WAITING, {"owner": "alice"}),
+        "reaper": (queue_statements._REAP, {"now": 1}),
+        "heartbeat": (queue_statements._RENEW, {"worker": "w", "expires": 1}),
+    }
+    engine = jobs.database.engine
+    for name, (stmt, values) in statements.items():
+        compiled = stmt.compile(dialect=engine.dialect)
+        params = compiled.construct_params(values)
+        with engine.connect() as conn:
+            if jobs.database.dialect == "sqlite":
+                positional = tuple(params[key] for key in compiled.positiontup)
+                plan = " ".join(str(r) for r in conn.exec_driver_sql(
+                    "EXPLAIN QUERY PLAN " + str(compiled), positional).all())
+                assert "INDEX ix_jobs_" in plan and "SCAN jobs" not in plan, (name, plan)
+            else:
+                for knob in ("enable_seqscan", "enable_bitmapscan"):
+                    conn.exec_driver_sql(f"SET {knob} = off")
+                plan = " ".join(r[0] for r in conn.exec_driver_sql(
+                    "EXPLAIN " + str(compiled), params).all())
+                assert "Index" in plan and "Seq Scan" not in plan, (name, plan)
