@@ -2,8 +2,11 @@
 """Where does a worker spend its time?  Samples the app's gunicorn workers with py-spy
 while wrk drives one case, then prints the hottest functions (self and inclusive).
 
-    python3 -m venv bench/.venv-prof && bench/.venv-prof/bin/pip install py-spy
-    .venv/bin/python bench/api/hotspots.py --db sqlite --case list --seconds 10
+    python3 -m venv /tmp/prof && /tmp/prof/bin/pip install py-spy
+    PYSPY=/tmp/prof/bin/py-spy .venv/bin/python bench/api/hotspots.py --db sqlite --case list
+
+py-spy is found through $PYSPY, else on PATH; keep its virtual environment outside the
+checkout.
 
 Uses the same server set-up, seeding and Lua scripts as bench/api/run.py.
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 import argparse
 import collections
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -23,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as R  # noqa: E402
 
-PYSPY = R.REPO / "bench" / ".venv-prof" / "bin" / "py-spy"
+PYSPY = os.environ.get("PYSPY") or shutil.which("py-spy") or "py-spy"
 
 
 def main() -> int:

@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Any
 
 from marshmallow import RAISE, ValidationError, fields, missing
-from marshmallow.error_store import ErrorStore
 
 from llm_train_api.api.schema_base import Schema
 
@@ -91,11 +90,10 @@ class LeanLoadSchema(Schema):
             return super().load(data, many=many, partial=partial, unknown=unknown)
         try:
             result = lean(data)
-            if self._hooks["validates"]:
-                errors = ErrorStore()
-                self._invoke_field_validators(error_store=errors, data=result, many=False)
-                if errors.errors:
-                    raise _NotLean
+            for validator, data_key, attr in self._lean_validators:
+                value = result.get(attr, missing)
+                if value is not missing and validator(value, data_key=data_key) is missing:
+                    raise _NotLean  # marshmallow would drop the field: let it
         except (_NotLean, ValidationError):
             return super().load(data, many=many, partial=partial, unknown=unknown)
         return result
@@ -104,6 +102,10 @@ class LeanLoadSchema(Schema):
         """Generate `_load(data)` for this schema, or False when it cannot have one."""
         hooks = self._hooks
         if hooks["pre_load"] or hooks["post_load"] or hooks["validates_schema"]:
+            self._lean_load = False
+            return False
+        validators = self._field_validators()
+        if validators is None:
             self._lean_load = False
             return False
         namespace: dict[str, Any] = {"missing": missing, "_NotLean": _NotLean}
@@ -134,5 +136,22 @@ class LeanLoadSchema(Schema):
         namespace["_known"] = frozenset(known)
         exec(compile("\n".join(lines) + "\n", f"<lean load of {type(self).__name__}>",
                      "exec"), namespace)
+        self._lean_validators = validators
         self._lean_load = namespace["_load"]
         return self._lean_load
+
+    def _field_validators(self) -> tuple[tuple[Any, str, str], ...] | None:
+        """The `@validates` methods as (bound method, data key, attribute) for each field
+        they name, in marshmallow's order: the calls its `_invoke_field_validators` makes
+        for a valid document, without its error store. None when a method names a field
+        the schema does not load (marshmallow's own load then says so, or skips it)."""
+        found = []
+        for attr_name, _, kwargs in self._hooks["validates"]:
+            validator = getattr(self, attr_name)
+            for field_name in kwargs["field_names"]:
+                field = self.fields.get(field_name)
+                if field is None:
+                    return None
+                data_key = field_name if field.data_key is None else field.data_key
+                found.append((validator, data_key, field.attribute or field_name))
+        return tuple(found)

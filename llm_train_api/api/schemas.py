@@ -334,7 +334,7 @@ class JobPreviewSchema(JobSchema):
         "description": "Only in a dry run of a fine-tuning job: what the run will be."})
 
 
-class StatusUpdateSchema(Schema):
+class StatusUpdateSchema(LeanLoadSchema):
     status = fields.Enum(JobStatus, by_value=True, required=True)
     error_message = Text(
         allow_none=True,
@@ -348,7 +348,7 @@ class StatusUpdateSchema(Schema):
     )
 
 
-class JobListQuerySchema(Schema):
+class JobListQuerySchema(LeanLoadSchema):
     status = fields.List(
         fields.Enum(JobStatus, by_value=True),
         metadata={"description": "Repeat to match any of several statuses."},
@@ -439,7 +439,7 @@ class MetricPointSchema(Schema):
                                      "validation pairs.")
 
 
-class CreateQuerySchema(Schema):
+class CreateQuerySchema(LeanLoadSchema):
     dry_run = fields.Boolean(load_default=False, metadata={
         "description": "Validate only: nothing is created (200 with the would-be job)."})
 

@@ -12,7 +12,14 @@ from hypothesis import strategies as st
 from marshmallow import Schema, ValidationError
 
 from llm_train_api import create_app
-from llm_train_api.api.schemas import JobCreateSchema, JobEventSchema, JobSchema
+from llm_train_api.api.schemas import (
+    CreateQuerySchema,
+    JobCreateSchema,
+    JobEventSchema,
+    JobListQuerySchema,
+    JobSchema,
+    StatusUpdateSchema,
+)
 from llm_train_api.domain import Job, JobEvent, JobStatus
 from tests.helpers.properties import example_count
 
@@ -117,3 +124,43 @@ def test_an_unknown_field_gets_marshmallows_report(app_context):
     with pytest.raises(ValidationError) as raised:
         JobCreateSchema().load({"model_name": "m", "dataset": "d", "lr": 1})
     assert raised.value.messages == {"lr": ["Unknown field."]}
+
+
+_STATUS_DOCUMENTS = st.fixed_dictionaries(
+    {}, optional={"status": st.sampled_from([s.value for s in JobStatus]) | _SCALARS,
+                  "error_message": _SCALARS | st.text(min_size=4000, max_size=4200),
+                  "other": _SCALARS})
+_QUERY_DOCUMENTS = st.fixed_dictionaries(
+    {}, optional={"dry_run": _SCALARS, "limit": _SCALARS | st.integers(-5, 2000),
+                  "cursor": _SCALARS, "created_after": _SCALARS, "status": _VALUES,
+                  "model_name": _SCALARS})
+
+
+@settings(max_examples=example_count(150), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(document=_STATUS_DOCUMENTS | _QUERY_DOCUMENTS | _VALUES)
+def test_other_lean_loads_match_marshmallow(app_context, document):
+    for schema in (StatusUpdateSchema(), CreateQuerySchema(), JobListQuerySchema()):
+        assert _outcome(type(schema).load, schema, document) == _outcome(
+            Schema.load, schema, document)
+
+
+def test_the_lean_path_runs_the_field_validators(app_context):
+    """`@validates` methods run on the lean path too: hyperparameters nested deeper than
+    MAX_HYPERPARAMETERS_DEPTH pass every field's own checks and are refused only by the
+    schema's validator, with marshmallow's own report."""
+    deep: dict = {}
+    inner = deep
+    for _ in range(12):
+        inner["x"] = {}
+        inner = inner["x"]
+    document = {"model_name": "gpt-nano", "dataset": "d", "hyperparameters": deep}
+    schema = JobCreateSchema()
+    schema.load({"model_name": "gpt-nano", "dataset": "d"})  # compiles the lean path
+    assert schema._lean_load(document)["hyperparameters"] == deep  # the fields accept it
+    with pytest.raises(ValidationError) as lean:
+        schema.load(document)
+    with pytest.raises(ValidationError) as full:
+        Schema.load(schema, document)
+    assert lean.value.messages == full.value.messages
+    assert "hyperparameters" in lean.value.messages
