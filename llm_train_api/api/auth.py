@@ -187,10 +187,11 @@ def _cors_origins(raw: str) -> frozenset[str]:
 
 
 def cors_headers(response: flask.Response) -> flask.Response:
-    """Off unless LLM_TRAIN_API_CORS_ORIGINS lists the page's origin (or is `*`)."""
+    """after_request, registered only when LLM_TRAIN_API_CORS_ORIGINS is set: CORS headers
+    for a page whose origin it lists (or for any, with `*`)."""
     origins = current_app.extensions[_CORS_KEY]
     origin = request.headers.get("Origin")
-    if not origins or not origin or (origin not in origins and "*" not in origins):
+    if not origin or (origin not in origins and "*" not in origins):
         return response
     response.headers["Access-Control-Allow-Origin"] = origin
     response.headers.add("Vary", "Origin")
@@ -215,7 +216,8 @@ def init_app(app: flask.Flask, runtime: Runtime) -> None:
     app.extensions[_PUBLIC_KEY] = {}
     app.extensions[_AUTH_KEY] = settings.AUTH != "disabled"
     app.before_request(authenticate_request)
-    app.after_request(cors_headers)
+    if app.extensions[_CORS_KEY]:  # off (the default): no hook to run on every response
+        app.after_request(cors_headers)
     app.after_request(security_headers)
     if settings.AUTH == "disabled":
         log.warning("LLM_TRAIN_API_AUTH=disabled: anyone who can reach this port is an "
