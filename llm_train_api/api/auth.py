@@ -173,7 +173,11 @@ _CORS_ALLOW_HEADERS = "Authorization, Content-Type, If-Match, If-None-Match"
 
 
 def security_headers(response: flask.Response) -> flask.Response:
-    response.headers.setdefault("X-Content-Type-Options", "nosniff")
+    headers = response.headers
+    # A scan of the few headers a response has: werkzeug's `setdefault` raises and catches
+    # a KeyError to find a header missing, which is what this one nearly always is.
+    if not any(name.lower() == "x-content-type-options" for name, _ in headers):
+        headers.add("X-Content-Type-Options", "nosniff")
     if response.mimetype == "text/html":
         docs = request.endpoint == "api-docs.openapi_swagger_ui"
         response.headers.setdefault("Content-Security-Policy", DOCS_CSP if docs else HTML_CSP)

@@ -33,7 +33,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, Response, jsonify, request, request_started
+from flask import Flask, Response, jsonify, request
 from sqlalchemy.exc import SQLAlchemyError
 
 from llm_train_api.api import auth
@@ -138,11 +138,6 @@ def init_app(app: Flask, runtime: Runtime) -> None:
     )
     registry.register(DatabaseCollector(runtime.stats, window))
 
-    def start_timer(sender: Flask, **_: Any) -> None:
-        # request_started comes before every before_request function, so requests that
-        # another hook refuses (401, 415) are timed too.
-        request.environ[_START_KEY] = time.perf_counter()
-
     # The histogram's child per label values: `labels()` validates and converts its
     # arguments and takes a lock on every call. Endpoints, methods and status classes are
     # finite, so this stays small.
@@ -164,10 +159,24 @@ def init_app(app: Flask, runtime: Runtime) -> None:
             child.observe(time.perf_counter() - started)
         return response
 
-    request_started.connect(start_timer, app, weak=False)
+    app.wsgi_app = _StampArrival(app.wsgi_app)  # type: ignore[method-assign]
     app.after_request(observe)
     app.extensions["llm_train_api.metrics_registry"] = registry
     _add_route(app, registry)
+
+
+class _StampArrival:
+    """WSGI middleware, outermost: when the request reached the app, for the duration
+    histogram. It runs before Flask's own request handling, so a request that a
+    before_request hook refuses (401, 415) is timed too, at the cost of a dictionary
+    store rather than a signal dispatch per request."""
+
+    def __init__(self, wsgi_app: Any) -> None:
+        self.wsgi_app = wsgi_app
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        environ[_START_KEY] = time.perf_counter()
+        return self.wsgi_app(environ, start_response)
 
 
 def _add_route(app: Flask, registry: Any) -> None:

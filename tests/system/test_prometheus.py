@@ -115,14 +115,21 @@ def test_request_counts_add_up_across_worker_processes(server):
 
 
 def test_status_classes_and_unmatched_urls_are_labelled(server):
+    requests.get(server.url + "/healthz", timeout=10)
     requests.get(server.url + "/jobs/no-such-job", timeout=10)
     requests.get(server.url + "/no/such/path", timeout=10)
     requests.request("BREW", server.url + "/healthz", timeout=10)  # 405
+    # Refused by a before_request hook, before any view runs: timed all the same.
+    refused = requests.post(server.url + "/jobs", data="{}", timeout=10,
+                            headers={"Content-Type": "text/plain"})
+    assert refused.status_code == 415
     samples = scrape(server)["llm_train_api_http_request_duration_seconds"]
     counts = {(s.labels["endpoint"], s.labels["status"]) for s in samples
               if s.name.endswith("_count")}
     assert ("jobs.JobResource", "4xx") in counts
     assert ("unmatched", "4xx") in counts
+    assert value(samples, "llm_train_api_http_request_duration_seconds_count",
+                 endpoint="jobs.Jobs", method="POST", status="4xx") >= 1
     methods = {s.labels["method"] for s in samples if s.name.endswith("_count")}
     assert "other" in methods and "BREW" not in methods
     buckets = [s for s in samples if s.name.endswith("_bucket")
