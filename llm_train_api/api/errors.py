@@ -159,8 +159,9 @@ def _too_deep(text: str, limit: int = MAX_JSON_DEPTH) -> bool:
     return False
 
 
-# Where StrictJSONParser.parse takes its short way.
-_SHORT_LOCATIONS = frozenset({"json", "query", "querystring"})
+# The query string's names in webargs: StrictJSONParser.parse takes its short way for an
+# empty one.
+_QUERY_LOCATIONS = frozenset({"query", "querystring"})
 
 
 class StrictJSONParser(FlaskParser):
@@ -201,31 +202,25 @@ class StrictJSONParser(FlaskParser):
         location, a validator or another kind of schema goes through webargs itself.
         """
         location = location or self.location
-        if (validate is not None or not isinstance(argmap, LeanLoadSchema)
-                or location not in _SHORT_LOCATIONS):
-            return super().parse(argmap, req, location=location, unknown=unknown,
-                                 validate=validate, error_status_code=error_status_code,
-                                 error_headers=error_headers)
         req = req if req is not None else flask.request._get_current_object()
-        if location == "json":
-            data = self.load_json(req, argmap)
-        elif req.environ.get("QUERY_STRING"):
-            return super().parse(argmap, req, location=location, unknown=unknown,
-                                 error_status_code=error_status_code,
-                                 error_headers=error_headers)
-        else:
-            data = core.missing
-        if unknown == core._UNKNOWN_DEFAULT_PARAM:
-            unknown = (self.unknown if self.unknown != core._UNKNOWN_DEFAULT_PARAM
-                       else self.DEFAULT_UNKNOWN_BY_LOCATION.get(location))
-        try:
-            return argmap.load({} if data is core.missing else data,
-                               **({"unknown": unknown} if unknown else {}))
-        except ValidationError as error:
-            self._on_validation_error(error, req, argmap, location,
-                                      error_status_code=error_status_code,
-                                      error_headers=error_headers)
-            raise AssertionError("handle_error did not raise") from error
+        if (validate is None and isinstance(argmap, LeanLoadSchema)
+                and (location == "json" or (location in _QUERY_LOCATIONS
+                                            and not req.environ.get("QUERY_STRING")))):
+            if unknown == core._UNKNOWN_DEFAULT_PARAM:
+                unknown = (self.unknown if self.unknown != core._UNKNOWN_DEFAULT_PARAM
+                           else self.DEFAULT_UNKNOWN_BY_LOCATION.get(location))
+            data = self.load_json(req, argmap) if location == "json" else core.missing
+            try:
+                return argmap.load({} if data is core.missing else data,
+                                   **({"unknown": unknown} if unknown else {}))
+            except ValidationError as error:
+                self._on_validation_error(error, req, argmap, location,
+                                          error_status_code=error_status_code,
+                                          error_headers=error_headers)
+                raise AssertionError("handle_error did not raise") from error
+        return super().parse(argmap, req, location=location, unknown=unknown,
+                             validate=validate, error_status_code=error_status_code,
+                             error_headers=error_headers)
 
     def handle_error(self, error, req, schema, *, error_status_code, error_headers):
         # Same as webargs, but with a message that says which part of the request was wrong.
