@@ -15,8 +15,8 @@ from flask_smorest import Api, abort
 from marshmallow import ValidationError
 from sqlalchemy.exc import OperationalError
 from webargs import core
-from webargs.flaskparser import FlaskParser, is_json_request
-from werkzeug.exceptions import ClientDisconnected, HTTPException
+from webargs.flaskparser import FlaskParser
+from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntityTooLarge
 
 from llm_train_api.api.lean_schemas import LeanLoadSchema
 from llm_train_api.api.streams import TooManyStreams
@@ -96,6 +96,15 @@ NO_BODY_ENDPOINTS = frozenset({"jobs.JobCancel", "jobs.JobPause", "jobs.JobResum
                                "openai_fine_tuning.JobResume"})
 
 
+def declares_json(request: flask.Request) -> bool:
+    """Whether the body is declared JSON (`application/json` or `application/*+json`).
+
+    The plain `application/json` every client sends is compared as it came; anything else
+    (parameters, other case, another type) goes through Werkzeug's parse of the header."""
+    return (request.environ.get("CONTENT_TYPE") == "application/json"
+            or request.is_json)
+
+
 class _UnrepresentableNumber(ValueError):
     pass
 
@@ -131,6 +140,11 @@ def _int64(text: str) -> int:
     return int(text)
 
 
+# Request bodies' decoder, built once: `json.loads` with hooks builds a new one per call.
+# Decoding keeps no state between calls (as json.loads' own shared decoder).
+_STRICT_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float,
+                                   parse_int=_int64)
+
 # How deep a request body's arrays and objects may nest. Deeper documents are refused
 # before parsing: the standard library's parser recurses once per level, and so would
 # every schema and serialiser after it.
@@ -159,6 +173,30 @@ def _too_deep(text: str, limit: int = MAX_JSON_DEPTH) -> bool:
     return False
 
 
+def _request_body(req: flask.Request) -> bytes:
+    """The request's body, read once and kept where `Request.get_data` finds it.
+
+    A body with a Content-Length is read straight from the WSGI input, with Werkzeug's
+    checks (413 above MAX_CONTENT_LENGTH before reading; a body cut short is a client
+    disconnection) and none of its stream wrapper, which costs more than reading a small
+    JSON body does. Anything else (a chunked body, one already read) is Werkzeug's.
+    """
+    cached = getattr(req, "_cached_data", None)
+    if cached is not None:
+        return cached
+    length = req.content_length
+    if length is None or "stream" in req.__dict__:
+        return req.get_data(cache=True)
+    limit = req.max_content_length
+    if limit is not None and length > limit:
+        raise RequestEntityTooLarge()
+    raw = req.environ["wsgi.input"].read(length) if length else b""
+    if len(raw) != length:
+        raise ClientDisconnected()
+    req._cached_data = raw
+    return raw
+
+
 # The query string's names in webargs: StrictJSONParser.parse takes its short way for an
 # empty one.
 _QUERY_LOCATIONS = frozenset({"query", "querystring"})
@@ -170,15 +208,17 @@ class StrictJSONParser(FlaskParser):
     minus documents nested deeper than MAX_JSON_DEPTH."""
 
     def _raw_load_json(self, req: flask.Request) -> Any:
-        if not is_json_request(req):
+        if not declares_json(req):
             return core.missing
-        raw = req.get_data(cache=True)
+        raw = _request_body(req)
         try:
             text = raw.decode("utf-8")
             if _too_deep(text):
                 raise _TooDeep
-            return json.loads(text, parse_constant=_reject_constant,
-                              parse_float=_finite_float, parse_int=_int64)
+            if text.startswith("\ufeff"):  # as json.loads says it
+                raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)",
+                                           text, 0)
+            return _STRICT_DECODER.decode(text)
         except (_TooDeep, RecursionError):
             detail = (f"Request body is nested too deeply: at most {MAX_JSON_DEPTH} levels "
                       "of arrays and objects.")
@@ -241,7 +281,7 @@ def require_json_body() -> None:
         return  # streamed by the view under its own size limit
     if request.endpoint in NO_BODY_ENDPOINTS:
         return  # an action without a payload (POST /jobs/{id}/cancel): nothing to parse
-    if request.method in JSON_BODY_METHODS and not request.is_json:
+    if request.method in JSON_BODY_METHODS and not declares_json(request):
         got = request.mimetype or "none"
         abort(415, message=f"Content-Type must be application/json (got {got}).")
     # gunicorn marks every request's input as terminated; only a chunked one has a body
