@@ -210,9 +210,14 @@ class JobCreateSchema(LeanLoadSchema):
         max_depth = settings.MAX_HYPERPARAMETERS_DEPTH
         max_bytes = settings.MAX_HYPERPARAMETERS_BYTES
         _check_json_value(value, depth=1, max_depth=max_depth)
-        size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+        size = len(_COMPACT_JSON.encode(value).encode())
         if size > max_bytes:
             raise ValidationError(f"Too large: {size} bytes serialised, the limit is {max_bytes}.")
+
+
+# How the size limit measures hyperparameters: compact, as stored (one encoder for every
+# call, as store.rows does).
+_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 def _check_json_value(value: Any, *, depth: int, max_depth: int) -> None:

@@ -180,8 +180,8 @@ class JobRepository:
         another owner's), and QuotaExceeded when `max_queued` > 0 and the owner already has
         that many queued jobs: the count and the insert share one serialised transaction.
         """
-        digest = request_hash(new)
         hyperparameters = canonical_json(new.hyperparameters)
+        digest = request_hash(new, hyperparameters)
         capped = max_queued > 0 and new.owner is not None
         for _ in range(3):
             ts = now_us()

@@ -75,15 +75,30 @@ def from_us(us: int | None) -> datetime | None:
     return EPOCH + timedelta(microseconds=us)
 
 
+# One encoder for every call: `json.dumps` with options builds a new one each time, which
+# costs more than encoding a job's few hyperparameters does. Encoding keeps no state.
+_CANONICAL = json.JSONEncoder(separators=(",", ":"), sort_keys=True, allow_nan=False,
+                              ensure_ascii=False)
+
+
 def canonical_json(value: Any) -> str:
     """One spelling per value: what is stored, hashed and compared for idempotent creates."""
-    return json.dumps(value, separators=(",", ":"), sort_keys=True, allow_nan=False,
-                      ensure_ascii=False)
+    return _CANONICAL.encode(value)
 
 
-def request_hash(new: NewJob) -> str:
-    """What tells an identical retry of a create from a different job under the same id."""
-    body = canonical_json(new.request_fields())
+def request_hash(new: NewJob, hyperparameters: str | None = None) -> str:
+    """What tells an identical retry of a create from a different job under the same id:
+    the digest of `canonical_json(new.request_fields())`.
+
+    `hyperparameters`, when given, is `canonical_json(new.hyperparameters)`, already made
+    for the row: the list is spelled around it rather than serialising it again (a JSON
+    array is its items' own spellings, joined by commas)."""
+    fields = new.request_fields()
+    if hyperparameters is None:
+        body = canonical_json(fields)
+    else:
+        body = "[" + ",".join(hyperparameters if item is new.hyperparameters
+                              else canonical_json(item) for item in fields) + "]"
     return hashlib.sha256(body.encode()).hexdigest()
 
 
