@@ -173,6 +173,9 @@ class ServiceWorker(ThreadWorker):
         self.reading_conns: deque[tuple[float, _Conn]] = deque()
         self.balance = ServiceWorker.connection_table or ConnectionTable()
         self.balance.join(self.age)
+        # Asked on every request; gunicorn's Config answers it with two setting lookups.
+        # A reload (HUP) starts new workers, so the answer holds for this process's life.
+        self.tls = bool(self.cfg.is_ssl)
         super().init_process()  # loads the app, then runs the loop until the worker stops
 
     # ------------------------------------------------------------ the event loop
@@ -205,7 +208,7 @@ class ServiceWorker(ThreadWorker):
         self.balance.publish(self.nr_conns, self._accepting)
         _bound_blocking_io(client_sock, self.read_timeout)
         conn = _Conn(self.cfg, client_sock, client_addr, listener.getsockname())
-        if self.cfg.is_ssl:
+        if self.tls:
             self.enqueue_req(conn)  # the TLS handshake happens on the thread, as in gthread
         else:
             self._start_request(conn)
@@ -214,7 +217,7 @@ class ServiceWorker(ThreadWorker):
         """A kept-alive connection has its next request coming."""
         self.poller.unregister(client)
         self.keepalived_conns.remove(conn)
-        if self.cfg.is_ssl:
+        if self.tls:
             self.enqueue_req(conn)
         else:
             self._start_request(conn)
@@ -298,7 +301,7 @@ class ServiceWorker(ThreadWorker):
 
     # ------------------------------------------------------------ on a thread
     def handle(self, conn: _Conn) -> Any:
-        if self.cfg.is_ssl:
+        if self.tls:
             return super().handle(conn)
         req = None
         try:
