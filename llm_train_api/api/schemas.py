@@ -4,7 +4,6 @@ OpenAPI document alike.
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timezone
 from typing import Any
 
@@ -23,6 +22,7 @@ from llm_train_api.api.lean_schemas import LeanDumpSchema, LeanLoadSchema
 from llm_train_api.api.schema_base import Schema
 from llm_train_api.domain import JOB_ID_PATTERN, JobStatus
 from llm_train_api.store.pagination import CURSOR_PATTERN, DEFAULT_LIMIT, MAX_LIMIT
+from llm_train_api.store.rows import canonical_json
 
 NAME_MAX_LENGTH = 256
 ERROR_MESSAGE_MAX_LENGTH = 8192
@@ -210,14 +210,9 @@ class JobCreateSchema(LeanLoadSchema):
         max_depth = settings.MAX_HYPERPARAMETERS_DEPTH
         max_bytes = settings.MAX_HYPERPARAMETERS_BYTES
         _check_json_value(value, depth=1, max_depth=max_depth)
-        size = len(_COMPACT_JSON.encode(value).encode())
+        size = len(canonical_json(value).encode())  # the bytes the row will hold
         if size > max_bytes:
             raise ValidationError(f"Too large: {size} bytes serialised, the limit is {max_bytes}.")
-
-
-# How the size limit measures hyperparameters: compact, as stored (one encoder for every
-# call, as store.rows does).
-_COMPACT_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 def _check_json_value(value: Any, *, depth: int, max_depth: int) -> None:
