@@ -8,7 +8,9 @@ import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
+from llm_train_api.training.events import parse_line
 from tests.helpers.servers import TINY
 
 
@@ -24,13 +26,13 @@ def get(server, job_id: str) -> dict:
     return server.http.get(f"{server.url}/jobs/{job_id}", timeout=10).json()
 
 
-def wait_for(predicate, timeout: float, what: str):
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
-        time.sleep(0.1)
+        time.sleep(interval)
     raise AssertionError(f"timed out waiting for {what}")
 
 
@@ -66,6 +68,51 @@ def frozen(pid: int) -> Iterator[None]:
             os.kill(pid, signal.SIGCONT)
         except ProcessLookupError:
             pass
+
+
+def wait_printed(server, job_id: str, event: str, step: int) -> int:
+    """Wait until the job's trainer has printed `event` at `step` or later; return its pid.
+
+    The job's progress is written at most once a second, and a tiny model runs dozens of
+    steps in that second: waiting on the API, a test could see step 6 of 60 while the
+    trainer is already saving its output. The worker copies the trainer's stdout into
+    ``train.log`` line by line as it is printed, so this reads that, every few ms."""
+    pid = wait_for(lambda: (get(server, job_id)["progress"] or {}).get("pid"), 120,
+                   f"{job_id}: a trainer pid")
+    log = wait_for(lambda: next((server.data_dir / "jobs").glob(f"{job_id}-*/train.log"),
+                                None), 30, f"{job_id}: train.log")
+    wait_for(_printed(log, event, step), 120, f"{job_id}: {event} at step >= {step}",
+             interval=0.002)
+    return pid
+
+
+@contextmanager
+def frozen_at(server, job_id: str, event: str, step: int) -> Iterator[int]:
+    """Freeze the job's trainer as soon as it prints `event` at `step` or later (see
+    :func:`wait_printed`), and hold it frozen for the block (as :func:`frozen`); yields
+    its pid."""
+    pid = wait_printed(server, job_id, event, step)
+    with frozen(pid):
+        assert alive(pid), f"{job_id}: the trainer exited before it could be frozen"
+        yield pid
+
+
+def _printed(log: Path, event: str, step: int):
+    """A predicate: whether `log` has gained an `event` line at `step` or later. Reads only
+    what was appended since the last call, and only whole lines."""
+    offset = 0
+
+    def check() -> bool:
+        nonlocal offset
+        with log.open("rb") as f:
+            f.seek(offset)
+            chunk = f.read()
+        complete = chunk[:chunk.rfind(b"\n") + 1]
+        offset += len(complete)
+        return any((e := parse_line(line)) is not None and e.get("event") == event
+                   and (e.get("step") or 0) >= step for line in complete.splitlines())
+
+    return check
 
 
 def signal_pending(pid: int, sig: int) -> bool:

@@ -22,7 +22,7 @@ import pytest
 import requests
 
 from tests.helpers.finetune import import_model_and_chat
-from tests.helpers.live import alive, events, frozen, wait_for, wait_progress, wait_status
+from tests.helpers.live import alive, events, frozen_at, wait_for, wait_status
 from tests.helpers.servers import REPO_ROOT, TINY
 
 pytestmark = pytest.mark.slow
@@ -56,9 +56,8 @@ def _kill_worker_and_corrupt_newest(service, worker, job_id: str, newest_file: s
                                     ) -> tuple[int, int]:
     """SIGKILL the worker (its trainer dies with it), corrupt the newest checkpoint;
     return (corrupted step, the step before it)."""
-    job = wait_progress(service, job_id, "last_checkpoint_step", 4)
-    trainer = job["progress"]["pid"]
-    with frozen(trainer):  # so that the run cannot end before its worker dies
+    # Frozen so that the run cannot end before its worker dies.
+    with frozen_at(service, job_id, "checkpoint", 4) as trainer:
         worker.stop(signal.SIGKILL)
         wait_for(lambda: not alive(trainer), 10, "the orphaned trainer to die with its worker")
     kept = _manifest(service, job_id)
@@ -197,11 +196,9 @@ def test_a_branch_starts_from_its_checkpoint_after_the_running_source_pruned_it(
         "hyperparameters": {**TINY, "max_steps": trunk_steps, "checkpoint_interval": 10,
                             "eval_interval": 10, "keep_checkpoints": 1}})
     assert resp.status_code == 201, resp.text
-    running = wait_progress(service, "trunk", "last_checkpoint_step", 10)
-    with frozen(running["progress"]["pid"]):  # the trunk is mid-run while we branch
+    with frozen_at(service, "trunk", "checkpoint", 10):  # mid-run while we branch
         step = _manifest(service, "trunk")[-1]["step"]
-        # Steps run fast: many may pass before the freeze, and the last checkpoint is
-        # never pruned. The trunk is long enough that the step is not the last.
+        # The last checkpoint is never pruned: the branch's step must not be the last.
         assert step < trunk_steps, f"the trunk ran to step {step} before it was frozen"
         resp = service.http.post(f"{service.url}/jobs", timeout=10, json={
             "job_id": "twig", "model_name": "gpt-nano", "dataset": "builtin:tinytext",

@@ -13,7 +13,7 @@ import tarfile
 import pytest
 
 from tests.helpers.finetune import import_model_and_chat
-from tests.helpers.live import alive, events, wait_for, wait_progress, wait_status
+from tests.helpers.live import alive, events, frozen_at, wait_for, wait_status
 
 pytestmark = pytest.mark.slow
 
@@ -78,10 +78,10 @@ def test_kill_9_of_the_worker_resumes_the_fine_tuning_run_to_its_model(service,
                     "output_model": "risen",
                     "hyperparameters": {**HP, "max_steps": KILLED_RUN_STEPS,
                                         "checkpoint_interval": 2, "eval_interval": 0}})
-    job = wait_progress(service, "phoenix", "last_checkpoint_step", 2)
-    trainer = job["progress"]["pid"]
-    first.stop(signal.SIGKILL)
-    wait_for(lambda: not alive(trainer), 10, "the orphaned trainer to die with its worker")
+    # Frozen so that the run cannot end before its worker dies.
+    with frozen_at(service, "phoenix", "checkpoint", 2) as trainer:
+        first.stop(signal.SIGKILL)
+        wait_for(lambda: not alive(trainer), 10, "the orphaned trainer to die with its worker")
     service.start_worker()
     job = wait_status(service, "phoenix", {"succeeded", "failed"}, timeout=120)
     assert job["status"] == "succeeded", job["error_message"]

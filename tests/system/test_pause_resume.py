@@ -14,12 +14,11 @@ from tests.helpers.finetune import import_model_and_chat
 from tests.helpers.live import (
     alive,
     events,
-    frozen,
+    frozen_at,
     get,
     signal_pending,
     submit,
     wait_for,
-    wait_progress,
     wait_status,
 )
 
@@ -46,9 +45,8 @@ def _starts(service, job_id: str) -> list[dict]:
 def _pause_mid_run(service, job_id: str, *, at_step: int) -> dict:
     """Pause the running job once it has passed `at_step`; wait until it is paused, its
     trainer gone. Returns the paused job."""
-    running = wait_progress(service, job_id, "step", at_step)
-    trainer = running["progress"]["pid"]
-    with frozen(trainer):  # so that the run cannot end before the worker passes the pause on
+    # Frozen so that the run cannot end before the worker passes the pause on.
+    with frozen_at(service, job_id, "metrics", at_step) as trainer:
         requested = _post(service, f"/jobs/{job_id}/pause", 202)
         assert requested["status"] == "running" and requested["pause_requested_at"]
         wait_for(lambda: signal_pending(trainer, signal.SIGTERM), 30,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.ddp import torchrun_rank
-from tests.helpers.live import alive, get, wait_for, wait_progress, wait_status
+from tests.helpers.live import alive, get, wait_for, wait_printed, wait_progress, wait_status
 from tests.helpers.servers import TINY
 
 pytestmark = pytest.mark.slow
@@ -66,8 +66,7 @@ def test_a_two_process_job_trains_to_success_with_two_ranks(service):
     job = submit_ddp(service, "ddp", {"cpus": 2, "processes": 2}, max_steps=60,
                      checkpoint_interval=20)
     assert job["resources"]["processes"] == 2
-    running = wait_progress(service, "ddp", "step", 2)
-    launcher = running["progress"]["pid"]
+    launcher = wait_printed(service, "ddp", "metrics", 2)
     ranks = wait_for(lambda: ranks_under(launcher), 10, "the ranks")
     assert sorted(ranks.values()) == [0, 1], ranks
     job = wait_status(service, "ddp", {"succeeded", "failed"})
@@ -96,11 +95,10 @@ def test_a_sigterm_from_outside_is_exit_75_requeued_and_resumed(service):
     """The worker tells "preempted" (75: requeue) from "failed" (1) by the exit code, which
     torchrun alone would turn into 1; the launcher keeps it 75."""
     service.start_worker()
-    # Long enough that the signal lands mid-run even when progress is seen a second late.
     submit_ddp(service, "ddp-pre", {"cpus": 2, "processes": 2}, max_steps=600,
                checkpoint_interval=1000)
-    job = wait_progress(service, "ddp-pre", "step", 5)
-    os.kill(job["progress"]["pid"], signal.SIGTERM)  # an operator or a preempting scheduler
+    # An operator or a preempting scheduler.
+    os.kill(wait_printed(service, "ddp-pre", "metrics", 5), signal.SIGTERM)
     job = wait_status(service, "ddp-pre", {"succeeded", "failed"}, timeout=180)
     assert job["status"] == "succeeded", job["error_message"]
     assert job["attempts"] == 2
@@ -115,8 +113,8 @@ def test_a_rank_killed_by_the_oom_killer_requeues_the_job(service):
     service.start_worker()
     submit_ddp(service, "ddp-oom", {"cpus": 2, "processes": 2}, max_steps=600,
                checkpoint_interval=5)
-    job = wait_progress(service, "ddp-oom", "step", 6)
-    ranks = wait_for(lambda: ranks_under(job["progress"]["pid"]), 10, "the ranks")
+    launcher = wait_printed(service, "ddp-oom", "metrics", 6)
+    ranks = wait_for(lambda: ranks_under(launcher), 10, "the ranks")
     os.kill(next(pid for pid, rank in ranks.items() if rank == 1), signal.SIGKILL)
     job = wait_status(service, "ddp-oom", {"succeeded", "failed"}, timeout=180)
     assert job["status"] == "succeeded", job["error_message"]
