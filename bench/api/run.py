@@ -240,16 +240,20 @@ def _proc_times(pid: int | str) -> tuple[str, int, int, int]:
     return comm, int(f[1]), int(f[11]) + int(f[12]), int(f[13]) + int(f[14])
 
 
-def cpu_snapshot() -> tuple[float, int, int]:
-    """(monotonic time, busy ticks of the whole machine, ticks spent by this benchmark).
+def cpu_snapshot() -> tuple[float, int, int, int]:
+    """(monotonic time, busy ticks of the whole machine, ticks spent by this benchmark,
+    ticks stolen by the hypervisor).
 
     "This benchmark" is this process with everything it started (including children it
     already reaped: wrk runs) plus the PostgreSQL server processes (the postmaster's
-    cutime holds its exited backends).  The rest is other people's load on the machine.
+    cutime holds its exited backends).  The rest of the busy ticks are other people's load
+    on the machine, and steal: time the hypervisor gave this virtual machine's CPUs to
+    other guests, which no process here sees.
     """
     with open("/proc/stat") as f:
         cpu = f.readline().split()[1:]
-    busy = sum(int(x) for i, x in enumerate(cpu[:8]) if i not in (3, 4))  # minus idle, iowait
+    busy = sum(int(x) for i, x in enumerate(cpu[:7]) if i not in (3, 4))  # minus idle, iowait
+    stolen = int(cpu[7]) if len(cpu) > 7 else 0
     me = os.getpid()
     table = {}
     for d in os.listdir("/proc"):
@@ -272,13 +276,22 @@ def cpu_snapshot() -> tuple[float, int, int]:
     for comm, _, own, reaped in table.values():
         if comm == "postgres":
             ours += own + reaped
-    return time.monotonic(), busy, ours
+    return time.monotonic(), busy, ours, stolen
 
 
-def foreign_cores(a: tuple[float, int, int], b: tuple[float, int, int]) -> float:
+Snapshot = tuple[float, int, int, int]
+
+
+def foreign_cores(a: Snapshot, b: Snapshot) -> float:
     """Average CPU cores used by processes outside the benchmark between two snapshots."""
     hz = os.sysconf("SC_CLK_TCK")
     return max(0.0, ((b[1] - a[1]) - (b[2] - a[2])) / hz / (b[0] - a[0]))
+
+
+def stolen_cores(a: Snapshot, b: Snapshot) -> float:
+    """Average CPU cores the hypervisor took away between two snapshots (steal)."""
+    hz = os.sysconf("SC_CLK_TCK")
+    return max(0.0, (b[3] - a[3]) / hz / (b[0] - a[0]))
 
 
 def _group_alive(pgid: int) -> bool:
@@ -641,13 +654,16 @@ def wait_for_quiet(args) -> None:
     while True:
         a = cpu_snapshot()
         time.sleep(2)
-        load = foreign_cores(a, cpu_snapshot())
+        b = cpu_snapshot()
+        load = foreign_cores(a, b) + stolen_cores(a, b)
         if load < args.quiet_cores:
             return
         if time.monotonic() > deadline:
-            log(f"machine still busy ({load:.2f} cores used by other processes); going on")
+            log(f"machine still busy ({load:.2f} cores used by other processes or stolen); "
+                "going on")
             return
-        log(f"waiting for the machine to calm down ({load:.2f} cores used by other processes)")
+        log(f"waiting for the machine to calm down ({load:.2f} cores used by other processes "
+            "or stolen)")
 
 
 def measure_case(args, scratch: Path, case: str, loads: dict[str, Load], inv: Invocations) -> dict:
@@ -679,20 +695,21 @@ def measure_case(args, scratch: Path, case: str, loads: dict[str, Load], inv: In
         agg[k]["splits"] = [r["split"] for r in results[k]]
         # Rounds still uneven after every retry: they count, and the report says so.
         agg[k]["uneven_kept"] = sum(uneven(args, r["split"]) for r in results[k])
-    foreign = foreign_cores(snap, cpu_snapshot())
+    end = cpu_snapshot()
+    foreign, stolen = foreign_cores(snap, end), stolen_cores(snap, end)
     line = "  ".join(
         f"{k}={a['rps']:.0f}/s p50={a['p50_ms']:.2f}ms p99={a['p99_ms']:.2f}ms"
         + (f" non2xx={a['non2xx']}" if a["non2xx"] else "")
         for k, a in agg.items()
     )
-    log(f"{case}: {line}  [other load: {foreign:.2f} cores]")
+    log(f"{case}: {line}  [other load: {foreign:.2f} cores, stolen: {stolen:.2f} cores]")
     redone = {k: len(v) for k, v in repeated.items() if v}
     if redone:
         log(f"{case}: rounds run again for an uneven connection split: {redone}")
     kept = {k: a["uneven_kept"] for k, a in agg.items() if a["uneven_kept"]}
     if kept:
         log(f"{case}: rounds still uneven after {args.split_retries} retries, counted: {kept}")
-    return agg, foreign
+    return agg, foreign, stolen
 
 
 # --------------------------------------------------------------------------- one database
@@ -705,7 +722,8 @@ def bench_db(args, kind: str, scratch_root: Path) -> dict:
     want = set(args.servers)
     servers: list[Server] = []
     pg_dbs: list[str] = []
-    out: dict = {"db": kind, "cases": {}, "foreign_cores": {}, "rss_kib": {}, "notes": []}
+    out: dict = {"db": kind, "cases": {}, "foreign_cores": {}, "stolen_cores": {},
+                 "rss_kib": {}, "notes": []}
     inv = Invocations()
     tag = uuid.uuid4().hex[:6]
     try:
@@ -902,9 +920,8 @@ def bench_db(args, kind: str, scratch_root: Path) -> dict:
             )
 
         for case, loads in cases:
-            out["cases"][case], out["foreign_cores"][case] = measure_case(
-                args, scratch, case, loads, inv
-            )
+            (out["cases"][case], out["foreign_cores"][case],
+             out["stolen_cores"][case]) = measure_case(args, scratch, case, loads, inv)
 
         for s in servers:
             out["rss_kib"][s.label] = s.worker_rss_kib()
@@ -1180,6 +1197,7 @@ def render(all_res: list[dict], args, info: dict) -> str:
         )
         L.append(f"RSS per gunicorn worker after the load: {rss}.")
         fc = res.get("foreign_cores", {})
+        stolen = res.get("stolen_cores", {})
         if fc:
             L.append(
                 f"<br>CPU used by other processes on the machine during each case (cores, "
@@ -1188,6 +1206,18 @@ def render(all_res: list[dict], args, info: dict) -> str:
                 + (
                     " -- **the machine was shared: ratios are within-run but noisier**"
                     if max(fc.values()) > 0.2
+                    else ""
+                )
+                + "."
+            )
+        if stolen:
+            L.append(
+                f"<br>CPU taken by the hypervisor (steal) during each case (cores, of "
+                f"{info['nproc']}): "
+                + ", ".join(f"{CASE_TITLES.get(c, c)} {v:.2f}" for c, v in stolen.items())
+                + (
+                    " -- **the virtual machine's CPUs were shared: ratios are noisier**"
+                    if max(stolen.values()) > 0.1
                     else ""
                 )
                 + "."

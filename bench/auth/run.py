@@ -63,10 +63,11 @@ def bench(args, kind: str, root: Path) -> dict:
                 "disabled": api.Load(open_, "static", path, [method, path]),
                 "required": api.Load(locked, "static", path, [method, path, "", bearer]),
             }
-            agg, foreign = api.measure_case(args, scratch, f"{kind} {case}", loads, inv)
+            agg, foreign, stolen = api.measure_case(args, scratch, f"{kind} {case}", loads,
+                                                    inv)
             if agg["required"]["non2xx"] or agg["disabled"]["non2xx"]:
                 raise RuntimeError(f"non-2xx answers in {case}: {agg}")
-            out[case] = {**agg, "foreign_cores": foreign}
+            out[case] = {**agg, "foreign_cores": foreign, "stolen_cores": stolen}
         return out
     finally:
         for server in servers:
