@@ -1126,6 +1126,17 @@ def targets(res: dict, deep: int) -> list[tuple[str, str, str, bool | None]]:
     return rows
 
 
+def cores_line(per_case: dict[str, float], what: str, warn_above: float,
+               warning: str) -> list[str]:
+    """The report's line of cores per case, with `warning` in bold if any is above
+    `warn_above`; no line for a run that did not measure them."""
+    if not per_case:
+        return []
+    cases = ", ".join(f"{CASE_TITLES.get(c, c)} {v:.2f}" for c, v in per_case.items())
+    flag = f" -- **{warning}**" if max(per_case.values()) > warn_above else ""
+    return [f"<br>{what}: {cases}{flag}."]
+
+
 def case_side(args, case: str, side: str) -> str:
     """`case, server` as the report names them."""
     server = SIDE_TITLES.get(side, side).format(deep=args.deep, plain=args.worker_class)
@@ -1211,32 +1222,19 @@ def render(all_res: list[dict], args, info: dict) -> str:
             for k, vals in res["rss_kib"].items()
         )
         L.append(f"RSS per gunicorn worker after the load: {rss}.")
-        fc = res.get("foreign_cores", {})
-        stolen = res.get("stolen_cores", {})
-        if fc:
-            L.append(
-                f"<br>CPU used by other processes on the machine during each case (cores, "
-                f"of {info['nproc']}): "
-                + ", ".join(f"{CASE_TITLES.get(c, c)} {v:.2f}" for c, v in fc.items())
-                + (
-                    " -- **the machine was shared: ratios are within-run but noisier**"
-                    if max(fc.values()) > 0.2
-                    else ""
-                )
-                + "."
-            )
-        if stolen:
-            L.append(
-                f"<br>CPU taken by the hypervisor (steal) during each case (cores, of "
-                f"{info['nproc']}): "
-                + ", ".join(f"{CASE_TITLES.get(c, c)} {v:.2f}" for c, v in stolen.items())
-                + (
-                    " -- **the virtual machine's CPUs were shared: ratios are noisier**"
-                    if max(stolen.values()) > 0.1
-                    else ""
-                )
-                + "."
-            )
+        L += cores_line(
+            res.get("foreign_cores", {}),
+            f"CPU used by other processes on the machine during each case (cores, of "
+            f"{info['nproc']})",
+            0.2,
+            "the machine was shared: ratios are within-run but noisier",
+        )
+        L += cores_line(
+            res.get("stolen_cores", {}),
+            f"CPU taken by the hypervisor (steal) during each case (cores, of {info['nproc']})",
+            0.1,
+            "the virtual machine's CPUs were shared: ratios are noisier",
+        )
         redone = [
             f"{case_side(args, case, side)}: " + ", ".join(map(str, a["repeated_splits"]))
             for case, side, a in sides_where(res, "repeated_splits")
