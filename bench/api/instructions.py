@@ -199,5 +199,7 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    # One hash seed for every counted process, so that the two runs of a side build the
+    # same dictionaries and sets.
     os.environ.setdefault("PYTHONHASHSEED", "0")
     sys.exit(main())
