@@ -70,6 +70,18 @@ def frozen(pid: int) -> Iterator[None]:
             pass
 
 
+def job_dir(server, job_id: str) -> Path:
+    """The job's folder under the service's data directory (`<job_id>-<suffix>`)."""
+    return next((server.data_dir / "jobs").glob(f"{job_id}-*"))
+
+
+def trainer_events(server, job_id: str, event: str) -> list[dict]:
+    """Every `event` the job's trainers printed, over all its attempts, from train.log."""
+    lines = (job_dir(server, job_id) / "train.log").read_text().splitlines()
+    return [e for line in lines if (e := parse_line(line)) is not None
+            and e.get("event") == event]
+
+
 def wait_printed(server, job_id: str, event: str, step: int) -> int:
     """Wait until the job's trainer has printed `event` at `step` or later; return its pid.
 

@@ -22,7 +22,7 @@ import pytest
 import requests
 
 from tests.helpers.finetune import import_model_and_chat
-from tests.helpers.live import alive, events, frozen_at, wait_for, wait_status
+from tests.helpers.live import alive, events, frozen_at, job_dir, wait_for, wait_status
 from tests.helpers.servers import REPO_ROOT, TINY
 
 pytestmark = pytest.mark.slow
@@ -35,12 +35,8 @@ HF_HP = {"max_steps": 120, "batch_size": 4, "learning_rate": 0.01, "warmup_steps
          "keep_checkpoints": 2, "lora": {"r": 8, "alpha": 16, "dropout": 0.0}}
 
 
-def _job_dir(service, job_id: str) -> Path:
-    return next((service.data_dir / "jobs").glob(f"{job_id}-*"))
-
-
 def _manifest(service, job_id: str) -> list[dict]:
-    path = _job_dir(service, job_id) / "checkpoints.json"
+    path = job_dir(service, job_id) / "checkpoints.json"
     return json.loads(path.read_text())["checkpoints"]
 
 
@@ -63,7 +59,7 @@ def _kill_worker_and_corrupt_newest(service, worker, job_id: str, newest_file: s
     kept = _manifest(service, job_id)
     assert len(kept) >= 2, kept
     newest, before = kept[-1], kept[-2]
-    target = _job_dir(service, job_id) / newest["path"]
+    target = job_dir(service, job_id) / newest["path"]
     _corrupt(target / newest_file if target.is_dir() else target)
     return newest["step"], before["step"]
 
@@ -74,7 +70,7 @@ def _assert_fell_back(service, job_id: str, bad: int, good: int) -> None:
     assert len(notes) == 1, timeline
     assert f"step {bad} is corrupt" in notes[0]["message"], notes
     assert f"resumed from step {good}" in notes[0]["message"], notes
-    log = (_job_dir(service, job_id) / "train.log").read_text()
+    log = (job_dir(service, job_id) / "train.log").read_text()
     starts = [json.loads(line.split(" ", 1)[1]) for line in log.splitlines()
               if line.startswith('@@llm_train_api {"event":"start"')]
     assert starts[-1]["resumed_from_step"] == good, starts
@@ -82,7 +78,7 @@ def _assert_fell_back(service, job_id: str, bad: int, good: int) -> None:
 
 def _assert_listing_matches_files(service, job_id: str) -> list[dict]:
     listing = service.http.get(f"{service.url}/jobs/{job_id}/checkpoints", timeout=10).json()
-    folder = _job_dir(service, job_id)
+    folder = job_dir(service, job_id)
     for entry, recorded in zip(listing, _manifest(service, job_id), strict=True):
         path = folder / recorded["path"]
         assert entry["status"] == "good"
@@ -177,7 +173,7 @@ def test_branch_from_a_checkpoint_and_not_from_another_users_job(service):
     job = wait_status(service, "twig", {"succeeded", "failed"}, timeout=120)
     assert job["status"] == "succeeded", job["error_message"]
     assert job["origin"]["step"] == 10
-    log = (_job_dir(service, "twig") / "train.log").read_text()
+    log = (job_dir(service, "twig") / "train.log").read_text()
     assert "branched from job trunk at step 10" in log
     # A fresh start (no resume) with the trunk's weights: its first loss is the trunk's
     # level after 10 steps, well below the untrained ~ln(256).
@@ -212,7 +208,7 @@ def test_a_branch_starts_from_its_checkpoint_after_the_running_source_pruned_it(
     assert step not in [c["step"] for c in _manifest(service, "trunk")]
     twig = wait_status(service, "twig", {"succeeded", "failed"}, timeout=120)
     assert twig["status"] == "succeeded", twig["error_message"]
-    log = (_job_dir(service, "twig") / "train.log").read_text()
+    log = (job_dir(service, "twig") / "train.log").read_text()
     assert f"branched from job trunk at step {step}" in log
 
 
@@ -256,5 +252,5 @@ def test_lora_resumes_from_the_checkpoint_before_a_corrupt_one_and_branches(
     assert resp.json()["origin"]["step"] == job["result"]["best_checkpoint"]
     twig = wait_status(service, "lora-twig", {"succeeded", "failed"}, timeout=180)
     assert twig["status"] == "succeeded", twig["error_message"]
-    log = (_job_dir(service, "lora-twig") / "train.log").read_text()
+    log = (job_dir(service, "lora-twig") / "train.log").read_text()
     assert "branched from job lora at step" in log

@@ -6,14 +6,20 @@ mid-run leads to a resumed attempt that finishes and registers the model."""
 from __future__ import annotations
 
 import io
-import json
 import signal
 import tarfile
 
 import pytest
 
 from tests.helpers.finetune import import_model_and_chat
-from tests.helpers.live import alive, events, frozen_at, wait_for, wait_status
+from tests.helpers.live import (
+    alive,
+    events,
+    frozen_at,
+    trainer_events,
+    wait_for,
+    wait_status,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -90,9 +96,7 @@ def test_kill_9_of_the_worker_resumes_the_fine_tuning_run_to_its_model(service,
     assert [e["kind"] for e in timeline][:4] == ["created", "claimed", "lease_expired",
                                                  "claimed"]
     assert timeline[3]["attempt"] == 2
-    log = next((service.data_dir / "jobs").glob("phoenix-*")).joinpath("train.log").read_text()
-    starts = [json.loads(line.split(" ", 1)[1]) for line in log.splitlines()
-              if line.startswith('@@llm_train_api {"event":"start"')]
+    starts = trainer_events(service, "phoenix", "start")
     assert not starts[0]["resumed_from_step"] and starts[-1]["resumed_from_step"] >= 2
     model = service.http.get(f"{service.url}/models/risen", timeout=10).json()
     assert (model["source"], model["job_id"], model["base_model"]) == ("job", "phoenix", "tiny")

@@ -5,7 +5,6 @@ losses, step by step, of the same job run without a pause."""
 
 from __future__ import annotations
 
-import json
 import signal
 
 import pytest
@@ -18,6 +17,7 @@ from tests.helpers.live import (
     get,
     signal_pending,
     submit,
+    trainer_events,
     wait_for,
     wait_status,
 )
@@ -34,12 +34,6 @@ def _post(service, path: str, expected: int) -> dict:
     resp = service.http.post(f"{service.url}{path}", timeout=10)
     assert resp.status_code == expected, resp.text
     return resp.json()
-
-
-def _starts(service, job_id: str) -> list[dict]:
-    log = next((service.data_dir / "jobs").glob(f"{job_id}-*")).joinpath("train.log")
-    return [json.loads(line.split(" ", 1)[1]) for line in log.read_text().splitlines()
-            if line.startswith('@@llm_train_api {"event":"start"')]
 
 
 def _pause_mid_run(service, job_id: str, *, at_step: int) -> dict:
@@ -104,7 +98,7 @@ def test_a_paused_gpt_nano_job_frees_its_worker_and_resumes_to_the_same_losses(s
     done = wait_status(service, "paused", {"succeeded", "failed"}, timeout=120)
     assert done["status"] == "succeeded", done["error_message"]
     assert done["attempts"] == 1 and done["progress"]["step"] == steps
-    starts = _starts(service, "paused")
+    starts = trainer_events(service, "paused", "start")
     assert [s["resumed_from_step"] for s in starts] == [None, at]
     _assert_same_curve(_curve(service, "paused"), _curve(service, "straight"),
                        list(range(1, steps + 1)))
@@ -141,7 +135,8 @@ def test_a_paused_lora_job_on_the_tiny_llama_resumes_to_the_same_losses(service,
     done = wait_status(service, "ft-paused", {"succeeded", "failed"}, timeout=180)
     assert done["status"] == "succeeded", done["error_message"]
     assert done["attempts"] == 1 and done["fine_tuned_model"] == "ft-paused-out"
-    assert [s["resumed_from_step"] for s in _starts(service, "ft-paused")] == [None, at]
+    starts = trainer_events(service, "ft-paused", "start")
+    assert [s["resumed_from_step"] for s in starts] == [None, at]
     _assert_same_curve(_curve(service, "ft-paused"), _curve(service, "ft-straight"),
                        list(range(1, HF_HP["max_steps"] + 1)))
     _assert_timeline(service, "ft-paused", at)

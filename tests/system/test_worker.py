@@ -3,14 +3,22 @@ real processes killed for real. On SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
 
-from tests.helpers.live import alive, events, get, submit, wait_for, wait_progress, wait_status
+from tests.helpers.live import (
+    alive,
+    events,
+    get,
+    submit,
+    trainer_events,
+    wait_for,
+    wait_progress,
+    wait_status,
+)
 from tests.helpers.servers import REPO_ROOT, TINY
 
 
@@ -72,9 +80,7 @@ def test_kill_9_of_a_worker_requeues_and_resumes_from_the_checkpoint(service):
     assert done["attempts"] == 2
     kinds = [e["kind"] for e in events(service, "phoenix")]
     assert kinds == ["created", "claimed", "lease_expired", "claimed", "status"]
-    log = next((service.data_dir / "jobs").glob("phoenix-*")).joinpath("train.log").read_text()
-    starts = [json.loads(line.split(" ", 1)[1]) for line in log.splitlines()
-              if line.startswith('@@llm_train_api {"event":"start"')]
+    starts = trainer_events(service, "phoenix", "start")
     assert not starts[0]["resumed_from_step"] and starts[-1]["resumed_from_step"] >= 5
 
 

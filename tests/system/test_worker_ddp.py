@@ -3,7 +3,6 @@ trainer under real torchrun with two gloo ranks on CPU. On SQLite and on Postgre
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 from pathlib import Path
@@ -11,7 +10,15 @@ from pathlib import Path
 import pytest
 
 from tests.helpers.ddp import torchrun_rank
-from tests.helpers.live import alive, get, wait_for, wait_printed, wait_progress, wait_status
+from tests.helpers.live import (
+    alive,
+    get,
+    trainer_events,
+    wait_for,
+    wait_printed,
+    wait_progress,
+    wait_status,
+)
 from tests.helpers.servers import TINY
 
 pytestmark = pytest.mark.slow
@@ -53,14 +60,6 @@ def ranks_under(pid: int) -> dict[int, int]:
     return found
 
 
-def start_event(server, job_id: str) -> list[dict]:
-    folder = next((server.data_dir / "jobs").glob(f"{job_id}-*"))
-    lines = (folder / "train.log").read_text().splitlines()
-    prefix = "@@llm_train_api "
-    return [json.loads(line[len(prefix):]) for line in lines
-            if line.startswith(prefix) and '"event":"start"' in line]
-
-
 def test_a_two_process_job_trains_to_success_with_two_ranks(service):
     service.start_worker()
     job = submit_ddp(service, "ddp", {"cpus": 2, "processes": 2}, max_steps=60,
@@ -74,7 +73,7 @@ def test_a_two_process_job_trains_to_success_with_two_ranks(service):
     assert job["progress"]["step"] == 60
     curve = service.http.get(f"{service.url}/jobs/ddp/metrics", timeout=10).json()
     assert [p["step"] for p in curve] == list(range(1, 61))  # rank 0's, once each
-    (start,) = start_event(service, "ddp")
+    (start,) = trainer_events(service, "ddp", "start")
     assert start["processes"] == 2 and start["batch_size_per_process"] == 2
     assert not any(alive(pid) for pid in ranks)
 
@@ -102,7 +101,7 @@ def test_a_sigterm_from_outside_is_exit_75_requeued_and_resumed(service):
     job = wait_status(service, "ddp-pre", {"succeeded", "failed"}, timeout=180)
     assert job["status"] == "succeeded", job["error_message"]
     assert job["attempts"] == 2
-    starts = start_event(service, "ddp-pre")
+    starts = trainer_events(service, "ddp-pre", "start")
     assert len(starts) == 2 and starts[1]["resumed_from_step"] >= 5
     curve = service.http.get(f"{service.url}/jobs/ddp-pre/metrics", timeout=10).json()
     assert [p["step"] for p in curve] == list(range(1, 601))
@@ -119,4 +118,4 @@ def test_a_rank_killed_by_the_oom_killer_requeues_the_job(service):
     job = wait_status(service, "ddp-oom", {"succeeded", "failed"}, timeout=180)
     assert job["status"] == "succeeded", job["error_message"]
     assert job["attempts"] == 2
-    assert start_event(service, "ddp-oom")[1]["resumed_from_step"] >= 5
+    assert trainer_events(service, "ddp-oom", "start")[1]["resumed_from_step"] >= 5
