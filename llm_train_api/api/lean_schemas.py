@@ -50,6 +50,8 @@ class LeanDumpSchema(Schema):
                 expr = f"(None if {value} is None else str({value}))"
             elif kind is fields.Dict and field.key_field is None and field.value_field is None:
                 expr = value  # marshmallow copies the mapping; the encoder only reads it
+            elif kind is fields.Integer and not field.as_string:
+                expr = f"(None if {value} is None else int({value}))"
             elif kind is fields.Enum and field.by_value and type(field.field) is fields.Raw:
                 expr = f"(None if {value} is None else {value}.value)"
             elif getattr(kind, "lean_isoformat", False):

@@ -175,7 +175,7 @@ class Database:
         self._read_engine = autocommit_engine(engine) if self.is_postgresql else engine
         self._group: GroupCommitter | None = None
         # The request path's single statements run on per-thread connections
-        # (thread_connections.py): on SQLite the point reads, on PostgreSQL also the
+        # (thread_connections.py): on SQLite the reads, on PostgreSQL also the
         # single-statement writes, all in autocommit.
         self._threads: ThreadConnections | None = None
         if self.is_postgresql:
@@ -256,6 +256,13 @@ class Database:
             return self._threads.first(self.prepared(stmt), params)
         with self.reading() as conn:
             return self.prepared(stmt).first(conn, params)
+
+    def read_all(self, stmt: Any, params: dict[str, Any]) -> list[Any]:
+        """Every row of one read statement, run prepared on this thread's own connection."""
+        if self._threads is not None:
+            return self._threads.all(self.prepared(stmt), params)
+        with self.reading() as conn:
+            return self.prepared(stmt).all(conn, params)
 
     def lock(self, conn: Connection, key: int, owner: str | None = None) -> None:
         """PostgreSQL: serialise with every transaction that takes the same lock (per owner

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 from sqlalchemy import (
+    BigInteger,
     Connection,
     Select,
     String,
@@ -169,6 +170,8 @@ class JobRepository:
     def __init__(self, database: Database) -> None:
         self.database = database
         self._create_stmt = _create_statement(database.dialect)
+        # The page statement of each filter shape met so far (`_page_statement`).
+        self._page_statements: dict[_PageShape, Select[Any]] = {}
 
     # ------------------------------------------------------------------ create
     def create_job(
@@ -244,41 +247,22 @@ class JobRepository:
 
     def list_jobs(self, query: JobQuery) -> JobPage:
         """One page, newest first, as index range scans (see pagination.py)."""
-        fetch = query.limit + 1  # one extra row tells whether a next page exists
-        order = (jobs.c.created_us.desc(), jobs.c.seq.desc())
-        if len(query.statuses) > 1:
-            # A merge of per-status index scans: each branch is bounded by the page size, so
-            # the cost stays flat however many jobs are in each status.
-            branches = [
-                select(*JOB_COLUMNS)
-                .where(*_filters(query, status=s))
-                .order_by(*order)
-                .limit(fetch)
-                .subquery()
-                for s in query.statuses
-            ]
-            merged = union_all(*(select(b) for b in branches)).subquery()
-            stmt: Select[Any] = (
-                select(merged)
-                .order_by(merged.c.created_us.desc(), merged.c.seq.desc())
-                .limit(fetch)
-            )
-        else:
-            status = query.statuses[0] if query.statuses else None
-            stmt = (
-                select(*JOB_COLUMNS)
-                .where(*_filters(query, status=status))
-                .order_by(*order)
-                .limit(fetch)
-            )
-        with self.database.reading() as conn:
-            rows = conn.execute(stmt).all()
+        rows = self.database.read_all(*self.page_statement(query))
         next_key = None
         if len(rows) > query.limit:
             rows = rows[: query.limit]
             last = rows[-1]
             next_key = SortKey(last.created_us, last.seq)
         return JobPage([row_to_job(r) for r in rows], next_key)
+
+    def page_statement(self, query: JobQuery) -> tuple[Select[Any], dict[str, Any]]:
+        """The statement that reads `query`'s page (one per filter shape, built once) and
+        its parameters."""
+        shape = _PageShape.of(query)
+        stmt = self._page_statements.get(shape)
+        if stmt is None:
+            stmt = self._page_statements[shape] = _page_statement(shape)
+        return stmt, _page_params(query)
 
     def sort_key(self, job_id: str) -> SortKey:
         """The job's place in the listing order (created_us, seq): where a page that
@@ -518,24 +502,90 @@ class JobRepository:
                     for r in conn.execute(_SELECT_OWNER_INCARNATIONS, {"owner": owner})]
 
 
-def _filters(query: JobQuery, *, status: JobStatus | None) -> list[Any]:
+class _PageShape(NamedTuple):
+    """Which filters a page query sets: every query of one shape runs one statement, built
+    and compiled once (store/prepared.py) and given the values as parameters."""
+
+    statuses: int
+    owner: bool
+    model_name: bool
+    dataset: bool
+    created_after: bool
+    created_before: bool
+    after: bool
+
+    @classmethod
+    def of(cls, query: JobQuery) -> _PageShape:
+        return cls(len(query.statuses), query.owner is not None, query.model_name is not None,
+                   query.dataset is not None, query.created_after is not None,
+                   query.created_before is not None, query.after is not None)
+
+
+def _page_statement(shape: _PageShape) -> Select[Any]:
+    """The page statement of one shape, its values as bind parameters (`_page_params`).
+
+    One status, or none, is one index range scan in the listing order. Several statuses
+    are a merge of per-status scans, each bounded by the page size, so the cost stays flat
+    however many jobs each status holds."""
+    fetch = bindparam("fetch", type_=BigInteger)
+    order = (jobs.c.created_us.desc(), jobs.c.seq.desc())
+    if shape.statuses <= 1:
+        return (select(*JOB_COLUMNS)
+                .where(*_page_conditions(shape, "status_0" if shape.statuses else None))
+                .order_by(*order)
+                .limit(fetch))
+    branches = [
+        select(*JOB_COLUMNS)
+        .where(*_page_conditions(shape, f"status_{i}"))
+        .order_by(*order)
+        .limit(fetch)
+        .subquery()
+        for i in range(shape.statuses)
+    ]
+    merged = union_all(*(select(b) for b in branches)).subquery()
+    return (select(merged)
+            .order_by(merged.c.created_us.desc(), merged.c.seq.desc())
+            .limit(fetch))
+
+
+def _page_conditions(shape: _PageShape, status: str | None) -> list[Any]:
     clauses: list[Any] = []
     if status is not None:
-        clauses.append(jobs.c.status == status.value)
-    if query.owner is not None:
-        clauses.append(jobs.c.owner == query.owner)
-    if query.model_name is not None:
-        clauses.append(jobs.c.model_name == query.model_name)
-    if query.dataset is not None:
-        clauses.append(jobs.c.dataset == query.dataset)
-    if query.created_after is not None:
-        clauses.append(jobs.c.created_us > to_epoch_us(query.created_after))
-    if query.created_before is not None:
-        clauses.append(jobs.c.created_us < to_epoch_us(query.created_before))
-    if query.after is not None:
+        clauses.append(jobs.c.status == bindparam(status))
+    if shape.owner:
+        clauses.append(jobs.c.owner == bindparam("owner"))
+    if shape.model_name:
+        clauses.append(jobs.c.model_name == bindparam("model_name"))
+    if shape.dataset:
+        clauses.append(jobs.c.dataset == bindparam("dataset"))
+    if shape.created_after:
+        clauses.append(jobs.c.created_us > bindparam("created_after_us"))
+    if shape.created_before:
+        clauses.append(jobs.c.created_us < bindparam("created_before_us"))
+    if shape.after:
         # A row-value comparison: one index range scan on both SQLite and PostgreSQL.
-        clauses.append(
-            tuple_(jobs.c.created_us, jobs.c.seq)
-            < tuple_(query.after.created_us, query.after.seq)
-        )
+        clauses.append(tuple_(jobs.c.created_us, jobs.c.seq)
+                       < tuple_(bindparam("after_us", type_=BigInteger),
+                                bindparam("after_seq", type_=BigInteger)))
     return clauses
+
+
+def _page_params(query: JobQuery) -> dict[str, Any]:
+    """The values of `query` for its shape's statement."""
+    params: dict[str, Any] = {"fetch": query.limit + 1}  # one more row: is there a next page?
+    for i, status in enumerate(query.statuses):
+        params[f"status_{i}"] = status.value
+    if query.owner is not None:
+        params["owner"] = query.owner
+    if query.model_name is not None:
+        params["model_name"] = query.model_name
+    if query.dataset is not None:
+        params["dataset"] = query.dataset
+    if query.created_after is not None:
+        params["created_after_us"] = to_epoch_us(query.created_after)
+    if query.created_before is not None:
+        params["created_before_us"] = to_epoch_us(query.created_before)
+    if query.after is not None:
+        params["after_us"] = query.after.created_us
+        params["after_seq"] = query.after.seq
+    return params

@@ -33,7 +33,7 @@ from sqlalchemy.engine import Dialect
 
 class Prepared:
     """One statement compiled for one dialect; `first` runs it and returns its first row
-    (a named tuple of the result columns, or None)."""
+    (a named tuple of the result columns, or None), `all` every row."""
 
     __slots__ = ("sql", "_names", "_defaults", "_row", "_dbapi_error")
 
@@ -67,38 +67,46 @@ class Prepared:
 
     def first(self, conn: Connection, params: Mapping[str, Any]) -> Any:
         """Run on `conn` (inside its transaction, if it has one); the first row or None."""
-        args = self.arguments(params)
-        try:
-            return self._fetch_first(conn.connection.dbapi_connection, args)
-        except self._dbapi_error as error:
-            # Raises: wrapped as SQLAlchemy does, invalidating a dead connection.
-            conn._handle_dbapi_exception(error, self.sql, args, None, None)
-            raise
+        return self._on_connection(conn, params, many=False)
 
-    def first_on_driver(self, dbapi_connection: Any, params: Mapping[str, Any]) -> Any:
-        """Run on a bare driver connection; a driver error propagates as the driver's own
-        (the caller wraps it)."""
-        return self._fetch_first(dbapi_connection, self.arguments(params))
+    def all(self, conn: Connection, params: Mapping[str, Any]) -> list[Any]:
+        """Run on `conn` (inside its transaction, if it has one); every row."""
+        return self._on_connection(conn, params, many=True)
 
-    def first_on_cursor(self, cursor: Any, params: Mapping[str, Any]) -> Any:
-        """Run on a driver cursor the caller keeps open between statements: only for a
-        driver whose cursor holds nothing on the server once its rows are fetched
-        (psycopg's client-side cursor in autocommit). A driver error propagates as the
-        driver's own."""
-        cursor.execute(self.sql, self.arguments(params))
-        row = cursor.fetchone() if self._row is not None else None
-        return None if row is None else self._row._make(row)
-
-    def _fetch_first(self, dbapi_connection: Any, args: Any) -> Any:
+    def on_driver(self, dbapi_connection: Any, params: Mapping[str, Any], *,
+                  many: bool = False) -> Any:
+        """Run on a bare driver connection: the first row or None, or with `many` every
+        row. A driver error propagates as the driver's own (the caller wraps it)."""
         # The cursor is closed before returning, so that no statement is left holding a
         # read snapshot.
         cursor = dbapi_connection.cursor()
         try:
-            cursor.execute(self.sql, args)
-            row = cursor.fetchone() if self._row is not None else None
+            return self.on_cursor(cursor, params, many=many)
         finally:
             cursor.close()
+
+    def on_cursor(self, cursor: Any, params: Mapping[str, Any], *, many: bool = False) -> Any:
+        """Run on a driver cursor the caller keeps open between statements: only for a
+        driver whose cursor holds nothing on the server once its rows are fetched
+        (psycopg's client-side cursor in autocommit). The first row or None, or with
+        `many` every row; a driver error propagates as the driver's own."""
+        cursor.execute(self.sql, self.arguments(params))
+        if self._row is None:
+            return [] if many else None
+        if many:
+            make = self._row._make
+            return [make(row) for row in cursor.fetchall()]
+        row = cursor.fetchone()
         return None if row is None else self._row._make(row)
+
+    def _on_connection(self, conn: Connection, params: Mapping[str, Any], *,
+                       many: bool) -> Any:
+        try:
+            return self.on_driver(conn.connection.dbapi_connection, params, many=many)
+        except self._dbapi_error as error:
+            # Raises: wrapped as SQLAlchemy does, invalidating a dead connection.
+            conn._handle_dbapi_exception(error, self.sql, self.arguments(params), None, None)
+            raise
 
 
 def execute_on_driver(conn: Connection, sql: str) -> None:

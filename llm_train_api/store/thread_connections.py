@@ -1,16 +1,17 @@
 """One connection per request thread, kept open, for the request path's single statements.
 
-A `GET /jobs/{id}` is one primary-key lookup, a create or a status change one statement
-(on PostgreSQL a data-modifying CTE, see database.py). Checking a connection out of
+A `GET /jobs/{id}` is one primary-key lookup, a page of `GET /jobs` one index range
+read, a create or a status change one statement (on PostgreSQL a data-modifying CTE, see
+database.py). Checking a connection out of
 SQLAlchemy's pool and back in (a reset, events, bookkeeping) costs several times what
 SQLite spends on such a lookup, and a noticeable share of a PostgreSQL round trip on
 loopback. A thread keeps its own driver connection instead, opened through the engine (so
 it gets what the engine's `connect` hook sets: SQLite's PRAGMAs, PostgreSQL's autocommit
 and the URL's options) and then detached from the pool, so that it never holds a slot.
 
-Which statements run here: on SQLite the point reads only (writes go through the group
-committer); on PostgreSQL the point reads and the single-statement writes, all of them in
-autocommit. Multi-statement transactions keep the pool.
+Which statements run here: on SQLite the single-statement reads only (writes go through
+the group committer); on PostgreSQL those reads and the single-statement writes, all of
+them in autocommit. Multi-statement transactions keep the pool.
 
 Why this stays correct:
 - The connection is in autocommit, so every statement is its own transaction and a read
@@ -88,6 +89,13 @@ class ThreadConnections:
 
     def first(self, prepared: Prepared, params: Mapping[str, Any]) -> Any:
         """Run `prepared` on this thread's connection; its first row, or None."""
+        return self._run(prepared, params, many=False)
+
+    def all(self, prepared: Prepared, params: Mapping[str, Any]) -> list[Any]:
+        """Run `prepared` on this thread's connection; every row."""
+        return self._run(prepared, params, many=True)
+
+    def _run(self, prepared: Prepared, params: Mapping[str, Any], *, many: bool) -> Any:
         slot = self._slot()
         connection = slot.connection
         if (connection is None or slot.pid != os.getpid()
@@ -96,8 +104,8 @@ class ThreadConnections:
             connection = self._open(slot)
         try:
             if slot.cursor is not None:
-                return prepared.first_on_cursor(slot.cursor, params)
-            return prepared.first_on_driver(connection, params)
+                return prepared.on_cursor(slot.cursor, params, many=many)
+            return prepared.on_driver(connection, params, many=many)
         except self._error as error:
             broken = self._broken(error, connection)
             if broken:

@@ -8,9 +8,10 @@ import pytest
 from sqlalchemy import DateTime, bindparam, column, create_engine, func, select, table
 from sqlalchemy import exc as sa_exc
 
-from llm_train_api.domain import NewJob
+from llm_train_api.domain import JobStatus, NewJob
 from llm_train_api.store.database import Database
 from llm_train_api.store.jobs import SELECT_BY_ID, JobRepository
+from llm_train_api.store.pagination import JobQuery
 from llm_train_api.store.prepared import Prepared
 from llm_train_api.store.tables import jobs as jobs_table
 
@@ -24,6 +25,20 @@ def test_rows_equal_sqlalchemys_own(database: Database, jobs: JobRepository) -> 
     assert tuple(row) == tuple(expected)
     assert (row.id, row.owner, row.status) == ("p-1", "ann", "queued")
     assert database.read_first(SELECT_BY_ID, {"job_id": "nope"}) is None
+
+
+def test_every_row_equals_sqlalchemys_own(database: Database, jobs: JobRepository) -> None:
+    jobs.insert_many(NewJob(job_id=f"p-{i}", model_name="m", dataset="d",
+                            hyperparameters={"i": i}) for i in range(7))
+    stmt, params = jobs.page_statement(JobQuery(limit=5, statuses=(JobStatus.QUEUED,)))
+    with database.reading() as conn:
+        expected = conn.execute(stmt, params).all()
+        assert [tuple(r) for r in database.prepared(stmt).all(conn, params)] == [
+            tuple(r) for r in expected]
+    rows = database.read_all(stmt, params)
+    assert [tuple(r) for r in rows] == [tuple(r) for r in expected]
+    assert [r.id for r in rows] == [f"p-{i}" for i in range(6, 0, -1)]  # limit + 1
+    assert database.read_all(stmt, dict(params, status_0="running")) == []
 
 
 def test_a_missing_parameter_is_an_error_not_a_null(database: Database) -> None:

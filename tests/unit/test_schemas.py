@@ -35,7 +35,8 @@ def jobs() -> list[Job]:
             status=status, created_at=T0, updated_at=T0 + timedelta(microseconds=i),
             error_message="boom" if status is JobStatus.FAILED else None,
             started_at=T0 if i else None, finished_at=T0 + timedelta(days=i) if i > 1 else None,
-            version=i + 1,
+            version=i + 1, priority=i - 2, attempts=i,
+            max_runtime_seconds=60 * i if i % 2 else None,
         ))
     return out
 

@@ -284,22 +284,10 @@ def test_page_query_plans_use_indexes(jobs):
 
 
 def _statement_for(jobs, query):
-    """Compile the exact statement list_jobs runs, by capturing it."""
-    from sqlalchemy import event
-
-    captured = []
-
-    def grab(conn, cursor, statement, parameters, context, executemany):
-        if "FROM jobs" in statement:
-            captured.append((statement, parameters))
-
-    engine = jobs.database.read_engine  # where reads run
-    event.listen(engine, "before_cursor_execute", grab)
-    try:
-        jobs.list_jobs(query)
-    finally:
-        event.remove(engine, "before_cursor_execute", grab)
-    return captured[-1]
+    """The SQL and driver parameters of the statement list_jobs runs for `query`."""
+    stmt, params = jobs.page_statement(query)
+    prepared = jobs.database.prepared(stmt)
+    return prepared.sql, prepared.arguments(params)
 
 
 def test_per_user_counts_and_lease_scans_read_an_index(jobs):

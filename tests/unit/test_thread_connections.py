@@ -14,12 +14,23 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Integer, bindparam, column, func, literal_column, select, table, text
+from sqlalchemy import (
+    Integer,
+    bindparam,
+    column,
+    event,
+    func,
+    literal_column,
+    select,
+    table,
+    text,
+)
 from sqlalchemy import exc as sa_exc
 
 from llm_train_api.domain import JobStatus, NewJob
 from llm_train_api.store.database import Database
 from llm_train_api.store.jobs import JobRepository
+from llm_train_api.store.pagination import JobQuery
 from llm_train_api.store.thread_connections import ThreadConnections
 
 _ITEMS = table("items", column("id", Integer), column("value", Integer))
@@ -202,9 +213,14 @@ def test_postgres_a_thread_runs_every_statement_on_its_one_connection(
 ) -> None:
     jobs = JobRepository(pg_database)
     pid = _backend(pg_database)
-    # A create (one data-modifying statement), a read and a status change: same session.
+    checkouts: list[object] = []
+    event.listen(pg_database.read_engine.pool, "checkout", lambda *args: checkouts.append(args))
+    # A create (one data-modifying statement), a read, a page and a status change: same
+    # session. The first three took no connection from the pool.
     jobs.create_job(NewJob("tc-1", "m", "d", {}), actor="admin")
     assert jobs.get_job("tc-1").status.value == "queued"
+    assert [job.id for job in jobs.list_jobs(JobQuery(limit=5)).jobs] == ["tc-1"]
+    assert checkouts == []
     jobs.transition("tc-1", JobStatus.CANCELLED, actor="admin")
     assert _backend(pg_database) == pid
     assert pg_database._threads.open_count() == 1
